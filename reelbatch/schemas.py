@@ -1,0 +1,150 @@
+"""The data that crosses module and process boundaries.
+
+``JobSpec`` and ``SampleResult`` are the only contract between the orchestrator and the torchrun ranks; both are
+versioned. Nothing here imports torch, diffusers, Prefect or the database, so every side can use it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JOB_SPEC_VERSION = 1
+
+SampleStatus = Literal["pending", "running", "done", "failed", "rejected"]
+
+
+class RunDefaults(BaseModel):
+    """Run-level values for the manifest's optional columns (CLI flags / flow parameters)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "tiny-wan"
+    height: int = Field(32, description="Frame height in pixels (multiple of 16).")
+    width: int = Field(32, description="Frame width in pixels (multiple of 16).")
+    num_frames: int = Field(5, description="Frames per video (4k+1).")
+    num_inference_steps: int = Field(4, description="Denoising steps.")
+    guidance_scale: float = Field(5.0, description="Classifier-free guidance; <= 1 turns CFG off.")
+    embedded_guidance_scale: float | None = Field(
+        None, description="HunyuanVideo-family distilled guidance (the pipeline's own guidance_scale)."
+    )
+    negative_prompt: str = ""
+    num_videos: int = Field(1, description="Videos per row, each with its own seed.")
+    sequence_batch: bool = Field(False, description="Run the CFG passes one after another to save memory.")
+    fps: int = Field(8, description="Frame rate written into the mp4 files.")
+
+
+class ManifestRow(BaseModel):
+    """One validated manifest row, with run defaults already applied."""
+
+    model_config = ConfigDict(frozen=True)
+
+    row: int = Field(description="1-based line number of the row in the file (the header is line 1).")
+    id: str | None = None
+    prompt: str
+    negative_prompt: str = ""
+    model: str
+    height: int
+    width: int
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float
+    embedded_guidance_scale: float | None = None
+    seed: int | None = None
+    num_videos: int = 1
+    sequence_batch: bool = False
+
+
+class RowRejection(BaseModel):
+    """Why a manifest row (or a whole bucket of rows) will not run, and what would make it run."""
+
+    row: int
+    column: str | None
+    rule: str
+    message: str
+    fix: str
+
+
+class ParallelPlan(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    dp: int = 1
+    cfg: int = 1
+    ulysses: int = 1
+    ring: int = 1
+
+    @property
+    def world_size(self) -> int:
+        return self.dp * self.cfg * self.ulysses * self.ring
+
+    def as_dict(self) -> dict[str, int]:
+        return {**self.model_dump(), "world_size": self.world_size}
+
+    def __str__(self) -> str:
+        return f"dp={self.dp},cfg={self.cfg},ulysses={self.ulysses},ring={self.ring}"
+
+
+class Sample(BaseModel):
+    """One video to generate. ``sample_id`` is the identity hash; the output key is derived from it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sample_id: str
+    row: int
+    row_id: str | None = None
+    video_index: int = 0
+    prompt: str
+    negative_prompt: str = ""
+    seed: int
+    output_key: str = Field(description="Path of the mp4 relative to the output root; never contains prompt text.")
+
+
+class BucketKey(BaseModel):
+    """Everything that must be equal for samples to share one job (one pipeline call shape)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    height: int
+    width: int
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float
+    embedded_guidance_scale: float | None = None
+    sequence_batch: bool = False
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.guidance_scale > 1.0
+
+
+class JobSpec(BaseModel):
+    """A job as the ranks see it: one model, one shape, one plan, a list of samples."""
+
+    schema_version: Literal[1] = JOB_SPEC_VERSION
+    job_id: str
+    run_id: str = ""
+    bucket: BucketKey
+    model_path: str = Field(description="Local diffusers folder loaded with from_pretrained.")
+    family: Literal["wan", "hunyuan"]
+    plan: ParallelPlan
+    samples: list[Sample]
+    padded_slots: int = Field(0, description="Slots added so the sample count divides by dp; computed, never written.")
+    tokens: int = Field(0, description="Video tokens per sample in the transformer (latent T*h*w / patch).")
+    fps: int = 8
+    output_dir: str = Field(description="Local folder the ranks write mp4 and sidecar files into.")
+    results_path: str = Field(description="JSONL file rank 0 appends one SampleResult per sample to.")
+    keep_frames: bool = Field(False, description="Also save the uint8 frames as .npy (verification only).")
+
+
+class SampleResult(BaseModel):
+    sample_id: str
+    status: Literal["done", "failed"]
+    seconds: float = 0.0
+    frames: int = 0
+    height: int = 0
+    width: int = 0
+    file: str | None = Field(None, description="Output key of the mp4, relative to the job's output_dir.")
+    error: str | None = None
+    rank: int = 0
