@@ -135,7 +135,9 @@ class JobSpec(BaseModel):
     fps: int = 8
     output_dir: str = Field(description="Local folder the ranks write mp4 and sidecar files into.")
     results_path: str = Field(description="JSONL file rank 0 appends one SampleResult per sample to.")
-    keep_frames: bool = Field(False, description="Also save the uint8 frames as .npy (verification only).")
+    micro_batch: int = Field(1, ge=1, description="Samples one rank pushes through the transformer at once.")
+    collective_timeout_s: float = Field(1800.0, description="Process-group timeout; outlasts single-rank phases.")
+    keep_frames: bool = Field(False, description="Also save the float frames as .npy (verification only).")
 
 
 class SampleResult(BaseModel):

@@ -1,0 +1,163 @@
+"""The torchrun rank entry: ``python -m reelbatch.engine.rank JOB.json``.
+
+Every rank loads the pipeline once and walks the job's samples in lock-step with the other ranks:
+
+1. the sample list is padded to a multiple of dp; data-parallel rank i takes slots i, i+dp, i+2dp, ...
+2. each step, a rank's real samples (padding stripped) are denoised together; a CFG pair splits the two
+   guidance passes between its ranks;
+3. one rank per data-parallel slice decodes and writes the mp4 + sidecar (atomically);
+4. rank 0 gathers the per-sample results and appends them to the job's results file, flushed to disk at once,
+   so a crash loses at most the samples in flight.
+
+This module is the only code that runs inside the ranks with ``reelbatch.engine``; it never imports Prefect or
+the database. The job spec and the results file are its whole contract with the orchestrator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from reelbatch.engine.loading import load_pipeline
+from reelbatch.engine.parallel import ParallelContext, init_parallel, shutdown
+from reelbatch.engine.sampler import ADAPTERS, VideoSampler
+from reelbatch.engine.video import write_json, write_mp4, write_npy
+from reelbatch.schemas import JobSpec, Sample, SampleResult
+
+EVENT_PREFIX = "REELBATCH_EVENT "
+
+
+def emit(event: str, **fields) -> None:
+    """One machine-readable line on stdout; the dispatcher turns these into progress bars and logs."""
+    print(EVENT_PREFIX + json.dumps({"event": event, **fields}), flush=True)
+
+
+def slots_for_rank(spec: JobSpec, dp_rank: int) -> list[list[Sample | None]]:
+    """This rank's micro-batches; ``None`` marks a padding slot (never generated, never written)."""
+    slots: list[Sample | None] = list(spec.samples) + [None] * spec.padded_slots
+    mine = slots[dp_rank :: spec.plan.dp]
+    return [mine[i : i + spec.micro_batch] for i in range(0, len(mine), spec.micro_batch)]
+
+
+def sidecar(spec: JobSpec, sample: Sample, seconds: float, frames: int) -> dict:
+    return {
+        "sample_id": sample.sample_id,
+        "row": sample.row,
+        "row_id": sample.row_id,
+        "video_index": sample.video_index,
+        "prompt": sample.prompt,
+        "negative_prompt": sample.negative_prompt,
+        "seed": sample.seed,
+        **spec.bucket.model_dump(),
+        "frames": frames,
+        "fps": spec.fps,
+        "plan": spec.plan.as_dict(),
+        "job_id": spec.job_id,
+        "run_id": spec.run_id,
+        "seconds": round(seconds, 4),
+    }
+
+
+def write_sample(spec: JobSpec, sample: Sample, frames, seconds: float, rank: int) -> SampleResult:
+    out = Path(spec.output_dir)
+    video = out / sample.output_key
+    try:
+        if spec.keep_frames:
+            write_npy(video.with_suffix(".frames.npy"), frames)
+        write_json(video.with_suffix(".json"), sidecar(spec, sample, seconds, frames.shape[0]))
+        write_mp4(video, frames, spec.fps)  # last: an mp4 under its final name means the sample is complete
+    except Exception as exc:  # a full disk fails this sample, not the job
+        return SampleResult(sample_id=sample.sample_id, status="failed", error=f"writing output: {exc}", rank=rank)
+    return SampleResult(
+        sample_id=sample.sample_id,
+        status="done",
+        seconds=seconds,
+        frames=int(frames.shape[0]),
+        height=int(frames.shape[1]),
+        width=int(frames.shape[2]),
+        file=sample.output_key,
+        rank=rank,
+    )
+
+
+def run_batch(spec: JobSpec, ctx: ParallelContext, sampler: VideoSampler, batch: list[Sample]) -> list[SampleResult]:
+    started = time.perf_counter()
+    latents = sampler([s.prompt for s in batch], [s.negative_prompt for s in batch], [s.seed for s in batch], decode=False)
+    if not ctx.writes_outputs:
+        return []
+    try:
+        videos = sampler.adapter.decode(latents)
+    except Exception as exc:  # decode runs on this rank alone: failing here cannot desynchronise the group
+        return [SampleResult(sample_id=s.sample_id, status="failed", error=f"decode: {exc}", rank=ctx.rank) for s in batch]
+    seconds = (time.perf_counter() - started) / len(batch)
+    return [write_sample(spec, s, videos[i], seconds, ctx.rank) for i, s in enumerate(batch)]
+
+
+def gather_to_rank0(results: list[SampleResult], ctx: ParallelContext) -> list[SampleResult]:
+    if not ctx.distributed:
+        return results
+    gathered: list[list[dict]] | None = [None] * ctx.world_size if ctx.rank == 0 else None
+    dist.gather_object([r.model_dump() for r in results], gathered, dst=0)
+    if ctx.rank != 0:
+        return []
+    return [SampleResult.model_validate(r) for part in gathered for r in part]
+
+
+class ResultsFile:
+    """Append-only JSONL, flushed and fsynced per line: the collector may read it while the job runs."""
+
+    def __init__(self, path: str):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "a", encoding="utf-8")
+
+    def append(self, result: SampleResult) -> None:
+        self._fh.write(result.model_dump_json() + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def run_job(spec: JobSpec) -> int:
+    ctx = init_parallel(spec.plan, spec.collective_timeout_s)
+    results_file = ResultsFile(spec.results_path) if ctx.rank == 0 else None
+    try:
+        emit("loading", rank=ctx.rank, model=spec.bucket.model, device=str(ctx.device))
+        pipe = load_pipeline(spec.model_path, ctx.device)
+        sampler = VideoSampler(ADAPTERS[spec.family](pipe, spec.bucket, ctx.device), ctx)
+        emit("loaded", rank=ctx.rank)
+        torch.manual_seed(0)  # nothing should draw from the global RNG; if something does, keep it repeatable
+        for micro_batch in slots_for_rank(spec, ctx.dp_rank):
+            real = [s for s in micro_batch if s is not None]
+            results = run_batch(spec, ctx, sampler, real) if real else []
+            for result in gather_to_rank0(results, ctx):
+                results_file.append(result)
+                emit("sample", sample_id=result.sample_id, status=result.status, seconds=round(result.seconds, 3))
+        if ctx.distributed:
+            dist.barrier()
+        emit("finished", rank=ctx.rank)
+        return 0
+    finally:
+        if results_file:
+            results_file.close()
+        shutdown(ctx)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="reelbatch rank entry (launched by torchrun; not for humans)")
+    parser.add_argument("job", help="path to the job spec JSON")
+    args = parser.parse_args(argv)
+    spec = JobSpec.model_validate_json(Path(args.job).read_text(encoding="utf-8"))
+    return run_job(spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
