@@ -84,6 +84,11 @@ class ParallelPlan(BaseModel):
     def __str__(self) -> str:
         return f"dp={self.dp},cfg={self.cfg},ulysses={self.ulysses},ring={self.ring}"
 
+    def short(self) -> str:
+        """``dp2 cfg2``: the degrees above 1 (``dp1`` for a single rank)."""
+        parts = [f"{name}{degree}" for name, degree in self.model_dump().items() if degree > 1]
+        return " ".join(parts) or "dp1"
+
 
 class Sample(BaseModel):
     """One video to generate. ``sample_id`` is the identity hash; the output key is derived from it."""

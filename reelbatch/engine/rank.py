@@ -16,7 +16,6 @@ the database. The job spec and the results file are its whole contract with the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -25,19 +24,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from reelbatch.engine.events import emit
 from reelbatch.engine.loading import load_pipeline
 from reelbatch.engine.parallel import ParallelContext, init_parallel, shutdown
 from reelbatch.engine.sampler import ADAPTERS, VideoSampler
 from reelbatch.engine.video import write_json, write_mp4, write_npy
 from reelbatch.schemas import JobSpec, Sample, SampleResult
-
-EVENT_PREFIX = "REELBATCH_EVENT "
-
-
-def emit(event: str, **fields) -> None:
-    """One machine-readable line on stdout; the dispatcher turns these into progress bars and logs."""
-    print(EVENT_PREFIX + json.dumps({"event": event, **fields}), flush=True)
-
 
 def slots_for_rank(spec: JobSpec, dp_rank: int) -> list[list[Sample | None]]:
     """This rank's micro-batches; ``None`` marks a padding slot (never generated, never written)."""

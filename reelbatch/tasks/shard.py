@@ -228,3 +228,9 @@ def plan_run(
         for part, padded in cut_jobs(samples, plan.dp, max_samples_per_job):
             jobs.append(PlannedJob(_job_id(len(jobs), bucket, part), bucket, family, plan, part, padded, tokens, notes))
     return RunPlan(rows=total_rows, accepted=accepted, rejected=rejections, jobs=jobs)
+
+
+# Prefect is imported last so that everything above reads, and is tested, as plain Python.
+from prefect import task  # noqa: E402
+
+plan_run_task = task(name="plan-jobs")(plan_run)

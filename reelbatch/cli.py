@@ -1,0 +1,347 @@
+"""The ``reelbatch`` command line.
+
+Exit codes (the same for every command): 0 all good; 1 some rows were rejected or some samples failed;
+2 usage or file errors (nothing ran).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+
+app = typer.Typer(
+    help=(
+        "Turn a CSV of prompts into a video dataset: validate, plan GPU jobs, run them with torchrun, "
+        "record every video in a database.\n\n"
+        "Start with `reelbatch plan examples/prompts.csv` (a dry run), then `reelbatch run examples/prompts.csv`."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+models_app = typer.Typer(help="Models reelbatch knows and the built-in tiny ones.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(models_app, name="models")
+
+console = Console(stderr=True)
+out = Console()
+
+DB_HELP = "Database URL (SQLAlchemy), e.g. sqlite:///reelbatch.db or postgresql+psycopg://user@host/db. Env: REELBATCH_DB_URL."
+GPUS_HELP = "Ranks per node (GPUs; on a machine without CUDA, CPU processes). Default: visible CUDA GPUs, else 2."
+
+ManifestArg = Annotated[str, typer.Argument(help="Manifest CSV (UTF-8, header row, a `prompt` column).")]
+GpusOpt = Annotated[Optional[int], typer.Option("--gpus-per-node", "--gpus", min=1, help=GPUS_HELP)]
+DbOpt = Annotated[Optional[str], typer.Option("--db", help=DB_HELP)]
+ModelPathOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--model-path", help="NAME=DIR: a model name usable in the manifest, loaded from a local diffusers folder. Repeatable."),
+]
+ModelsFileOpt = Annotated[
+    Optional[str], typer.Option("--models-file", help="JSON file {NAME: DIR} of local models. Env: REELBATCH_MODELS_FILE.")
+]
+
+# Run-level defaults for the manifest's optional columns.
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Default model for rows without one.", rich_help_panel="Row defaults")]
+HeightOpt = Annotated[Optional[int], typer.Option("--height", help="Default height (multiple of 16).", rich_help_panel="Row defaults")]
+WidthOpt = Annotated[Optional[int], typer.Option("--width", help="Default width (multiple of 16).", rich_help_panel="Row defaults")]
+FramesOpt = Annotated[Optional[int], typer.Option("--frames", help="Default frames per video (4k+1).", rich_help_panel="Row defaults")]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Default denoising steps.", rich_help_panel="Row defaults")]
+GuidanceOpt = Annotated[
+    Optional[float], typer.Option("--guidance", help="Default CFG scale; <= 1 turns CFG off.", rich_help_panel="Row defaults")
+]
+NegativeOpt = Annotated[Optional[str], typer.Option("--negative-prompt", help="Default negative prompt.", rich_help_panel="Row defaults")]
+VideosOpt = Annotated[Optional[int], typer.Option("--num-videos", help="Default videos per row.", rich_help_panel="Row defaults")]
+SeqBatchOpt = Annotated[
+    Optional[bool],
+    typer.Option("--sequence-batch/--no-sequence-batch", help="Default: run CFG passes one after another (less memory, no CFG parallel).", rich_help_panel="Row defaults"),
+]
+FpsOpt = Annotated[Optional[int], typer.Option("--fps", help="Frame rate of the written mp4 files.", rich_help_panel="Row defaults")]
+
+
+def _prefect_environment() -> None:
+    """Quiet, robust defaults for Prefect's ephemeral mode, set before Prefect is imported."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _defaults(**overrides):
+    from reelbatch.schemas import RunDefaults
+
+    return RunDefaults(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _db_url(db: str | None) -> str:
+    from reelbatch.settings import DEFAULT_DB_URL
+
+    return db or os.environ.get("REELBATCH_DB_URL") or DEFAULT_DB_URL
+
+
+def _catalog(model_path, models_file):
+    from reelbatch.models.registry import ModelCatalog
+
+    try:
+        return ModelCatalog.from_config(model_path or [], models_file)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def _gpus(gpus: int | None) -> int:
+    from reelbatch.infra.cluster import default_ranks_per_node
+
+    return gpus or default_ranks_per_node()
+
+
+def _print_rejections(rejections) -> None:
+    if not rejections:
+        return
+    table = Table(title=f"{len(rejections)} rejected", title_justify="left", show_lines=False)
+    for column in ("line", "column", "rule", "problem", "fix"):
+        table.add_column(column, overflow="fold")
+    for r in sorted(rejections, key=lambda r: r.row):
+        table.add_row(str(r.row), r.column or "", r.rule, r.message, r.fix)
+    console.print(table)
+
+
+@app.command()
+def plan(
+    manifest: ManifestArg,
+    gpus: GpusOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON (schema in README.md).")] = False,
+    max_samples_per_job: Annotated[int, typer.Option(min=1, help="Largest job, in samples.")] = 32,
+    model_path: ModelPathOpt = None,
+    models_file: ModelsFileOpt = None,
+    model: ModelOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    frames: FramesOpt = None,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    negative_prompt: NegativeOpt = None,
+    num_videos: VideosOpt = None,
+    sequence_batch: SeqBatchOpt = None,
+) -> None:
+    """Dry run: validate the manifest and show the jobs that `run` would launch. Nothing runs.
+
+    Exit 0 when every row is accepted, 1 when some rows are rejected, 2 for usage or file errors.
+    """
+    from reelbatch.tasks.manifest import ManifestError, read_manifest
+    from reelbatch.tasks.shard import plan_run
+
+    defaults = _defaults(
+        model=model, height=height, width=width, num_frames=frames, num_inference_steps=steps,
+        guidance_scale=guidance, negative_prompt=negative_prompt, num_videos=num_videos, sequence_batch=sequence_batch,
+    )
+    catalog = _catalog(model_path, models_file)
+    try:
+        read = read_manifest(manifest, defaults, catalog.names())
+    except ManifestError as exc:
+        _fail(str(exc))
+    run_plan = plan_run(read.rows, read.rejections, read.total_rows, catalog, _gpus(gpus), max_samples_per_job)
+    if as_json:
+        print(json.dumps(run_plan.to_json(), indent=2))
+    else:
+        _print_plan(run_plan, _gpus(gpus))
+    raise typer.Exit(EXIT_PARTIAL if run_plan.rejected else EXIT_OK)
+
+
+def _print_plan(run_plan, gpus: int) -> None:
+    table = Table(title=f"Plan for {gpus} ranks per node", title_justify="left")
+    for column in ("job", "model", "HxWxF", "steps", "guidance", "plan", "samples", "padded", "tokens", "notes"):
+        table.add_column(column, no_wrap=column in ("job", "plan", "HxWxF"))
+    footnotes: list[str] = []
+    for job in run_plan.jobs:
+        b = job.bucket
+        marks = []
+        for note in job.notes:
+            if note not in footnotes:
+                footnotes.append(note)
+            marks.append(f"[{footnotes.index(note) + 1}]")
+        table.add_row(
+            job.job_id, b.model, f"{b.height}x{b.width}x{b.num_frames}", str(b.num_inference_steps),
+            f"{b.guidance_scale:g}", job.plan.short(), str(len(job.samples)), str(job.padded_slots), str(job.tokens),
+            " ".join(marks),
+        )
+    out.print(table)
+    for number, note in enumerate(footnotes, 1):
+        out.print(f"[{number}] {note}", highlight=False)
+    _print_rejections(run_plan.rejected)
+    s = run_plan.summary()
+    out.print(
+        f"{run_plan.rows} rows, {run_plan.accepted} accepted, {len(run_plan.rejected)} rejected; "
+        f"{s['jobs']} jobs, {s['samples']} samples, {s['padded_slots']} padded slots ({s['padding_ratio']:.1%})."
+    )
+
+
+@app.command()
+def run(
+    manifest: ManifestArg,
+    gpus: GpusOpt = None,
+    out_dir: Annotated[str, typer.Option("--out", help="Output folder for the videos (created if missing).")] = "outputs",
+    db: DbOpt = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse the whole run if any row is bad.")] = False,
+    max_samples_per_job: Annotated[int, typer.Option(min=1, help="Largest job, in samples.")] = 32,
+    job_timeout: Annotated[Optional[float], typer.Option(help="Wall-clock limit per job, seconds.")] = None,
+    model_path: ModelPathOpt = None,
+    models_file: ModelsFileOpt = None,
+    model: ModelOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    frames: FramesOpt = None,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    negative_prompt: NegativeOpt = None,
+    num_videos: VideosOpt = None,
+    sequence_batch: SeqBatchOpt = None,
+    fps: FpsOpt = None,
+) -> None:
+    """Generate every video of the manifest and record runs, jobs and samples in the database.
+
+    Each job runs as `torchrun` ranks (on CPU with gloo when there is no CUDA). Rejected rows are reported
+    and recorded; the valid rows still run unless --strict.
+    """
+    _prefect_environment()
+    from reelbatch.cli_progress import RichProgressSink
+    from reelbatch.flows.generate import generate_dataset
+    from reelbatch.infra.db import Database, SchemaOutOfDate
+    from reelbatch.progress import reporting_to
+    from reelbatch.tasks.manifest import ManifestError
+
+    defaults = _defaults(
+        model=model, height=height, width=width, num_frames=frames, num_inference_steps=steps,
+        guidance_scale=guidance, negative_prompt=negative_prompt, num_videos=num_videos, sequence_batch=sequence_batch,
+        fps=fps,
+    )
+    db_url = _db_url(db)
+    _catalog(model_path, models_file)  # configuration errors are usage errors: report them before starting
+    try:
+        with Database(db_url) as database:
+            database.ensure_schema(auto_upgrade=True)
+    except SchemaOutOfDate as exc:
+        _fail(str(exc))
+    if models_file:
+        os.environ["REELBATCH_MODELS_FILE"] = models_file
+    try:
+        with RichProgressSink(console) as sink, reporting_to(sink):
+            report = generate_dataset(
+                manifest=manifest,
+                output=out_dir,
+                db_url=db_url,
+                gpus_per_node=_gpus(gpus),
+                defaults=defaults,
+                strict=strict,
+                model_paths=model_path or [],
+                max_samples_per_job=max_samples_per_job,
+                job_timeout_s=job_timeout,
+            )
+    except ManifestError as exc:
+        _fail(str(exc))
+    _print_rejections(report.rejected)
+    _print_report(report)
+    raise typer.Exit(report.exit_code)
+
+
+def _print_report(report) -> None:
+    table = Table(title="Run summary", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("run", report.run_id or "-")
+    table.add_row("status", report.status)
+    table.add_row("rows", f"{report.rows} ({report.accepted} accepted, {len({r.row for r in report.rejected})} rejected)")
+    table.add_row("videos", f"{report.done} done, {report.failed} failed")
+    table.add_row("jobs", str(report.jobs))
+    table.add_row("wall time", f"{report.wall_seconds:.1f} s")
+    table.add_row("output", str(Path(report.output).resolve()) if "://" not in report.output else report.output)
+    console.print(table)
+    if report.status == "refused":
+        console.print("[bold red]--strict:[/] the manifest has bad rows, nothing was launched.")
+
+
+@app.command()
+def runs(
+    db: DbOpt = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many recent runs.")] = 20,
+) -> None:
+    """Recent runs, newest first, with sample counts and status."""
+    from reelbatch.infra.db import Database, SchemaOutOfDate
+
+    database = Database(_db_url(db))
+    try:
+        database.ensure_schema(auto_upgrade=False)
+    except SchemaOutOfDate as exc:
+        _fail(str(exc))
+    table = Table(title=f"Runs in {database.url_for_display}", title_justify="left")
+    for column in ("run", "started", "status", "done", "failed", "rejected", "pending", "jobs", "manifest"):
+        table.add_column(column, overflow="fold")
+    for r in database.list_runs(limit):
+        c = r.counts
+        table.add_row(
+            r.id[:12], r.created_at.strftime("%Y-%m-%d %H:%M:%S"), r.status, str(c.get("done", 0)),
+            str(c.get("failed", 0)), str(c.get("rejected", 0)), str(c.get("pending", 0) + c.get("running", 0)),
+            str(r.jobs), r.manifest_source,
+        )
+    out.print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOpt = None) -> None:
+    """Create or migrate the database schema to the version this reelbatch needs."""
+    from reelbatch.infra.db import Database
+
+    database = Database(_db_url(db))
+    database.upgrade()
+    console.print(f"{database.url_for_display}: schema at revision {database.current_revision()}")
+
+
+@models_app.command("list")
+def models_list(model_path: ModelPathOpt = None, models_file: ModelsFileOpt = None) -> None:
+    """Model names a manifest may use."""
+    catalog = _catalog(model_path, models_file)
+    table = Table(title_justify="left")
+    for column in ("model", "pipeline", "heads", "source"):
+        table.add_column(column)
+    for name in sorted(catalog.names()):
+        try:
+            family = catalog.family(name)
+        except KeyError as exc:
+            table.add_row(name, "?", "?", f"[red]{exc}[/]")
+            continue
+        source = "built-in tiny (random weights)" if family.builtin_tiny else catalog.paths.get(name, "")
+        table.add_row(name, family.kind, str(family.heads), source)
+    out.print(table)
+
+
+@models_app.command("build")
+def models_build() -> None:
+    """Build the tiny models into the cache now (a run builds them on first use anyway)."""
+    from reelbatch.models.tiny import TINY_BUILDERS, ensure_tiny_model
+
+    for name in sorted(TINY_BUILDERS):
+        console.print(f"{name}: {ensure_tiny_model(name)}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

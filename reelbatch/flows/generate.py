@@ -1,0 +1,47 @@
+"""The generate-dataset flow: the pipeline's outline and nothing else.
+
+    read + validate the manifest -> plan jobs -> record the run -> for each job: launch ranks, collect -> finish
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from reelbatch.models.registry import ModelCatalog
+from reelbatch.schemas import RunDefaults
+from reelbatch.settings import DEFAULT_DB_URL, DEFAULT_OUTPUT
+from reelbatch.tasks.collect import collect_job_task
+from reelbatch.tasks.dispatch import prepare_job_task, run_job_task
+from reelbatch.tasks.manifest import read_manifest_task
+from reelbatch.tasks.record import RunReport, finish_run_task, refuse_run, start_run_task
+from reelbatch.tasks.shard import DEFAULT_MAX_SAMPLES_PER_JOB, plan_run_task
+
+
+@flow(name="generate-dataset", log_prints=True)
+def generate_dataset(
+    manifest: str,
+    output: str = DEFAULT_OUTPUT,
+    db_url: str = DEFAULT_DB_URL,
+    gpus_per_node: int = 2,
+    defaults: RunDefaults = RunDefaults(),
+    strict: bool = False,
+    model_paths: list[str] | None = None,
+    max_samples_per_job: int = DEFAULT_MAX_SAMPLES_PER_JOB,
+    job_timeout_s: float | None = None,
+) -> RunReport:
+    """Turn a manifest of prompts into videos under ``output`` and rows in the database at ``db_url``."""
+    catalog = ModelCatalog.from_config(model_paths or [])
+    manifest_read = read_manifest_task(manifest, defaults, catalog.names())
+    plan = plan_run_task(
+        manifest_read.rows, manifest_read.rejections, manifest_read.total_rows, catalog, gpus_per_node,
+        max_samples_per_job,
+    )
+    if strict and plan.rejected:
+        return refuse_run(plan, output)
+
+    run_id = start_run_task(db_url, manifest_read, plan, output, gpus_per_node, defaults)
+    specs = [prepare_job_task(planned, run_id, output, db_url, catalog, defaults.fps) for planned in plan.jobs]
+    for spec in specs:
+        outcome = run_job_task(spec, db_url, job_timeout_s)
+        collect_job_task(spec, db_url, output, outcome.returncode, outcome.seconds, outcome.error)
+    return finish_run_task(db_url, run_id, plan, output)

@@ -1,0 +1,21 @@
+"""Facts about the machine the orchestrator runs on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CPU_DEFAULT_RANKS = 2  # without CUDA, ranks run on the CPU with gloo: two exercise every parallel path
+
+
+def visible_gpus() -> int:
+    """CUDA GPUs this process may use, without importing torch (planning must stay light)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
+
+
+def default_ranks_per_node() -> int:
+    return visible_gpus() or CPU_DEFAULT_RANKS

@@ -1,0 +1,732 @@
+"""Runs, jobs and samples in SQL (SQLite or PostgreSQL).
+
+The schema is owned by the Alembic environment in ``reelbatch/infra/migrations``; the models below must stay in step
+with its revisions (a test compares them). Every write is its own short transaction and every count is derived from
+rows, so several collectors can write the results of different jobs of one run at the same time.
+
+Nothing here imports torch or Prefect.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Connection,
+    DateTime,
+    Dialect,
+    Engine,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from reelbatch.schemas import JobSpec, RowRejection, SampleResult
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+RUN_STATUSES = ("pending", "running", "done", "failed", "partial")
+JOB_STATUSES = ("pending", "running", "done", "failed")
+SAMPLE_STATUSES = ("pending", "running", "done", "failed", "rejected")
+
+NO_RESULT_ERROR = "job ended without a result for this sample"
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# Explicit names make the migrations deterministic and let later revisions drop or alter constraints by name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Manifest columns a rejected row may still carry; parsed best effort so the rejection can be shown with its context.
+_REJECTED_ROW_PARSERS: dict[str, Callable[[str], Any]] = {
+    "model": str,
+    "height": int,
+    "width": int,
+    "num_frames": int,
+    "num_inference_steps": int,
+    "guidance_scale": float,
+    "embedded_guidance_scale": float,
+    "seed": int,
+}
+
+
+class SchemaOutOfDate(RuntimeError):
+    """The database is not at the schema revision this reelbatch needs."""
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite hands back naive values otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: reelbatch stores timezone-aware UTC datetimes only")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _status_check(statuses: tuple[str, ...]) -> CheckConstraint:
+    allowed = ", ".join(f"'{status}'" for status in statuses)
+    return CheckConstraint(f"status IN ({allowed})", name="status")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class RunRecord(Base):
+    __tablename__ = "runs"
+    __table_args__ = (_status_check(RUN_STATUSES),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(16))
+    manifest_source: Mapped[str] = mapped_column(Text)
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    output_root: Mapped[str] = mapped_column(Text)
+    gpus_per_node: Mapped[int]
+    params: Mapped[dict[str, Any]]
+    library_versions: Mapped[dict[str, Any]]
+    rows_total: Mapped[int]
+    rows_accepted: Mapped[int]
+    rows_rejected: Mapped[int]
+
+
+class JobRecord(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (_status_check(JOB_STATUSES), Index("ix_jobs_run_id", "run_id"))
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    model: Mapped[str]
+    height: Mapped[int]
+    width: Mapped[int]
+    num_frames: Mapped[int]
+    num_inference_steps: Mapped[int]
+    guidance_scale: Mapped[float]
+    embedded_guidance_scale: Mapped[float | None]
+    sequence_batch: Mapped[bool]
+    dp: Mapped[int]
+    cfg: Mapped[int]
+    ulysses: Mapped[int]
+    ring: Mapped[int]
+    world_size: Mapped[int]
+    backend: Mapped[str] = mapped_column(String(32), default="native", server_default="native")
+    samples_count: Mapped[int]
+    padded_slots: Mapped[int]
+    tokens: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16))
+    returncode: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    log_path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    seconds: Mapped[float | None]
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+
+
+class SampleRecord(Base):
+    __tablename__ = "samples"
+    __table_args__ = (
+        _status_check(SAMPLE_STATUSES),
+        # Rejected rows have no sample_id; NULLs are distinct in unique constraints on both backends.
+        UniqueConstraint("run_id", "sample_id"),
+        Index("ix_samples_run_id_row_video_index", "run_id", "row", "video_index"),
+        Index("ix_samples_job_id", "job_id"),
+        Index("ix_samples_sample_id", "sample_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    sample_id: Mapped[str | None]
+    row: Mapped[int]
+    row_id: Mapped[str | None]
+    video_index: Mapped[int] = mapped_column(default=0)
+    prompt: Mapped[str] = mapped_column(Text)
+    negative_prompt: Mapped[str] = mapped_column(Text, default="")
+    # Generation parameters are nullable because a rejected row may have had no valid value for them.
+    model: Mapped[str | None]
+    height: Mapped[int | None]
+    width: Mapped[int | None]
+    num_frames: Mapped[int | None]
+    num_inference_steps: Mapped[int | None]
+    guidance_scale: Mapped[float | None]
+    embedded_guidance_scale: Mapped[float | None]
+    sequence_batch: Mapped[bool | None]
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    reject_rule: Mapped[str | None]
+    reject_column: Mapped[str | None]
+    reject_fix: Mapped[str | None] = mapped_column(Text)
+    output_path: Mapped[str | None] = mapped_column(Text)
+    seconds: Mapped[float | None]
+    frames: Mapped[int | None]
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    id: str
+    created_at: datetime
+    finished_at: datetime | None
+    status: str
+    manifest_source: str
+    output_root: str
+    counts: dict[str, int]
+    jobs: int
+
+
+def alembic_config(url: str | URL | None = None) -> Config:
+    """An Alembic config for the packaged migrations; no alembic.ini needed, so it works from any directory."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    if url is not None:
+        rendered = make_url(url).render_as_string(hide_password=False)
+        # The config is a ConfigParser: a literal '%' (URL-encoded password) must be doubled.
+        config.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
+    return config
+
+
+@functools.cache
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, f"no migrations in {MIGRATIONS_DIR}"
+    return head
+
+
+def _known_revisions() -> set[str]:
+    return {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+
+
+def upgrade_database(url: str) -> None:
+    database = Database(url)
+    try:
+        database.upgrade()
+    finally:
+        database.close()
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("torch", "diffusers", "transformers", "prefect", "reelbatch"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "missing"
+    return versions
+
+
+def _new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _parse_or_none(parse: Callable[[str], Any], text: Any) -> Any:
+    if not isinstance(text, str) or not text.strip():
+        return None
+    try:
+        return parse(text.strip())
+    except ValueError:
+        return None
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in {"1", "true", "yes", "y"}:
+        return True
+    if lowered in {"0", "false", "no", "n"}:
+        return False
+    raise ValueError(text)
+
+
+def _rejected_row_values(raw: Mapping[str, Any]) -> dict[str, Any]:
+    def text(column: str) -> str:
+        value = raw.get(column)
+        return value if isinstance(value, str) else ""
+
+    values = {column: _parse_or_none(parse, raw.get(column)) for column, parse in _REJECTED_ROW_PARSERS.items()}
+    values["sequence_batch"] = _parse_or_none(_parse_bool, raw.get("sequence_batch"))
+    values["prompt"] = text("prompt")
+    values["negative_prompt"] = text("negative_prompt")
+    values["row_id"] = text("id") or None
+    return values
+
+
+def _sqlite_database_path(url: URL) -> Path | None:
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def set_pragmas(dbapi_connection: Any, _connection_record: Any) -> None:
+        # Take BEGIN away from the sqlite3 module so that `begin_transaction` below decides how to begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def begin_transaction(connection: Connection) -> None:
+        # A write transaction takes the write lock up front: a deferred one that reads first and then writes cannot
+        # wait for a concurrent writer (SQLite returns SQLITE_BUSY at once instead of honouring busy_timeout).
+        if connection.get_execution_options().get("reelbatch_write"):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.exec_driver_sql("BEGIN")
+
+
+class Database:
+    def __init__(self, url: str | URL):
+        self._url = make_url(url)
+        self.url_for_display = self._url.render_as_string(hide_password=True)
+        if self._url.get_backend_name() == "sqlite":
+            path = _sqlite_database_path(self._url)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(self._url)
+            _configure_sqlite(self.engine)
+        else:
+            # Runs last hours; connections idle that long may have been dropped by the server or a proxy.
+            self.engine = create_engine(self._url, pool_pre_ping=True)
+        self._write_engine = self.engine.execution_options(reelbatch_write=True)
+
+    def __repr__(self) -> str:
+        return f"Database({self.url_for_display!r})"
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- schema ---
+
+    @contextmanager
+    def write_connection(self) -> Iterator[Connection]:
+        """A connection inside a write transaction, committed on success (what migrations run in)."""
+        with self._write_engine.begin() as connection:
+            yield connection
+
+    def run_alembic(self, alembic_command: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run an ``alembic.command`` function (upgrade, stamp, downgrade, ...) against this database."""
+        config = alembic_config(self._url)
+        with self.write_connection() as connection:
+            config.attributes["connection"] = connection
+            return alembic_command(config, *args, **kwargs)
+
+    def upgrade(self) -> None:
+        self.run_alembic(command.upgrade, "head")
+
+    def current_revision(self) -> str | None:
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def ensure_schema(self, auto_upgrade: bool = False) -> None:
+        """Check the schema is at head. ``auto_upgrade`` only ever creates the schema in a database with no tables;
+        an existing schema at another revision always raises, so data is never migrated without being asked."""
+        head = head_revision()
+        with self.engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+            has_tables = bool(inspect(connection).get_table_names())
+        if current == head:
+            return
+        if auto_upgrade and not has_tables:
+            self.upgrade()
+            return
+        message = (
+            f"database schema at revision {current or 'none'}, reelbatch needs {head}: "
+            f"run `reelbatch db upgrade --db {self.url_for_display}`"
+        )
+        if current is not None and current not in _known_revisions():
+            message += f" (revision {current} is unknown to this reelbatch; a newer version may have written it)"
+        raise SchemaOutOfDate(message)
+
+    # --- writes ---
+
+    @contextmanager
+    def _writing(self) -> Iterator[Session]:
+        with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _reading(self) -> Iterator[Session]:
+        with Session(self.engine) as session, session.begin():
+            yield session
+
+    def create_run(
+        self,
+        *,
+        manifest_source: str,
+        manifest_sha256: str,
+        output_root: str,
+        gpus_per_node: int,
+        params: dict[str, Any],
+        library_versions: dict[str, Any],
+        rows_total: int,
+        rows_accepted: int,
+        rows_rejected: int,
+    ) -> str:
+        """Record a run that is starting now (status ``running``) and return its id."""
+        run = RunRecord(
+            id=_new_run_id(),
+            status="running",
+            manifest_source=manifest_source,
+            manifest_sha256=manifest_sha256,
+            output_root=output_root,
+            gpus_per_node=gpus_per_node,
+            params=params,
+            library_versions=library_versions,
+            rows_total=rows_total,
+            rows_accepted=rows_accepted,
+            rows_rejected=rows_rejected,
+        )
+        with self._writing() as session:
+            session.add(run)
+        return run.id
+
+    def add_rejections(
+        self,
+        run_id: str,
+        rejections: list[RowRejection],
+        raw_rows: Mapping[int, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """One ``rejected`` sample row per rejection, with whatever of the raw manifest row could be parsed."""
+        raw_rows = raw_rows or {}
+        records = [
+            SampleRecord(
+                run_id=run_id,
+                row=rejection.row,
+                status="rejected",
+                error=rejection.message,
+                reject_rule=rejection.rule,
+                reject_column=rejection.column,
+                reject_fix=rejection.fix,
+                **_rejected_row_values(raw_rows.get(rejection.row, {})),
+            )
+            for rejection in rejections
+        ]
+        with self._writing() as session:
+            session.add_all(records)
+
+    def add_job(self, run_id: str, job: JobSpec, backend: str = "native", log_path: str = "") -> None:
+        """Record a job and one ``pending`` sample row per sample it will generate."""
+        if job.run_id and job.run_id != run_id:
+            raise ValueError(f"job {job.job_id} belongs to run {job.run_id}, not {run_id}")
+        bucket, plan = job.bucket, job.plan
+        generation_params = {
+            "model": bucket.model,
+            "height": bucket.height,
+            "width": bucket.width,
+            "num_frames": bucket.num_frames,
+            "num_inference_steps": bucket.num_inference_steps,
+            "guidance_scale": bucket.guidance_scale,
+            "embedded_guidance_scale": bucket.embedded_guidance_scale,
+            "sequence_batch": bucket.sequence_batch,
+        }
+        job_record = JobRecord(
+            id=job.job_id,
+            run_id=run_id,
+            **generation_params,
+            dp=plan.dp,
+            cfg=plan.cfg,
+            ulysses=plan.ulysses,
+            ring=plan.ring,
+            world_size=plan.world_size,
+            backend=backend,
+            samples_count=len(job.samples),
+            padded_slots=job.padded_slots,
+            tokens=job.tokens,
+            status="pending",
+            log_path=log_path,
+        )
+        sample_records = [
+            SampleRecord(
+                run_id=run_id,
+                job_id=job.job_id,
+                sample_id=sample.sample_id,
+                row=sample.row,
+                row_id=sample.row_id,
+                video_index=sample.video_index,
+                prompt=sample.prompt,
+                negative_prompt=sample.negative_prompt,
+                seed=sample.seed,
+                status="pending",
+                **generation_params,
+            )
+            for sample in job.samples
+        ]
+        with self._writing() as session:
+            session.add(job_record)
+            # The job row must exist before the samples that reference it.
+            session.flush()
+            session.add_all(sample_records)
+
+    def mark_job_running(self, job_id: str) -> None:
+        """Start an attempt of a job: the job and its samples not done yet become ``running``."""
+        now = utcnow()
+        with self._writing() as session:
+            started = session.execute(
+                update(JobRecord)
+                .where(JobRecord.id == job_id)
+                .values(
+                    status="running",
+                    attempts=JobRecord.attempts + 1,
+                    started_at=now,
+                    finished_at=None,
+                    returncode=None,
+                    error=None,
+                    seconds=None,
+                )
+            )
+            if started.rowcount == 0:
+                raise KeyError(f"no job {job_id!r}")
+            session.execute(
+                update(SampleRecord)
+                .where(SampleRecord.job_id == job_id, SampleRecord.status != "done")
+                .values(
+                    status="running",
+                    attempts=SampleRecord.attempts + 1,
+                    started_at=now,
+                    finished_at=None,
+                    error=None,
+                )
+            )
+
+    def record_sample_results(
+        self, job_id: str, results: list[SampleResult], output_paths: Mapping[str, str]
+    ) -> None:
+        """Store the results of samples of this job. Idempotent: a result already stored changes nothing, not even
+        timestamps. A ``done`` sample stays done (its mp4 exists), whatever a later result says."""
+        if not results:
+            return
+        results_by_sample_id = {result.sample_id: result for result in results}
+        now = utcnow()
+        with self._writing() as session:
+            records = session.scalars(
+                select(SampleRecord).where(
+                    SampleRecord.job_id == job_id, SampleRecord.sample_id.in_(list(results_by_sample_id))
+                )
+            ).all()
+            for record in records:
+                result = results_by_sample_id[record.sample_id]
+                if record.status == "done" and result.status != "done":
+                    log.warning(
+                        "job %s: ignoring %s result for sample %s, already done",
+                        job_id,
+                        result.status,
+                        record.sample_id,
+                    )
+                    continue
+                new_values = {
+                    "status": result.status,
+                    "seconds": result.seconds,
+                    "frames": result.frames,
+                    "error": result.error,
+                    "output_path": output_paths.get(result.sample_id),
+                }
+                if all(getattr(record, column) == value for column, value in new_values.items()):
+                    continue
+                for column, value in new_values.items():
+                    setattr(record, column, value)
+                record.finished_at = now
+            unknown = set(results_by_sample_id) - {record.sample_id for record in records}
+            if unknown:
+                log.warning(
+                    "job %s: ignoring results for %d samples not in this job: %s",
+                    job_id,
+                    len(unknown),
+                    sorted(unknown)[:5],
+                )
+
+    def finish_job(
+        self, job_id: str, *, status: str, returncode: int | None, seconds: float, error: str | None = None
+    ) -> None:
+        """End a job attempt; its samples still without a result fail with the job's error."""
+        if status not in ("done", "failed"):
+            raise ValueError(f"a job finishes as done or failed, not {status!r}")
+        now = utcnow()
+        with self._writing() as session:
+            finished = session.execute(
+                update(JobRecord)
+                .where(JobRecord.id == job_id)
+                .values(status=status, returncode=returncode, seconds=seconds, error=error, finished_at=now)
+            )
+            if finished.rowcount == 0:
+                raise KeyError(f"no job {job_id!r}")
+            session.execute(
+                update(SampleRecord)
+                .where(SampleRecord.job_id == job_id, SampleRecord.status.in_(("pending", "running")))
+                .values(status="failed", error=error or NO_RESULT_ERROR, finished_at=now)
+            )
+
+    def finish_run(self, run_id: str) -> str:
+        """Derive the run's final status from its accepted samples: all done → ``done``, none done → ``failed``,
+        otherwise ``partial``. A run whose rows were all rejected has ``failed``."""
+        with self._writing() as session:
+            counts = self._status_counts(session, [run_id])[run_id]
+            accepted = sum(count for status, count in counts.items() if status != "rejected")
+            if accepted == 0:
+                status = "failed" if counts["rejected"] else "done"
+            elif counts["done"] == accepted:
+                status = "done"
+            elif counts["done"] == 0:
+                status = "failed"
+            else:
+                status = "partial"
+            finished = session.execute(
+                update(RunRecord).where(RunRecord.id == run_id).values(status=status, finished_at=utcnow())
+            )
+            if finished.rowcount == 0:
+                raise KeyError(f"no run {run_id!r}")
+        return status
+
+    # --- reads ---
+
+    @staticmethod
+    def _status_counts(session: Session, run_ids: list[str]) -> dict[str, dict[str, int]]:
+        counts = {run_id: dict.fromkeys(SAMPLE_STATUSES, 0) for run_id in run_ids}
+        rows = session.execute(
+            select(SampleRecord.run_id, SampleRecord.status, func.count())
+            .where(SampleRecord.run_id.in_(run_ids))
+            .group_by(SampleRecord.run_id, SampleRecord.status)
+        )
+        for run_id, status, count in rows:
+            counts[run_id][status] = count
+        return counts
+
+    @staticmethod
+    def _resolve_run_id(session: Session, run_id_or_prefix: str) -> str:
+        if not run_id_or_prefix:
+            raise KeyError("empty run id")
+        matches = session.scalars(
+            select(RunRecord.id).where(RunRecord.id.startswith(run_id_or_prefix, autoescape=True)).limit(2)
+        ).all()
+        if not matches:
+            raise KeyError(f"no run {run_id_or_prefix!r}")
+        if len(matches) > 1:
+            raise KeyError(f"run id prefix {run_id_or_prefix!r} is ambiguous")
+        return matches[0]
+
+    def _summaries(self, session: Session, runs: list[RunRecord]) -> list[RunSummary]:
+        run_ids = [run.id for run in runs]
+        counts = self._status_counts(session, run_ids)
+        job_counts = dict(
+            session.execute(
+                select(JobRecord.run_id, func.count()).where(JobRecord.run_id.in_(run_ids)).group_by(JobRecord.run_id)
+            ).all()
+        )
+        return [
+            RunSummary(
+                id=run.id,
+                created_at=run.created_at,
+                finished_at=run.finished_at,
+                status=run.status,
+                manifest_source=run.manifest_source,
+                output_root=run.output_root,
+                counts=counts[run.id],
+                jobs=job_counts.get(run.id, 0),
+            )
+            for run in runs
+        ]
+
+    def list_runs(self, limit: int = 20) -> list[RunSummary]:
+        """The newest runs first."""
+        with self._reading() as session:
+            runs = session.scalars(
+                select(RunRecord).order_by(RunRecord.created_at.desc(), RunRecord.id).limit(limit)
+            ).all()
+            return self._summaries(session, list(runs))
+
+    def run_summary(self, run_id: str) -> RunSummary:
+        """Summary of a run given its id or a unique prefix of it; ``KeyError`` if none or several match."""
+        with self._reading() as session:
+            run = session.get_one(RunRecord, self._resolve_run_id(session, run_id))
+            return self._summaries(session, [run])[0]
+
+    def samples(self, run_id: str) -> list[dict[str, Any]]:
+        """Every column of every sample row of a run (id or unique prefix), in manifest order."""
+        table = SampleRecord.__table__
+        with self._reading() as session:
+            resolved = self._resolve_run_id(session, run_id)
+            rows = session.execute(
+                select(table)
+                .where(table.c.run_id == resolved)
+                .order_by(table.c.row, table.c.video_index, table.c.id)
+            )
+            return [dict(row) for row in rows.mappings()]
+
+    def jobs(self, run_id: str) -> list[dict[str, Any]]:
+        """Every column of every job of a run (id or unique prefix), in the order they were added."""
+        table = JobRecord.__table__
+        with self._reading() as session:
+            resolved = self._resolve_run_id(session, run_id)
+            rows = session.execute(
+                select(table).where(table.c.run_id == resolved).order_by(table.c.created_at, table.c.id)
+            )
+            return [dict(row) for row in rows.mappings()]

@@ -1,0 +1,55 @@
+"""Where finished files go: a local folder or any fsspec URL (s3://bucket/prefix, ...).
+
+Ranks always write to local staging; ``OutputStore.publish`` moves a finished file to its final key. Only after
+``publish`` returns may the sample be marked done.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import fsspec
+from fsspec.utils import get_protocol
+
+
+def work_root(output: str) -> Path:
+    """Local folder for job specs, rank logs, results files and staged outputs of runs writing to ``output``.
+
+    Next to a local output folder (so publishing is a rename on the same file system); for remote outputs, under
+    the user's cache (``REELBATCH_WORK_DIR`` overrides both).
+    """
+    if override := os.environ.get("REELBATCH_WORK_DIR"):
+        return Path(override)
+    if get_protocol(output) in ("file", "local"):
+        return Path(output.removeprefix("file://")) / ".reelbatch"
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(cache) / "reelbatch" / "work"
+
+
+class OutputStore:
+    def __init__(self, root: str):
+        self.root = root.rstrip("/") or "/"
+        self.is_local = get_protocol(root) in ("file", "local")
+        self._fs = None if self.is_local else fsspec.filesystem(get_protocol(root))
+
+    def url(self, key: str) -> str:
+        if self.is_local:
+            return str(Path(self.root.removeprefix("file://")).resolve() / key)
+        return f"{self.root}/{key}"
+
+    def publish(self, staged: Path, key: str) -> str:
+        """Move a complete local file to ``key``; returns its final location."""
+        target = self.url(key)
+        if self.is_local:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, target)  # same file system in the default layout: atomic
+        else:
+            self._fs.put_file(str(staged), target)
+            staged.unlink()
+        return target
+
+    def exists(self, key: str) -> bool:
+        if self.is_local:
+            return Path(self.url(key)).exists()
+        return self._fs.exists(self.url(key))

@@ -1,0 +1,122 @@
+"""Turn a planned job into a job spec on disk and run it as torchrun ranks.
+
+The spec file is the whole input of the ranks (``reelbatch.engine.rank``); their stdout carries progress events
+that become progress bars and log lines here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
+
+from reelbatch import progress
+from reelbatch.engine.events import EVENT_PREFIX
+from reelbatch.infra.db import Database
+from reelbatch.infra.launcher import launch
+from reelbatch.infra.storage import work_root
+from reelbatch.models.registry import ModelCatalog
+from reelbatch.schemas import JobSpec
+from reelbatch.tasks.shard import PlannedJob
+
+RANK_ENTRY = "reelbatch.engine.rank"
+ERROR_TAIL_LINES = 8
+
+
+@dataclass
+class JobOutcome:
+    returncode: int
+    seconds: float
+    timed_out: bool
+    log_path: str
+    error: str | None = None
+
+
+def job_dir(output: str, run_id: str, job_id: str) -> Path:
+    return work_root(output) / run_id / job_id
+
+
+def prepare_job(
+    planned: PlannedJob, run_id: str, output: str, db_url: str, catalog: ModelCatalog, fps: int
+) -> JobSpec:
+    """Write the job spec next to where its ranks will stage their files, and record the job as pending."""
+    job_id = f"{run_id[:8]}-{planned.job_id}"
+    folder = job_dir(output, run_id, job_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = JobSpec(
+        job_id=job_id,
+        run_id=run_id,
+        bucket=planned.bucket,
+        model_path=str(catalog.local_path(planned.bucket.model)),
+        family=planned.family.kind,
+        plan=planned.plan,
+        samples=planned.samples,
+        padded_slots=planned.padded_slots,
+        tokens=planned.tokens,
+        fps=fps,
+        output_dir=str(folder / "staging"),
+        results_path=str(folder / "results.jsonl"),
+    )
+    (folder / "job.json").write_text(spec.model_dump_json(indent=2), encoding="utf-8")
+    with Database(db_url) as db:
+        db.add_job(run_id, spec, log_path=str(folder / "ranks.log"))
+    return spec
+
+
+def spec_path(spec: JobSpec) -> Path:
+    return Path(spec.results_path).parent / "job.json"
+
+
+def _failure_summary(returncode: int, timed_out: bool, first_failed_rank: int | None, tail: list[str]) -> str:
+    if timed_out:
+        head = f"timed out (exit {returncode})"
+    else:
+        head = f"exit code {returncode}" + (f", rank {first_failed_rank} failed first" if first_failed_rank is not None else "")
+    lines = [line for line in tail if line.strip() and not line.startswith(EVENT_PREFIX)]
+    return head + ("\n" + "\n".join(lines[-ERROR_TAIL_LINES:]) if lines else "")
+
+
+def run_job(spec: JobSpec, db_url: str, timeout_s: float | None = None) -> JobOutcome:
+    """Launch the job's ranks and wait for them; never raises for a failed job (the outcome says so)."""
+    try:
+        logger = get_run_logger()
+    except MissingContextError:  # called outside a flow (tests, scripts)
+        import logging
+
+        logger = logging.getLogger("reelbatch.dispatch")
+    sink = progress.sink()
+    with Database(db_url) as db:
+        db.mark_job_running(spec.job_id)
+    b = spec.bucket
+    sink.job_started(spec.job_id, len(spec.samples), f"{b.model} {b.height}x{b.width}x{b.num_frames} [{spec.plan}]")
+
+    def on_line(line: str) -> None:
+        # Runs on the launcher's reader thread; the logger was captured in the task's context above.
+        text = line.split("]:", 1)[1] if line.startswith("[rank") else line
+        if text.startswith(EVENT_PREFIX):
+            event = json.loads(text[len(EVENT_PREFIX) :])
+            if event.get("event") == "sample":
+                sink.sample_finished(spec.job_id, event["sample_id"], event["status"])
+            return
+        logger.info("%s %s", spec.job_id, line)
+
+    folder = Path(spec.results_path).parent
+    result = launch(
+        RANK_ENTRY,
+        [str(spec_path(spec))],
+        nproc_per_node=spec.plan.world_size,
+        log_path=folder / "ranks.log",
+        timeout_s=timeout_s,
+        on_line=on_line,
+    )
+    failed = result.returncode != 0 or result.timed_out
+    error = _failure_summary(result.returncode, result.timed_out, result.first_failed_rank, result.tail) if failed else None
+    sink.job_finished(spec.job_id, "failed" if failed else "done")
+    return JobOutcome(result.returncode, round(result.seconds, 3), result.timed_out, str(result.log_path), error)
+
+
+prepare_job_task = task(name="prepare-job")(prepare_job)
+run_job_task = task(name="run-job-ranks")(run_job)

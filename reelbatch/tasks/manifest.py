@@ -1,0 +1,639 @@
+"""Read a CSV manifest of video prompts and validate every row.
+
+File-level problems (not UTF-8, no header, no ``prompt`` column, ...) raise ``ManifestError`` carrying one
+sentence for the user. Row-level problems never raise: each bad row becomes one ``RowRejection`` naming the
+line, the column, a rule id and a concrete fix, and the good rows still run.
+
+The file is streamed: bytes are hashed and decoded chunk by chunk and only the current line is held, so memory
+stays bounded however large the manifest is (apart from the returned rows themselves).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import io
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import fsspec
+from pydantic import BaseModel, ValidationError, ValidationInfo, create_model, field_validator
+
+from reelbatch.schemas import ManifestRow, RowRejection, RunDefaults
+
+INLINE_SOURCE = "<inline>"
+MAX_SEED = 2**63 - 1
+
+# Far beyond any real line or cell (prompts are limited to thousands of characters), yet small enough that a
+# binary file without line breaks or a runaway quote cannot exhaust memory.
+_MAX_LINE_CHARS = 16 * 1024 * 1024
+_MAX_FIELD_CHARS = 16 * 1024 * 1024
+_READ_CHUNK_BYTES = 64 * 1024
+_QUOTED_VALUE_CHARS = 40
+
+
+class ManifestError(Exception):
+    """File-level problem: one clear sentence, no traceback for the user (the CLI prints str(e))."""
+
+
+@dataclass(frozen=True)
+class ManifestLimits:
+    max_prompt_chars: int = 2000
+    max_rows: int = 1_000_000
+    max_num_videos: int = 64
+    max_frames: int = 1025
+    max_side: int = 2048  # pixels, height and width
+    max_steps: int = 1000
+
+
+@dataclass
+class ManifestReadResult:
+    rows: list[ManifestRow]  # valid rows, defaults applied
+    rejections: list[RowRejection]  # exactly one per bad row, so total_rows == len(rows) + len(rejections)
+    total_rows: int  # data rows seen (valid + rejected); blank lines are not rows
+    sha256: str  # hex digest of the raw bytes of the manifest
+    source: str  # path, URL or "<inline>"
+    # The cells of each rejected row as written (cut to RAW_CELL_CHARS), so the database can show them.
+    raw_rows: dict[int, dict[str, str]] = field(default_factory=dict)
+
+
+RAW_CELL_CHARS = 4000
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Cells: one parser per column
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _CellProblem(ValueError):
+    """Raised by a column parser; pydantic collects it and keeps the instance in the error's ``ctx``."""
+
+    def __init__(self, rule: str, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.message = message
+        self.fix = fix
+
+
+@dataclass(frozen=True)
+class _RowContext:
+    defaults: RunDefaults
+    limits: ManifestLimits
+    known_models: frozenset[str]
+
+
+_WHOLE_NUMBER = re.compile(r"(?P<sign>[+-]?)(?P<digits>[0-9]+)(?:\.0*)?")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# Longer numbers are outside every limit anyway, and int() refuses strings of more than 4300 digits.
+_MAX_DIGITS = 40
+_TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
+_FALSE_WORDS = frozenset({"false", "0", "no", "off"})
+# Examples for fixes of columns whose run default is None.
+_FALLBACK_EXAMPLES: dict[str, object] = {"seed": 42, "embedded_guidance_scale": 6.0}
+
+
+def _quote(value: object) -> str:
+    """The value as the user wrote it, shortened and kept on one line, in double quotes."""
+    text = str(value)
+    if len(text) > _QUOTED_VALUE_CHARS:
+        text = text[: _QUOTED_VALUE_CHARS - 3] + "..."
+    text = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    return f'"{text}"'
+
+
+def _example(column: str, context: _RowContext) -> object:
+    default = getattr(context.defaults, column, None)
+    return default if default is not None else _FALLBACK_EXAMPLES.get(column, 1)
+
+
+def _nearest_allowed(value: int, *, step: int, offset: int, low: int, high: int) -> list[int]:
+    """The allowed values (offset + k*step, within low..high) nearest to value: the one below and the one above."""
+    first = low + (offset - low) % step
+    last = high - (high - offset) % step
+    if first > last:
+        return []
+    clamped = min(max(value, first), last)
+    below = clamped - (clamped - offset) % step
+    above = below if below == clamped else below + step
+    return sorted({below, above})
+
+
+def _use_one_of(values: list[int]) -> str:
+    if not values:
+        return "raise the configured limit: no value fits it"
+    return "use " + " or ".join(str(value) for value in values)
+
+
+def _whole_number(value: object, column: str, context: _RowContext) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _WHOLE_NUMBER.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise _CellProblem(
+            "not_integer",
+            f"{column} {_quote(value)} is not a whole number",
+            f"write a whole number such as {_example(column, context)}",
+        )
+    digits = match["digits"].lstrip("0") or "0"
+    if len(digits) > _MAX_DIGITS:
+        digits = "9" * _MAX_DIGITS
+    number = int(digits)
+    return -number if match["sign"] == "-" else number
+
+
+def _finite_number(value: object, column: str, context: _RowContext) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str) and _NUMBER.fullmatch(value):
+        number = float(value)
+    else:
+        number = math.nan
+    if not math.isfinite(number):
+        raise _CellProblem(
+            "not_a_number",
+            f"{column} {_quote(value)} is not a finite number",
+            f"write a number such as {_example(column, context)}",
+        )
+    return number
+
+
+def _parse_id(value: object, column: str, context: _RowContext) -> str | None:
+    if value is None:
+        return None
+    return _checked_text(str(value), column, context)
+
+
+def _parse_prompt(value: object, column: str, context: _RowContext) -> str:
+    if not value:
+        raise _CellProblem("empty_prompt", "prompt is empty", "write a prompt or delete the row")
+    return _checked_text(str(value), column, context)
+
+
+def _parse_negative_prompt(value: object, column: str, context: _RowContext) -> str:
+    return _checked_text("" if value is None else str(value), column, context)
+
+
+def _checked_text(text: str, column: str, context: _RowContext) -> str:
+    if "\x00" in text:
+        raise _CellProblem("nul_character", f"{column} {_quote(text)} contains a NUL character", "remove it")
+    limit = context.limits.max_prompt_chars
+    if len(text) > limit:
+        raise _CellProblem(
+            "prompt_too_long",
+            f"{column} {_quote(text)} is {len(text):,} characters long, over the limit of {limit:,}",
+            f"shorten it to at most {limit:,} characters",
+        )
+    return text
+
+
+def _parse_model(value: object, column: str, context: _RowContext) -> str:
+    if value in context.known_models:
+        return str(value)
+    known = sorted(context.known_models)
+    if not known:
+        fix = "register a model first: none is known"
+    elif len(known) == 1:
+        fix = f"use {known[0]}"
+    else:
+        fix = "use one of: " + ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
+    raise _CellProblem("unknown_model", f"model {_quote(value)} is not a known model", fix)
+
+
+def _parse_side(value: object, column: str, context: _RowContext) -> int:
+    side = _whole_number(value, column, context)
+    max_side = context.limits.max_side
+    if side < 1:
+        rule, problem = "size_not_positive", "is not a positive number of pixels"
+    elif side > max_side:
+        rule, problem = "size_too_large", f"is larger than the limit of {max_side} pixels"
+    elif side % 16:
+        rule, problem = "size_not_multiple_of_16", "is not a multiple of 16"
+    else:
+        return side
+    allowed = _nearest_allowed(side, step=16, offset=0, low=16, high=max_side)
+    raise _CellProblem(rule, f"{column} {_quote(value)} {problem}", _use_one_of(allowed))
+
+
+def _parse_num_frames(value: object, column: str, context: _RowContext) -> int:
+    frames = _whole_number(value, column, context)
+    max_frames = context.limits.max_frames
+    if frames < 1:
+        rule, problem = "frames_not_positive", "is less than 1"
+    elif frames > max_frames:
+        rule, problem = "frames_too_many", f"is more than the limit of {max_frames}"
+    elif (frames - 1) % 4:
+        rule, problem = "frames_not_4k_plus_1", "is not one more than a multiple of 4 (4k+1, e.g. 81)"
+    else:
+        return frames
+    allowed = _nearest_allowed(frames, step=4, offset=1, low=1, high=max_frames)
+    raise _CellProblem(rule, f"{column} {_quote(value)} {problem}", _use_one_of(allowed))
+
+
+def _parse_steps(value: object, column: str, context: _RowContext) -> int:
+    steps = _whole_number(value, column, context)
+    max_steps = context.limits.max_steps
+    if not 1 <= steps <= max_steps:
+        raise _CellProblem(
+            "steps_out_of_range",
+            f"{column} {_quote(value)} is outside 1 to {max_steps}",
+            f"use a whole number from 1 to {max_steps}",
+        )
+    return steps
+
+
+def _parse_guidance(value: object, column: str, context: _RowContext) -> float | None:
+    if value is None:
+        return None
+    scale = _finite_number(value, column, context)
+    if scale < 0:
+        raise _CellProblem(
+            "negative_guidance",
+            f"{column} {_quote(value)} is negative",
+            f"use 0 or a positive number such as {_example(column, context)}",
+        )
+    return scale
+
+
+def _parse_seed(value: object, column: str, context: _RowContext) -> int | None:
+    if value is None:
+        return None
+    seed = _whole_number(value, column, context)
+    if not 0 <= seed <= MAX_SEED:
+        raise _CellProblem(
+            "seed_out_of_range",
+            f"seed {_quote(value)} is outside 0 to {MAX_SEED}",
+            f"use a whole number from 0 to {MAX_SEED}",
+        )
+    return seed
+
+
+def _parse_num_videos(value: object, column: str, context: _RowContext) -> int:
+    count = _whole_number(value, column, context)
+    limit = context.limits.max_num_videos
+    if count < 1:
+        rule, problem = "too_few_videos", "is less than 1"
+    elif count > limit:
+        rule, problem = "too_many_videos", f"is more than the limit of {limit}"
+    else:
+        return count
+    raise _CellProblem(
+        rule, f"{column} {_quote(value)} {problem}", f"use a whole number from 1 to {limit}, or split the row"
+    )
+
+
+def _parse_flag(value: object, column: str, context: _RowContext) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = str(value).lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise _CellProblem("not_boolean", f"{column} {_quote(value)} is not true or false", "use true or false")
+
+
+ColumnParser = Callable[[object, str, _RowContext], object]
+
+# The manifest's columns, in the order a row's problems are looked for. A parser receives the stripped cell, or
+# the run default when the cell is empty, and returns the value for the ManifestRow field of the same name.
+# A new column (``plan``, ``backend``) is one entry here plus a field of that name on ManifestRow (and on
+# RunDefaults if the run gives it a default).
+COLUMN_PARSERS: dict[str, ColumnParser] = {
+    "id": _parse_id,
+    "prompt": _parse_prompt,
+    "negative_prompt": _parse_negative_prompt,
+    "model": _parse_model,
+    "height": _parse_side,
+    "width": _parse_side,
+    "num_frames": _parse_num_frames,
+    "num_inference_steps": _parse_steps,
+    "guidance_scale": _parse_guidance,
+    "embedded_guidance_scale": _parse_guidance,
+    "seed": _parse_seed,
+    "num_videos": _parse_num_videos,
+    "sequence_batch": _parse_flag,
+}
+
+
+class _RowCellsBase(BaseModel):
+    @field_validator("*", mode="before")
+    @classmethod
+    def _parse_cell(cls, value: object, info: ValidationInfo) -> object:
+        return COLUMN_PARSERS[info.field_name](value, info.field_name, info.context)
+
+
+# Field types are ManifestRow's, so pydantic checks each parser's output against the schema the rows must meet.
+_RowCells = create_model(
+    "_RowCells",
+    __base__=_RowCellsBase,
+    **{column: (ManifestRow.model_fields[column].annotation, ...) for column in COLUMN_PARSERS},
+)
+_COLUMNS_WITH_RUN_DEFAULT = frozenset(COLUMN_PARSERS) & frozenset(RunDefaults.model_fields)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rows
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Header:
+    width: int
+    positions: dict[str, int]  # known column -> cell index
+
+    def cell(self, record: list[str], column: str) -> str:
+        position = self.positions.get(column)
+        return record[position].strip() if position is not None and position < len(record) else ""
+
+
+def _check_record(
+    record: list[str], line: int, header: _Header, context: _RowContext, first_line_of_id: dict[str, int]
+) -> ManifestRow | RowRejection:
+    # Every id is registered, even on rows rejected for something else: fixing that row must not create a clash.
+    row_id = header.cell(record, "id")
+    first_line_with_id = first_line_of_id.setdefault(row_id, line) if row_id else line
+
+    extra_cells = [cell for cell in record[header.width :] if cell.strip()]
+    if extra_cells:
+        return RowRejection(
+            row=line,
+            column=None,
+            rule="extra_cells",
+            message=(
+                f"the row has {len(record)} cells but the header has {header.width} columns"
+                f" (first extra cell: {_quote(extra_cells[0].strip())})"
+            ),
+            fix="put double quotes around cells that contain commas, or delete the extra cells",
+        )
+
+    values: dict[str, object] = {}
+    defaulted: set[str] = set()
+    for column in COLUMN_PARSERS:
+        cell = header.cell(record, column)
+        if cell:
+            values[column] = cell
+        elif column in _COLUMNS_WITH_RUN_DEFAULT:
+            values[column] = getattr(context.defaults, column)
+            defaulted.add(column)
+        else:
+            values[column] = None
+    try:
+        cells = _RowCells.model_validate(values, context=context)
+    except ValidationError as error:
+        return _rejection_from(error, line, defaulted)
+
+    if first_line_with_id != line:
+        return RowRejection(
+            row=line,
+            column="id",
+            rule="duplicate_id",
+            message=f"id {_quote(row_id)} is already used by the row on line {first_line_with_id}",
+            fix="give this row a different id, or leave its id cell empty",
+        )
+    return ManifestRow(row=line, **cells.__dict__)
+
+
+def _rejection_from(error: ValidationError, line: int, defaulted: set[str]) -> RowRejection:
+    first = error.errors(include_url=False)[0]
+    column = str(first["loc"][0]) if first["loc"] else None
+    problem = first.get("ctx", {}).get("error")
+    if isinstance(problem, _CellProblem):
+        rule, message, fix = problem.rule, problem.message, problem.fix
+    else:  # a parser returned the wrong type: a bug here, but the row still gets a readable rejection
+        rule, message, fix = first["type"], f"{column}: {first['msg']}", f"correct the {column} cell"
+    if column in defaulted:
+        message += " (this is the run default, used because the cell is empty)"
+    return RowRejection(row=line, column=column, rule=rule, message=message, fix=fix)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# File
+# --------------------------------------------------------------------------------------------------------------
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+class _HashingLineReader:
+    """Decodes a UTF-8 byte stream into lines for csv.reader, hashing every byte as it is read.
+
+    Lines keep their endings and break only at \\r\\n, \\r or \\n (what ``open(newline="")`` gives), so
+    csv.reader sees quoted line breaks intact and its ``line_num`` counts the file's physical lines.
+    """
+
+    def __init__(self, stream: BinaryIO, subject: str) -> None:
+        self._stream = stream
+        self._subject = subject
+        self._hash = hashlib.sha256()
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._bytes_decoded = 0
+        self._lines_yielded = 0
+        self._partial_line: list[str] = []
+        self._partial_line_chars = 0
+        self._held_carriage_return = ""
+        self.exhausted = False
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def __iter__(self) -> Iterator[str]:
+        at_start = True
+        while True:
+            chunk = self._stream.read(_READ_CHUNK_BYTES)
+            final = not chunk
+            self._hash.update(chunk)
+            text = self._decode(chunk, final)
+            if at_start and text:
+                text = text.removeprefix("\ufeff")
+                at_start = False
+            for line in self._split(text, final):
+                self._lines_yielded += 1
+                if "\x00" in line:
+                    raise ManifestError(
+                        f"{self._subject} contains a NUL byte on line {self._lines_yielded}:"
+                        " it looks like a binary or UTF-16 file, not a UTF-8 CSV file"
+                    )
+                yield line
+            if final:
+                self.exhausted = True
+                return
+
+    def _decode(self, chunk: bytes, final: bool) -> str:
+        undecoded_tail = self._decoder.getstate()[0]
+        try:
+            text = self._decoder.decode(chunk, final)
+        except UnicodeDecodeError as error:
+            raise self._not_utf8(undecoded_tail + chunk, error.start, len(undecoded_tail)) from None
+        self._bytes_decoded += len(chunk)
+        return text
+
+    def _not_utf8(self, data: bytes, bad_index: int, carried_bytes: int) -> ManifestError:
+        offset = self._bytes_decoded - carried_bytes + bad_index
+        text_before = self._held_carriage_return + data[:bad_index].decode("utf-8")
+        line = self._lines_yielded + 1 + len(_LINE_BREAK.findall(text_before))
+        return ManifestError(
+            f"{self._subject} is not UTF-8 text: the byte 0x{data[bad_index]:02X} at offset {offset} (line {line})"
+            ' cannot be decoded; save the file as UTF-8 (in Excel: "CSV UTF-8")'
+        )
+
+    def _split(self, text: str, final: bool) -> Iterator[str]:
+        text = self._held_carriage_return + text
+        self._held_carriage_return = ""
+        if text.endswith("\r") and not final:
+            # The \n of a \r\n may start the next chunk.
+            text, self._held_carriage_return = text[:-1], "\r"
+        start = 0
+        for line_break in _LINE_BREAK.finditer(text):
+            yield self._take_partial_line() + text[start : line_break.end()]
+            start = line_break.end()
+        if start < len(text):
+            self._partial_line.append(text[start:])
+            self._partial_line_chars += len(text) - start
+            if self._partial_line_chars > _MAX_LINE_CHARS:
+                raise ManifestError(
+                    f"{self._subject} has a line longer than {_MAX_LINE_CHARS:,} characters"
+                    f" (line {self._lines_yielded + 1}): it does not look like a CSV file"
+                )
+        if final and self._partial_line:
+            yield self._take_partial_line()
+
+    def _take_partial_line(self) -> str:
+        if not self._partial_line:
+            return ""
+        text = "".join(self._partial_line)
+        self._partial_line.clear()
+        self._partial_line_chars = 0
+        return text
+
+
+def _allow_large_csv_fields() -> None:
+    # Huge cells must reach validation (and be rejected as too long) instead of failing inside csv. The limit is
+    # process-wide, so it is only ever raised, never restored: that stays safe with readers in other threads.
+    if csv.field_size_limit() < _MAX_FIELD_CHARS:
+        csv.field_size_limit(_MAX_FIELD_CHARS)
+
+
+def _records(reader: Iterator[list[str]], lines: _HashingLineReader, subject: str) -> Iterator[tuple[int, list[str]]]:
+    """Yields (line the record starts on, cells) for every record that is not blank."""
+    while True:
+        start_line = reader.line_num + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise ManifestError(f"{subject} is not valid CSV near line {reader.line_num}: {error}") from None
+        if lines.exhausted:
+            # csv.reader only asks for more input mid-record while inside quotes, and gives up silently at the end.
+            raise ManifestError(
+                f"{subject} has a quoted cell in the row starting on line {start_line} that is never closed:"
+                ' add the missing closing double quote (")'
+            )
+        if any(cell.strip() for cell in record):
+            yield start_line, record
+
+
+def _read_header(record: list[str], subject: str) -> _Header:
+    names = [cell.strip().lower() for cell in record]
+    if "prompt" not in names:
+        raise ManifestError(f"{subject} has no 'prompt' column: the header row has {_list_names(names)}")
+    duplicates = sorted(name for name, count in Counter(names).items() if name and count > 1)
+    if duplicates:
+        raise ManifestError(f"{subject} has duplicate column names: {_list_names(duplicates)}")
+    positions = {name: position for position, name in enumerate(names) if name in COLUMN_PARSERS}
+    return _Header(width=len(names), positions=positions)
+
+
+def _list_names(names: list[str], shown: int = 10) -> str:
+    listed = ", ".join(_quote(name) for name in names[:shown])
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _subject(source: str) -> str:
+    return "The manifest" if source == INLINE_SOURCE else f"Manifest {source}"
+
+
+def _parse_stream(
+    stream: BinaryIO, defaults: RunDefaults, known_models: Collection[str], limits: ManifestLimits, source: str
+) -> ManifestReadResult:
+    subject = _subject(source)
+    _allow_large_csv_fields()
+    lines = _HashingLineReader(stream, subject)
+    records = _records(csv.reader(lines), lines, subject)
+    first_record = next(records, None)
+    if first_record is None:
+        raise ManifestError(f"{subject} is empty: it needs a header row with a 'prompt' column")
+    header = _read_header(first_record[1], subject)
+
+    context = _RowContext(defaults=defaults, limits=limits, known_models=frozenset(known_models))
+    rows: list[ManifestRow] = []
+    rejections: list[RowRejection] = []
+    first_line_of_id: dict[str, int] = {}
+    raw_rows: dict[int, dict[str, str]] = {}
+    total_rows = 0
+    for line, record in records:
+        total_rows += 1
+        if total_rows > limits.max_rows:
+            raise ManifestError(
+                f"{subject} has more than {limits.max_rows:,} rows: split it into smaller manifests"
+            )
+        outcome = _check_record(record, line, header, context, first_line_of_id)
+        if isinstance(outcome, RowRejection):
+            rejections.append(outcome)
+            raw_rows[line] = {c: header.cell(record, c)[:RAW_CELL_CHARS] for c in header.positions}
+        else:
+            rows.append(outcome)
+    return ManifestReadResult(
+        rows=rows,
+        rejections=rejections,
+        total_rows=total_rows,
+        sha256=lines.sha256,
+        source=source,
+        raw_rows=raw_rows,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------------------------
+
+
+def read_manifest(
+    source: str | os.PathLike[str],
+    defaults: RunDefaults,
+    known_models: Collection[str],
+    limits: ManifestLimits = ManifestLimits(),
+) -> ManifestReadResult:
+    """Read and validate the CSV manifest at ``source``: a local path or any fsspec URL."""
+    location = os.fspath(source)
+    try:
+        stream = fsspec.open(location, "rb").open()
+    except OSError as error:
+        raise ManifestError(f"Cannot open manifest {location}: {error.strerror or error}") from None
+    with stream:
+        return _parse_stream(stream, defaults, known_models, limits, location)
+
+
+def parse_manifest_text(
+    text: str | bytes,
+    defaults: RunDefaults,
+    known_models: Collection[str],
+    limits: ManifestLimits = ManifestLimits(),
+    source: str = INLINE_SOURCE,
+) -> ManifestReadResult:
+    """Validate manifest CSV given as text or bytes (e.g. pasted into a UI form), exactly like ``read_manifest``."""
+    # surrogatepass: a str with lone surrogates then fails as "not UTF-8" instead of raising UnicodeEncodeError.
+    raw = bytes(text) if isinstance(text, (bytes, bytearray)) else text.encode("utf-8", "surrogatepass")
+    return _parse_stream(io.BytesIO(raw), defaults, known_models, limits, source)
+
+
+# Prefect is imported last so that everything above reads, and is tested, as plain Python.
+from prefect import task  # noqa: E402
+
+read_manifest_task = task(name="read-and-validate-manifest")(read_manifest)
