@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import timezone
 from pathlib import Path
@@ -15,63 +13,19 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
 from reelbatch.infra import db as db_module
 from reelbatch.infra.db import Base, Database, SchemaOutOfDate, head_revision, library_versions
 from reelbatch.schemas import BucketKey, JobSpec, ParallelPlan, RowRejection, Sample, SampleResult
 
-POSTGRES_ADMIN_URL = os.environ.get("REELBATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 HOSTILE_PROMPTS = [
     "it's a \"quoted\" prompt; with semicolons;",
     "'); DROP TABLE samples;--",
     "\\ backslash % percent _ underscore \n newline \t tab — ünïcödé 🎬",
 ]
-
-
-# --- fixtures (postgres_server, postgres_database_url and database_url belong in tests/conftest.py eventually) ---
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> str:
-    """The admin URL of a reachable PostgreSQL server; fails under CI when there is none, skips otherwise."""
-    engine = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect():
-            pass
-    except Exception as error:  # noqa: BLE001 - any connection failure means "no server"
-        reason = f"PostgreSQL not reachable at {make_url(POSTGRES_ADMIN_URL).render_as_string()}: {error}"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    finally:
-        engine.dispose()
-    return POSTGRES_ADMIN_URL
-
-
-@pytest.fixture
-def postgres_database_url(postgres_server: str) -> Iterator[str]:
-    """A fresh, empty database on the server, dropped after the test."""
-    name = f"reelbatch_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The URL of an empty database on each backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state' / 'reelbatch.db'}"
-    return request.getfixturevalue("postgres_database_url")
 
 
 @pytest.fixture
