@@ -276,6 +276,7 @@ def _print_report(report) -> None:
 def runs(
     db: DbOpt = None,
     limit: Annotated[int, typer.Option(min=1, help="How many recent runs.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
 ) -> None:
     """Recent runs, newest first, with sample counts and status."""
     from reelbatch.infra.db import Database, SchemaOutOfDate
@@ -285,10 +286,18 @@ def runs(
         database.ensure_schema(auto_upgrade=False)
     except SchemaOutOfDate as exc:
         _fail(str(exc))
+    recent = database.list_runs(limit)
+    if as_json:
+        print(json.dumps([
+            {"id": r.id, "created_at": r.created_at.isoformat(), "status": r.status, "counts": r.counts,
+             "jobs": r.jobs, "manifest_source": r.manifest_source, "output_root": r.output_root}
+            for r in recent
+        ], indent=2))
+        return
     table = Table(title=f"Runs in {database.url_for_display}", title_justify="left")
     for column in ("run", "started", "status", "done", "failed", "rejected", "pending", "jobs", "manifest"):
-        table.add_column(column, overflow="fold")
-    for r in database.list_runs(limit):
+        table.add_column(column, overflow="fold", no_wrap=column in ("run", "started"))
+    for r in recent:
         c = r.counts
         table.add_row(
             r.id[:12], r.created_at.strftime("%Y-%m-%d %H:%M:%S"), r.status, str(c.get("done", 0)),

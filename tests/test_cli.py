@@ -1,0 +1,88 @@
+"""The command line as a user meets it: exit codes, clean errors, the plan --json contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEADER = "id,prompt,model,height,width,num_frames,guidance_scale,sequence_batch\n"
+
+
+def reelbatch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "reelbatch.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "m.csv") -> str:
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(path)
+
+
+def test_plan_json_follows_the_documented_schema(tmp_path):
+    manifest = write(
+        tmp_path,
+        HEADER
+        + "a,a cat,tiny-wan,32,32,5,5,\n"
+        + "b,a dog,tiny-wan,32,32,5,5,\n"
+        + "c,a car,tiny-wan,32,32,5,5,true\n"
+        + "d,bad frames,tiny-wan,32,32,6,5,\n"
+        + "e,no cfg,tiny-hunyuan,32,32,5,1,\n",
+    )
+    done = reelbatch("plan", manifest, "--gpus", "2", "--json")
+    assert done.returncode == 1, done.stderr  # a row was rejected
+    doc = json.loads(done.stdout)
+    assert set(doc) == {"rows", "accepted", "rejected", "jobs", "summary"}
+    assert (doc["rows"], doc["accepted"]) == (5, 4)
+    [rejected] = doc["rejected"]
+    assert rejected["row"] == 5 and rejected["column"] == "num_frames" and rejected["rule"] == "frames_not_4k_plus_1"
+    assert rejected["message"] and rejected["fix"]
+    by_prompt_count = {(j["model"], j["plan"]["cfg"], j["samples"], j["padded_slots"]) for j in doc["jobs"]}
+    # CFG rows pair up; sequence_batch and no-CFG rows go data parallel (one sample on dp=2: one padded slot).
+    assert by_prompt_count == {("tiny-wan", 2, 2, 0), ("tiny-wan", 1, 1, 1), ("tiny-hunyuan", 1, 1, 1)}
+    for job in doc["jobs"]:
+        plan = job["plan"]
+        assert plan["dp"] * plan["cfg"] * plan["ulysses"] * plan["ring"] == plan["world_size"] == 2
+        assert isinstance(job["tokens"], int) and job["tokens"] > 0
+    assert doc["summary"] == {"jobs": 3, "samples": 4, "padded_slots": 2, "padding_ratio": round(2 / 6, 6)}
+
+
+def test_plan_exits_zero_when_every_row_is_accepted(tmp_path):
+    done = reelbatch("plan", write(tmp_path, "prompt\na cat\n"), "--gpus", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["accepted"] == 1
+
+
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        (b"prompt\ncaf\xe9 au lait\n", "UTF-8"),
+        (b"title,height\nx,32\n", "prompt"),
+        (b"", "empty"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "manifest"),
+    ],
+)
+def test_bad_files_give_one_clean_error_and_exit_2(tmp_path, content, expected):
+    done = reelbatch("plan", write(tmp_path, content))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr + done.stdout
+    assert expected.lower() in done.stderr.lower()
+
+
+def test_missing_file_is_a_usage_error(tmp_path):
+    done = reelbatch("plan", str(tmp_path / "nope.csv"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_help_teaches_the_commands():
+    done = reelbatch("--help")
+    assert done.returncode == 0
+    for command in ("run", "plan", "runs", "db", "models"):
+        assert command in done.stdout
+    run_help = reelbatch("run", "--help").stdout
+    assert "--gpus-per-node" in run_help and "--strict" in run_help and "--db" in run_help

@@ -1,0 +1,118 @@
+"""Planning without weights: sample identity, shape buckets, parallel plans and job cutting."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reelbatch.identity import expand_row
+from reelbatch.models.registry import ModelCatalog
+from reelbatch.schemas import ManifestRow, ParallelPlan
+from reelbatch.tasks.shard import bucket_key, choose_plan, cut_jobs, plan_run, validate_plan
+
+CATALOG = ModelCatalog.from_config()
+
+
+def row(line: int = 2, **overrides) -> ManifestRow:
+    values = dict(
+        row=line, prompt="a cat walks", model="tiny-wan", height=32, width=32, num_frames=5,
+        num_inference_steps=4, guidance_scale=5.0,
+    )
+    return ManifestRow(**{**values, **overrides})
+
+
+def test_identity_ignores_execution_details_but_not_content():
+    base = expand_row(row())[0]
+    assert expand_row(row(sequence_batch=True))[0].sample_id == base.sample_id  # how it runs is not what it is
+    assert expand_row(row(line=40, id="other"))[0].sample_id == base.sample_id
+    for change in ({"prompt": "a dog"}, {"negative_prompt": "ugly"}, {"height": 48}, {"seed": 3},
+                   {"guidance_scale": 4.0}, {"model": "tiny-hunyuan"}, {"num_inference_steps": 5}):
+        assert expand_row(row(**change))[0].sample_id != base.sample_id, change
+
+
+def test_videos_of_a_row_get_consecutive_seeds_and_distinct_ids():
+    samples = expand_row(row(seed=41, num_videos=3))
+    assert [s.seed for s in samples] == [41, 42, 43]
+    assert [s.video_index for s in samples] == [0, 1, 2]
+    assert len({s.sample_id for s in samples}) == 3
+
+
+def test_rows_without_seed_get_a_reproducible_one():
+    assert expand_row(row())[0].seed == expand_row(row())[0].seed
+    assert expand_row(row())[0].seed != expand_row(row(prompt="another"))[0].seed
+
+
+@pytest.mark.parametrize("prompt", ["../../etc/passwd", "a\nb\"c'd", "/abs/path", "$(rm -rf /); `x`", "C:\\x"])
+def test_output_keys_are_hashes_never_prompt_text(prompt):
+    sample = expand_row(row(prompt=prompt))[0]
+    directory, name = sample.output_key.split("/")
+    assert name == f"{sample.sample_id}.mp4" and directory == sample.sample_id[:2]
+    assert all(c in "0123456789abcdef" for c in sample.sample_id)
+
+
+@pytest.mark.parametrize(
+    "guidance,sequence_batch,gpus,expected",
+    [
+        (5.0, False, 2, ParallelPlan(dp=1, cfg=2)),
+        (5.0, False, 8, ParallelPlan(dp=4, cfg=2)),
+        (5.0, True, 2, ParallelPlan(dp=2, cfg=1)),  # sequence_batch => no CFG parallel
+        (1.0, False, 2, ParallelPlan(dp=2, cfg=1)),  # guidance <= 1 => no CFG at all
+        (0.5, False, 4, ParallelPlan(dp=4, cfg=1)),
+        (5.0, False, 3, ParallelPlan(dp=3, cfg=1)),  # odd: no pairs
+        (5.0, False, 1, ParallelPlan(dp=1, cfg=1)),
+    ],
+)
+def test_plan_choice(guidance, sequence_batch, gpus, expected):
+    plan, notes = choose_plan(bucket_key(row(guidance_scale=guidance, sequence_batch=sequence_batch)), gpus)
+    assert plan == expected
+    if expected.cfg == 1 and gpus % 2 == 0:
+        assert notes, "the plan must say why CFG parallel is off"
+
+
+def test_validator_refuses_the_seed_failures_with_a_fix():
+    family = CATALOG.family("tiny-wan")
+    seq = bucket_key(row(sequence_batch=True))
+    problems = validate_plan(seq, family, ParallelPlan(dp=1, cfg=2), world_size=2)
+    assert [p.rule for p in problems] == ["sequence_batch_with_cfg_parallel"]
+    assert "cfg=1" in problems[0].fix
+    assert not validate_plan(seq, family, ParallelPlan(dp=2, cfg=1), world_size=2)  # the fix passes
+
+    wrong_size = validate_plan(bucket_key(row()), family, ParallelPlan(dp=3, cfg=2), world_size=4)
+    assert [p.rule for p in wrong_size] == ["plan_product"]
+    no_cfg = validate_plan(bucket_key(row(guidance_scale=1.0)), family, ParallelPlan(dp=1, cfg=2), world_size=2)
+    assert [p.rule for p in no_cfg] == ["cfg_without_guidance"]
+
+
+def test_plan_run_buckets_by_shape_and_pads_only_the_last_job():
+    rows = [row(line=i + 2, prompt=f"p{i}", seed=i) for i in range(7)]
+    rows += [row(line=20, prompt="tall", height=48, guidance_scale=1.0, num_videos=3)]
+    result = plan_run(rows, [], len(rows), CATALOG, gpus=2, max_samples_per_job=4)
+    shapes = [(j.bucket.height, len(j.samples), j.padded_slots, j.plan.short()) for j in result.jobs]
+    assert shapes == [(32, 4, 0, "cfg2"), (32, 3, 0, "cfg2"), (48, 3, 1, "dp2")]
+    assert result.summary() == {"jobs": 3, "samples": 10, "padded_slots": 1, "padding_ratio": round(1 / 11, 6)}
+    doc = result.to_json()
+    assert doc["rows"] == 8 and doc["accepted"] == 8 and doc["rejected"] == []
+    assert set(doc["jobs"][0]) >= {"job_id", "model", "height", "width", "num_frames", "num_inference_steps",
+                                   "plan", "samples", "padded_slots", "tokens"}
+    assert doc["jobs"][0]["plan"] == {"dp": 1, "cfg": 2, "ulysses": 1, "ring": 1, "world_size": 2}
+
+
+def test_a_row_asking_for_an_existing_video_is_rejected_not_duplicated():
+    rows = [row(line=2, seed=1), row(line=3, seed=1), row(line=4, seed=2)]
+    result = plan_run(rows, [], 3, CATALOG, gpus=1)
+    assert result.samples == 2 and result.accepted == 2
+    [rejection] = result.rejected
+    assert (rejection.row, rejection.rule) == (3, "duplicate_sample") and "row 2" in rejection.message
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 200), dp=st.integers(1, 8), max_per_job=st.integers(1, 64))
+def test_cut_jobs_never_loses_or_duplicates_and_pads_at_most_once(n, dp, max_per_job):
+    samples = list(range(n))
+    pieces = cut_jobs(samples, dp, max_per_job)
+    assert [s for part, _ in pieces for s in part] == samples
+    assert all((len(part) + padded) % dp == 0 for part, padded in pieces)
+    assert sum(1 for _, padded in pieces if padded) <= 1
+    assert all(padded < dp for _, padded in pieces)
+    assert all(padded == 0 for _, padded in pieces[:-1])
