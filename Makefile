@@ -1,0 +1,23 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv first (idempotent).
+.PHONY: setup demo test clean
+
+VENV := .venv
+DEMO_OUT := outputs/demo
+
+$(VENV)/.ready: pyproject.toml constraints.txt scripts/setup.sh
+	./scripts/setup.sh
+	touch $@
+
+setup: $(VENV)/.ready
+
+# Exit code 1 is expected: examples/prompts.csv has one row that is rejected on purpose.
+demo: setup
+	$(VENV)/bin/reelbatch run examples/prompts.csv --out $(DEMO_OUT) --db sqlite:///$(DEMO_OUT)/reelbatch.db; \
+	  code=$$?; [ $$code -le 1 ] || exit $$code
+	$(VENV)/bin/reelbatch runs --db sqlite:///$(DEMO_OUT)/reelbatch.db --limit 3
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache
