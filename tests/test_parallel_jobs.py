@@ -79,7 +79,7 @@ def test_data_parallel_with_padding_gives_the_single_rank_videos(tmp_path, tiny_
     # Padding is stripped: exactly one result and one mp4 per real sample, readable with the right shape.
     results = read_results(two.results_path)
     assert sorted(r.sample_id for r in results) == sorted(reference)
-    assert {r.status for r in results} == {"done"}
+    assert {r.status for r in results} == {"done"}, [r.error for r in results]
     for sample in two.samples:
         video = read_mp4(Path(two.output_dir) / sample.output_key)
         assert video.shape == (5, 32, 32, 3) and video.dtype == np.uint8

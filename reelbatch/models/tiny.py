@@ -181,6 +181,15 @@ def _build_tiny_hunyuan():
 TINY_BUILDERS = {"tiny-wan": _build_tiny_wan, "tiny-hunyuan": _build_tiny_hunyuan}
 
 
+def _quiet_libraries() -> None:
+    # Building takes a fraction of a second; per-shard progress bars would only clutter the run's output.
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
+
+
 def default_cache_dir() -> Path:
     root = os.environ.get("REELBATCH_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "reelbatch"
@@ -203,6 +212,7 @@ def ensure_tiny_model(name: str, cache_dir: Path | None = None) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir))
     try:
+        _quiet_libraries()
         pipe = TINY_BUILDERS[name]()
         pipe.save_pretrained(staging)
         (staging / "reelbatch-tiny.json").write_text(json.dumps({"name": name, "version": TINY_MODEL_VERSION}))
