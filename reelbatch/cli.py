@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from reelbatch.settings import DEFAULT_JOB_TIMEOUT_S
+
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
 app = typer.Typer(
@@ -196,7 +198,7 @@ def run(
     db: DbOpt = None,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse the whole run if any row is bad.")] = False,
     max_samples_per_job: Annotated[int, typer.Option(min=1, help="Largest job, in samples.")] = 32,
-    job_timeout: Annotated[Optional[float], typer.Option(help="Wall-clock limit per job, seconds.")] = None,
+    job_timeout: Annotated[float, typer.Option(min=1, help="Wall-clock limit per job, seconds; the job's ranks are killed after it.")] = DEFAULT_JOB_TIMEOUT_S,
     model_path: ModelPathOpt = None,
     models_file: ModelsFileOpt = None,
     model: ModelOpt = None,

@@ -116,3 +116,34 @@ def test_cut_jobs_never_loses_or_duplicates_and_pads_at_most_once(n, dp, max_per
     assert sum(1 for _, padded in pieces if padded) <= 1
     assert all(padded < dp for _, padded in pieces)
     assert all(padded == 0 for _, padded in pieces[:-1])
+
+
+def test_configured_models_take_their_facts_from_the_folder(tiny_models, tmp_path):
+    catalog = ModelCatalog.from_config([f"my-wan={tiny_models['tiny-wan']}", f"my-hv={tiny_models['tiny-hunyuan']}"])
+    assert {"my-wan", "my-hv", "tiny-wan", "tiny-hunyuan"} <= catalog.names()
+    wan, hunyuan = catalog.family("my-wan"), catalog.family("my-hv")
+    assert (wan.kind, wan.heads, wan.true_cfg) == ("wan", 4, False)
+    assert (hunyuan.kind, hunyuan.heads, hunyuan.true_cfg) == ("hunyuan", 4, True)
+    assert catalog.local_path("my-wan") == tiny_models["tiny-wan"]
+    assert wan.tokens(480, 832, 81) == 21 * 30 * 52  # the Wan2.1 stride arithmetic
+
+
+def test_a_folder_that_is_not_a_pipeline_is_refused_with_its_name(tmp_path):
+    catalog = ModelCatalog.from_config([f"broken={tmp_path}"])
+    with pytest.raises(KeyError, match="broken"):
+        catalog.family("broken")
+
+
+@pytest.mark.parametrize("entry", ["no-equals-sign", "=dir", "name="])
+def test_malformed_model_path_entries_say_what_is_expected(entry):
+    with pytest.raises(ValueError, match="NAME=DIR"):
+        ModelCatalog.from_config([entry])
+
+
+def test_a_configured_model_whose_folder_is_broken_rejects_its_rows(tmp_path):
+    catalog = ModelCatalog.from_config([f"broken={tmp_path}"])
+    rows = [row(line=2, model="broken"), row(line=3)]
+    result = plan_run(rows, [], 2, catalog, gpus=2)
+    assert result.accepted == 1 and len(result.jobs) == 1
+    [rejection] = result.rejected
+    assert rejection.row == 2 and rejection.rule == "model_unavailable" and "--model-path" in rejection.fix

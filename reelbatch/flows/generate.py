@@ -9,7 +9,7 @@ from prefect import flow
 
 from reelbatch.models.registry import ModelCatalog
 from reelbatch.schemas import RunDefaults
-from reelbatch.settings import DEFAULT_DB_URL, DEFAULT_OUTPUT
+from reelbatch.settings import DEFAULT_DB_URL, DEFAULT_JOB_TIMEOUT_S, DEFAULT_OUTPUT
 from reelbatch.tasks.collect import collect_job_task
 from reelbatch.tasks.dispatch import prepare_job_task, run_job_task
 from reelbatch.tasks.manifest import read_manifest_task
@@ -27,7 +27,7 @@ def generate_dataset(
     strict: bool = False,
     model_paths: list[str] | None = None,
     max_samples_per_job: int = DEFAULT_MAX_SAMPLES_PER_JOB,
-    job_timeout_s: float | None = None,
+    job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S,
 ) -> RunReport:
     """Turn a manifest of prompts into videos under ``output`` and rows in the database at ``db_url``."""
     catalog = ModelCatalog.from_config(model_paths or [])

@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from reelbatch.identity import expand_row
-from reelbatch.models.registry import ModelCatalog, ModelFamily
+from reelbatch.models.registry import ModelCatalog, ModelFamily, UnknownModel
 from reelbatch.schemas import BucketKey, ManifestRow, ParallelPlan, RowRejection, Sample
 
 DEFAULT_MAX_SAMPLES_PER_JOB = 32
+MODEL_FIX = "point --model-path NAME=DIR (or the models file) at a local diffusers pipeline folder"
 
 
 @dataclass(frozen=True)
@@ -193,9 +194,13 @@ def plan_run(
     seen: dict[str, int] = {}  # sample id -> row that asked for it first
     accepted = len(rows)
     for bucket, bucket_rows in buckets.items():
-        family = catalog.family(bucket.model)
-        plan, notes = choose_plan(bucket, gpus)
-        problems = validate_plan(bucket, family, plan, gpus)
+        try:
+            family = catalog.family(bucket.model)
+        except UnknownModel as exc:
+            family, problems = None, [PlanProblem("model_unavailable", str(exc).strip("'\""), MODEL_FIX)]
+        else:
+            plan, notes = choose_plan(bucket, gpus)
+            problems = validate_plan(bucket, family, plan, gpus)
         if problems:
             accepted -= len(bucket_rows)
             rejections.extend(
