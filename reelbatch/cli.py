@@ -298,7 +298,7 @@ def runs(
         return
     table = Table(title=f"Runs in {database.url_for_display}", title_justify="left")
     for column in ("run", "started", "status", "done", "failed", "rejected", "pending", "jobs", "manifest"):
-        table.add_column(column, overflow="fold", no_wrap=column in ("run", "started"))
+        table.add_column(column, overflow="fold", no_wrap=column != "manifest")
     for r in recent:
         c = r.counts
         table.add_row(
