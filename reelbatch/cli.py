@@ -297,12 +297,12 @@ def runs(
         ], indent=2))
         return
     table = Table(title=f"Runs in {database.url_for_display}", title_justify="left")
-    for column in ("run", "started", "status", "done", "failed", "rejected", "pending", "jobs", "manifest"):
+    for column in ("run", "started", "status", "done", "fail", "rej", "pend", "jobs", "manifest"):
         table.add_column(column, overflow="fold", no_wrap=column != "manifest")
     for r in recent:
         c = r.counts
         table.add_row(
-            r.id[:12], r.created_at.strftime("%Y-%m-%d %H:%M:%S"), r.status, str(c.get("done", 0)),
+            r.id[:12], r.created_at.strftime("%m-%d %H:%M"), r.status, str(c.get("done", 0)),
             str(c.get("failed", 0)), str(c.get("rejected", 0)), str(c.get("pending", 0) + c.get("running", 0)),
             str(r.jobs), r.manifest_source,
         )
