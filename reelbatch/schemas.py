@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 JOB_SPEC_VERSION = 1
 
 SampleStatus = Literal["pending", "running", "done", "failed", "rejected"]
+# native: our own dp/CFG code plus diffusers context parallelism; xdit: xfuser (CUDA only, optional extra).
+Backend = Literal["native", "xdit"]
+PLAN_DEGREES = ("dp", "cfg", "ulysses", "ring")
 
 
 class RunDefaults(BaseModel):
@@ -33,6 +36,8 @@ class RunDefaults(BaseModel):
     num_videos: int = Field(1, description="Videos per row, each with its own seed.")
     sequence_batch: bool = Field(False, description="Run the CFG passes one after another to save memory.")
     fps: int = Field(8, description="Frame rate written into the mp4 files.")
+    plan: ParallelPlan | None = Field(None, description="Pin this parallel plan instead of choosing one.")
+    backend: Backend = Field("native", description="Parallel backend: native (diffusers + ours) or xdit (xfuser).")
 
 
 class ManifestRow(BaseModel):
@@ -54,6 +59,8 @@ class ManifestRow(BaseModel):
     seed: int | None = None
     num_videos: int = 1
     sequence_batch: bool = False
+    plan: ParallelPlan | None = None  # pinned plan for this row (validated, never changed)
+    backend: Backend = "native"
 
 
 class RowRejection(BaseModel):
@@ -69,10 +76,28 @@ class RowRejection(BaseModel):
 class ParallelPlan(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    dp: int = 1
-    cfg: int = 1
-    ulysses: int = 1
-    ring: int = 1
+    dp: int = Field(1, ge=1)
+    cfg: int = Field(1, ge=1)
+    ulysses: int = Field(1, ge=1)
+    ring: int = Field(1, ge=1)
+
+    @classmethod
+    def parse(cls, text: str) -> ParallelPlan:
+        """``dp=2,cfg=2,ulysses=1,ring=1`` (omitted degrees are 1). Raises ValueError with a usable message."""
+        degrees: dict[str, int] = {}
+        for part in filter(None, (p.strip() for p in text.replace(" ", ",").split(","))):
+            name, sep, value = part.partition("=")
+            name = name.strip().lower()
+            if not sep or name not in PLAN_DEGREES:
+                raise ValueError(f"plan {text!r}: expected NAME=N with NAME one of {', '.join(PLAN_DEGREES)}")
+            if name in degrees:
+                raise ValueError(f"plan {text!r}: {name} is given twice")
+            if not value.strip().isdigit() or int(value) < 1:
+                raise ValueError(f"plan {text!r}: {name} must be a whole number >= 1")
+            degrees[name] = int(value)
+        if not degrees:
+            raise ValueError(f"plan {text!r} is empty: write e.g. dp=2,cfg=2,ulysses=1,ring=1")
+        return cls(**degrees)
 
     @property
     def world_size(self) -> int:
@@ -118,6 +143,8 @@ class BucketKey(BaseModel):
     guidance_scale: float
     embedded_guidance_scale: float | None = None
     sequence_batch: bool = False
+    plan: ParallelPlan | None = None  # pinned by the row or the run; None lets the planner choose
+    backend: Backend = "native"
 
     @property
     def uses_cfg(self) -> bool:
@@ -134,6 +161,7 @@ class JobSpec(BaseModel):
     model_path: str = Field(description="Local diffusers folder loaded with from_pretrained.")
     family: Literal["wan", "hunyuan"]
     plan: ParallelPlan
+    backend: Backend = "native"
     samples: list[Sample]
     padded_slots: int = Field(0, description="Slots added so the sample count divides by dp; computed, never written.")
     tokens: int = Field(0, description="Video tokens per sample in the transformer (latent T*h*w / patch).")
