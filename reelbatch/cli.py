@@ -67,6 +67,21 @@ SeqBatchOpt = Annotated[
     Optional[bool],
     typer.Option("--sequence-batch/--no-sequence-batch", help="Default: run CFG passes one after another (less memory, no CFG parallel).", rich_help_panel="Row defaults"),
 ]
+PlanOpt = Annotated[
+    Optional[str],
+    typer.Option("--plan", help="Pin a parallel plan for every row without a `plan` cell, e.g. dp=2,cfg=2,ulysses=1,ring=1. Validated, never changed.", rich_help_panel="Parallelism"),
+]
+BackendOpt = Annotated[
+    Optional[str],
+    typer.Option("--backend", help="native (diffusers context parallel + reelbatch CFG/dp) or xdit (xfuser, CUDA only).", rich_help_panel="Parallelism"),
+]
+MemoryOpt = Annotated[
+    float, typer.Option("--gpu-memory-gib", min=1, help="Memory per GPU the planner may use.", rich_help_panel="Parallelism")
+]
+ObjectiveOpt = Annotated[
+    str,
+    typer.Option("--objective", help="throughput: most videos per GPU-hour; latency: each video as fast as possible.", rich_help_panel="Parallelism"),
+]
 FpsOpt = Annotated[Optional[int], typer.Option("--fps", help="Frame rate of the written mp4 files.", rich_help_panel="Row defaults")]
 
 
@@ -77,10 +92,30 @@ def _prefect_environment() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
-def _defaults(**overrides):
-    from reelbatch.schemas import RunDefaults
+OBJECTIVES = ("throughput", "latency")
 
-    return RunDefaults(**{k: v for k, v in overrides.items() if v is not None})
+
+def _defaults(**overrides):
+    from pydantic import ValidationError
+
+    from reelbatch.schemas import ParallelPlan, RunDefaults
+
+    if overrides.get("plan") is not None:
+        try:
+            overrides["plan"] = ParallelPlan.parse(overrides["plan"])
+        except ValueError as exc:
+            _fail(f"--plan: {exc}")
+    try:
+        return RunDefaults(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        _fail(problems)
+
+
+def _objective(objective: str) -> str:
+    if objective not in OBJECTIVES:
+        _fail(f"--objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
+    return objective
 
 
 def _db_url(db: str | None) -> str:
@@ -137,6 +172,10 @@ def plan(
     negative_prompt: NegativeOpt = None,
     num_videos: VideosOpt = None,
     sequence_batch: SeqBatchOpt = None,
+    plan_pin: PlanOpt = None,
+    backend: BackendOpt = None,
+    gpu_memory_gib: MemoryOpt = 80.0,
+    objective: ObjectiveOpt = "throughput",
 ) -> None:
     """Dry run: validate the manifest and show the jobs that `run` would launch. Nothing runs.
 
@@ -148,13 +187,18 @@ def plan(
     defaults = _defaults(
         model=model, height=height, width=width, num_frames=frames, num_inference_steps=steps,
         guidance_scale=guidance, negative_prompt=negative_prompt, num_videos=num_videos, sequence_batch=sequence_batch,
+        plan=plan_pin, backend=backend,
     )
+    objective = _objective(objective)
     catalog = _catalog(model_path, models_file)
     try:
         read = read_manifest(manifest, defaults, catalog.names())
     except ManifestError as exc:
         _fail(str(exc))
-    run_plan = plan_run(read.rows, read.rejections, read.total_rows, catalog, _gpus(gpus), max_samples_per_job)
+    run_plan = plan_run(
+        read.rows, read.rejections, read.total_rows, catalog, _gpus(gpus), max_samples_per_job,
+        gpu_memory_gib=gpu_memory_gib, objective=objective,
+    )
     if as_json:
         print(json.dumps(run_plan.to_json(), indent=2))
     else:
@@ -211,6 +255,10 @@ def run(
     num_videos: VideosOpt = None,
     sequence_batch: SeqBatchOpt = None,
     fps: FpsOpt = None,
+    plan_pin: PlanOpt = None,
+    backend: BackendOpt = None,
+    gpu_memory_gib: MemoryOpt = 80.0,
+    objective: ObjectiveOpt = "throughput",
 ) -> None:
     """Generate every video of the manifest and record runs, jobs and samples in the database.
 
@@ -227,8 +275,9 @@ def run(
     defaults = _defaults(
         model=model, height=height, width=width, num_frames=frames, num_inference_steps=steps,
         guidance_scale=guidance, negative_prompt=negative_prompt, num_videos=num_videos, sequence_batch=sequence_batch,
-        fps=fps,
+        fps=fps, plan=plan_pin, backend=backend,
     )
+    objective = _objective(objective)
     db_url = _db_url(db)
     _catalog(model_path, models_file)  # configuration errors are usage errors: report them before starting
     try:
@@ -250,6 +299,8 @@ def run(
                 model_paths=model_path or [],
                 max_samples_per_job=max_samples_per_job,
                 job_timeout_s=job_timeout,
+                gpu_memory_gib=gpu_memory_gib,
+                objective=objective,
             )
     except ManifestError as exc:
         _fail(str(exc))
@@ -269,6 +320,9 @@ def _print_report(report) -> None:
     table.add_row("jobs", str(report.jobs))
     table.add_row("wall time", f"{report.wall_seconds:.1f} s")
     table.add_row("output", str(Path(report.output).resolve()) if "://" not in report.output else report.output)
+    if report.dataset:
+        table.add_row("dataset index", report.dataset["metadata"])
+        table.add_row("gallery", report.dataset["gallery"])
     console.print(table)
     if report.status == "refused":
         console.print("[bold red]--strict:[/] the manifest has bad rows, nothing was launched.")
@@ -281,14 +335,9 @@ def runs(
     as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
 ) -> None:
     """Recent runs, newest first, with sample counts and status."""
-    from reelbatch.infra.db import Database, SchemaOutOfDate
-
-    database = Database(_db_url(db))
-    try:
-        database.ensure_schema(auto_upgrade=False)
-    except SchemaOutOfDate as exc:
-        _fail(str(exc))
-    recent = database.list_runs(limit)
+    with _open_database(db) as database:
+        recent = database.list_runs(limit)
+        shown_url = database.url_for_display
     if as_json:
         print(json.dumps([
             {"id": r.id, "created_at": r.created_at.isoformat(), "status": r.status, "counts": r.counts,
@@ -296,7 +345,7 @@ def runs(
             for r in recent
         ], indent=2))
         return
-    table = Table(title=f"Runs in {database.url_for_display}", title_justify="left")
+    table = Table(title=f"Runs in {shown_url}", title_justify="left")
     for column in ("run", "started", "status", "done", "fail", "rej", "pend", "jobs", "manifest"):
         table.add_column(column, overflow="fold", no_wrap=column != "manifest")
     for r in recent:
@@ -307,6 +356,86 @@ def runs(
             str(r.jobs), r.manifest_source,
         )
     out.print(table)
+
+
+def _open_database(db: str | None):
+    from reelbatch.infra.db import Database, SchemaOutOfDate
+
+    database = Database(_db_url(db))
+    try:
+        database.ensure_schema(auto_upgrade=False)
+    except SchemaOutOfDate as exc:
+        _fail(str(exc))
+    return database
+
+
+def _run_summary(database, run_id: str):
+    try:
+        return database.run_summary(run_id)
+    except KeyError:
+        _fail(f"no run {run_id!r} in {database.url_for_display} (see `reelbatch runs`)")
+
+
+@app.command()
+def status(
+    run_id: Annotated[str, typer.Argument(help="Run id, or a unique prefix of it (see `reelbatch runs`).")],
+    db: DbOpt = None,
+) -> None:
+    """Counts, jobs and failures of one run."""
+    from reelbatch.schemas import ParallelPlan
+
+    with _open_database(db) as database:
+        summary = _run_summary(database, run_id)
+        jobs = database.jobs(summary.id)
+        samples = database.samples(summary.id)
+    c = summary.counts
+    out.print(
+        f"run {summary.id}  [bold]{summary.status}[/]  manifest {summary.manifest_source}  output {summary.output_root}\n"
+        f"done {c.get('done', 0)}, failed {c.get('failed', 0)}, rejected {c.get('rejected', 0)}, "
+        f"pending {c.get('pending', 0) + c.get('running', 0)}"
+    )
+    table = Table(title="Jobs", title_justify="left")
+    for column in ("job", "status", "plan", "backend", "samples", "padded", "tokens", "seconds", "attempts"):
+        table.add_column(column, no_wrap=column == "job")
+    for j in jobs:
+        plan = ParallelPlan(dp=j["dp"], cfg=j["cfg"], ulysses=j["ulysses"], ring=j["ring"]).short()
+        seconds = f"{j['seconds']:.1f}" if j["seconds"] is not None else "-"
+        table.add_row(
+            j["id"], j["status"], plan, j["backend"], str(j["samples_count"]), str(j["padded_slots"]),
+            str(j["tokens"]), seconds, str(j["attempts"]),
+        )
+    out.print(table)
+    failed = [s for s in samples if s["status"] in ("failed", "rejected")]
+    if failed:
+        problems = Table(title="Failed and rejected rows", title_justify="left")
+        for column in ("line", "status", "prompt", "problem"):
+            problems.add_column(column, overflow="fold")
+        for s in failed:
+            problem = s["error"] or ""
+            if s["reject_fix"]:
+                problem += f" (fix: {s['reject_fix']})"
+            problems.add_row(str(s["row"]), s["status"], (s["prompt"] or "")[:60], problem)
+        out.print(problems)
+
+
+@app.command()
+def export(
+    run_id: Annotated[str, typer.Argument(help="Run id, or a unique prefix of it (see `reelbatch runs`).")],
+    fmt: Annotated[str, typer.Option("--format", help="parquet, csv or jsonl.")] = "parquet",
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Where to write (path or fsspec URL). Default: <run output>/export/<run>.<format>.")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Every column of a run's samples table as a file. CSV cells a spreadsheet would run as formulas are neutralised."""
+    from reelbatch.tasks.export import write_samples
+
+    if fmt not in ("parquet", "csv", "jsonl"):
+        _fail(f"--format {fmt!r}: use parquet, csv or jsonl")
+    with _open_database(db) as database:
+        summary = _run_summary(database, run_id)
+        samples = database.samples(summary.id)
+    target = output or f"{summary.output_root.rstrip('/')}/export/{summary.id}.{fmt}"
+    count = write_samples(samples, target, fmt)
+    console.print(f"{count} rows of run {summary.id} written to {target}")
 
 
 @db_app.command("upgrade")

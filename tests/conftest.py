@@ -73,3 +73,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("postgres_database_url")
 
 
+
+
+@pytest.fixture
+def database(database_url: str):
+    """An upgraded, empty database on each backend."""
+    from reelbatch.infra.db import Database
+
+    with Database(database_url) as database:
+        database.upgrade()
+        yield database

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import timezone
 from pathlib import Path
 
@@ -28,11 +27,6 @@ HOSTILE_PROMPTS = [
 ]
 
 
-@pytest.fixture
-def database(database_url: str) -> Iterator[Database]:
-    with Database(database_url) as database:
-        database.upgrade()
-        yield database
 
 
 # --- helpers ---

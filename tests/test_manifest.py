@@ -101,11 +101,12 @@ def test_every_column_is_parsed():
         csv_text(
             [
                 "id", "prompt", "negative_prompt", "model", "height", "width", "num_frames", "num_inference_steps",
-                "guidance_scale", "embedded_guidance_scale", "seed", "num_videos", "sequence_batch",
+                "guidance_scale", "embedded_guidance_scale", "seed", "num_videos", "sequence_batch", "plan",
+                "backend",
             ],
             [
                 "r1", "a cat", "blurry", "tiny-hunyuan", "480.0", "+848", "129", "50",
-                "7.5", "6", str(MAX_SEED), "64", "OFF",
+                "7.5", "6", str(MAX_SEED), "64", "OFF", "cfg=2,ulysses=2", "XDiT",
             ],
         )  # fmt: skip
     )
@@ -113,6 +114,7 @@ def test_every_column_is_parsed():
         "row": 2, "id": "r1", "prompt": "a cat", "negative_prompt": "blurry", "model": "tiny-hunyuan",
         "height": 480, "width": 848, "num_frames": 129, "num_inference_steps": 50, "guidance_scale": 7.5,
         "embedded_guidance_scale": 6.0, "seed": MAX_SEED, "num_videos": 64, "sequence_batch": False,
+        "plan": {"dp": 1, "cfg": 2, "ulysses": 2, "ring": 1}, "backend": "xdit",
     }  # fmt: skip
 
 
@@ -464,3 +466,36 @@ def test_any_input_gives_a_result_or_a_manifest_error(data):
         assert item.row >= 2
     for rejection in result.rejections:
         assert rejection.rule and rejection.message and rejection.fix
+
+
+# --- pinned plans and backends (columns `plan`, `backend`) ---
+
+
+def test_plan_and_backend_columns_pin_a_row():
+    from reelbatch.schemas import ParallelPlan
+
+    text = "prompt,plan,backend\na cat,dp=1 cfg=2,xdit\na dog,,\n"
+    result = parse_manifest_text(text, RunDefaults(), KNOWN_MODELS)
+    assert [r.plan for r in result.rows] == [ParallelPlan(cfg=2), None]
+    assert [r.backend for r in result.rows] == ["xdit", "native"]
+
+
+def test_run_level_plan_is_the_default_for_empty_cells():
+    from reelbatch.schemas import ParallelPlan
+
+    defaults = RunDefaults(plan=ParallelPlan(dp=2), backend="native")
+    result = parse_manifest_text("prompt,plan\na cat,\nb,ulysses=2\n", defaults, KNOWN_MODELS)
+    assert [r.plan for r in result.rows] == [ParallelPlan(dp=2), ParallelPlan(ulysses=2)]
+
+
+@pytest.mark.parametrize("cell,rule", [("dp=0", "bad_plan"), ("tp=2", "bad_plan"), ("dp=2,dp=2", "bad_plan")])
+def test_bad_plan_cells_are_rejected_with_a_fix(cell, rule):
+    result = parse_manifest_text(f'prompt,plan\na cat,"{cell}"\n', RunDefaults(), KNOWN_MODELS)
+    [rejection] = result.rejections
+    assert (rejection.column, rejection.rule) == ("plan", rule) and "dp=2,cfg=2" in rejection.fix
+
+
+def test_unknown_backend_is_rejected():
+    result = parse_manifest_text("prompt,backend\na cat,tensorrt\n", RunDefaults(), KNOWN_MODELS)
+    [rejection] = result.rejections
+    assert (rejection.column, rejection.rule) == ("backend", "unknown_backend") and "xdit" in rejection.fix

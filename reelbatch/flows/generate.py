@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import flow
 
 from reelbatch.models.registry import ModelCatalog
@@ -12,6 +14,7 @@ from reelbatch.schemas import RunDefaults
 from reelbatch.settings import DEFAULT_DB_URL, DEFAULT_JOB_TIMEOUT_S, DEFAULT_OUTPUT
 from reelbatch.tasks.collect import collect_job_task
 from reelbatch.tasks.dispatch import prepare_job_task, run_job_task
+from reelbatch.tasks.export import write_dataset_index_task
 from reelbatch.tasks.manifest import read_manifest_task
 from reelbatch.tasks.record import RunReport, finish_run_task, refuse_run, start_run_task
 from reelbatch.tasks.shard import DEFAULT_MAX_SAMPLES_PER_JOB, plan_run_task
@@ -28,13 +31,15 @@ def generate_dataset(
     model_paths: list[str] | None = None,
     max_samples_per_job: int = DEFAULT_MAX_SAMPLES_PER_JOB,
     job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S,
+    gpu_memory_gib: float = 80.0,
+    objective: Literal["throughput", "latency"] = "throughput",
 ) -> RunReport:
     """Turn a manifest of prompts into videos under ``output`` and rows in the database at ``db_url``."""
     catalog = ModelCatalog.from_config(model_paths or [])
     manifest_read = read_manifest_task(manifest, defaults, catalog.names())
     plan = plan_run_task(
         manifest_read.rows, manifest_read.rejections, manifest_read.total_rows, catalog, gpus_per_node,
-        max_samples_per_job,
+        max_samples_per_job, gpu_memory_gib=gpu_memory_gib, objective=objective,
     )
     if strict and plan.rejected:
         return refuse_run(plan, output)
@@ -44,4 +49,6 @@ def generate_dataset(
     for spec in specs:
         outcome = run_job_task(spec, db_url, job_timeout_s)
         collect_job_task(spec, db_url, output, outcome.returncode, outcome.seconds, outcome.error)
-    return finish_run_task(db_url, run_id, plan, output)
+    report = finish_run_task(db_url, run_id, plan, output)
+    report.dataset = write_dataset_index_task(db_url, run_id, output)
+    return report

@@ -20,12 +20,12 @@ import re
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, get_args
 
 import fsspec
 from pydantic import BaseModel, ValidationError, ValidationInfo, create_model, field_validator
 
-from reelbatch.schemas import ManifestRow, RowRejection, RunDefaults
+from reelbatch.schemas import Backend, ManifestRow, ParallelPlan, RowRejection, RunDefaults
 
 INLINE_SOURCE = "<inline>"
 MAX_SEED = 2**63 - 1
@@ -298,6 +298,31 @@ def _parse_flag(value: object, column: str, context: _RowContext) -> bool:
     raise _CellProblem("not_boolean", f"{column} {_quote(value)} is not true or false", "use true or false")
 
 
+BACKENDS = get_args(Backend)
+
+
+def _parse_plan(value: object, column: str, context: _RowContext) -> ParallelPlan | None:
+    if value is None or isinstance(value, ParallelPlan):
+        return value
+    try:
+        return ParallelPlan.parse(str(value))
+    except ValueError as error:
+        raise _CellProblem(
+            "bad_plan",
+            f"{column} {_quote(value)}: {error}",
+            "write it like dp=2,cfg=2,ulysses=1,ring=1, or leave the cell empty to let reelbatch choose",
+        ) from None
+
+
+def _parse_backend(value: object, column: str, context: _RowContext) -> str:
+    backend = str(value).strip().lower()
+    if backend not in BACKENDS:
+        raise _CellProblem(
+            "unknown_backend", f"{column} {_quote(value)} is not a parallel backend", f"use one of: {', '.join(BACKENDS)}"
+        )
+    return backend
+
+
 ColumnParser = Callable[[object, str, _RowContext], object]
 
 # The manifest's columns, in the order a row's problems are looked for. A parser receives the stripped cell, or
@@ -318,6 +343,8 @@ COLUMN_PARSERS: dict[str, ColumnParser] = {
     "seed": _parse_seed,
     "num_videos": _parse_num_videos,
     "sequence_batch": _parse_flag,
+    "plan": _parse_plan,
+    "backend": _parse_backend,
 }
 
 

@@ -26,6 +26,7 @@ class RunReport(BaseModel):
     output: str
     started_at: float
     wall_seconds: float = 0.0
+    dataset: dict[str, str] = {}  # metadata.csv, samples.parquet and gallery locations
 
     @property
     def exit_code(self) -> int:
