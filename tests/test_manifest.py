@@ -499,3 +499,57 @@ def test_unknown_backend_is_rejected():
     result = parse_manifest_text("prompt,backend\na cat,tensorrt\n", RunDefaults(), KNOWN_MODELS)
     [rejection] = result.rejections
     assert (rejection.column, rejection.rule) == ("backend", "unknown_backend") and "xdit" in rejection.fix
+
+
+# --- JSONL and Parquet manifests: the same rows, rules and rejections as CSV ---
+
+
+def _objects():
+    return [
+        {"id": "a", "prompt": "a cat", "height": 32, "guidance_scale": 1.0, "sequence_batch": True},
+        {"id": "b", "prompt": "a dog", "num_frames": 6},
+        {"id": "c", "prompt": "waves", "plan": "dp=2"},
+    ]
+
+
+def _check_same_as_csv(result):
+    assert [r.id for r in result.rows] == ["a", "c"]
+    assert result.rows[0].sequence_batch is True and result.rows[0].guidance_scale == 1.0
+    [rejection] = result.rejections
+    assert (rejection.row, rejection.column, rejection.rule) == (2, "num_frames", "frames_not_4k_plus_1")
+
+
+def test_jsonl_manifest(tmp_path):
+    import json
+
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(json.dumps(o) for o in _objects()) + "\n", encoding="utf-8")
+    result = read_manifest(path, RunDefaults(), KNOWN_MODELS)
+    _check_same_as_csv(result)
+    assert result.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_parquet_manifest(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "m.parquet"
+    objects = _objects()
+    columns = {key: [o.get(key) for o in objects] for o in objects for key in o}  # from_pylist reads row 1's keys only
+    pq.write_table(pa.Table.from_pydict(columns), path)
+    _check_same_as_csv(read_manifest(path, RunDefaults(), KNOWN_MODELS))
+
+
+@pytest.mark.parametrize("name,content", [("m.jsonl", b"[1, 2]\n"), ("m.jsonl", b"{not json\n"),
+                                          ("m.parquet", b"PAR1 not really"), ("m.jsonl", b"")])
+def test_broken_jsonl_and_parquet_give_one_clean_error(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ManifestError):
+        read_manifest(path, RunDefaults(), KNOWN_MODELS)
+
+
+def test_credentials_in_a_manifest_url_never_reach_messages():
+    with pytest.raises(ManifestError) as caught:
+        read_manifest("s3://AKIAEXAMPLE:secretvalue@no-such-bucket-reelbatch/x.csv", RunDefaults(), KNOWN_MODELS)
+    assert "secretvalue" not in str(caught.value) and "AKIAEXAMPLE" not in str(caught.value)

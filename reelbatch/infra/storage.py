@@ -13,6 +13,17 @@ import fsspec
 from fsspec.utils import get_protocol
 
 
+def redact_url(url: str) -> str:
+    """The URL without user:password@ (credentials must never reach logs, errors or the database)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}://{authority}{slash}{path}"
+
+
 def work_root(output: str) -> Path:
     """Local folder for job specs, rank logs, results files and staged outputs of runs writing to ``output``.
 

@@ -14,17 +14,19 @@ import codecs
 import csv
 import hashlib
 import io
+import json
 import math
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO, get_args
 
 import fsspec
 from pydantic import BaseModel, ValidationError, ValidationInfo, create_model, field_validator
 
+from reelbatch.infra.storage import redact_url
 from reelbatch.schemas import Backend, ManifestRow, ParallelPlan, RowRejection, RunDefaults
 
 INLINE_SOURCE = "<inline>"
@@ -597,7 +599,19 @@ def _parse_stream(
     if first_record is None:
         raise ManifestError(f"{subject} is empty: it needs a header row with a 'prompt' column")
     header = _read_header(first_record[1], subject)
+    return _validate_records(header, records, defaults, known_models, limits, source, lambda: lines.sha256)
 
+
+def _validate_records(
+    header: _Header,
+    records: Iterable[tuple[int, list[str]]],
+    defaults: RunDefaults,
+    known_models: Collection[str],
+    limits: ManifestLimits,
+    source: str,
+    sha256: Callable[[], str],
+) -> ManifestReadResult:
+    subject = _subject(source)
     context = _RowContext(defaults=defaults, limits=limits, known_models=frozenset(known_models))
     rows: list[ManifestRow] = []
     rejections: list[RowRejection] = []
@@ -620,10 +634,86 @@ def _parse_stream(
         rows=rows,
         rejections=rejections,
         total_rows=total_rows,
-        sha256=lines.sha256,
+        sha256=sha256(),
         source=source,
         raw_rows=raw_rows,
     )
+
+
+def _cell_text(value: object) -> str:
+    """A JSON or Parquet value as the text a CSV cell would hold (so one set of parsers serves every format)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _table_records(objects: Iterable[tuple[int, Mapping[str, object]]], subject: str):
+    """(header, records) from row objects: the header is the union of keys, in first-seen order."""
+    objects = list(objects)
+    names: list[str] = []
+    for _, obj in objects:
+        names.extend(key for key in obj if key not in names)
+    header = _read_header([str(n) for n in names], subject)
+    records = [(line, [_cell_text(obj.get(name)) for name in names]) for line, obj in objects]
+    return header, [(line, cells) for line, cells in records if any(c.strip() for c in cells)]
+
+
+def _parse_jsonl(raw: bytes, defaults, known_models, limits, source) -> ManifestReadResult:
+    subject = _subject(source)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ManifestError(f"{subject} is not UTF-8 (byte {error.start}): save it as UTF-8") from None
+    objects = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as error:
+            raise ManifestError(f"{subject} line {number} is not a JSON object: {error.msg}") from None
+        if not isinstance(obj, dict):
+            raise ManifestError(f"{subject} line {number} is not a JSON object (one object per line)")
+        objects.append((number, obj))
+    if not objects:
+        raise ManifestError(f"{subject} is empty: it needs one JSON object per line with a 'prompt' key")
+    header, records = _table_records(objects, subject)
+    digest = hashlib.sha256(raw).hexdigest()
+    return _validate_records(header, records, defaults, known_models, limits, source, lambda: digest)
+
+
+def _parse_parquet(raw: bytes, defaults, known_models, limits, source) -> ManifestReadResult:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    subject = _subject(source)
+    try:
+        table = pq.read_table(io.BytesIO(raw))
+    except (pa.ArrowException, OSError) as error:
+        raise ManifestError(f"{subject} is not a readable Parquet file: {error}") from None
+    if table.num_rows > limits.max_rows:
+        raise ManifestError(f"{subject} has more than {limits.max_rows:,} rows: split it into smaller manifests")
+    # Row numbers are 1-based positions in the table (Parquet has no lines).
+    objects = enumerate(table.to_pylist(), 1)
+    header, records = _table_records(objects, subject)
+    digest = hashlib.sha256(raw).hexdigest()
+    return _validate_records(header, records, defaults, known_models, limits, source, lambda: digest)
+
+
+MANIFEST_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def manifest_format(source: str) -> str:
+    """csv, jsonl or parquet from the file name (before any compression suffix); csv when unknown."""
+    name = source.split("?", 1)[0].lower()
+    for suffix, fmt in MANIFEST_FORMATS.items():
+        if name.endswith(suffix):
+            return fmt
+    return "csv"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -641,10 +731,18 @@ def read_manifest(
     location = os.fspath(source)
     try:
         stream = fsspec.open(location, "rb").open()
-    except OSError as error:
-        raise ManifestError(f"Cannot open manifest {location}: {error.strerror or error}") from None
+    except (OSError, ValueError, ImportError) as error:
+        reason = getattr(error, "strerror", None) or error
+        raise ManifestError(f"Cannot open manifest {redact_url(location)}: {reason}") from None
+    fmt = manifest_format(location)
+    shown = redact_url(location)  # what messages and the database see
     with stream:
-        return _parse_stream(stream, defaults, known_models, limits, location)
+        if fmt == "csv":
+            return _parse_stream(stream, defaults, known_models, limits, shown)
+        # JSONL and Parquet manifests are small next to the videos they describe: read whole, then validate.
+        raw = stream.read()
+    parse = _parse_jsonl if fmt == "jsonl" else _parse_parquet
+    return parse(raw, defaults, known_models, limits, shown)
 
 
 def parse_manifest_text(
