@@ -24,6 +24,18 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{authority}{slash}{path}"
 
 
+def redact_text(text: str, url: str) -> str:
+    """``text`` (an error message, say) with the credentials of ``url`` cut out wherever they appear."""
+    _, sep, rest = url.partition("://")
+    authority = rest.partition("/")[0]
+    if sep and "@" in authority:
+        secret = authority.rsplit("@", 1)[0]
+        for piece in {secret, *secret.split(":")}:
+            if piece:
+                text = text.replace(piece, "***")
+    return text
+
+
 def work_root(output: str) -> Path:
     """Local folder for job specs, rank logs, results files and staged outputs of runs writing to ``output``.
 

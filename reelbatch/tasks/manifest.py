@@ -26,7 +26,7 @@ from typing import BinaryIO, get_args
 import fsspec
 from pydantic import BaseModel, ValidationError, ValidationInfo, create_model, field_validator
 
-from reelbatch.infra.storage import redact_url
+from reelbatch.infra.storage import redact_text, redact_url
 from reelbatch.schemas import Backend, ManifestRow, ParallelPlan, RowRejection, RunDefaults
 
 INLINE_SOURCE = "<inline>"
@@ -731,8 +731,8 @@ def read_manifest(
     location = os.fspath(source)
     try:
         stream = fsspec.open(location, "rb").open()
-    except (OSError, ValueError, ImportError) as error:
-        reason = getattr(error, "strerror", None) or error
+    except Exception as error:  # every storage backend fails its own way; the user needs one sentence
+        reason = redact_text(str(getattr(error, "strerror", None) or error), location)
         raise ManifestError(f"Cannot open manifest {redact_url(location)}: {reason}") from None
     fmt = manifest_format(location)
     shown = redact_url(location)  # what messages and the database see
