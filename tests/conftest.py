@@ -83,3 +83,52 @@ def database(database_url: str):
     with Database(database_url) as database:
         database.upgrade()
         yield database
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A real S3 API server (moto's server mode) on loopback; the AWS variables point every client at it.
+
+    The variables are process-wide so subprocesses (the CLI, torchrun ranks) reach the same server.
+    """
+    import logging
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    fake = {
+        "AWS_ACCESS_KEY_ID": "reelbatch-test-key",
+        "AWS_SECRET_ACCESS_KEY": "reelbatch-test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    }
+    previous = {key: os.environ.get(key) for key in fake}
+    os.environ.update(fake)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A fresh bucket on the test S3 server."""
+    import s3fs
+
+    name = f"reelbatch-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
+    return name

@@ -220,3 +220,33 @@ def test_keyboard_interrupt_kills_the_job_and_propagates(tmp_path):
     finally:
         orchestrator.kill()
     assert not any(is_running(pid) for pid in recorded_pids(tmp_path).values())
+
+
+@pytest.mark.torchrun
+def test_kill_launch_finds_the_ranks_of_an_abandoned_launch(tmp_path):
+    """An orchestrator killed mid-job leaves ranks running; a later one kills them by the recorded tag."""
+    import threading
+
+    from reelbatch.infra.launcher import kill_launch, new_launch_id
+
+    launch_id = new_launch_id()
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    finished = threading.Event()
+
+    def abandoned() -> None:
+        launch(
+            "rank_scripts.hang", [str(pid_dir)], nproc_per_node=2, log_path=tmp_path / "log",
+            timeout_s=120, launch_id=launch_id, env=rank_env(),
+        )
+        finished.set()
+
+    threading.Thread(target=abandoned, daemon=True).start()
+    deadline = time.monotonic() + 60
+    while len(recorded_pids(pid_dir)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pids = list(recorded_pids(pid_dir).values())
+    assert len(pids) == 2, "ranks never started"
+    assert kill_launch(launch_id) >= 2
+    assert finished.wait(30), "torchrun should notice its ranks died and return"
+    assert not [pid for pid in pids if is_running(pid)]

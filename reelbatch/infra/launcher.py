@@ -68,6 +68,21 @@ class LaunchResult:
     tail: list[str]  # last TAIL_LINES lines of this run's output, without newlines
 
 
+def new_launch_id() -> str:
+    """The tag every process of one launch carries; record it first to find a crashed orchestrator's orphans."""
+    return uuid.uuid4().hex
+
+
+def kill_launch(launch_id: str) -> int:
+    """SIGKILL every live process of an earlier launch (e.g. ranks left running by a killed orchestrator).
+
+    Returns how many processes were signalled. Linux only (it reads /proc); elsewhere it finds none.
+    """
+    victims = _tagged_pids(launch_id)
+    _signal_pids(victims, signal.SIGKILL)
+    return len(victims)
+
+
 def free_port(host: str = "") -> int:
     """Return a TCP port that is free right now on ``host`` (default: all interfaces).
 
@@ -124,6 +139,7 @@ def launch(
     on_line: Callable[[str], None] | None = None,
     grace_s: float = 10.0,
     master_port: int | None = None,
+    launch_id: str | None = None,
 ) -> LaunchResult:
     """Run ``entry_module`` on ``nproc_per_node`` ranks and wait for it, at most ``timeout_s``.
 
@@ -137,7 +153,7 @@ def launch(
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    launch_id = uuid.uuid4().hex
+    launch_id = launch_id or new_launch_id()
     output = _OutputCollector(log_path, on_line)
     with tempfile.TemporaryDirectory(
         prefix=".torchrun-", dir=log_path.parent, ignore_cleanup_errors=True
