@@ -418,3 +418,444 @@ def test_concurrent_collectors_lose_no_update(database_url: str, database: Datab
     assert all(sample["output_path"] == f"/v/{sample['sample_id']}.mp4" for sample in samples)
     assert all(sample["attempts"] == 1 for sample in samples)
     assert [(job["status"], job["attempts"]) for job in database.jobs(run_id)] == [("done", 1)] * jobs
+
+
+# --- revision 0002: resume columns ---
+
+
+def _rows(database: Database, table: str) -> list[dict]:
+    with database.engine.connect() as connection:
+        return [dict(row) for row in connection.execute(text(f"SELECT * FROM {table} ORDER BY id")).mappings()]
+
+
+def _fill_revision_0001(database: Database) -> None:
+    """A run with a job, a done, a failed and a rejected sample, written with plain SQL at revision 0001."""
+    with database.write_connection() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO runs (id, created_at, status, manifest_source, manifest_sha256, output_root,"
+                " gpus_per_node, params, library_versions, rows_total, rows_accepted, rows_rejected)"
+                " VALUES ('r' || :pad, :now, 'partial', 'm.csv', :sha, '/out', 8, '{\"retries\": 1}', '{}', 3, 2, 1)"
+            ),
+            {"pad": "0" * 31, "now": "2025-11-30 12:00:00+00:00", "sha": "ab" * 32},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, run_id, model, height, width, num_frames, num_inference_steps, guidance_scale,"
+                " sequence_batch, dp, cfg, ulysses, ring, world_size, backend, samples_count, padded_slots, tokens,"
+                " status, returncode, error, log_path, created_at, attempts)"
+                " VALUES ('job-old', 'r' || :pad, 'tiny-wan', 32, 48, 5, 4, 5.0, false, 2, 1, 1, 1, 2, 'native', 2,"
+                " 0, 96, 'failed', 1, 'boom', '/logs/old.log', :now, 1)"
+            ),
+            {"pad": "0" * 31, "now": "2025-11-30 12:00:00+00:00"},
+        )
+        for sample_id, job_id, status, output_path in [
+            ("s-done", "job-old", "done", "/out/ab/s-done.mp4"),
+            ("s-failed", "job-old", "failed", None),
+            (None, None, "rejected", None),
+        ]:
+            connection.execute(
+                text(
+                    "INSERT INTO samples (run_id, job_id, sample_id, row, video_index, prompt, negative_prompt,"
+                    " status, output_path, attempts, created_at, updated_at)"
+                    " VALUES ('r' || :pad, :job_id, :sample_id, 2, 0, 'a cat', '', :status, :output_path, 1,"
+                    " :now, :now)"
+                ),
+                {"pad": "0" * 31, "job_id": job_id, "sample_id": sample_id, "status": status,
+                 "output_path": output_path, "now": "2025-11-30 12:00:00+00:00"},
+            )
+
+
+def test_upgrade_from_0001_keeps_every_row(database_url: str) -> None:
+    command.upgrade(db_module.alembic_config(database_url), "0001")
+    with Database(database_url) as database:
+        assert database.current_revision() == "0001"
+        _fill_revision_0001(database)
+        before = {table: _rows(database, table) for table in ("runs", "jobs", "samples")}
+        assert [len(rows) for rows in before.values()] == [1, 1, 3]
+
+        database.upgrade()
+        assert database.current_revision() == head_revision() == "0002"
+        database.ensure_schema()
+        after = {table: _rows(database, table) for table in ("runs", "jobs", "samples")}
+        assert [row.pop("launch_id") for row in after["jobs"]] == [None]
+        assert [row.pop("reused_from_run") for row in after["samples"]] == [None] * 3
+        assert after == before
+
+        # The upgraded rows are usable through the models.
+        run_id = "r" + "0" * 31
+        summary = database.run_summary(run_id)
+        assert (summary.counts["done"], summary.counts["failed"], summary.reused) == (1, 1, 0)
+        assert database.done_outputs("/out", ["s-done", "s-failed"]) == {
+            "s-done": db_module.DoneOutput(output_path="/out/ab/s-done.mp4", run_id=run_id)
+        }
+
+        # And the downgrade drops the two columns in place: no row lost (a rebuilt jobs table would cascade).
+        database.run_alembic(command.downgrade, "0001")
+        assert database.current_revision() == "0001"
+        assert {table: _rows(database, table) for table in ("runs", "jobs", "samples")} == before
+
+
+def test_ensure_schema_refuses_revision_0001(database_url: str) -> None:
+    with Database(database_url) as database:
+        database.run_alembic(command.upgrade, "0001")
+        for auto_upgrade in (False, True):
+            with pytest.raises(SchemaOutOfDate, match="reelbatch db upgrade") as raised:
+                database.ensure_schema(auto_upgrade=auto_upgrade)
+            assert f"at revision 0001, reelbatch needs {head_revision()}" in str(raised.value)
+            assert "unknown" not in str(raised.value)
+        assert database.current_revision() == "0001"
+
+
+# --- resume and idempotency ---
+
+
+def _sample_rows(database: Database, run_id: str) -> list[dict]:
+    return [sample for sample in database.samples(run_id) if sample["status"] != "rejected"]
+
+
+def test_add_job_again_replans_the_job_and_its_unfinished_samples(database: Database) -> None:
+    run_id = create_run(database)
+    database.add_job(run_id, make_job("job", run_id, rows=[2, 3, 4]), log_path="/logs/1.log")
+    database.mark_job_running("job")
+    database.set_job_launch("job", "launch-1")
+    database.record_sample_results("job", [done("job-s2"), failed("job-s3")], {"job-s2": "/v/2.mp4"})
+    database.finish_job("job", status="failed", returncode=1, seconds=2.0, error="rank 1 died")
+    before = samples_by_id(database, run_id)
+
+    # Re-planned: a new plan and log, the same samples plus one more.
+    replanned = make_job("job", run_id, rows=[2, 3, 4, 5]).model_copy(
+        update={"plan": ParallelPlan(dp=4), "padded_slots": 0, "tokens": 128}
+    )
+    database.add_job(run_id, replanned, backend="xdit", log_path="/logs/2.log")
+    database.add_job(run_id, replanned, backend="xdit", log_path="/logs/2.log")  # and once more: no change
+
+    job = database.jobs(run_id)
+    assert len(job) == 1
+    job = job[0]
+    assert (job["status"], job["attempts"], job["returncode"], job["error"]) == ("pending", 1, None, None)
+    assert (job["finished_at"], job["seconds"]) == (None, None)
+    assert (job["dp"], job["cfg"], job["world_size"], job["samples_count"], job["tokens"]) == (4, 1, 4, 4, 128)
+    assert (job["backend"], job["log_path"], job["padded_slots"]) == ("xdit", "/logs/2.log", 0)
+    assert job["created_at"] == database.jobs(run_id)[0]["created_at"]
+
+    samples = _sample_rows(database, run_id)
+    assert [sample["sample_id"] for sample in samples] == ["job-s2", "job-s3", "job-s4", "job-s5"]
+    after = {sample["sample_id"]: sample for sample in samples}
+    assert after["job-s2"] == before["job-s2"]  # done: untouched, updated_at included
+    for sample_id in ("job-s3", "job-s4"):
+        sample = after[sample_id]
+        assert (sample["status"], sample["attempts"], sample["job_id"]) == ("pending", 1, "job")
+        assert (sample["error"], sample["finished_at"], sample["output_path"]) == (None, None, None)
+        assert sample["id"] == before[sample_id]["id"] and sample["created_at"] == before[sample_id]["created_at"]
+        assert sample["updated_at"] > before[sample_id]["updated_at"]
+        assert sample["updated_at"].tzinfo == timezone.utc
+    assert (after["job-s5"]["status"], after["job-s5"]["attempts"]) == ("pending", 0)
+    assert database.run_summary(run_id).counts == {"pending": 3, "running": 0, "done": 1, "failed": 0, "rejected": 0}
+
+    database.mark_job_running("job")
+    assert [sample["attempts"] for sample in _sample_rows(database, run_id)] == [1, 2, 2, 1]
+
+
+def test_add_job_moves_unfinished_samples_to_the_job_that_now_has_them(database: Database) -> None:
+    run_id = create_run(database)
+    first = make_job("old", run_id, rows=[2, 3])
+    database.add_job(run_id, first)
+    database.mark_job_running("old")
+    database.record_sample_results("old", [done("old-s2")], {"old-s2": "/v/2.mp4"})
+    database.interrupt_running_jobs(run_id, "orchestrator died")
+
+    # Re-planning cut the bucket differently: the unfinished sample is now in another job.
+    moved = first.model_copy(update={"job_id": "new", "samples": first.samples[1:]})
+    database.add_job(run_id, moved)
+    samples = samples_by_id(database, run_id)
+    assert len(samples) == 2
+    assert (samples["old-s3"]["job_id"], samples["old-s3"]["status"]) == ("new", "pending")
+    assert (samples["old-s2"]["job_id"], samples["old-s2"]["status"]) == ("old", "done")
+
+    database.mark_job_running("new")
+    database.record_sample_results("new", [done("old-s3")], {"old-s3": "/v/3.mp4"})
+    database.finish_job("new", status="done", returncode=0, seconds=1.0)
+    assert database.finish_run(run_id) == "done"
+
+
+def test_add_job_refuses_a_job_id_of_another_run(database: Database) -> None:
+    first, second = create_run(database), create_run(database)
+    database.add_job(first, make_job("job", first, rows=[2]))
+    with pytest.raises(ValueError, match="already used by run"):
+        database.add_job(second, make_job("job", second, rows=[2]))
+    assert database.jobs(second) == [] and database.samples(second) == []
+    assert database.jobs(first)[0]["run_id"] == first
+
+
+def test_done_outputs_finds_the_newest_done_sample_under_the_same_output_root(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def finished_run(output_root: str, job_id: str, results: list[SampleResult]) -> str:
+        run_id = create_run(database, output_root=output_root)
+        job = make_job(job_id, run_id, rows=[2, 3, 4])
+        job = job.model_copy(update={"samples": [
+            sample.model_copy(update={"sample_id": f"s{sample.row}"}) for sample in job.samples
+        ]})
+        database.add_job(run_id, job)
+        database.mark_job_running(job_id)
+        database.record_sample_results(
+            job_id, results, {result.sample_id: f"{output_root}/{run_id}/{result.sample_id}.mp4" for result in results}
+        )
+        database.finish_job(job_id, status="failed", returncode=1, seconds=1.0)
+        return run_id
+
+    old = finished_run("/out", "job-old", [done("s2"), done("s3")])
+    new = finished_run("/out", "job-new", [done("s2"), failed("s3")])
+    finished_run("/elsewhere", "job-else", [done("s2"), done("s3"), done("s4")])
+    unrelated = [f"x{index}" for index in range(1200)]
+    monkeypatch.setattr(db_module, "QUERY_CHUNK", 7)  # many chunks, the found ids in different ones
+
+    found = database.done_outputs("/out", ["s2", "s3", "s4", *unrelated])
+    assert found == {
+        "s2": db_module.DoneOutput(output_path=f"/out/{new}/s2.mp4", run_id=new),
+        "s3": db_module.DoneOutput(output_path=f"/out/{old}/s3.mp4", run_id=old),
+    }
+    assert database.done_outputs("/out/", ["s2"]) == {}  # the output root is compared verbatim
+    assert database.done_outputs("/out", []) == {}
+
+
+def test_done_outputs_skips_done_rows_without_an_output_path(database: Database) -> None:
+    run_id = create_run(database)
+    database.add_job(run_id, make_job("job", run_id, rows=[2]))
+    database.mark_job_running("job")
+    database.record_sample_results("job", [done("job-s2")], {})
+    assert database.done_outputs("/data/videos", ["job-s2"]) == {}
+
+
+def _reused(job: JobSpec, sample: Sample, from_run: str) -> db_module.ReusedSample:
+    return db_module.ReusedSample(sample=sample, bucket=job.bucket, output_path=f"/v/{sample.sample_id}.mp4",
+                                  from_run=from_run)
+
+
+def test_add_reused_samples(database: Database) -> None:
+    earlier = create_run(database)
+    run_id = create_run(database)
+    job = make_job("job", run_id, rows=[2, 3, 4, 5])
+    s2, s3, s4, s5 = job.samples
+    # s2 done in this run, s3 failed in this run, s4 and s5 not in this run yet.
+    database.add_job(run_id, job.model_copy(update={"samples": [s2, s3]}))
+    database.mark_job_running("job")
+    database.record_sample_results("job", [done(s2.sample_id), failed(s3.sample_id)], {s2.sample_id: "/mine/2.mp4"})
+    database.finish_job("job", status="failed", returncode=1, seconds=1.0)
+    before = samples_by_id(database, run_id)
+
+    reused = [_reused(job, sample, earlier) for sample in (s2, s3, s4)]
+    database.add_reused_samples(run_id, reused)
+    database.add_reused_samples(run_id, reused)  # idempotent
+    database.add_reused_samples(run_id, [])
+
+    samples = samples_by_id(database, run_id)
+    assert len(samples) == 3
+    assert samples[s2.sample_id] == before[s2.sample_id]  # already done here: kept, not marked reused
+    for sample, attempts in ((s3, 1), (s4, 0)):
+        row = samples[sample.sample_id]
+        assert (row["status"], row["job_id"], row["reused_from_run"]) == ("done", None, earlier)
+        assert (row["output_path"], row["seconds"], row["error"], row["attempts"]) == (
+            f"/v/{sample.sample_id}.mp4", None, None, attempts
+        )
+        assert row["finished_at"].tzinfo == timezone.utc
+        assert (row["model"], row["height"], row["num_frames"], row["guidance_scale"]) == ("tiny-wan", 32, 5, 5.0)
+        assert (row["prompt"], row["seed"], row["row"], row["row_id"]) == (
+            sample.prompt, sample.seed, sample.row, sample.row_id
+        )
+
+    summary = database.run_summary(run_id)
+    assert (summary.counts["done"], summary.counts["failed"], summary.reused) == (3, 0, 2)
+    assert database.finish_run(run_id) == "done"
+    assert [s.reused for s in database.list_runs()] == [2, 0]
+
+    # A reused row is never sent back to generation by a later re-plan of the same sample.
+    database.add_job(run_id, job.model_copy(update={"job_id": "again", "samples": [s4, s5]}))
+    samples = samples_by_id(database, run_id)
+    assert (samples[s4.sample_id]["status"], samples[s4.sample_id]["job_id"]) == ("done", None)
+    assert (samples[s5.sample_id]["status"], samples[s5.sample_id]["job_id"]) == ("pending", "again")
+
+
+def test_only_reused_samples_make_a_done_run(database: Database) -> None:
+    earlier = create_run(database)
+    run_id = create_run(database)
+    job = make_job("job", run_id, rows=[2, 3])
+    database.add_reused_samples(run_id, [_reused(job, sample, earlier) for sample in job.samples])
+    assert database.finish_run(run_id) == "done"
+    assert database.run_summary(run_id).jobs == 0
+
+
+def test_reopen_run_and_run_record(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_ids = iter(["abc1" + "0" * 28, "abc2" + "0" * 28])
+    monkeypatch.setattr(db_module, "_new_run_id", lambda: next(run_ids))
+    run_id = create_run(database, params={"defaults": {"fps": 8}, "plan": None})
+    create_run(database)
+    database.add_job(run_id, make_job("job", run_id, rows=[2]))
+    database.finish_job("job", status="failed", returncode=1, seconds=1.0, error="boom")
+    assert database.finish_run(run_id) == "failed"
+
+    record = database.run_record("abc1")
+    assert record == database.run_record(run_id)
+    assert set(record) == {column.name for column in db_module.RunRecord.__table__.columns}
+    assert (record["id"], record["status"], record["output_root"]) == (run_id, "failed", "/data/videos")
+    assert record["params"] == {"defaults": {"fps": 8}, "plan": None}
+    assert record["finished_at"].tzinfo == timezone.utc and record["created_at"].tzinfo == timezone.utc
+    for not_one_run in ("abc", "abc3", ""):
+        with pytest.raises(KeyError):
+            database.run_record(not_one_run)
+
+    database.reopen_run(run_id)
+    record = database.run_record(run_id)
+    assert (record["status"], record["finished_at"]) == ("running", None)
+    assert database.run_summary(run_id).status == "running"
+    with pytest.raises(KeyError):
+        database.reopen_run("abc1")  # exact ids only, as every write
+
+
+def test_launches_and_interrupting_the_jobs_of_a_crashed_run(database: Database) -> None:
+    crashed, other = create_run(database), create_run(database)
+    database.add_job(crashed, make_job("a", crashed, rows=[2, 3]))
+    database.add_job(crashed, make_job("b", crashed, rows=[4]))
+    database.add_job(crashed, make_job("c", crashed, rows=[5]))
+    database.add_job(other, make_job("o", other, rows=[2]))
+    for job_id in ("a", "b", "c", "o"):
+        database.mark_job_running(job_id)
+    database.set_job_launch("a", "L" * 32)
+    database.set_job_launch("b", "launch-b")
+    database.set_job_launch("o", "launch-o")
+    database.record_sample_results("a", [done("a-s2")], {"a-s2": "/v/a2.mp4"})
+    database.record_sample_results("b", [done("b-s4")], {"b-s4": "/v/b4.mp4"})
+    database.finish_job("b", status="done", returncode=0, seconds=1.0)
+    with pytest.raises(ValueError):
+        database.set_job_launch("a", "L" * 33)
+    with pytest.raises(ValueError):
+        database.set_job_launch("a", "")
+    with pytest.raises(KeyError):
+        database.set_job_launch("nope", "launch")
+
+    # "c" runs without a launch tag (e.g. the orchestrator died before tagging it): not listed, still interrupted.
+    assert database.running_launches() == [("a", "L" * 32), ("o", "launch-o")]
+
+    assert database.interrupt_running_jobs(crashed, "orchestrator gone") == 2
+    assert database.interrupt_running_jobs(crashed, "again") == 0
+    assert database.running_launches() == [("o", "launch-o")]
+    jobs = {job["id"]: job for job in database.jobs(crashed)}
+    assert {job_id: (job["status"], job["error"]) for job_id, job in jobs.items()} == {
+        "a": ("failed", "orchestrator gone"), "b": ("done", None), "c": ("failed", "orchestrator gone"),
+    }
+    assert jobs["a"]["finished_at"] is not None and jobs["a"]["launch_id"] == "L" * 32
+    samples = samples_by_id(database, crashed)
+    assert {sample_id: (s["status"], s["error"]) for sample_id, s in samples.items()} == {
+        "a-s2": ("done", None), "a-s3": ("failed", "orchestrator gone"), "b-s4": ("done", None),
+        "c-s5": ("failed", "orchestrator gone"),
+    }
+    assert samples_by_id(database, other)["o-s2"]["status"] == "running"
+    assert database.jobs(other)[0]["status"] == "running"
+
+
+def test_a_crash_then_a_resume_loses_and_duplicates_no_sample(database: Database) -> None:
+    """The whole resume path: crash mid-run, find the orphan launch, interrupt, reopen, reuse, re-plan, finish."""
+    earlier = create_run(database)  # same output root: made one of this run's videos already
+    database.add_job(earlier, make_job("e", earlier, rows=[9]).model_copy(update={"samples": [
+        make_job("j1", "", rows=[5]).samples[0]
+    ]}))
+    database.mark_job_running("e")
+    database.record_sample_results("e", [done("j1-s5")], {"j1-s5": "/data/videos/j1-s5.mp4"})
+    database.finish_job("e", status="done", returncode=0, seconds=1.0)
+    database.finish_run(earlier)
+
+    run_id = create_run(database)
+    plan = [make_job("j0", run_id, rows=[2, 3]), make_job("j1", run_id, rows=[4, 5])]
+    for job in plan:
+        database.add_job(run_id, job)
+    database.mark_job_running("j0")
+    database.set_job_launch("j0", "launch-1")
+    database.record_sample_results("j0", [done("j0-s2")], {"j0-s2": "/data/videos/j0-s2.mp4"})
+    # ... the orchestrator dies here.
+
+    assert database.running_launches() == [("j0", "launch-1")]
+    assert database.interrupt_running_jobs(run_id, "interrupted: orchestrator gone") == 1
+    database.reopen_run(run_id)
+    all_ids = [sample.sample_id for job in plan for sample in job.samples]
+    found = database.done_outputs(database.run_record(run_id)["output_root"], all_ids)
+    assert set(found) == {"j0-s2", "j1-s5"}
+    assert found["j1-s5"].run_id == earlier and found["j0-s2"].run_id == run_id
+    reused = [
+        db_module.ReusedSample(sample=sample, bucket=job.bucket, output_path=found[sample.sample_id].output_path,
+                               from_run=found[sample.sample_id].run_id)
+        for job in plan for sample in job.samples
+        if sample.sample_id in found and found[sample.sample_id].run_id != run_id
+    ]
+    database.add_reused_samples(run_id, reused)
+    for job in plan:  # re-plan of what is left
+        left = [sample for sample in job.samples if sample.sample_id not in found]
+        database.add_job(run_id, job.model_copy(update={"samples": left}))
+        database.mark_job_running(job.job_id)
+        paths = {sample.sample_id: f"/data/videos/{sample.sample_id}.mp4" for sample in left}
+        database.record_sample_results(job.job_id, [done(sample_id) for sample_id in paths], paths)
+        database.finish_job(job.job_id, status="done", returncode=0, seconds=1.0)
+
+    assert database.finish_run(run_id) == "done"
+    samples = database.samples(run_id)
+    assert sorted(sample["sample_id"] for sample in samples) == sorted(all_ids)
+    by_id = {sample["sample_id"]: sample for sample in samples}
+    assert {sample_id: (s["attempts"], s["reused_from_run"]) for sample_id, s in by_id.items()} == {
+        "j0-s2": (1, None), "j0-s3": (2, None), "j1-s4": (1, None), "j1-s5": (0, earlier),
+    }
+    assert all(sample["output_path"] == f"/data/videos/{sample['sample_id']}.mp4" for sample in samples)
+    assert database.run_summary(run_id).reused == 1
+
+
+def test_concurrent_replans_lose_no_update_and_duplicate_no_row(database_url: str, database: Database) -> None:
+    """Four collectors re-add their job of one run at once (half the samples already there, some done) and record
+    their results; every row ends done, once."""
+    jobs, samples_per_job = 4, 12
+    run_id = create_run(database)
+    specs = [make_job(f"job{index}", run_id, rows=list(range(2, 2 + samples_per_job))) for index in range(jobs)]
+    for spec in specs:
+        database.add_job(run_id, spec.model_copy(update={"samples": spec.samples[: samples_per_job // 2]}))
+        database.mark_job_running(spec.job_id)
+        first = spec.samples[0].sample_id
+        database.record_sample_results(spec.job_id, [done(first)], {first: f"/v/{first}.mp4"})
+    database.interrupt_running_jobs(run_id, "crash")
+    before = samples_by_id(database, run_id)
+    start_together = threading.Barrier(jobs)
+    errors: list[BaseException] = []
+
+    def replan_and_collect(spec: JobSpec) -> None:
+        try:
+            with Database(database_url) as collector:  # one engine per collector, as separate processes would have
+                start_together.wait()
+                for _ in range(2):  # a retried prepare step adds the job twice
+                    collector.add_job(run_id, spec)
+                collector.mark_job_running(spec.job_id)
+                for sample in spec.samples[1:]:
+                    sample_id = sample.sample_id
+                    collector.record_sample_results(spec.job_id, [done(sample_id)], {sample_id: f"/v/{sample_id}.mp4"})
+                    collector.run_summary(run_id)  # readers interleaved with the writers
+                collector.finish_job(spec.job_id, status="done", returncode=0, seconds=1.0)
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=replan_and_collect, args=(spec,)) for spec in specs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+
+    assert database.finish_run(run_id) == "done"
+    samples = database.samples(run_id)
+    assert len(samples) == len({sample["sample_id"] for sample in samples}) == jobs * samples_per_job
+    assert database.run_summary(run_id).counts["done"] == jobs * samples_per_job
+    assert all(sample["output_path"] == f"/v/{sample['sample_id']}.mp4" for sample in samples)
+    for sample in samples:
+        index = int(sample["sample_id"].split("-s")[1]) - 2
+        if index == 0:  # done before the crash: never touched again
+            assert sample == before[sample["sample_id"]]
+        else:
+            assert sample["attempts"] == (2 if index < samples_per_job // 2 else 1), sample
+    assert [(job["status"], job["attempts"], job["samples_count"]) for job in database.jobs(run_id)] == [
+        ("done", 2, samples_per_job)
+    ] * jobs

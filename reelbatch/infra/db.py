@@ -12,13 +12,13 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -36,6 +36,7 @@ from sqlalchemy import (
     Index,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     create_engine,
@@ -45,11 +46,12 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from reelbatch.schemas import JobSpec, RowRejection, SampleResult
+from reelbatch.schemas import BucketKey, JobSpec, RowRejection, Sample, SampleResult
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,12 @@ SAMPLE_STATUSES = ("pending", "running", "done", "failed", "rejected")
 NO_RESULT_ERROR = "job ended without a result for this sample"
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# Ids per IN (...) list: SQLite builds before 3.32 allow only 999 bound parameters per statement.
+QUERY_CHUNK = 500
+
+# Longest launch tag jobs.launch_id holds (PostgreSQL enforces it; checked here so SQLite behaves the same).
+LAUNCH_ID_MAX_LENGTH = 32
 
 # Explicit names make the migrations deterministic and let later revisions drop or alter constraints by name.
 NAMING_CONVENTION = {
@@ -175,6 +183,8 @@ class JobRecord(Base):
     finished_at: Mapped[datetime | None]
     seconds: Mapped[float | None]
     attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Tag of the torchrun launch running (or that last ran) this job; revision 0002.
+    launch_id: Mapped[str | None] = mapped_column(String(32))
 
 
 class SampleRecord(Base):
@@ -220,6 +230,8 @@ class SampleRecord(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # The run whose finished output this done sample reuses (no job, nothing generated in this run); revision 0002.
+    reused_from_run: Mapped[str | None] = mapped_column(String(32))
 
 
 @dataclass(frozen=True)
@@ -232,6 +244,25 @@ class RunSummary:
     output_root: str
     counts: dict[str, int]
     jobs: int
+    reused: int = 0  # sample rows (all done) that reuse the output of an earlier run; included in counts["done"]
+
+
+@dataclass(frozen=True)
+class DoneOutput:
+    """Where a finished sample's video is, and which run's row says so."""
+
+    output_path: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class ReusedSample:
+    """A sample of this run whose video an earlier run already made (``from_run``) under the same output root."""
+
+    sample: Sample
+    bucket: BucketKey
+    output_path: str
+    from_run: str
 
 
 def alembic_config(url: str | URL | None = None) -> Config:
@@ -273,6 +304,49 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "missing"
     return versions
+
+
+_T = TypeVar("_T")
+
+
+def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), QUERY_CHUNK):
+        yield items[start : start + QUERY_CHUNK]
+
+
+def _generation_params(bucket: BucketKey) -> dict[str, Any]:
+    return {
+        "model": bucket.model,
+        "height": bucket.height,
+        "width": bucket.width,
+        "num_frames": bucket.num_frames,
+        "num_inference_steps": bucket.num_inference_steps,
+        "guidance_scale": bucket.guidance_scale,
+        "embedded_guidance_scale": bucket.embedded_guidance_scale,
+        "sequence_batch": bucket.sequence_batch,
+    }
+
+
+def _sample_identity_values(sample: Sample) -> dict[str, Any]:
+    return {
+        "sample_id": sample.sample_id,
+        "row": sample.row,
+        "row_id": sample.row_id,
+        "video_index": sample.video_index,
+        "prompt": sample.prompt,
+        "negative_prompt": sample.negative_prompt,
+        "seed": sample.seed,
+    }
+
+
+def _insert(session: Session, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT that can take ``ON CONFLICT`` (both supported backends have it, with the same construct)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"reelbatch supports SQLite and PostgreSQL, not {dialect}")
 
 
 def _new_run_id() -> str:
@@ -475,57 +549,156 @@ class Database:
             session.add_all(records)
 
     def add_job(self, run_id: str, job: JobSpec, backend: str = "native", log_path: str = "") -> None:
-        """Record a job and one ``pending`` sample row per sample it will generate."""
+        """Record a job and one ``pending`` sample row per sample it will generate.
+
+        Idempotent within a run, for resume (job ids are deterministic, so re-planning a run brings the same ids
+        again). An existing job row takes this plan, shape and counts and becomes ``pending`` again, keeping its
+        attempts. An existing sample row of the run that is not ``done`` moves to this job as ``pending``, keeping
+        its attempts and losing its last result; a ``done`` one is left alone. A (run, sample) never gets a second
+        row, also when two writers add the same job at once (``INSERT ... ON CONFLICT``)."""
         if job.run_id and job.run_id != run_id:
             raise ValueError(f"job {job.job_id} belongs to run {job.run_id}, not {run_id}")
         bucket, plan = job.bucket, job.plan
-        generation_params = {
-            "model": bucket.model,
-            "height": bucket.height,
-            "width": bucket.width,
-            "num_frames": bucket.num_frames,
-            "num_inference_steps": bucket.num_inference_steps,
-            "guidance_scale": bucket.guidance_scale,
-            "embedded_guidance_scale": bucket.embedded_guidance_scale,
-            "sequence_batch": bucket.sequence_batch,
-        }
-        job_record = JobRecord(
-            id=job.job_id,
-            run_id=run_id,
+        generation_params = _generation_params(bucket)
+        job_values = {
             **generation_params,
-            dp=plan.dp,
-            cfg=plan.cfg,
-            ulysses=plan.ulysses,
-            ring=plan.ring,
-            world_size=plan.world_size,
-            backend=backend,
-            samples_count=len(job.samples),
-            padded_slots=job.padded_slots,
-            tokens=job.tokens,
-            status="pending",
-            log_path=log_path,
-        )
-        sample_records = [
-            SampleRecord(
-                run_id=run_id,
-                job_id=job.job_id,
-                sample_id=sample.sample_id,
-                row=sample.row,
-                row_id=sample.row_id,
-                video_index=sample.video_index,
-                prompt=sample.prompt,
-                negative_prompt=sample.negative_prompt,
-                seed=sample.seed,
-                status="pending",
+            "dp": plan.dp,
+            "cfg": plan.cfg,
+            "ulysses": plan.ulysses,
+            "ring": plan.ring,
+            "world_size": plan.world_size,
+            "backend": backend,
+            "samples_count": len(job.samples),
+            "padded_slots": job.padded_slots,
+            "tokens": job.tokens,
+            "log_path": log_path,
+            "status": "pending",
+            "returncode": None,
+            "error": None,
+            "finished_at": None,
+            "seconds": None,
+        }
+        sample_rows = [
+            {
+                "run_id": run_id,
+                "job_id": job.job_id,
+                **_sample_identity_values(sample),
                 **generation_params,
-            )
+                "status": "pending",
+            }
             for sample in job.samples
         ]
+        jobs, samples = JobRecord.__table__, SampleRecord.__table__
         with self._writing() as session:
-            session.add(job_record)
+            owner = session.scalar(select(JobRecord.run_id).where(JobRecord.id == job.job_id))
+            if owner is not None and owner != run_id:
+                raise ValueError(f"job id {job.job_id} is already used by run {owner}")
+            insert_job = _insert(session, jobs).values(id=job.job_id, run_id=run_id, **job_values)
             # The job row must exist before the samples that reference it.
-            session.flush()
-            session.add_all(sample_records)
+            session.execute(
+                insert_job.on_conflict_do_update(
+                    index_elements=[jobs.c.id], set_=job_values, where=jobs.c.run_id == run_id
+                )
+            )
+            if not sample_rows:
+                return
+            insert_samples = _insert(session, samples)
+            replanned = {column: insert_samples.excluded[column] for column in sample_rows[0] if column != "run_id"}
+            session.execute(
+                insert_samples.on_conflict_do_update(
+                    index_elements=[samples.c.run_id, samples.c.sample_id],
+                    set_={
+                        **replanned,
+                        "error": None,
+                        "output_path": None,
+                        "seconds": None,
+                        "frames": None,
+                        "finished_at": None,
+                        "reused_from_run": None,
+                        "updated_at": utcnow(),
+                    },
+                    where=samples.c.status != "done",
+                ),
+                sample_rows,
+            )
+
+    def add_reused_samples(self, run_id: str, reused: list[ReusedSample]) -> None:
+        """Record samples whose video an earlier run made as ``done`` without a job (``reused_from_run`` says which
+        run). A sample row of this run already ``done`` is left alone; one not done becomes this reused done row
+        (attempts kept). Idempotent."""
+        if not reused:
+            return
+        now = utcnow()
+        rows = [
+            {
+                "run_id": run_id,
+                "job_id": None,
+                **_sample_identity_values(item.sample),
+                **_generation_params(item.bucket),
+                "status": "done",
+                "error": None,
+                "output_path": item.output_path,
+                "reused_from_run": item.from_run,
+                "seconds": None,
+                "frames": None,
+                "finished_at": now,
+            }
+            for item in reused
+        ]
+        samples = SampleRecord.__table__
+        with self._writing() as session:
+            insert_samples = _insert(session, samples)
+            session.execute(
+                insert_samples.on_conflict_do_update(
+                    index_elements=[samples.c.run_id, samples.c.sample_id],
+                    set_={
+                        **{column: insert_samples.excluded[column] for column in rows[0] if column != "run_id"},
+                        "updated_at": now,
+                    },
+                    where=samples.c.status != "done",
+                ),
+                rows,
+            )
+
+    def reopen_run(self, run_id: str) -> None:
+        """Make a finished (or crashed) run ``running`` again, to resume it."""
+        with self._writing() as session:
+            reopened = session.execute(
+                update(RunRecord).where(RunRecord.id == run_id).values(status="running", finished_at=None)
+            )
+            if reopened.rowcount == 0:
+                raise KeyError(f"no run {run_id!r}")
+
+    def set_job_launch(self, job_id: str, launch_id: str) -> None:
+        """Remember the tag of the torchrun launch that runs this job."""
+        if not launch_id or len(launch_id) > LAUNCH_ID_MAX_LENGTH:
+            raise ValueError(f"launch id {launch_id!r}: 1 to {LAUNCH_ID_MAX_LENGTH} characters")
+        with self._writing() as session:
+            tagged = session.execute(update(JobRecord).where(JobRecord.id == job_id).values(launch_id=launch_id))
+            if tagged.rowcount == 0:
+                raise KeyError(f"no job {job_id!r}")
+
+    def interrupt_running_jobs(self, run_id: str, error: str) -> int:
+        """Fail the jobs of a run still ``running`` (their orchestrator is gone) and their ``running`` samples, all
+        with ``error``; ``done`` samples stay done. Returns how many jobs it failed."""
+        now = utcnow()
+        with self._writing() as session:
+            job_ids = session.scalars(
+                select(JobRecord.id).where(JobRecord.run_id == run_id, JobRecord.status == "running")
+            ).all()
+            interrupted = 0
+            for chunk in _chunks(job_ids):
+                interrupted += session.execute(
+                    update(JobRecord)
+                    .where(JobRecord.id.in_(chunk), JobRecord.status == "running")
+                    .values(status="failed", error=error, finished_at=now)
+                ).rowcount
+                session.execute(
+                    update(SampleRecord)
+                    .where(SampleRecord.job_id.in_(chunk), SampleRecord.status == "running")
+                    .values(status="failed", error=error, finished_at=now)
+                )
+        return interrupted
 
     def mark_job_running(self, job_id: str) -> None:
         """Start an attempt of a job: the job and its samples not done yet become ``running``."""
@@ -681,6 +854,13 @@ class Database:
                 select(JobRecord.run_id, func.count()).where(JobRecord.run_id.in_(run_ids)).group_by(JobRecord.run_id)
             ).all()
         )
+        reused_counts = dict(
+            session.execute(
+                select(SampleRecord.run_id, func.count())
+                .where(SampleRecord.run_id.in_(run_ids), SampleRecord.reused_from_run.is_not(None))
+                .group_by(SampleRecord.run_id)
+            ).all()
+        )
         return [
             RunSummary(
                 id=run.id,
@@ -691,6 +871,7 @@ class Database:
                 output_root=run.output_root,
                 counts=counts[run.id],
                 jobs=job_counts.get(run.id, 0),
+                reused=reused_counts.get(run.id, 0),
             )
             for run in runs
         ]
@@ -708,6 +889,46 @@ class Database:
         with self._reading() as session:
             run = session.get_one(RunRecord, self._resolve_run_id(session, run_id))
             return self._summaries(session, [run])[0]
+
+    def run_record(self, run_id: str) -> dict[str, Any]:
+        """Every column of a run's row given its id or a unique prefix of it; ``KeyError`` if none or several match."""
+        table = RunRecord.__table__
+        with self._reading() as session:
+            resolved = self._resolve_run_id(session, run_id)
+            return dict(session.execute(select(table).where(table.c.id == resolved)).mappings().one())
+
+    def done_outputs(self, output_root: str, sample_ids: Collection[str]) -> dict[str, DoneOutput]:
+        """For each of these sample ids (identity hashes) with a ``done`` row that has an output path in any run
+        written to exactly this ``output_root``: where the video is, from the newest such row."""
+        wanted = sorted(set(sample_ids))
+        newest_first = func.coalesce(SampleRecord.finished_at, SampleRecord.created_at).desc()
+        found: dict[str, DoneOutput] = {}
+        with self._reading() as session:
+            for chunk in _chunks(wanted):
+                rows = session.execute(
+                    select(SampleRecord.sample_id, SampleRecord.output_path, SampleRecord.run_id)
+                    .join(RunRecord, RunRecord.id == SampleRecord.run_id)
+                    .where(
+                        RunRecord.output_root == output_root,
+                        SampleRecord.sample_id.in_(chunk),
+                        SampleRecord.status == "done",
+                        SampleRecord.output_path.is_not(None),
+                    )
+                    .order_by(newest_first, SampleRecord.id.desc())
+                )
+                for sample_id, output_path, run_id in rows:
+                    found.setdefault(sample_id, DoneOutput(output_path=output_path, run_id=run_id))
+        return found
+
+    def running_launches(self) -> list[tuple[str, str]]:
+        """(job id, launch id) of every job, of any run, recorded as ``running`` under a launch."""
+        with self._reading() as session:
+            rows = session.execute(
+                select(JobRecord.id, JobRecord.launch_id)
+                .where(JobRecord.status == "running", JobRecord.launch_id.is_not(None))
+                .order_by(JobRecord.id)
+            )
+            return [(job_id, launch_id) for job_id, launch_id in rows]
 
     def samples(self, run_id: str) -> list[dict[str, Any]]:
         """Every column of every sample row of a run (id or unique prefix), in manifest order."""
