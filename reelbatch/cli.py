@@ -207,21 +207,29 @@ def plan(
 
 
 def _print_plan(run_plan, gpus: int) -> None:
+    from reelbatch.schemas import ParallelPlan
+
     table = Table(title=f"Plan for {gpus} ranks per node", title_justify="left")
-    for column in ("job", "model", "HxWxF", "steps", "guidance", "plan", "samples", "padded", "tokens", "notes"):
+    columns = ("job", "model", "HxWxF", "steps", "guidance", "plan", "samples", "padded", "tokens", "GPU-s", "notes")
+    for column in columns:
         table.add_column(column, no_wrap=column in ("job", "plan", "HxWxF"))
     footnotes: list[str] = []
     for job in run_plan.jobs:
         b = job.bucket
         marks = []
-        for note in job.notes:
+        why_not = [
+            f"{ParallelPlan(**{k: v for k, v in r['plan'].items() if k != 'world_size'}).short()} refused"
+            f" ({r['rule']}): {r['message']}"
+            for r in job.refused
+        ]
+        for note in [*job.notes, *job.warnings, *why_not]:
             if note not in footnotes:
                 footnotes.append(note)
             marks.append(f"[{footnotes.index(note) + 1}]")
         table.add_row(
             job.job_id, b.model, f"{b.height}x{b.width}x{b.num_frames}", str(b.num_inference_steps),
             f"{b.guidance_scale:g}", job.plan.short(), str(len(job.samples)), str(job.padded_slots), str(job.tokens),
-            " ".join(marks),
+            f"{job.estimated_gpu_seconds:,.0f}", " ".join(marks),
         )
     out.print(table)
     for number, note in enumerate(footnotes, 1):
@@ -230,7 +238,8 @@ def _print_plan(run_plan, gpus: int) -> None:
     s = run_plan.summary()
     out.print(
         f"{run_plan.rows} rows, {run_plan.accepted} accepted, {len(run_plan.rejected)} rejected; "
-        f"{s['jobs']} jobs, {s['samples']} samples, {s['padded_slots']} padded slots ({s['padding_ratio']:.1%})."
+        f"{s['jobs']} jobs, {s['samples']} samples, {s['padded_slots']} padded slots ({s['padding_ratio']:.1%}); "
+        f"about {s['estimated_gpu_seconds'] / 3600:,.2f} H100 GPU-hours."
     )
 
 
@@ -241,6 +250,7 @@ def run(
     out_dir: Annotated[str, typer.Option("--out", help="Output folder for the videos (created if missing).")] = "outputs",
     db: DbOpt = None,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse the whole run if any row is bad.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Regenerate videos an earlier run already made into --out.")] = False,
     max_samples_per_job: Annotated[int, typer.Option(min=1, help="Largest job, in samples.")] = 32,
     job_timeout: Annotated[float, typer.Option(min=1, help="Wall-clock limit per job, seconds; the job's ranks are killed after it.")] = DEFAULT_JOB_TIMEOUT_S,
     model_path: ModelPathOpt = None,
@@ -266,11 +276,7 @@ def run(
     and recorded; the valid rows still run unless --strict.
     """
     _prefect_environment()
-    from reelbatch.cli_progress import RichProgressSink
-    from reelbatch.flows.generate import generate_dataset
     from reelbatch.infra.db import Database, SchemaOutOfDate
-    from reelbatch.progress import reporting_to
-    from reelbatch.tasks.manifest import ManifestError
 
     defaults = _defaults(
         model=model, height=height, width=width, num_frames=frames, num_inference_steps=steps,
@@ -287,26 +293,82 @@ def run(
         _fail(str(exc))
     if models_file:
         os.environ["REELBATCH_MODELS_FILE"] = models_file
+    _run_flow(
+        manifest=_absolute(manifest),
+        output=out_dir,
+        db_url=db_url,
+        gpus_per_node=_gpus(gpus),
+        defaults=defaults,
+        strict=strict,
+        force=force,
+        model_paths=model_path or [],
+        max_samples_per_job=max_samples_per_job,
+        job_timeout_s=job_timeout,
+        gpu_memory_gib=gpu_memory_gib,
+        objective=objective,
+    )
+
+
+def _absolute(manifest: str) -> str:
+    """Local manifests are recorded by absolute path, so `reelbatch resume` works from any folder."""
+    from fsspec.utils import get_protocol
+
+    return str(Path(manifest).resolve()) if get_protocol(manifest) in ("file", "local") else manifest
+
+
+def _run_flow(**parameters) -> None:
+    from reelbatch.cli_progress import RichProgressSink
+    from reelbatch.flows.generate import generate_dataset
+    from reelbatch.progress import reporting_to
+    from reelbatch.tasks.manifest import ManifestError
+
     try:
         with RichProgressSink(console) as sink, reporting_to(sink):
-            report = generate_dataset(
-                manifest=manifest,
-                output=out_dir,
-                db_url=db_url,
-                gpus_per_node=_gpus(gpus),
-                defaults=defaults,
-                strict=strict,
-                model_paths=model_path or [],
-                max_samples_per_job=max_samples_per_job,
-                job_timeout_s=job_timeout,
-                gpu_memory_gib=gpu_memory_gib,
-                objective=objective,
-            )
+            report = generate_dataset(**parameters)
     except ManifestError as exc:
         _fail(str(exc))
     _print_rejections(report.rejected)
     _print_report(report)
     raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def resume(
+    run_id: Annotated[str, typer.Argument(help="Run id, or a unique prefix of it (see `reelbatch runs`).")],
+    db: DbOpt = None,
+    gpus: GpusOpt = None,
+) -> None:
+    """Continue a run that stopped (crash, kill, reboot): finished videos are kept, the rest runs again.
+
+    Ranks the stopped orchestrator left behind are killed first. The manifest must still be readable where the
+    run found it, unchanged.
+    """
+    _prefect_environment()
+    from reelbatch.schemas import RunDefaults
+
+    db_url = _db_url(db)
+    with _open_database(db) as database:
+        try:
+            record = database.run_record(run_id)
+        except KeyError:
+            _fail(f"no run {run_id!r} in {database.url_for_display} (see `reelbatch runs`)")
+    params = record["params"]
+    if record["manifest_source"] == "<inline>" or "defaults" not in params:
+        _fail(f"run {record['id']} cannot be resumed: its manifest was not a file (start a new run instead)")
+    _run_flow(
+        manifest=record["manifest_source"],
+        output=record["output_root"],
+        db_url=db_url,
+        gpus_per_node=gpus or record["gpus_per_node"],
+        defaults=RunDefaults.model_validate(params["defaults"]),
+        strict=params.get("strict", False),
+        model_paths=params.get("model_paths", []),
+        max_samples_per_job=params.get("max_samples_per_job", 32),
+        job_timeout_s=params.get("job_timeout_s", DEFAULT_JOB_TIMEOUT_S),
+        gpu_memory_gib=params.get("gpu_memory_gib", 80.0),
+        objective=params.get("objective", "throughput"),
+        resume_run_id=record["id"],
+    )
 
 
 def _print_report(report) -> None:
@@ -316,7 +378,8 @@ def _print_report(report) -> None:
     table.add_row("run", report.run_id or "-")
     table.add_row("status", report.status)
     table.add_row("rows", f"{report.rows} ({report.accepted} accepted, {len({r.row for r in report.rejected})} rejected)")
-    table.add_row("videos", f"{report.done} done, {report.failed} failed")
+    reused = f" ({report.reused} reused from earlier runs)" if report.reused else ""
+    table.add_row("videos", f"{report.done} done{reused}, {report.failed} failed")
     table.add_row("jobs", str(report.jobs))
     table.add_row("wall time", f"{report.wall_seconds:.1f} s")
     table.add_row("output", str(Path(report.output).resolve()) if "://" not in report.output else report.output)
@@ -461,7 +524,10 @@ def models_list(model_path: ModelPathOpt = None, models_file: ModelsFileOpt = No
         except KeyError as exc:
             table.add_row(name, "?", "?", f"[red]{exc}[/]")
             continue
-        source = "built-in tiny (random weights)" if family.builtin_tiny else catalog.paths.get(name, "")
+        if family.builtin_tiny:
+            source = "built-in tiny (random weights)"
+        else:
+            source = catalog.paths.get(name) or f"registry: plan only (--model-path {name}=DIR to run)"
         table.add_row(name, family.kind, str(family.heads), source)
     out.print(table)
 

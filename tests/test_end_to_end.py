@@ -20,12 +20,12 @@ pytestmark = pytest.mark.torchrun
 HOSTILE = 'line one\nline two "quoted" \'single\' $(touch PWNED); `touch PWNED2` | rm -rf / ; DROP TABLE samples;--'
 
 ROWS = [
-    # id, prompt, negative, model, height, width, frames, guidance, num_videos
-    ("cfg", "a cat walks on a sunny street", "blurry", "tiny-wan", 32, 32, 5, 5.0, 2),
-    ("hostile", HOSTILE, "", "tiny-wan", 32, 32, 5, 5.0, 1),
-    ("nocfg", "snow falls over a village", "", "tiny-wan", 32, 32, 5, 1.0, 1),
-    ("path", "../../etc/passwd", "ugly", "tiny-hunyuan", 32, 32, 5, 4.0, 1),
-    ("bad", "a bad size", "", "tiny-wan", 30, 32, 5, 5.0, 1),
+    # id, prompt, negative, model, height, width, frames, guidance, num_videos, plan (pinned or chosen)
+    ("cfg", "a cat walks on a sunny street", "blurry", "tiny-wan", 32, 32, 5, 5.0, 2, ""),
+    ("hostile", HOSTILE, "", "tiny-wan", 32, 32, 5, 5.0, 1, ""),
+    ("nocfg", "snow falls over a village", "", "tiny-wan", 32, 32, 5, 1.0, 1, ""),
+    ("path", "../../etc/passwd", "ugly", "tiny-hunyuan", 32, 32, 5, 4.0, 1, "dp=1,cfg=2"),
+    ("bad", "a bad size", "", "tiny-wan", 30, 32, 5, 5.0, 1, ""),
 ]
 
 
@@ -33,7 +33,7 @@ def manifest(tmp_path: Path) -> Path:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["id", "prompt", "negative_prompt", "model", "height", "width", "num_frames", "guidance_scale",
-                     "num_videos", "num_inference_steps"])
+                     "num_videos", "plan", "num_inference_steps"])
     for r in ROWS:
         writer.writerow([*r, 2])
     path = tmp_path / "prompts.csv"
@@ -86,8 +86,9 @@ def test_run_writes_videos_and_matching_rows(tmp_path):
 
     jobs = db.execute("select * from jobs").fetchall()
     assert {j["status"] for j in jobs} == {"done"}
+    # Data parallel where the video fits one rank; the pinned row runs as a CFG pair, as pinned.
     assert sorted((j["dp"], j["cfg"], j["samples_count"], j["padded_slots"]) for j in jobs) == [
-        (1, 2, 1, 0), (1, 2, 3, 0), (2, 1, 1, 1),
+        (1, 2, 1, 0), (2, 1, 1, 1), (2, 1, 3, 1),
     ]
 
     listing = reelbatch("runs", "--db", f"sqlite:///{db_file}", "--json", cwd=tmp_path)

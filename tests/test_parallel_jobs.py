@@ -88,7 +88,7 @@ def test_data_parallel_with_padding_gives_the_single_rank_videos(tmp_path, tiny_
 
 def test_cfg_parallel_pair_gives_the_single_rank_cfg_videos(tmp_path, tiny_models):
     manifest_rows = rows("tiny-hunyuan", guidance=4.0)
-    plan, _ = choose_plan(bucket_key(manifest_rows[0]), gpus=2)
+    plan, _ = choose_plan(bucket_key(manifest_rows[0]), gpus=2, objective="latency")
     assert plan == ParallelPlan(dp=1, cfg=2)
 
     single = run_job(tmp_path, "single", manifest_rows, ParallelPlan(dp=1), tiny_models["tiny-hunyuan"])

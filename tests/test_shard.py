@@ -52,19 +52,24 @@ def test_output_keys_are_hashes_never_prompt_text(prompt):
 
 
 @pytest.mark.parametrize(
-    "guidance,sequence_batch,gpus,expected",
+    "guidance,sequence_batch,gpus,objective,expected",
     [
-        (5.0, False, 2, ParallelPlan(dp=1, cfg=2)),
-        (5.0, False, 8, ParallelPlan(dp=4, cfg=2)),
-        (5.0, True, 2, ParallelPlan(dp=2, cfg=1)),  # sequence_batch => no CFG parallel
-        (1.0, False, 2, ParallelPlan(dp=2, cfg=1)),  # guidance <= 1 => no CFG at all
-        (0.5, False, 4, ParallelPlan(dp=4, cfg=1)),
-        (5.0, False, 3, ParallelPlan(dp=3, cfg=1)),  # odd: no pairs
-        (5.0, False, 1, ParallelPlan(dp=1, cfg=1)),
+        # Throughput: a tiny video fits one GPU, and data parallel beats CFG parallel (no communication).
+        (5.0, False, 2, "throughput", ParallelPlan(dp=2, cfg=1)),
+        (5.0, False, 8, "throughput", ParallelPlan(dp=8, cfg=1)),
+        # Latency: dp does not speed up one sample; CFG parallel first, then Ulysses.
+        (5.0, False, 2, "latency", ParallelPlan(dp=1, cfg=2)),
+        (5.0, False, 8, "latency", ParallelPlan(dp=1, cfg=2, ulysses=4)),
+        (5.0, True, 2, "throughput", ParallelPlan(dp=2, cfg=1)),  # sequence_batch => no CFG parallel
+        (1.0, False, 2, "throughput", ParallelPlan(dp=2, cfg=1)),  # guidance <= 1 => no CFG at all
+        (0.5, False, 4, "throughput", ParallelPlan(dp=4, cfg=1)),
+        (5.0, False, 3, "throughput", ParallelPlan(dp=3, cfg=1)),  # odd: no pairs
+        (5.0, False, 1, "throughput", ParallelPlan(dp=1, cfg=1)),
     ],
 )
-def test_plan_choice(guidance, sequence_batch, gpus, expected):
-    plan, notes = choose_plan(bucket_key(row(guidance_scale=guidance, sequence_batch=sequence_batch)), gpus)
+def test_plan_choice(guidance, sequence_batch, gpus, objective, expected):
+    bucket = bucket_key(row(guidance_scale=guidance, sequence_batch=sequence_batch))
+    plan, notes = choose_plan(bucket, gpus, objective=objective, device="cpu")
     assert plan == expected
     if expected.cfg == 1 and gpus % 2 == 0:
         assert notes, "the plan must say why CFG parallel is off"
@@ -89,13 +94,19 @@ def test_plan_run_buckets_by_shape_and_pads_only_the_last_job():
     rows += [row(line=20, prompt="tall", height=48, guidance_scale=1.0, num_videos=3)]
     result = plan_run(rows, [], len(rows), CATALOG, gpus=2, max_samples_per_job=4)
     shapes = [(j.bucket.height, len(j.samples), j.padded_slots, j.plan.short()) for j in result.jobs]
-    assert shapes == [(32, 4, 0, "cfg2"), (32, 3, 0, "cfg2"), (48, 3, 1, "dp2")]
-    assert result.summary() == {"jobs": 3, "samples": 10, "padded_slots": 1, "padding_ratio": round(1 / 11, 6)}
+    # Throughput prefers data parallel over CFG parallel when the video fits: 7 samples on dp2 pad one slot.
+    assert shapes == [(32, 4, 0, "dp2"), (32, 3, 1, "dp2"), (48, 3, 1, "dp2")]
+    summary = result.summary()
+    assert summary.pop("estimated_gpu_seconds") == pytest.approx(sum(j.estimated_gpu_seconds for j in result.jobs))
+    assert summary == {"jobs": 3, "samples": 10, "padded_slots": 2, "padding_ratio": round(2 / 12, 6)}
     doc = result.to_json()
     assert doc["rows"] == 8 and doc["accepted"] == 8 and doc["rejected"] == []
     assert set(doc["jobs"][0]) >= {"job_id", "model", "height", "width", "num_frames", "num_inference_steps",
-                                   "plan", "samples", "padded_slots", "tokens"}
-    assert doc["jobs"][0]["plan"] == {"dp": 1, "cfg": 2, "ulysses": 1, "ring": 1, "world_size": 2}
+                                   "plan", "samples", "padded_slots", "tokens", "backend", "refused_plans",
+                                   "estimated_gpu_seconds", "memory_gib_per_gpu", "warnings"}
+    assert doc["jobs"][0]["plan"] == {"dp": 2, "cfg": 1, "ulysses": 1, "ring": 1, "world_size": 2}
+    assert doc["jobs"][0]["backend"] == "native" and doc["jobs"][0]["refused_plans"] == []
+    assert doc["summary"]["estimated_gpu_seconds"] > 0
 
 
 def test_a_row_asking_for_an_existing_video_is_rejected_not_duplicated():
@@ -147,3 +158,12 @@ def test_a_configured_model_whose_folder_is_broken_rejects_its_rows(tmp_path):
     assert result.accepted == 1 and len(result.jobs) == 1
     [rejection] = result.rejected
     assert rejection.row == 2 and rejection.rule == "model_unavailable" and "--model-path" in rejection.fix
+
+
+def test_skipped_samples_get_no_job_but_their_rows_stay_accepted():
+    rows = [row(line=2, seed=1, num_videos=2), row(line=3, seed=5)]
+    done = expand_row(rows[0])[0].sample_id
+    result = plan_run(rows, [], 2, CATALOG, gpus=1, skip={done})
+    assert result.accepted == 2 and result.samples == 2
+    assert [(s.sample_id, b.model) for s, b in result.skipped] == [(done, "tiny-wan")]
+    assert done not in {s.sample_id for job in result.jobs for s in job.samples}

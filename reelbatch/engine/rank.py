@@ -4,13 +4,16 @@ Every rank loads the pipeline once and walks the job's samples in lock-step with
 
 1. the sample list is padded to a multiple of dp; data-parallel rank i takes slots i, i+dp, i+2dp, ...
 2. each step, a rank's real samples (padding stripped) are denoised together; a CFG pair splits the two
-   guidance passes between its ranks;
+   guidance passes between its ranks; a sequence group (ulysses x ring) splits each transformer forward's video
+   tokens through diffusers context parallelism (``engine/context_parallel.py``) and gets the whole output back;
 3. one rank per data-parallel slice decodes and writes the mp4 + sidecar (atomically);
 4. rank 0 gathers the per-sample results and appends them to the job's results file, flushed to disk at once,
    so a crash loses at most the samples in flight.
 
 This module is the only code that runs inside the ranks with ``reelbatch.engine``; it never imports Prefect or
-the database. The job spec and the results file are its whole contract with the orchestrator.
+the database. The job spec and the results file are its whole contract with the orchestrator. A plan the engine
+cannot run here (ring on CPU, backend xdit without CUDA, heads or tokens not divisible) fails at rank start,
+before the process group and the weights (``engine/checks.py``).
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from reelbatch.engine.checks import check_runnable
+from reelbatch.engine.context_parallel import enable_sequence_parallel
 from reelbatch.engine.events import emit
 from reelbatch.engine.loading import load_pipeline
-from reelbatch.engine.parallel import ParallelContext, init_parallel, shutdown
+from reelbatch.engine.parallel import ParallelContext, device_for_rank, init_parallel, shutdown
 from reelbatch.engine.sampler import ADAPTERS, VideoSampler
 from reelbatch.engine.video import write_json, write_mp4, write_npy
 from reelbatch.schemas import JobSpec, Sample, SampleResult
+
 
 def slots_for_rank(spec: JobSpec, dp_rank: int) -> list[list[Sample | None]]:
     """This rank's micro-batches; ``None`` marks a padding slot (never generated, never written)."""
@@ -119,11 +125,14 @@ class ResultsFile:
 
 
 def run_job(spec: JobSpec) -> int:
+    # Before the process group and the weights: every rank refuses an unrunnable plan the same way, at once.
+    check_runnable(spec, device_for_rank().type)
     ctx = init_parallel(spec.plan, spec.collective_timeout_s)
     results_file = ResultsFile(spec.results_path) if ctx.rank == 0 else None
     try:
         emit("loading", rank=ctx.rank, model=spec.bucket.model, device=str(ctx.device))
         pipe = load_pipeline(spec.model_path, ctx.device)
+        enable_sequence_parallel(pipe, spec.family, ctx)
         sampler = VideoSampler(ADAPTERS[spec.family](pipe, spec.bucket, ctx.device), ctx)
         emit("loaded", rank=ctx.rank)
         torch.manual_seed(0)  # nothing should draw from the global RNG; if something does, keep it repeatable

@@ -1,6 +1,7 @@
 """The generate-dataset flow: the pipeline's outline and nothing else.
 
-    read + validate the manifest -> plan jobs -> record the run -> for each job: launch ranks, collect -> finish
+    read + validate the manifest -> find finished samples -> plan jobs -> record the run
+    -> for each job: launch ranks, collect -> finish -> dataset index
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from typing import Literal
 
 from prefect import flow
 
+from reelbatch.infra.storage import normalize_root
 from reelbatch.models.registry import ModelCatalog
 from reelbatch.schemas import RunDefaults
 from reelbatch.settings import DEFAULT_DB_URL, DEFAULT_JOB_TIMEOUT_S, DEFAULT_OUTPUT
@@ -16,7 +18,14 @@ from reelbatch.tasks.collect import collect_job_task
 from reelbatch.tasks.dispatch import prepare_job_task, run_job_task
 from reelbatch.tasks.export import write_dataset_index_task
 from reelbatch.tasks.manifest import read_manifest_task
-from reelbatch.tasks.record import RunReport, finish_run_task, refuse_run, start_run_task
+from reelbatch.tasks.record import (
+    RunReport,
+    find_done_samples_task,
+    finish_run_task,
+    record_reused_task,
+    refuse_run,
+    start_run_task,
+)
 from reelbatch.tasks.shard import DEFAULT_MAX_SAMPLES_PER_JOB, plan_run_task
 
 
@@ -28,23 +37,37 @@ def generate_dataset(
     gpus_per_node: int = 2,
     defaults: RunDefaults = RunDefaults(),
     strict: bool = False,
+    force: bool = False,
     model_paths: list[str] | None = None,
     max_samples_per_job: int = DEFAULT_MAX_SAMPLES_PER_JOB,
     job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S,
     gpu_memory_gib: float = 80.0,
     objective: Literal["throughput", "latency"] = "throughput",
+    resume_run_id: str | None = None,
 ) -> RunReport:
-    """Turn a manifest of prompts into videos under ``output`` and rows in the database at ``db_url``."""
+    """Turn a manifest of prompts into videos under ``output`` and rows in the database at ``db_url``.
+
+    Videos an earlier run already made into ``output`` are reused, not generated again (``force`` regenerates
+    them); ``resume_run_id`` continues that run instead of starting a new one.
+    """
+    output = normalize_root(output)
+    resumable = {  # what `reelbatch resume` needs to run this again
+        "defaults": defaults.model_dump(mode="json"), "strict": strict, "model_paths": model_paths or [],
+        "max_samples_per_job": max_samples_per_job, "job_timeout_s": job_timeout_s,
+        "gpu_memory_gib": gpu_memory_gib, "objective": objective,
+    }
     catalog = ModelCatalog.from_config(model_paths or [])
     manifest_read = read_manifest_task(manifest, defaults, catalog.names())
+    done = find_done_samples_task(db_url, output, manifest_read.rows, force)
     plan = plan_run_task(
         manifest_read.rows, manifest_read.rejections, manifest_read.total_rows, catalog, gpus_per_node,
-        max_samples_per_job, gpu_memory_gib=gpu_memory_gib, objective=objective,
+        max_samples_per_job, gpu_memory_gib=gpu_memory_gib, objective=objective, skip=set(done),
     )
     if strict and plan.rejected:
         return refuse_run(plan, output)
 
-    run_id = start_run_task(db_url, manifest_read, plan, output, gpus_per_node, defaults)
+    run_id = start_run_task(db_url, manifest_read, plan, output, gpus_per_node, resumable, resume_run_id)
+    record_reused_task(db_url, run_id, plan, done)
     specs = [prepare_job_task(planned, run_id, output, db_url, catalog, defaults.fps) for planned in plan.jobs]
     for spec in specs:
         outcome = run_job_task(spec, db_url, job_timeout_s)

@@ -36,6 +36,14 @@ def redact_text(text: str, url: str) -> str:
     return text
 
 
+def normalize_root(output: str) -> str:
+    """One spelling per output location (absolute local path, URL without trailing slash): runs that share a
+    location must compare equal, so a re-run finds the videos an earlier run left there."""
+    if get_protocol(output) in ("file", "local"):
+        return str(Path(output.removeprefix("file://")).expanduser().resolve())
+    return output.rstrip("/")
+
+
 def work_root(output: str) -> Path:
     """Local folder for job specs, rank logs, results files and staged outputs of runs writing to ``output``.
 

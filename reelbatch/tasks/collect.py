@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from reelbatch.infra.db import Database
 from reelbatch.infra.storage import OutputStore
 from reelbatch.schemas import JobSpec, SampleResult
+from reelbatch.testing import crash_point
 
 
 @dataclass
@@ -66,6 +67,7 @@ def collect_job(
             result, final = publish_sample(spec, result, store)
             if final:
                 output_paths[sample_id] = final
+                crash_point("collect")
         results.append(result)
 
     done = sum(r.status == "done" for r in results)

@@ -7,6 +7,7 @@ that become progress bars and log lines here.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from prefect.exceptions import MissingContextError
 from reelbatch import progress
 from reelbatch.engine.events import EVENT_PREFIX
 from reelbatch.infra.db import Database
-from reelbatch.infra.launcher import launch
+from reelbatch.infra.launcher import launch, new_launch_id
+from reelbatch.testing import crash_point
 from reelbatch.infra.storage import work_root
 from reelbatch.models.registry import ModelCatalog
 from reelbatch.schemas import JobSpec
@@ -44,7 +46,8 @@ def prepare_job(
 ) -> JobSpec:
     """Write the job spec next to where its ranks will stage their files, and record the job as pending."""
     job_id = f"{run_id[:8]}-{planned.job_id}"
-    folder = job_dir(output, run_id, job_id)
+    # A fresh folder per preparation: ranks of a crashed attempt may still be writing into the previous one.
+    folder = job_dir(output, run_id, job_id) / uuid.uuid4().hex[:8]
     folder.mkdir(parents=True, exist_ok=True)
     spec = JobSpec(
         job_id=job_id,
@@ -53,6 +56,7 @@ def prepare_job(
         model_path=str(catalog.local_path(planned.bucket.model)),
         family=planned.family.kind,
         plan=planned.plan,
+        backend=planned.backend,
         samples=planned.samples,
         padded_slots=planned.padded_slots,
         tokens=planned.tokens,
@@ -62,7 +66,7 @@ def prepare_job(
     )
     (folder / "job.json").write_text(spec.model_dump_json(indent=2), encoding="utf-8")
     with Database(db_url) as db:
-        db.add_job(run_id, spec, log_path=str(folder / "ranks.log"))
+        db.add_job(run_id, spec, backend=spec.backend, log_path=str(folder / "ranks.log"))
     return spec
 
 
@@ -88,8 +92,11 @@ def run_job(spec: JobSpec, db_url: str, timeout_s: float | None = None) -> JobOu
 
         logger = logging.getLogger("reelbatch.dispatch")
     sink = progress.sink()
+    launch_id = new_launch_id()
     with Database(db_url) as db:
         db.mark_job_running(spec.job_id)
+        db.set_job_launch(spec.job_id, launch_id)  # a later orchestrator can find these ranks if this one dies
+    crash_point("before_launch")
     b = spec.bucket
     sink.job_started(spec.job_id, len(spec.samples), f"{b.model} {b.height}x{b.width}x{b.num_frames} [{spec.plan}]")
 
@@ -100,6 +107,7 @@ def run_job(spec: JobSpec, db_url: str, timeout_s: float | None = None) -> JobOu
             event = json.loads(text[len(EVENT_PREFIX) :])
             if event.get("event") == "sample":
                 sink.sample_finished(spec.job_id, event["sample_id"], event["status"])
+                crash_point("mid_job")
             return
         logger.info("%s %s", spec.job_id, line)
 
@@ -111,6 +119,7 @@ def run_job(spec: JobSpec, db_url: str, timeout_s: float | None = None) -> JobOu
         log_path=folder / "ranks.log",
         timeout_s=timeout_s,
         on_line=on_line,
+        launch_id=launch_id,
     )
     failed = result.returncode != 0 or result.timed_out
     error = _failure_summary(result.returncode, result.timed_out, result.first_failed_rank, result.tail) if failed else None

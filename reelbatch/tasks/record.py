@@ -1,17 +1,22 @@
-"""Open and close a run in the database, and the report a run ends with."""
+"""Open, reuse and close a run in the database, and the report a run ends with."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from prefect import task
 from pydantic import BaseModel
 
 from reelbatch import progress
-from reelbatch.infra.db import Database, library_versions
-from reelbatch.schemas import RowRejection, RunDefaults
-from reelbatch.tasks.manifest import ManifestReadResult
+from reelbatch.identity import expand_row
+from reelbatch.infra.db import Database, DoneOutput, ReusedSample, library_versions
+from reelbatch.infra.launcher import kill_launch
+from reelbatch.schemas import ManifestRow, RowRejection
+from reelbatch.tasks.manifest import ManifestError, ManifestReadResult
 from reelbatch.tasks.shard import RunPlan
+
+INTERRUPTED = "the orchestrator stopped before this job finished (crash or kill); resumed"
 
 
 class RunReport(BaseModel):
@@ -23,6 +28,7 @@ class RunReport(BaseModel):
     jobs: int
     done: int
     failed: int
+    reused: int = 0
     output: str
     started_at: float
     wall_seconds: float = 0.0
@@ -34,29 +40,70 @@ class RunReport(BaseModel):
         return 0 if self.status == "done" and not self.rejected else 1
 
 
+def find_done_samples(db_url: str, output: str, rows: Sequence[ManifestRow], force: bool) -> dict[str, DoneOutput]:
+    """Samples of these rows that some run already finished into ``output`` (none with ``force``)."""
+    if force:
+        return {}
+    ids = [sample.sample_id for row in rows for sample in expand_row(row)]
+    with Database(db_url) as db:
+        return db.done_outputs(output, ids)
+
+
 def start_run(
     db_url: str,
     manifest: ManifestReadResult,
     plan: RunPlan,
     output: str,
     gpus_per_node: int,
-    defaults: RunDefaults,
+    params: dict,
+    resume_run_id: str | None = None,
 ) -> str:
+    """Create the run (or reopen the one being resumed) and record its rejected rows."""
     with Database(db_url) as db:
-        run_id = db.create_run(
-            manifest_source=manifest.source,
-            manifest_sha256=manifest.sha256,
-            output_root=output,
-            gpus_per_node=gpus_per_node,
-            params={"defaults": defaults.model_dump(), "plan": plan.summary()},
-            library_versions=library_versions(),
-            rows_total=plan.rows,
-            rows_accepted=plan.accepted,
-            rows_rejected=len({r.row for r in plan.rejected}),
-        )
-        db.add_rejections(run_id, plan.rejected, manifest.raw_rows)
+        if resume_run_id:
+            recorded = db.run_record(resume_run_id)["manifest_sha256"]
+            if recorded != manifest.sha256:
+                raise ManifestError(
+                    f"{manifest.source} changed since run {resume_run_id} started: run it as a new run instead"
+                    " (videos already made are reused)"
+                )
+            db.reopen_run(resume_run_id)
+            # Ranks of the crashed orchestrator may still be running: stop them before their samples run again.
+            this_run = {job["id"] for job in db.jobs(resume_run_id)}
+            for job_id, launch_id in db.running_launches():
+                if job_id in this_run:
+                    kill_launch(launch_id)
+            db.interrupt_running_jobs(resume_run_id, INTERRUPTED)
+            run_id = resume_run_id
+        else:
+            run_id = db.create_run(
+                manifest_source=manifest.source,
+                manifest_sha256=manifest.sha256,
+                output_root=output,
+                gpus_per_node=gpus_per_node,
+                params={**params, "plan": plan.summary()},
+                library_versions=library_versions(),
+                rows_total=plan.rows,
+                rows_accepted=plan.accepted,
+                rows_rejected=len({r.row for r in plan.rejected}),
+            )
+            db.add_rejections(run_id, plan.rejected, manifest.raw_rows)
     progress.sink().run_planned(len(plan.jobs), plan.samples)
     return run_id
+
+
+def record_reused(db_url: str, run_id: str, plan: RunPlan, done: dict[str, DoneOutput]) -> int:
+    """Samples whose video an earlier run already made: recorded done in this run, pointing at that file."""
+    reused = [
+        ReusedSample(sample=sample, bucket=bucket, output_path=done[sample.sample_id].output_path,
+                     from_run=done[sample.sample_id].run_id)
+        for sample, bucket in plan.skipped
+        if done[sample.sample_id].run_id != run_id  # this run's own done rows are already recorded
+    ]
+    if reused:
+        with Database(db_url) as db:
+            db.add_reused_samples(run_id, reused)
+    return len(reused)
 
 
 def finish_run(db_url: str, run_id: str, plan: RunPlan, output: str) -> RunReport:
@@ -73,6 +120,7 @@ def finish_run(db_url: str, run_id: str, plan: RunPlan, output: str) -> RunRepor
         jobs=len(plan.jobs),
         done=summary.counts.get("done", 0),
         failed=summary.counts.get("failed", 0),
+        reused=summary.reused,
         output=output,
         started_at=started,
         wall_seconds=round(time.time() - started, 2),
@@ -95,5 +143,7 @@ def refuse_run(plan: RunPlan, output: str) -> RunReport:
     )
 
 
+find_done_samples_task = task(name="find-finished-samples")(find_done_samples)
 start_run_task = task(name="record-run")(start_run)
+record_reused_task = task(name="record-reused-samples")(record_reused)
 finish_run_task = task(name="finish-run")(finish_run)

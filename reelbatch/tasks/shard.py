@@ -1,29 +1,36 @@
 """Shape buckets, parallel plans and jobs: everything decided before a GPU is touched.
 
-Rows with the same generation shape share a bucket (one pipeline call shape). Each bucket gets a parallel plan
-and is cut into jobs whose sample count is a multiple of the plan's data-parallel degree, so only the last job of
-a bucket can need padding. Nothing here needs torch or weights.
+Rows with the same generation shape (and the same pinned plan and backend) share a bucket (one pipeline call
+shape). Each bucket gets a parallel plan from ``reelbatch.planning`` (rules checked, best plan chosen, or the
+bucket's rows rejected with a fix) and is cut into jobs whose sample count is a multiple of the plan's
+data-parallel degree, so only the last job of a bucket can need padding. Nothing here needs torch or weights.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
+from reelbatch import planning
 from reelbatch.identity import expand_row
+from reelbatch.infra.cluster import visible_gpus
 from reelbatch.models.registry import ModelCatalog, ModelFamily, UnknownModel
-from reelbatch.schemas import BucketKey, ManifestRow, ParallelPlan, RowRejection, Sample
+from reelbatch.planning import DEFAULT_GPU_MEMORY_GIB, Objective, PlanProblem
+from reelbatch.schemas import Backend, BucketKey, ManifestRow, ParallelPlan, RowRejection, Sample
 
 DEFAULT_MAX_SAMPLES_PER_JOB = 32
 MODEL_FIX = "point --model-path NAME=DIR (or the models file) at a local diffusers pipeline folder"
 
+__all__ = [  # PlanProblem is re-exported: it used to live here
+    "DEFAULT_MAX_SAMPLES_PER_JOB", "PlanProblem", "PlanRefused", "PlannedJob", "RunPlan", "bucket_key",
+    "choose_plan", "cut_jobs", "default_device", "plan_run", "validate_plan",
+]
 
-@dataclass(frozen=True)
-class PlanProblem:
-    rule: str
-    message: str
-    fix: str
+
+def default_device() -> str:
+    """Where the ranks will run: ``cuda`` when this machine sees GPUs, else ``cpu`` (gloo ranks)."""
+    return "cuda" if visible_gpus() > 0 else "cpu"
 
 
 @dataclass
@@ -36,6 +43,11 @@ class PlannedJob:
     padded_slots: int
     tokens: int
     notes: list[str] = field(default_factory=list)
+    backend: Backend = "native"
+    refused: list[dict] = field(default_factory=list)  # better-ranked plans and why not: RefusedPlan.to_json()
+    estimated_gpu_seconds: float = 0.0  # the whole job, padded slots included (H100 estimate)
+    memory_gib_per_gpu: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -52,6 +64,11 @@ class PlannedJob:
             "padded_slots": self.padded_slots,
             "tokens": self.tokens,
             "notes": self.notes,
+            "backend": self.backend,
+            "refused_plans": self.refused,
+            "estimated_gpu_seconds": self.estimated_gpu_seconds,
+            "memory_gib_per_gpu": self.memory_gib_per_gpu,
+            "warnings": self.warnings,
         }
 
 
@@ -61,6 +78,7 @@ class RunPlan:
     accepted: int
     rejected: list[RowRejection]
     jobs: list[PlannedJob]
+    skipped: list[tuple[Sample, BucketKey]] = field(default_factory=list)  # already made (``skip``): no job
 
     @property
     def samples(self) -> int:
@@ -77,6 +95,7 @@ class RunPlan:
             "samples": self.samples,
             "padded_slots": self.padded_slots,
             "padding_ratio": round(self.padded_slots / slots, 6) if slots else 0.0,
+            "estimated_gpu_seconds": round(sum(job.estimated_gpu_seconds for job in self.jobs), 6),
         }
 
     def to_json(self) -> dict:
@@ -100,62 +119,56 @@ def bucket_key(row: ManifestRow) -> BucketKey:
         guidance_scale=row.guidance_scale,
         embedded_guidance_scale=row.embedded_guidance_scale,
         sequence_batch=row.sequence_batch,
+        plan=row.plan,
+        backend=row.backend,
     )
 
 
-def choose_plan(bucket: BucketKey, gpus: int) -> tuple[ParallelPlan, list[str]]:
-    """CFG parallel when the bucket uses CFG, the GPU count is even and sequence_batch is off; the rest is dp."""
-    notes: list[str] = []
-    cfg = 1
-    if not bucket.uses_cfg:
-        notes.append(f"guidance_scale {bucket.guidance_scale:g} <= 1: no CFG, so no CFG parallel")
-    elif bucket.sequence_batch:
-        notes.append("sequence_batch is on: the CFG passes run one after another on each rank, CFG parallel is off")
-    elif gpus % 2:
-        notes.append(f"{gpus} GPUs is odd: CFG parallel needs rank pairs, using data parallel only")
-    else:
-        cfg = 2
-    return ParallelPlan(dp=gpus // cfg, cfg=cfg), notes
+class PlanRefused(ValueError):
+    """No plan passes for a bucket; ``problems`` say why and how to fix it."""
+
+    def __init__(self, problems: list[PlanProblem]) -> None:
+        super().__init__("; ".join(f"{p.rule}: {p.message} (fix: {p.fix})" for p in problems))
+        self.problems = problems
 
 
-def validate_plan(bucket: BucketKey, family: ModelFamily, plan: ParallelPlan, world_size: int) -> list[PlanProblem]:
-    """Rules a plan must pass before launch; each problem carries a fix that would pass."""
-    problems: list[PlanProblem] = []
-    if plan.world_size != world_size:
-        problems.append(
-            PlanProblem(
-                "plan_product",
-                f"dp*cfg*ulysses*ring = {plan.world_size} but the job has {world_size} ranks",
-                f"use dp={max(1, world_size // (plan.cfg * plan.ulysses * plan.ring))} or {plan.world_size} GPUs",
-            )
-        )
-    if plan.cfg not in (1, 2):
-        problems.append(PlanProblem("cfg_degree", f"cfg={plan.cfg}: the CFG degree is 1 or 2", "use cfg=1 or cfg=2"))
-    if plan.cfg == 2 and not bucket.uses_cfg:
-        problems.append(
-            PlanProblem(
-                "cfg_without_guidance",
-                f"cfg=2 but guidance_scale {bucket.guidance_scale:g} <= 1 turns CFG off",
-                f"use cfg=1, dp={plan.dp * 2}",
-            )
-        )
-    if plan.cfg == 2 and bucket.sequence_batch:
-        problems.append(
-            PlanProblem(
-                "sequence_batch_with_cfg_parallel",
-                "sequence_batch runs each CFG pass with batch 1, which cannot be split over a CFG rank pair",
-                f"use cfg=1, dp={plan.dp * 2}, or set sequence_batch=false",
-            )
-        )
-    if plan.ulysses > 1 or plan.ring > 1:
-        problems.append(
-            PlanProblem(
-                "sequence_parallel_unsupported",
-                f"{family.name}: sequence parallel (ulysses={plan.ulysses}, ring={plan.ring}) is not available yet",
-                "use ulysses=1, ring=1 and spread the GPUs over dp and cfg",
-            )
-        )
-    return problems
+def choose_plan(
+    bucket: BucketKey,
+    gpus: int,
+    *,
+    catalog: ModelCatalog | None = None,
+    objective: Objective = "throughput",
+    device: str | None = None,
+    gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
+) -> tuple[ParallelPlan, list[str]]:
+    """The plan ``plan_run`` would give ``bucket`` on ``gpus`` ranks, and its notes (``planning.choose_plan``).
+
+    A one-call form for tests and scripts: looks the family up, raises ``PlanRefused`` when no plan passes.
+    """
+    family = (catalog or ModelCatalog.from_config()).family(bucket.model)
+    choice = planning.choose_plan(
+        bucket, family, gpus, backend=bucket.backend, device=device or default_device(),
+        gpu_memory_gib=gpu_memory_gib, objective=objective,
+    )
+    if choice.plan is None:
+        raise PlanRefused(choice.problems)
+    return choice.plan, choice.notes
+
+
+def validate_plan(
+    bucket: BucketKey,
+    family: ModelFamily,
+    plan: ParallelPlan,
+    world_size: int,
+    *,
+    backend: Backend | None = None,
+    device: str | None = None,
+) -> list[PlanProblem]:
+    """The problems of ``planning.validate_plan`` (empty: the plan passes), each with a fix."""
+    check = planning.validate_plan(
+        bucket, family, plan, world_size=world_size, backend=backend, device=device or default_device()
+    )
+    return check.problems
 
 
 def _job_id(index: int, bucket: BucketKey, samples: Sequence[Sample]) -> str:
@@ -182,9 +195,21 @@ def plan_run(
     catalog: ModelCatalog,
     gpus: int,
     max_samples_per_job: int = DEFAULT_MAX_SAMPLES_PER_JOB,
+    *,
+    gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
+    objective: Objective = "throughput",
+    device: str | None = None,
+    skip: Collection[str] = frozenset(),
 ) -> RunPlan:
+    """Bucket the rows, give each bucket a plan (or reject its rows with a fix) and cut the buckets into jobs.
+
+    ``device`` is where the ranks run (``cuda`` or ``cpu``; default: ``cuda`` when GPUs are visible); some rules
+    depend on it (ring attention and xfuser need GPUs). Samples whose id is in ``skip`` (videos an earlier run
+    already made) get no job: they are listed in ``RunPlan.skipped`` and their rows still count as accepted.
+    """
     if gpus < 1:
         raise ValueError("--gpus must be at least 1")
+    device = device or default_device()
     buckets: dict[BucketKey, list[ManifestRow]] = {}
     for row in rows:
         buckets.setdefault(bucket_key(row), []).append(row)
@@ -192,19 +217,24 @@ def plan_run(
     rejections = list(rejected)
     jobs: list[PlannedJob] = []
     seen: dict[str, int] = {}  # sample id -> row that asked for it first
+    skipped: list[tuple[Sample, BucketKey]] = []
     accepted = len(rows)
     for bucket, bucket_rows in buckets.items():
         try:
             family = catalog.family(bucket.model)
         except UnknownModel as exc:
-            family, problems = None, [PlanProblem("model_unavailable", str(exc).strip("'\""), MODEL_FIX)]
+            problems = [PlanProblem("model_unavailable", str(exc).strip("'\""), MODEL_FIX)]
+            choice = None
         else:
-            plan, notes = choose_plan(bucket, gpus)
-            problems = validate_plan(bucket, family, plan, gpus)
-        if problems:
+            choice = planning.choose_plan(
+                bucket, family, gpus, backend=bucket.backend, device=device, gpu_memory_gib=gpu_memory_gib,
+                objective=objective,
+            )
+            problems = choice.problems
+        if choice is None or choice.plan is None:
             accepted -= len(bucket_rows)
             rejections.extend(
-                RowRejection(row=r.row, column="plan", rule=p.rule, message=p.message, fix=p.fix)
+                RowRejection(row=r.row, column=p.column, rule=p.rule, message=p.message, fix=p.fix)
                 for r in bucket_rows
                 for p in problems
             )
@@ -226,13 +256,25 @@ def plan_run(
                 )
                 continue
             seen.update({s.sample_id: r.row for s in row_samples})
-            samples.extend(row_samples)
+            skipped.extend((s, bucket) for s in row_samples if s.sample_id in skip)
+            samples.extend(s for s in row_samples if s.sample_id not in skip)
         if not samples:
             continue
+        plan = choice.plan
         tokens = family.tokens(bucket.height, bucket.width, bucket.num_frames)
+        refused = [r.to_json() for r in choice.refused]
         for part, padded in cut_jobs(samples, plan.dp, max_samples_per_job):
-            jobs.append(PlannedJob(_job_id(len(jobs), bucket, part), bucket, family, plan, part, padded, tokens, notes))
-    return RunPlan(rows=total_rows, accepted=accepted, rejected=rejections, jobs=jobs)
+            jobs.append(
+                PlannedJob(
+                    _job_id(len(jobs), bucket, part), bucket, family, plan, part, padded, tokens, list(choice.notes),
+                    backend=bucket.backend,
+                    refused=refused,
+                    estimated_gpu_seconds=round(choice.estimated_gpu_seconds_per_sample * (len(part) + padded), 6),
+                    memory_gib_per_gpu=choice.memory_gib_per_gpu,
+                    warnings=list(choice.warnings),
+                )
+            )
+    return RunPlan(rows=total_rows, accepted=accepted, rejected=rejections, jobs=jobs, skipped=skipped)
 
 
 # Prefect is imported last so that everything above reads, and is tested, as plain Python.

@@ -1,0 +1,355 @@
+"""The rules a parallel plan must pass before anything launches, each refusal with a fix that passes.
+
+Numbers in comments refer to /work/shared/design/parallel-facts.md ("Rules seen in the wild"). Two kinds of rule:
+
+* bucket rules depend only on the bucket, the family, the backend and the device (frames, sizes, xfuser without a
+  GPU): no plan fixes them, so their fix changes the row (or the backend);
+* plan rules depend on the plan as well; their fix names a concrete plan, ``PlanProblem.suggested_plan``, that
+  has been checked against every plan rule for the same bucket and world size before it is suggested.
+
+A plan here is (dp, cfg, ulysses, ring); sp = ulysses * ring is the sequence-parallel degree. Nothing here
+imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from reelbatch.models.registry import ModelFamily
+from reelbatch.schemas import PLAN_DEGREES, Backend, BucketKey, ParallelPlan
+
+
+@dataclass(frozen=True)
+class PlanProblem:
+    rule: str
+    message: str
+    fix: str
+    column: str = "plan"  # the manifest column a rejection of the bucket's rows points at
+    suggested_plan: ParallelPlan | None = None  # the plan the fix names; passes every plan rule
+
+
+@dataclass
+class PlanCheck:
+    problems: list[PlanProblem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class Violation(NamedTuple):
+    """A broken plan rule without its fix: cheap enough to compute for every candidate plan."""
+
+    rule: str
+    message: str
+
+
+def is_gpu(device: str) -> bool:
+    return device.startswith("cuda")
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def candidate_plans(world_size: int) -> list[ParallelPlan]:
+    """Every way to factor ``world_size`` ranks into (dp, cfg, ulysses, ring) with cfg 1 or 2."""
+    plans = []
+    for cfg in (1, 2):
+        if world_size % cfg:
+            continue
+        rest = world_size // cfg
+        for ulysses in divisors(rest):
+            for ring in divisors(rest // ulysses):
+                plans.append(ParallelPlan(dp=rest // (ulysses * ring), cfg=cfg, ulysses=ulysses, ring=ring))
+    return plans
+
+
+def preference_key(plan: ParallelPlan) -> tuple[int, ...]:
+    """The field's order of preference when nothing else decides: data parallel, then CFG, then Ulysses, then ring."""
+    return (-plan.dp, -plan.cfg, -plan.ulysses, plan.ring)
+
+
+def _degree_list(values: Iterable[int]) -> str:
+    items = [str(v) for v in sorted(set(values))]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+def _size(height: int, width: int) -> str:
+    return f"{height}x{width}"
+
+
+# --- Plan rules ---------------------------------------------------------------------------------------------------
+
+
+def plan_violations(
+    bucket: BucketKey, family: ModelFamily, plan: ParallelPlan, *, world_size: int, backend: Backend, device: str
+) -> list[Violation]:
+    """The plan rules ``plan`` breaks for this bucket, in rule order, without fixes."""
+    found: list[Violation] = []
+    sp = plan.ulysses * plan.ring
+    # Rule 1: the degrees multiply to the job's ranks (xfuser raises otherwise; our ranks would idle or collide).
+    if plan.world_size != world_size:
+        found.append(Violation(
+            "plan_product", f"dp*cfg*ulysses*ring = {plan.world_size} but the job has {world_size} ranks"))
+    # Rules 5 and 6: CFG parallel splits the cond/uncond pair, so it needs that pair in one batch.
+    if plan.cfg not in (1, 2):
+        found.append(Violation(
+            "cfg_degree", f"cfg={plan.cfg}: the CFG degree is 1 (off) or 2 (cond and uncond pass on a rank pair)"))
+    elif plan.cfg == 2 and not bucket.uses_cfg:
+        what = "true_cfg_scale" if family.true_cfg else "guidance_scale"
+        found.append(Violation(
+            "cfg_without_guidance",
+            f"cfg=2 but guidance_scale {bucket.guidance_scale:g} <= 1 turns CFG ({what}) off: nothing to split"))
+    elif plan.cfg == 2 and bucket.sequence_batch:
+        found.append(Violation(
+            "sequence_batch_with_cfg_parallel",
+            "sequence_batch runs each CFG pass with batch 1, which cannot be split over a CFG rank pair "
+            "(tensor.shape[0]=1 is not divisible by world_size=2)"))
+    support = family.sequence_parallel(backend)
+    missing = [name for name, degree, ok in (("ulysses", plan.ulysses, support.ulysses),
+                                             ("ring", plan.ring, support.ring)) if degree > 1 and not ok]
+    if missing:
+        found.append(Violation(
+            "sequence_parallel_unsupported",
+            f"{family.name}: the {backend} backend has no {' or '.join(missing)} sequence parallelism for this "
+            "family"))
+    # Rule 2: Ulysses gives each rank whole attention heads.
+    if plan.ulysses > 1 and (family.heads % plan.ulysses or plan.ulysses > family.heads):
+        found.append(Violation(
+            "ulysses_heads",
+            f"ulysses={plan.ulysses} must divide the {family.heads} attention heads of {family.name} "
+            "(each Ulysses rank takes whole heads)"))
+    # Ring attention needs an attention kernel that returns log-sum-exp (flash / cuDNN): GPU only.
+    if plan.ring > 1 and not is_gpu(device):
+        found.append(Violation("ring_needs_gpu", "ring attention needs a GPU attention backend (device is cpu)"))
+    if sp > 1 and support.split == "exact":
+        # Rule 3: the flattened sequence is cut into sp equal parts, no padding.
+        tokens = family.tokens(bucket.height, bucket.width, bucket.num_frames)
+        if tokens % sp:
+            found.append(Violation(
+                "sequence_not_divisible",
+                f"{tokens} video tokens do not split evenly over ulysses*ring = {sp} ranks "
+                f"(the {backend} backend does not pad the sequence)"))
+    if sp > 1 and support.split == "height_or_width":
+        # Rule 4: HunyuanVideo's own xDiT path splits along latent height, else width, never time.
+        h, w = family.latent_grid(bucket.height, bucket.width)
+        if h % sp and w % sp:
+            found.append(Violation(
+                "hunyuan_sequence_split",
+                f'xDiT: "Cannot split video sequence into ulysses_degree x ring_degree": it splits along height '
+                f"or width, and neither {h} (= {bucket.height}/{family.pixels_per_token}) nor {w} "
+                f"(= {bucket.width}/{family.pixels_per_token}) divides by ulysses*ring = {sp}"))
+    return found
+
+
+def passing_plans(
+    bucket: BucketKey, family: ModelFamily, *, world_size: int, backend: Backend, device: str
+) -> list[ParallelPlan]:
+    """Candidate plans for ``world_size`` ranks that break no plan rule (dp=world_size always does)."""
+    return [
+        p for p in candidate_plans(world_size)
+        if not plan_violations(bucket, family, p, world_size=world_size, backend=backend, device=device)
+    ]
+
+
+def _distance(a: ParallelPlan, b: ParallelPlan) -> float:
+    """How far apart two plans are: factor-of-two steps summed over the degrees."""
+    return sum(abs(math.log2(getattr(a, d) / getattr(b, d))) for d in PLAN_DEGREES)
+
+
+def _nearest(
+    plan: ParallelPlan, passing: list[ParallelPlan], prefer: Callable[[ParallelPlan], bool] = lambda p: True
+) -> ParallelPlan:
+    return min(passing, key=lambda p: (not prefer(p), _distance(plan, p), preference_key(p)))
+
+
+def _keeps(plan: ParallelPlan, *degrees: str) -> Callable[[ParallelPlan], bool]:
+    """A preference for plans that keep ``degrees`` of ``plan`` unchanged."""
+    return lambda p: all(getattr(p, d) == getattr(plan, d) for d in degrees)
+
+
+def _fix_for(
+    violation: Violation, bucket: BucketKey, family: ModelFamily, plan: ParallelPlan, passing: list[ParallelPlan],
+    *, world_size: int, backend: Backend, device: str,
+) -> PlanProblem:
+    """Turn a violation into a problem whose fix names a passing plan (and says why that one)."""
+    rule = violation.rule
+    sp = plan.ulysses * plan.ring
+
+    def keep_sp(p: ParallelPlan) -> bool:
+        return p.ulysses * p.ring == sp
+
+    extra = ""
+    if rule == "plan_product":
+        suggestion = _nearest(plan, passing, _keeps(plan, "cfg", "ulysses", "ring"))
+        own_size_ok = not plan_violations(
+            bucket, family, plan, world_size=plan.world_size, backend=backend, device=device)
+        fix = f"use {suggestion} for {world_size} ranks"
+        if own_size_ok:
+            fix += f", or give the job {plan.world_size} GPUs (--gpus {plan.world_size})"
+        return PlanProblem(rule, violation.message, fix, suggested_plan=suggestion)
+    if rule in ("cfg_degree", "cfg_without_guidance", "sequence_batch_with_cfg_parallel"):
+        keeps_sequence_split = _keeps(plan, "ulysses", "ring")
+        suggestion = _nearest(plan, passing, lambda p: p.cfg == 1 and keeps_sequence_split(p))
+        if rule == "sequence_batch_with_cfg_parallel":
+            extra = ", or set sequence_batch=false to keep CFG parallel"
+        return PlanProblem(rule, violation.message, f"use {suggestion}{extra}", suggested_plan=suggestion)
+    if rule == "sequence_parallel_unsupported":
+        support = family.sequence_parallel(backend)
+        suggestion = _nearest(plan, passing, lambda p: (support.ulysses or p.ulysses == 1)
+                              and (support.ring or p.ring == 1))
+        other: Backend = "xdit" if backend == "native" else "native"
+        if is_gpu(device) and not plan_violations(
+                bucket, family, plan, world_size=world_size, backend=other, device=device):
+            extra = f", or keep the plan with backend {other}"
+        return PlanProblem(rule, violation.message, f"use {suggestion}{extra}", suggested_plan=suggestion)
+    if rule == "ulysses_heads":
+        suggestion = _nearest(plan, passing, keep_sp)
+        good_ulysses = [p.ulysses for p in passing if p.ulysses > 1]
+        ring_ok = any(p.ring > 1 for p in passing)
+        if good_ulysses:
+            fix = f"use ulysses {_degree_list(good_ulysses)} (they divide the {family.heads} heads)"
+            fix += " and ring for the rest of the sequence parallelism" if ring_ok else ""
+        else:
+            fix = f"no ulysses degree up to {world_size} divides the {family.heads} heads"
+            fix += "; use ring instead" if ring_ok else "; use dp or cfg"
+        return PlanProblem(rule, violation.message, f"{fix}, e.g. {suggestion}", suggested_plan=suggestion)
+    if rule == "ring_needs_gpu":
+        suggestion = _nearest(plan, passing, lambda p: p.ring == 1 and keep_sp(p))
+        return PlanProblem(rule, violation.message, f"on CPU use ulysses or dp instead of ring, e.g. {suggestion}",
+                           suggested_plan=suggestion)
+    if rule == "sequence_not_divisible":
+        tokens = family.tokens(bucket.height, bucket.width, bucket.num_frames)
+        suggestion = _nearest(plan, passing)
+        good_sp = [p.ulysses * p.ring for p in passing if p.ulysses * p.ring > 1]
+        if good_sp:
+            fix = f"{tokens} tokens split evenly over ulysses*ring = {_degree_list(good_sp)}: use e.g. {suggestion}"
+        else:
+            fix = f"no sequence-parallel degree up to {world_size} splits {tokens} tokens evenly: use {suggestion}"
+        if (family.xdit.split == "padded" and backend == "native" and is_gpu(device)
+                and not plan_violations(bucket, family, plan, world_size=world_size, backend="xdit", device=device)):
+            fix += ", or keep the plan with backend xdit (it pads the sequence)"
+        return PlanProblem(rule, violation.message, fix, suggested_plan=suggestion)
+    if rule == "hunyuan_sequence_split":
+        return _hunyuan_split_problem(violation, bucket, family, plan, passing, world_size)
+    raise AssertionError(f"no fix written for rule {rule}")  # every rule above must have one
+
+
+def _hunyuan_split_problem(
+    violation: Violation, bucket: BucketKey, family: ModelFamily, plan: ParallelPlan, passing: list[ParallelPlan],
+    world_size: int,
+) -> PlanProblem:
+    sp = plan.ulysses * plan.ring
+    h, w = family.latent_grid(bucket.height, bucket.width)
+    splits = [d for d in range(2, max(8, world_size) + 1) if h % d == 0 or w % d == 0]
+    suggestion = _nearest(plan, passing)
+    size = _size(bucket.height, bucket.width)
+    parts = [f"{size} splits over ulysses*ring = {_degree_list(splits)} only" if splits
+             else f"{size} splits over no sequence-parallel degree"]
+    parts.append(f"at {world_size} ranks use e.g. {suggestion}")
+    if family.allowed_sizes and bucket.height > 0 and bucket.width > 0:
+        # Nearby sizes (same area and aspect first) that do split over the requested degree.
+        def closeness(hw: tuple[int, int]) -> float:
+            area = math.log(hw[0] * hw[1] / (bucket.height * bucket.width))
+            aspect = math.log((hw[0] / hw[1]) / (bucket.height / bucket.width))
+            return abs(area) + abs(aspect)
+
+        fitting = sorted(
+            (s for s in family.allowed_sizes
+             if any(side % sp == 0 for side in family.latent_grid(*s)) and s != (bucket.height, bucket.width)),
+            key=closeness,
+        )
+        if fitting:
+            parts.append(f"or keep ulysses*ring = {sp} with size {' or '.join(_size(*s) for s in fitting[:2])} "
+                         "(height x width)")
+    return PlanProblem(violation.rule, violation.message, "; ".join(parts), suggested_plan=suggestion)
+
+
+# --- Bucket rules -------------------------------------------------------------------------------------------------
+
+
+def _nearest_valid(value: int, ok: Callable[[int], bool], low: int = 1) -> list[int]:
+    below = next((v for v in range(value - 1, low - 1, -1) if ok(v)), None)
+    above = next(v for v in range(value + 1, value + 10_000) if ok(v))
+    return [v for v in (below, above) if v is not None]
+
+
+def bucket_problems(bucket: BucketKey, family: ModelFamily, *, backend: Backend, device: str) -> list[PlanProblem]:
+    """Problems no plan can fix: the video shape for this family, and the backend on this device."""
+    problems: list[PlanProblem] = []
+    if backend == "xdit" and not is_gpu(device):
+        problems.append(PlanProblem(
+            "xdit_needs_gpu", "xfuser cannot be imported without a GPU; use backend native",
+            "set backend native (the default); xdit needs CUDA GPUs", column="backend"))
+    stride = family.vae_stride_t
+    if bucket.num_frames < 1 or (bucket.num_frames - 1) % stride:
+        nearest = _nearest_valid(bucket.num_frames, lambda f: (f - 1) % stride == 0)
+        problems.append(PlanProblem(
+            f"frames_not_{stride}k_plus_1",
+            f"num_frames {bucket.num_frames} is not {stride}k+1 (the VAE compresses time by {stride})",
+            f"use {_degree_list(nearest)}", column="num_frames"))
+    size = (bucket.height, bucket.width)
+    if family.allowed_sizes is not None:
+        if size not in family.allowed_sizes:
+            heights = {h for h, _ in family.allowed_sizes}
+            by_distance = sorted(family.allowed_sizes,
+                                 key=lambda s: (abs(s[0] - size[0]) + abs(s[1] - size[1]), s))
+            off_grid = [str(side) for side in size if side % family.size_multiple]
+            why = f" ({' and '.join(off_grid)} not a multiple of {family.size_multiple} either)" if off_grid else ""
+            problems.append(PlanProblem(
+                "size_not_allowed",
+                f"{_size(*size)} (height x width) is not a size {family.name} supports{why}",
+                "use one of: " + ", ".join(_size(*s) for s in by_distance) + " (height x width)",
+                column="width" if size[0] in heights else "height"))
+    else:
+        multiple = family.size_multiple
+        for column, side in (("height", bucket.height), ("width", bucket.width)):
+            if side < 1 or side % multiple:
+                nearest = _nearest_valid(side, lambda v: v % multiple == 0, low=multiple)
+                problems.append(PlanProblem(
+                    f"size_not_multiple_of_{multiple}",
+                    f"{column} {side} is not a multiple of {multiple} ({family.name} has {family.pixels_per_token} "
+                    "pixels per token)",
+                    f"use {_degree_list(nearest)}", column=column))
+    return problems
+
+
+def plan_warnings(bucket: BucketKey, family: ModelFamily) -> list[str]:
+    warnings = []
+    if family.loops_after_frames and bucket.num_frames > family.loops_after_frames:
+        # Rule 9.
+        warnings.append(
+            f"{bucket.num_frames} frames: HunyuanVideo-family videos longer than about {family.loops_after_frames} "
+            "frames loop unless RIFLEx is used")
+    return warnings
+
+
+def validate_plan(
+    bucket: BucketKey,
+    family: ModelFamily,
+    plan: ParallelPlan,
+    *,
+    world_size: int,
+    backend: Backend | None = None,
+    device: str = "cuda",
+) -> PlanCheck:
+    """Every rule ``plan`` must pass for ``bucket`` on ``world_size`` ranks; each problem carries a fix.
+
+    ``backend`` defaults to the bucket's. Plan-rule fixes name a plan that passes every plan rule (and so the whole
+    check when the bucket itself is fine); bucket-rule fixes change the row or the backend.
+    """
+    backend = backend or bucket.backend
+    problems = bucket_problems(bucket, family, backend=backend, device=device)
+    violations = plan_violations(bucket, family, plan, world_size=world_size, backend=backend, device=device)
+    if violations:
+        passing = passing_plans(bucket, family, world_size=world_size, backend=backend, device=device)
+        problems += [
+            _fix_for(v, bucket, family, plan, passing, world_size=world_size, backend=backend, device=device)
+            for v in violations
+        ]
+    return PlanCheck(problems=problems, warnings=plan_warnings(bucket, family))
