@@ -285,6 +285,10 @@ def run(
     )
     objective = _objective(objective)
     db_url = _db_url(db)
+    from reelbatch.infra.storage import redact_url
+
+    if redact_url(out_dir) != out_dir:
+        _fail("--out must not carry credentials: use the AWS variables or a profile (nothing else is read)")
     _catalog(model_path, models_file)  # configuration errors are usage errors: report them before starting
     try:
         with Database(db_url) as database:

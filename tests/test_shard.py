@@ -167,3 +167,21 @@ def test_skipped_samples_get_no_job_but_their_rows_stay_accepted():
     assert result.accepted == 2 and result.samples == 2
     assert [(s.sample_id, b.model) for s, b in result.skipped] == [(done, "tiny-wan")]
     assert done not in {s.sample_id for job in result.jobs for s in job.samples}
+
+
+def test_xdit_plans_are_checked_but_not_launched():
+    """xfuser has no run path yet: a row asking for it is refused before launch, naming the plan xDiT would take."""
+    result = plan_run([row(backend="xdit")], [], 1, CATALOG, gpus=2, device="cuda")
+    assert not result.jobs
+    [rejection] = result.rejected
+    assert (rejection.column, rejection.rule) == ("backend", "backend_not_runnable") and "native" in rejection.fix
+
+
+def test_ring_is_not_offered_for_hunyuan_native():
+    from reelbatch.planning import validate_plan
+
+    family = CATALOG.family("hunyuanvideo")
+    bucket = bucket_key(row(model="hunyuanvideo", height=544, width=960, num_frames=97))
+    check = validate_plan(bucket, family, ParallelPlan(ring=2), world_size=2, backend="native", device="cuda")
+    assert not check.ok and check.problems[0].fix
+    assert validate_plan(bucket, family, ParallelPlan(ulysses=2), world_size=2, backend="native", device="cuda").ok

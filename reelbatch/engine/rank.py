@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +32,7 @@ import torch.distributed as dist
 from reelbatch.engine.checks import check_runnable
 from reelbatch.engine.context_parallel import enable_sequence_parallel
 from reelbatch.engine.events import emit
+from reelbatch.engine.faults import FaultInjector
 from reelbatch.engine.loading import load_pipeline
 from reelbatch.engine.parallel import ParallelContext, device_for_rank, init_parallel, shutdown
 from reelbatch.engine.sampler import ADAPTERS, VideoSampler
@@ -125,20 +128,29 @@ class ResultsFile:
 
 
 def run_job(spec: JobSpec) -> int:
+    faults = FaultInjector.from_env(int(os.environ.get("RANK", "0")))  # test-only (engine/faults.py)
     # Before the process group and the weights: every rank refuses an unrunnable plan the same way, at once.
     check_runnable(spec, device_for_rank().type)
     ctx = init_parallel(spec.plan, spec.collective_timeout_s)
     results_file = ResultsFile(spec.results_path) if ctx.rank == 0 else None
     try:
         emit("loading", rank=ctx.rank, model=spec.bucket.model, device=str(ctx.device))
+        faults.on_load()
         pipe = load_pipeline(spec.model_path, ctx.device)
         enable_sequence_parallel(pipe, spec.family, ctx)
         sampler = VideoSampler(ADAPTERS[spec.family](pipe, spec.bucket, ctx.device), ctx)
         emit("loaded", rank=ctx.rank)
         torch.manual_seed(0)  # nothing should draw from the global RNG; if something does, keep it repeatable
+        processed = 0  # this rank's own count of real samples, as REELBATCH_FAULT's sample=S counts them
         for micro_batch in slots_for_rank(spec, ctx.dp_rank):
             real = [s for s in micro_batch if s is not None]
+            faults.before_batch(processed, len(real))
             results = run_batch(spec, ctx, sampler, real) if real else []
+            if faults and results:
+                written = {r.sample_id: r.file for r in results if r.status == "done" and r.file}
+                videos = [written.get(s.sample_id) for s in real]
+                faults.after_write(processed, [Path(spec.output_dir) / v if v else None for v in videos])
+            processed += len(real)
             for result in gather_to_rank0(results, ctx):
                 results_file.append(result)
                 emit("sample", sample_id=result.sample_id, status=result.status, seconds=round(result.seconds, 3))
@@ -152,10 +164,45 @@ def run_job(spec: JobSpec) -> int:
         shutdown(ctx)
 
 
+def exit_with_agent() -> None:
+    """Under torchrun, die the moment the torchrun agent (this process's parent) dies.
+
+    When a rank fails, the agent itself SIGTERMs its peers within ~0.1 s (its monitor interval), whether they are
+    computing or waiting in a gloo/NCCL collective: no rank-side guard is needed for that. What the agent cannot do
+    is outlive itself: if it is SIGKILLed (OOM killer, a killed orchestrator host), its ranks would otherwise keep
+    running, a peer of a stuck rank waiting up to the whole process-group timeout (``collective_timeout_s``,
+    default 30 min) in a collective. Linux: ``PR_SET_PDEATHSIG`` (SIGKILL, from the kernel, even while the rank
+    is inside a C++ collective); elsewhere a thread polls the parent pid every second.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ:  # not under torchrun (a single process run by hand or a test)
+        return
+    parent = os.getppid()
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            pr_set_pdeathsig = 1
+            armed = ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if not armed:
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="reelbatch-agent-watch", daemon=True).start()
+    if parent == 1 or os.getppid() != parent:  # the agent died before the guard was armed
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="reelbatch rank entry (launched by torchrun; not for humans)")
     parser.add_argument("job", help="path to the job spec JSON")
     args = parser.parse_args(argv)
+    exit_with_agent()
     spec = JobSpec.model_validate_json(Path(args.job).read_text(encoding="utf-8"))
     return run_job(spec)
 

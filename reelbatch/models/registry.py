@@ -63,13 +63,12 @@ class SequenceParallelSupport:
 # diffusers context parallelism (ContextParallelConfig) without the "*_anything" modes: no padding.
 WAN_NATIVE = SequenceParallelSupport(ulysses=True, ring=True, split="exact")
 WAN_XDIT = SequenceParallelSupport(ulysses=True, ring=True, split="padded")
-# diffusers (0.42) ships a context-parallel plan for WanTransformer3DModel only; the engine is adding one for
-# HunyuanVideoTransformer3DModel. The planner assumes it works; flip this single flag to False if it does not,
-# and every HunyuanVideo-family entry (tiny-hunyuan, hunyuanvideo, skyreels-v1-*) loses native ulysses and ring.
-HUNYUAN_NATIVE_SEQUENCE_PARALLEL = True
-HUNYUAN_NATIVE = SequenceParallelSupport(
-    ulysses=HUNYUAN_NATIVE_SEQUENCE_PARALLEL, ring=HUNYUAN_NATIVE_SEQUENCE_PARALLEL, split="exact"
-)
+# diffusers (0.42) ships a context-parallel plan for WanTransformer3DModel only; reelbatch provides one for
+# HunyuanVideoTransformer3DModel (engine/hunyuan_cp.py): Ulysses over the video tokens, text tokens whole on
+# every rank. It has no ring path (its text-key masking relies on the all-to-all), and it does not cover the
+# I2V transformer's first-frame token replacement, so SkyReels-V1 I2V gets no native sequence parallel.
+HUNYUAN_NATIVE = SequenceParallelSupport(ulysses=True, ring=False, split="exact")
+HUNYUAN_I2V_NATIVE = SequenceParallelSupport(ulysses=False, ring=False, split="exact")
 HUNYUAN_XDIT = SequenceParallelSupport(ulysses=True, ring=True, split="height_or_width")
 
 
@@ -166,8 +165,8 @@ def _wan(name: str, heads: int, **facts) -> ModelFamily:
 
 
 def _hunyuan(name: str, heads: int, **facts) -> ModelFamily:
-    facts = {"text_tokens": 256, "true_cfg": True, "loops_after_frames": 192, **facts}
-    return ModelFamily(name, "hunyuan", heads, native=HUNYUAN_NATIVE, xdit=HUNYUAN_XDIT, **facts)
+    facts = {"text_tokens": 256, "true_cfg": True, "loops_after_frames": 192, "native": HUNYUAN_NATIVE, **facts}
+    return ModelFamily(name, "hunyuan", heads, xdit=HUNYUAN_XDIT, **facts)
 
 
 _TINY = dict(builtin_tiny=True, param_memory_gib=0.01, activation_gib_per_ktoken=0.001, step_seconds_100k=0.5)
@@ -224,7 +223,7 @@ FAMILIES: dict[str, ModelFamily] = {
         # SkyReels-V1 is a HunyuanVideo fine-tune (same transformer, text encoders and VAE); its README uses
         # 544x960x97, published runs also used 720x720 and 960x960, so it keeps HunyuanVideo's size list.
         _hunyuan("skyreels-v1-t2v", heads=24, **_HUNYUAN13B),
-        _hunyuan("skyreels-v1-i2v", heads=24, **_HUNYUAN13B),
+        _hunyuan("skyreels-v1-i2v", heads=24, native=HUNYUAN_I2V_NATIVE, **_HUNYUAN13B),
     )
 }
 

@@ -188,6 +188,18 @@ def cut_jobs(samples: Sequence[Sample], dp: int, max_samples_per_job: int) -> li
     return pieces
 
 
+def _xdit_not_runnable(family: ModelFamily, plan: ParallelPlan) -> PlanProblem:
+    # The rules of xDiT are encoded (and tested) so plans can be checked, but the ranks have no xfuser run
+    # path yet: refusing here costs no GPU time, failing at rank start would.
+    return PlanProblem(
+        "backend_not_runnable",
+        f"{family.name}: xDiT's rules accept {plan.short()} for this bucket, but this version of reelbatch"
+        " checks xdit plans without running them",
+        "use backend native (--backend native, or backend=native in the row)",
+        column="backend",
+    )
+
+
 def plan_run(
     rows: Sequence[ManifestRow],
     rejected: Sequence[RowRejection],
@@ -231,7 +243,9 @@ def plan_run(
                 objective=objective,
             )
             problems = choice.problems
-        if choice is None or choice.plan is None:
+            if choice.plan is not None and bucket.backend == "xdit":
+                problems = [_xdit_not_runnable(family, choice.plan)]
+        if choice is None or choice.plan is None or problems:
             accepted -= len(bucket_rows)
             rejections.extend(
                 RowRejection(row=r.row, column=p.column, rule=p.rule, message=p.message, fix=p.fix)

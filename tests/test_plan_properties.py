@@ -1,0 +1,63 @@
+"""Property: a plan the validator accepts really runs on the tiny models (torchrun on CPU); a refused one names a
+rule and a fix. Examples are drawn deterministically and kept few: each accepted one is a real launch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reelbatch.identity import expand_row
+from reelbatch.infra.launcher import launch
+from reelbatch.models.registry import ModelCatalog
+from reelbatch.planning import validate_plan
+from reelbatch.schemas import JobSpec, ManifestRow, ParallelPlan
+from reelbatch.tasks.collect import read_results
+from reelbatch.tasks.dispatch import RANK_ENTRY
+from reelbatch.tasks.shard import bucket_key
+
+pytestmark = pytest.mark.torchrun
+CATALOG = ModelCatalog.from_config()
+PLANS_OF_TWO = [  # every plan of two ranks; ring is refused on CPU
+    ParallelPlan(dp=2), ParallelPlan(cfg=2), ParallelPlan(ulysses=2), ParallelPlan(ring=2)]
+
+
+@st.composite
+def rows(draw):
+    return ManifestRow(
+        row=2, prompt="a cat walks", model=draw(st.sampled_from(["tiny-wan", "tiny-hunyuan"])),
+        height=draw(st.sampled_from([16, 32, 48])), width=draw(st.sampled_from([16, 32, 48])),
+        num_frames=draw(st.sampled_from([1, 5, 9])), num_inference_steps=1,
+        guidance_scale=draw(st.sampled_from([1.0, 5.0])), sequence_batch=draw(st.booleans()), seed=3,
+    )
+
+
+@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(row=rows(), data=st.data())
+def test_accepted_plans_run_and_refused_plans_say_why(row, data, tiny_models, tmp_path_factory):
+    bucket = bucket_key(row)
+    family = CATALOG.family(row.model)
+    accepted = []
+    for plan in [ParallelPlan(), *PLANS_OF_TWO]:
+        check = validate_plan(bucket, family, plan, world_size=plan.world_size, backend="native", device="cpu")
+        if check.ok:
+            accepted.append(plan)
+        else:
+            assert all(p.rule and p.message and p.fix for p in check.problems)
+    multi_rank = [plan for plan in accepted if plan.world_size > 1]
+    plan = data.draw(st.sampled_from(multi_rank or accepted))  # the launches go to multi-rank plans
+
+    folder = Path(tmp_path_factory.mktemp("plan"))
+    samples = expand_row(row.model_copy(update={"num_videos": 2}))
+    spec = JobSpec(
+        job_id="property", bucket=bucket, model_path=str(tiny_models[row.model]), family=family.kind,
+        plan=plan, samples=samples, padded_slots=-len(samples) % plan.dp,
+        output_dir=str(folder / "staging"), results_path=str(folder / "results.jsonl"),
+    )
+    (folder / "job.json").write_text(spec.model_dump_json())
+    result = launch(RANK_ENTRY, [str(folder / "job.json")], nproc_per_node=plan.world_size,
+                    log_path=folder / "ranks.log", timeout_s=300)
+    assert result.returncode == 0, f"{plan} on {bucket}: " + "\n".join(result.tail[-15:])
+    assert sorted(r.status for r in read_results(spec.results_path)) == ["done", "done"]
