@@ -328,15 +328,8 @@ def _generation_params(bucket: BucketKey) -> dict[str, Any]:
 
 
 def _sample_identity_values(sample: Sample) -> dict[str, Any]:
-    return {
-        "sample_id": sample.sample_id,
-        "row": sample.row,
-        "row_id": sample.row_id,
-        "video_index": sample.video_index,
-        "prompt": sample.prompt,
-        "negative_prompt": sample.negative_prompt,
-        "seed": sample.seed,
-    }
+    # Every Sample field has a samples column of the same name, except the output key (the path replaces it).
+    return sample.model_dump(exclude={"output_key"})
 
 
 def _insert(session: Session, table: Table) -> postgresql.Insert | sqlite.Insert:
