@@ -29,9 +29,10 @@ What each kind does, and where (hooks in ``engine/rank.py``):
 * ``oom``        same point: raises ``torch.OutOfMemoryError("CUDA out of memory. Tried to allocate ...")``, the
                  exact type and text torch raises on a GPU (a RuntimeError with the same text on a torch too old
                  to have the class).
-* ``collective`` same point: the process ends at once with ``os._exit(1)``: no traceback, no Python clean-up,
-                 sockets closed by the kernel, like a rank killed under its peers. Peers waiting in (or entering)
-                 a collective see gloo's/NCCL's connection errors.
+* ``collective`` same point: the rank stops taking part (it sleeps ``COLLECTIVE_STALL_S`` so that its peers
+                 block in their next collective), then ends with ``os._exit(1)``: no traceback, no Python
+                 clean-up, its sockets closed by the kernel, like a rank killed under its peers. The peers see
+                 gloo's/NCCL's "connection closed by peer" unless torchrun's SIGTERM reaches them first.
 * ``corrupt``    after the rank wrote sample S: replaces its mp4, through the normal atomic writer, with the first
                  third of its bytes, so a file exists under the final name but does not decode. The rank still
                  reports the sample done and exits 0: only a collector that decodes the file can catch it. It
@@ -51,6 +52,7 @@ from pathlib import Path
 FAULT_ENV = "REELBATCH_FAULT"
 ATTEMPT_ENV = "REELBATCH_ATTEMPT"
 KINDS = ("crash", "hang", "oom", "corrupt", "collective", "load")
+COLLECTIVE_STALL_S = 2.0
 OOM_TEXT = (
     "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB of which "
     "1.06 GiB is free. (injected by REELBATCH_FAULT)"
@@ -142,6 +144,7 @@ class FaultInjector:
             if fault.kind == "oom":
                 raise _oom_error()
             if fault.kind == "collective":
+                time.sleep(COLLECTIVE_STALL_S)
                 os._exit(1)  # no traceback, no atexit, no flush: the peers only see the sockets close
             while True:  # hang
                 time.sleep(3600)
@@ -156,7 +159,8 @@ class FaultInjector:
 
             self._announce(fault)
             data = video.read_bytes()
-            _atomic_write(video, lambda tmp, cut=data[: max(1, len(data) // 3)]: tmp.write_bytes(cut))
+            cut = data[: max(1, len(data) // 3)]
+            _atomic_write(video, lambda tmp, cut=cut: tmp.write_bytes(cut))
 
 
 def _oom_error() -> Exception:

@@ -172,7 +172,8 @@ def exit_with_agent() -> None:
     is outlive itself: if it is SIGKILLed (OOM killer, a killed orchestrator host), its ranks would otherwise keep
     running, a peer of a stuck rank waiting up to the whole process-group timeout (``collective_timeout_s``,
     default 30 min) in a collective. Linux: ``PR_SET_PDEATHSIG`` (SIGKILL, from the kernel, even while the rank
-    is inside a C++ collective); elsewhere a thread polls the parent pid every second.
+    is inside a C++ collective); elsewhere a thread polls the parent pid every second. The kernel sends the
+    signal when the thread that forked the rank exits: torchrun starts its workers from its main thread.
     """
     if "TORCHELASTIC_RUN_ID" not in os.environ:  # not under torchrun (a single process run by hand or a test)
         return
