@@ -371,6 +371,7 @@ def resume(
         job_timeout_s=params.get("job_timeout_s", DEFAULT_JOB_TIMEOUT_S),
         gpu_memory_gib=params.get("gpu_memory_gib", 80.0),
         objective=params.get("objective", "throughput"),
+        retry_policy=params.get("retry_policy"),
         resume_run_id=record["id"],
     )
 

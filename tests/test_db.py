@@ -475,7 +475,7 @@ def test_upgrade_from_0001_keeps_every_row(database_url: str) -> None:
         assert [len(rows) for rows in before.values()] == [1, 1, 3]
 
         database.upgrade()
-        assert database.current_revision() == head_revision() == "0002"
+        assert database.current_revision() == head_revision() == "0003"
         database.ensure_schema()
         after = {table: _rows(database, table) for table in ("runs", "jobs", "samples")}
         assert [row.pop("launch_id") for row in after["jobs"]] == [None]
@@ -859,3 +859,17 @@ def test_concurrent_replans_lose_no_update_and_duplicate_no_row(database_url: st
     assert [(job["status"], job["attempts"], job["samples_count"]) for job in database.jobs(run_id)] == [
         ("done", 2, samples_per_job)
     ] * jobs
+
+
+def test_each_attempt_of_a_job_is_kept_with_its_plan(database: Database) -> None:
+    run_id = create_run(database)
+    job = make_job("job-retry", run_id, rows=[2, 3])
+    database.add_job(run_id, job)
+    database.record_attempt(job, 1, launch_id="a" * 32, returncode=1, seconds=2.5, failure_kind="oom",
+                            failed_rank=1, message="CUDA out of memory", tail="...", retry_delay_s=0.0)
+    lower = job.model_copy(update={"plan": ParallelPlan(dp=4), "bucket": job.bucket.model_copy(
+        update={"sequence_batch": True})})
+    database.record_attempt(lower, 2, launch_id="b" * 32, returncode=0, seconds=3.0)
+    first, second = database.attempts(job.job_id)
+    assert (first["attempt"], first["failure_kind"], first["failed_rank"], first["cfg"]) == (1, "oom", 1, 2)
+    assert (second["attempt"], second["failure_kind"], second["sequence_batch"], second["cfg"]) == (2, None, True, 1)

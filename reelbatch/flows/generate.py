@@ -14,8 +14,9 @@ from reelbatch.infra.storage import normalize_root
 from reelbatch.models.registry import ModelCatalog
 from reelbatch.schemas import RunDefaults
 from reelbatch.settings import DEFAULT_DB_URL, DEFAULT_JOB_TIMEOUT_S, DEFAULT_OUTPUT
-from reelbatch.tasks.collect import collect_job_task
-from reelbatch.tasks.dispatch import prepare_job_task, run_job_task
+from reelbatch.infra.failures import RetryPolicy
+from reelbatch.tasks.dispatch import prepare_job_task
+from reelbatch.tasks.execute import execute_job_task
 from reelbatch.tasks.export import write_dataset_index_task
 from reelbatch.tasks.manifest import read_manifest_task
 from reelbatch.tasks.record import (
@@ -44,18 +45,21 @@ def generate_dataset(
     gpu_memory_gib: float = 80.0,
     objective: Literal["throughput", "latency"] = "throughput",
     resume_run_id: str | None = None,
+    retry_policy: dict | None = None,
 ) -> RunReport:
     """Turn a manifest of prompts into videos under ``output`` and rows in the database at ``db_url``.
 
     Videos an earlier run already made into ``output`` are reused, not generated again (``force`` regenerates
-    them); ``resume_run_id`` continues that run instead of starting a new one.
+    them); ``resume_run_id`` continues that run instead of starting a new one. ``retry_policy`` overrides the
+    retries per failure class, e.g. ``{"rank_crash": {"max_attempts": 5, "backoff_s": 10}}``.
     """
     output = normalize_root(output)
     resumable = {  # what `reelbatch resume` needs to run this again
         "defaults": defaults.model_dump(mode="json"), "strict": strict, "model_paths": model_paths or [],
         "max_samples_per_job": max_samples_per_job, "job_timeout_s": job_timeout_s,
-        "gpu_memory_gib": gpu_memory_gib, "objective": objective,
+        "gpu_memory_gib": gpu_memory_gib, "objective": objective, "retry_policy": retry_policy,
     }
+    policy = RetryPolicy.from_dict(retry_policy)
     catalog = ModelCatalog.from_config(model_paths or [])
     manifest_read = read_manifest_task(manifest, defaults, catalog.names())
     done = find_done_samples_task(db_url, output, manifest_read.rows, force)
@@ -70,8 +74,7 @@ def generate_dataset(
     record_reused_task(db_url, run_id, plan, done)
     specs = [prepare_job_task(planned, run_id, output, db_url, catalog, defaults.fps) for planned in plan.jobs]
     for spec in specs:
-        outcome = run_job_task(spec, db_url, job_timeout_s)
-        collect_job_task(spec, db_url, output, outcome.returncode, outcome.seconds, outcome.error)
+        execute_job_task(spec, db_url, output, job_timeout_s, policy)
     report = finish_run_task(db_url, run_id, plan, output)
     report.dataset = write_dataset_index_task(db_url, run_id, output)
     return report

@@ -234,6 +234,33 @@ class SampleRecord(Base):
     reused_from_run: Mapped[str | None] = mapped_column(String(32))
 
 
+class JobAttemptRecord(Base):
+    """One launch of a job (revision 0003): the plan it ran with and how it ended."""
+
+    __tablename__ = "job_attempts"
+    __table_args__ = (UniqueConstraint("job_id", "attempt"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int]
+    launch_id: Mapped[str | None] = mapped_column(String(32))
+    dp: Mapped[int]
+    cfg: Mapped[int]
+    ulysses: Mapped[int]
+    ring: Mapped[int]
+    sequence_batch: Mapped[bool]
+    samples_count: Mapped[int]
+    returncode: Mapped[int | None]
+    timed_out: Mapped[bool]
+    seconds: Mapped[float | None]
+    failure_kind: Mapped[str | None] = mapped_column(String(32))
+    failed_rank: Mapped[int | None]
+    message: Mapped[str | None] = mapped_column(Text)
+    tail: Mapped[str | None] = mapped_column(Text)
+    retry_delay_s: Mapped[float | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 @dataclass(frozen=True)
 class RunSummary:
     id: str
@@ -933,6 +960,29 @@ class Database:
                 .where(table.c.run_id == resolved)
                 .order_by(table.c.row, table.c.video_index, table.c.id)
             )
+            return [dict(row) for row in rows.mappings()]
+
+    def record_attempt(self, job: JobSpec, attempt: int, **outcome: Any) -> None:
+        """One launch of ``job`` and how it ended (``outcome``: launch_id, returncode, timed_out, seconds,
+        failure_kind, failed_rank, message, tail, retry_delay_s)."""
+        record = JobAttemptRecord(
+            job_id=job.job_id,
+            attempt=attempt,
+            dp=job.plan.dp,
+            cfg=job.plan.cfg,
+            ulysses=job.plan.ulysses,
+            ring=job.plan.ring,
+            sequence_batch=job.bucket.sequence_batch,
+            samples_count=len(job.samples),
+            **{"timed_out": False, **outcome},
+        )
+        with self._writing() as session:
+            session.add(record)
+
+    def attempts(self, job_id: str) -> list[dict[str, Any]]:
+        table = JobAttemptRecord.__table__
+        with self._reading() as session:
+            rows = session.execute(select(table).where(table.c.job_id == job_id).order_by(table.c.attempt))
             return [dict(row) for row in rows.mappings()]
 
     def jobs(self, run_id: str) -> list[dict[str, Any]]:

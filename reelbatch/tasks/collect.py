@@ -1,31 +1,30 @@
-"""Collect a finished job: read the ranks' results, publish the files, record every sample in the database.
+"""Collect a job attempt: read the ranks' results, check and publish the files, record done samples.
 
-A sample is marked done only when its mp4 and sidecar are at their final location. A sample the job never
-reported (crash, timeout) is marked failed with the job's error, so no sample is left running.
+A sample is marked done only when its mp4 decodes and it and its sidecar are at their final location. Samples an
+attempt did not finish stay pending for the next attempt; only the job's last attempt fails them (with its
+error), so no sample is left running.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefect import task
 from pydantic import ValidationError
 
 from reelbatch.infra.db import Database
+from reelbatch.infra.failures import verify_video
 from reelbatch.infra.storage import OutputStore
 from reelbatch.schemas import JobSpec, SampleResult
 from reelbatch.testing import crash_point
 
 
 @dataclass
-class JobCollection:
-    job_id: str
-    status: str  # done | failed
-    done: int
-    failed: int
-    error: str | None
+class Collected:
+    done: list[str] = field(default_factory=list)  # sample ids published and recorded done
+    remaining: list[str] = field(default_factory=list)  # sample ids still to make, in job order
+    problems: dict[str, str] = field(default_factory=dict)  # sample id -> why its output was not accepted
 
 
 def read_results(path: str | Path) -> list[SampleResult]:
@@ -43,42 +42,36 @@ def read_results(path: str | Path) -> list[SampleResult]:
     return results
 
 
-def publish_sample(spec: JobSpec, result: SampleResult, store: OutputStore) -> tuple[SampleResult, str | None]:
+def publish_sample(spec: JobSpec, result: SampleResult, store: OutputStore) -> str | None:
+    """Check the staged mp4 and publish it with its sidecar; the final location, or None if it is unusable."""
     staged_video = Path(spec.output_dir) / (result.file or "")
-    staged_sidecar = staged_video.with_suffix(".json")
-    if not result.file or not staged_video.is_file() or staged_video.stat().st_size == 0:
-        missing = result.model_copy(update={"status": "failed", "error": "the rank reported done but wrote no mp4"})
-        return missing, None
-    store.publish(staged_sidecar, str(Path(result.file).with_suffix(".json")))
-    return result, store.publish(staged_video, result.file)  # the video last: its presence means complete
+    if not result.file or not staged_video.is_file():
+        return None
+    if not verify_video(staged_video, frames=result.frames, height=result.height, width=result.width):
+        return None
+    store.publish(staged_video.with_suffix(".json"), str(Path(result.file).with_suffix(".json")))
+    return store.publish(staged_video, result.file)  # the video last: its presence means complete
 
 
-def collect_job(
-    spec: JobSpec, db_url: str, output_root: str, returncode: int, seconds: float, error: str | None
-) -> JobCollection:
+def collect_attempt(spec: JobSpec, db_url: str, output_root: str) -> Collected:
     store = OutputStore(output_root)
     reported = {r.sample_id: r for r in read_results(spec.results_path)}
-    expected = {s.sample_id for s in spec.samples}
-    results, output_paths = [], {}
-    for sample_id, result in reported.items():
-        if sample_id not in expected:
+    collected, done_results, output_paths = Collected(), [], {}
+    for sample in spec.samples:
+        result = reported.get(sample.sample_id)
+        if result is None:
+            collected.remaining.append(sample.sample_id)
             continue
-        if result.status == "done":
-            result, final = publish_sample(spec, result, store)
-            if final:
-                output_paths[sample_id] = final
-                crash_point("collect")
-        results.append(result)
-
-    done = sum(r.status == "done" for r in results)
-    failed = len(spec.samples) - done
-    if returncode != 0 and error is None:
-        error = f"job exited with code {returncode}"
-    status = "done" if returncode == 0 and failed == 0 else "failed"
-    with Database(db_url) as db:
-        db.record_sample_results(spec.job_id, results, output_paths)
-        db.finish_job(spec.job_id, status=status, returncode=returncode, seconds=seconds, error=error)
-    return JobCollection(spec.job_id, status, done, failed, error)
-
-
-collect_job_task = task(name="collect-job-results")(collect_job)
+        final = publish_sample(spec, result, store) if result.status == "done" else None
+        if final is None:
+            collected.remaining.append(sample.sample_id)
+            collected.problems[sample.sample_id] = result.error or "the mp4 is missing or does not decode"
+            continue
+        output_paths[sample.sample_id] = final
+        done_results.append(result)
+        collected.done.append(sample.sample_id)
+        crash_point("collect")
+    if done_results:
+        with Database(db_url) as db:
+            db.record_sample_results(spec.job_id, done_results, output_paths)
+    return collected

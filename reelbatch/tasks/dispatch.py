@@ -17,6 +17,8 @@ from prefect.exceptions import MissingContextError
 from reelbatch import progress
 from reelbatch.engine.events import EVENT_PREFIX
 from reelbatch.infra.db import Database
+from reelbatch.engine.faults import ATTEMPT_ENV
+from reelbatch.infra.failures import Failure, classify
 from reelbatch.infra.launcher import launch, new_launch_id
 from reelbatch.testing import crash_point
 from reelbatch.infra.storage import work_root
@@ -25,7 +27,6 @@ from reelbatch.schemas import JobSpec
 from reelbatch.tasks.shard import PlannedJob
 
 RANK_ENTRY = "reelbatch.engine.rank"
-ERROR_TAIL_LINES = 8
 
 
 @dataclass
@@ -34,7 +35,8 @@ class JobOutcome:
     seconds: float
     timed_out: bool
     log_path: str
-    error: str | None = None
+    launch_id: str
+    failure: Failure | None = None  # None when the ranks exited cleanly
 
 
 def job_dir(output: str, run_id: str, job_id: str) -> Path:
@@ -74,17 +76,8 @@ def spec_path(spec: JobSpec) -> Path:
     return Path(spec.results_path).parent / "job.json"
 
 
-def _failure_summary(returncode: int, timed_out: bool, first_failed_rank: int | None, tail: list[str]) -> str:
-    if timed_out:
-        head = f"timed out (exit {returncode})"
-    else:
-        head = f"exit code {returncode}" + (f", rank {first_failed_rank} failed first" if first_failed_rank is not None else "")
-    lines = [line for line in tail if line.strip() and not line.startswith(EVENT_PREFIX)]
-    return head + ("\n" + "\n".join(lines[-ERROR_TAIL_LINES:]) if lines else "")
-
-
-def run_job(spec: JobSpec, db_url: str, timeout_s: float | None = None) -> JobOutcome:
-    """Launch the job's ranks and wait for them; never raises for a failed job (the outcome says so)."""
+def run_job(spec: JobSpec, db_url: str, timeout_s: float | None = None, attempt: int = 1) -> JobOutcome:
+    """Launch the job's ranks and wait for them; never raises for a failed job (the outcome classifies it)."""
     try:
         logger = get_run_logger()
     except MissingContextError:  # called outside a flow (tests, scripts)
@@ -120,12 +113,13 @@ def run_job(spec: JobSpec, db_url: str, timeout_s: float | None = None) -> JobOu
         timeout_s=timeout_s,
         on_line=on_line,
         launch_id=launch_id,
+        env={ATTEMPT_ENV: str(attempt)},
     )
-    failed = result.returncode != 0 or result.timed_out
-    error = _failure_summary(result.returncode, result.timed_out, result.first_failed_rank, result.tail) if failed else None
-    sink.job_finished(spec.job_id, "failed" if failed else "done")
-    return JobOutcome(result.returncode, round(result.seconds, 3), result.timed_out, str(result.log_path), error)
+    failure = classify(result) if result.returncode != 0 or result.timed_out else None
+    sink.job_finished(spec.job_id, failure.kind if failure else "done")
+    return JobOutcome(
+        result.returncode, round(result.seconds, 3), result.timed_out, str(result.log_path), launch_id, failure
+    )
 
 
 prepare_job_task = task(name="prepare-job")(prepare_job)
-run_job_task = task(name="run-job-ranks")(run_job)

@@ -1,0 +1,117 @@
+"""Run one job to its end: launch, collect, and on failure retry as the failure's class says.
+
+Each attempt runs only the samples still missing, in a fresh folder, and is recorded in ``job_attempts`` with its
+plan and outcome. An out-of-memory failure retries with a lower-memory plan: ``sequence_batch`` on (the two
+guidance passes one after another), which turns CFG parallel off (its ranks become data parallel), one sample
+per forward. The job row ends with the plan that last ran.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import task
+
+from reelbatch.infra.db import Database
+from reelbatch.infra.failures import Failure, RetryPolicy
+from reelbatch.schemas import JobSpec, ParallelPlan
+from reelbatch.tasks.collect import collect_attempt
+from reelbatch.tasks.dispatch import JobOutcome, run_job
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    status: str  # done | failed
+    attempts: int
+    done: int
+    failed: int
+    failure_kind: str | None = None
+
+
+def lower_memory_variant(spec: JobSpec) -> JobSpec | None:
+    """The same job with less memory per rank, or None when it already runs the leanest way reelbatch knows."""
+    if spec.bucket.sequence_batch and spec.plan.cfg == 1 and spec.micro_batch == 1:
+        return None
+    plan = ParallelPlan(dp=spec.plan.dp * spec.plan.cfg, cfg=1, ulysses=spec.plan.ulysses, ring=spec.plan.ring)
+    return spec.model_copy(
+        update={
+            "bucket": spec.bucket.model_copy(update={"sequence_batch": True}),
+            "plan": plan,
+            "micro_batch": 1,
+        }
+    )
+
+
+def next_attempt(spec: JobSpec, remaining: list[str], lower_memory: bool) -> JobSpec | None:
+    """The job narrowed to its remaining samples, in a fresh folder (a stuck rank may still write the old one)."""
+    if lower_memory:
+        spec = lower_memory_variant(spec)
+        if spec is None:
+            return None
+    keep = set(remaining)
+    samples = [s for s in spec.samples if s.sample_id in keep]
+    folder = Path(spec.results_path).parent.parent / uuid.uuid4().hex[:8]
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = spec.model_copy(
+        update={
+            "samples": samples,
+            "padded_slots": -len(samples) % spec.plan.dp,
+            "output_dir": str(folder / "staging"),
+            "results_path": str(folder / "results.jsonl"),
+        }
+    )
+    (folder / "job.json").write_text(spec.model_dump_json(indent=2), encoding="utf-8")
+    return spec
+
+
+def _failure_of(outcome: JobOutcome, problems: dict[str, str]) -> Failure:
+    if outcome.failure is not None:
+        return outcome.failure
+    # The ranks exited cleanly but some output is unusable (a corrupt or missing mp4).
+    detail = "; ".join(sorted(set(problems.values()))) or "some samples were not reported"
+    return Failure(kind="unknown", rank=None, message=f"the job ended without usable output: {detail}", tail=[])
+
+
+def execute_job(spec: JobSpec, db_url: str, output: str, timeout_s: float, policy: RetryPolicy) -> JobResult:
+    total = len(spec.samples)
+    attempt, done = 1, 0
+    while True:
+        outcome = run_job(spec, db_url, timeout_s, attempt)
+        collected = collect_attempt(spec, db_url, output)
+        done += len(collected.done)
+        failure = None if not collected.remaining else _failure_of(outcome, collected.problems)
+        decision = policy.decide(failure, attempt) if failure else None
+        attempt_fields = dict(
+            launch_id=outcome.launch_id, returncode=outcome.returncode, timed_out=outcome.timed_out,
+            seconds=outcome.seconds,
+        )
+        if failure:
+            attempt_fields.update(
+                failure_kind=failure.kind, failed_rank=failure.rank, message=failure.message,
+                tail="\n".join(failure.tail), retry_delay_s=decision.delay_s if decision.retry else None,
+            )
+        with Database(db_url) as db:
+            db.record_attempt(spec, attempt, **attempt_fields)
+        retry_spec = next_attempt(spec, collected.remaining, decision.lower_memory) if decision and decision.retry else None
+        if retry_spec is None:
+            status = "failed" if failure else "done"
+            error = None
+            if failure:
+                error = f"[{failure.kind}] after {attempt} attempt(s): {failure.message}\n" + "\n".join(failure.tail[-8:])
+            with Database(db_url) as db:
+                db.finish_job(spec.job_id, status=status, returncode=outcome.returncode, seconds=outcome.seconds,
+                              error=error)
+            return JobResult(spec.job_id, status, attempt, done, total - done, failure.kind if failure else None)
+        time.sleep(decision.delay_s)
+        if retry_spec.plan != spec.plan or retry_spec.bucket != spec.bucket:
+            with Database(db_url) as db:  # the job row records the plan that runs now
+                db.add_job(spec.run_id, retry_spec, backend=retry_spec.backend, log_path=str(
+                    Path(retry_spec.results_path).parent / "ranks.log"))
+        spec, attempt = retry_spec, attempt + 1
+
+
+execute_job_task = task(name="run-job")(execute_job)
