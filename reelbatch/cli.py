@@ -16,8 +16,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from reelbatch.settings import DEFAULT_JOB_TIMEOUT_S
-
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
 app = typer.Typer(
@@ -252,7 +250,7 @@ def run(
     strict: Annotated[bool, typer.Option("--strict", help="Refuse the whole run if any row is bad.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Regenerate videos an earlier run already made into --out.")] = False,
     max_samples_per_job: Annotated[int, typer.Option(min=1, help="Largest job, in samples.")] = 32,
-    job_timeout: Annotated[float, typer.Option(min=1, help="Wall-clock limit per job, seconds; the job's ranks are killed after it.")] = DEFAULT_JOB_TIMEOUT_S,
+    job_timeout: Annotated[Optional[float], typer.Option(min=1, help="Wall-clock limit per job attempt, seconds; its ranks are killed after it. Default: the cost model's estimate x 3, at least 15 min.")] = None,
     model_path: ModelPathOpt = None,
     models_file: ModelsFileOpt = None,
     model: ModelOpt = None,
@@ -368,7 +366,7 @@ def resume(
         strict=params.get("strict", False),
         model_paths=params.get("model_paths", []),
         max_samples_per_job=params.get("max_samples_per_job", 32),
-        job_timeout_s=params.get("job_timeout_s", DEFAULT_JOB_TIMEOUT_S),
+        job_timeout_s=params.get("job_timeout_s"),
         gpu_memory_gib=params.get("gpu_memory_gib", 80.0),
         objective=params.get("objective", "throughput"),
         retry_policy=params.get("retry_policy"),

@@ -169,6 +169,7 @@ class JobSpec(BaseModel):
     output_dir: str = Field(description="Local folder the ranks write mp4 and sidecar files into.")
     results_path: str = Field(description="JSONL file rank 0 appends one SampleResult per sample to.")
     micro_batch: int = Field(1, ge=1, description="Samples one rank pushes through the transformer at once.")
+    timeout_s: float | None = Field(None, description="The planner's wall-clock limit for the job (orchestrator side).")
     collective_timeout_s: float = Field(1800.0, description="Process-group timeout; outlasts single-rank phases.")
     keep_frames: bool = Field(False, description="Also save the float frames as .npy (verification only).")
 

@@ -2,4 +2,7 @@
 
 DEFAULT_DB_URL = "sqlite:///reelbatch.db"
 DEFAULT_OUTPUT = "outputs"
-DEFAULT_JOB_TIMEOUT_S = 6 * 3600.0  # wall clock per job; generous until the cost model sizes it
+# Wall clock per job when not given: the cost model's estimate times a margin, never below a floor that covers
+# starting the ranks and loading the pipeline.
+JOB_TIMEOUT_MARGIN = 3.0
+JOB_TIMEOUT_FLOOR_S = 900.0

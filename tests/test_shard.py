@@ -185,3 +185,15 @@ def test_ring_is_not_offered_for_hunyuan_native():
     check = validate_plan(bucket, family, ParallelPlan(ring=2), world_size=2, backend="native", device="cuda")
     assert not check.ok and check.problems[0].fix
     assert validate_plan(bucket, family, ParallelPlan(ulysses=2), world_size=2, backend="native", device="cuda").ok
+
+
+def test_job_timeout_follows_the_cost_estimate_with_a_floor():
+    from reelbatch.settings import JOB_TIMEOUT_FLOOR_S, JOB_TIMEOUT_MARGIN
+
+    tiny = plan_run([row()], [], 1, CATALOG, gpus=2).jobs[0]
+    assert tiny.timeout_s == JOB_TIMEOUT_FLOOR_S  # seconds of work: the floor covers start-up and loading
+    long_rows = [row(line=2 + i, model="hunyuanvideo", height=720, width=1280, num_frames=129,
+                     num_inference_steps=50, seed=i) for i in range(8)]
+    big = plan_run(long_rows, [], 8, CATALOG, gpus=8, device="cuda").jobs[0]
+    wall = big.estimated_gpu_seconds / big.plan.world_size
+    assert big.timeout_s == pytest.approx(JOB_TIMEOUT_MARGIN * wall) and big.timeout_s > JOB_TIMEOUT_FLOOR_S

@@ -13,7 +13,7 @@ from prefect import flow
 from reelbatch.infra.storage import normalize_root
 from reelbatch.models.registry import ModelCatalog
 from reelbatch.schemas import RunDefaults
-from reelbatch.settings import DEFAULT_DB_URL, DEFAULT_JOB_TIMEOUT_S, DEFAULT_OUTPUT
+from reelbatch.settings import DEFAULT_DB_URL, DEFAULT_OUTPUT
 from reelbatch.infra.failures import RetryPolicy
 from reelbatch.tasks.dispatch import prepare_job_task
 from reelbatch.tasks.execute import execute_job_task
@@ -41,7 +41,7 @@ def generate_dataset(
     force: bool = False,
     model_paths: list[str] | None = None,
     max_samples_per_job: int = DEFAULT_MAX_SAMPLES_PER_JOB,
-    job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S,
+    job_timeout_s: float | None = None,
     gpu_memory_gib: float = 80.0,
     objective: Literal["throughput", "latency"] = "throughput",
     resume_run_id: str | None = None,

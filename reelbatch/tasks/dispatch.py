@@ -65,6 +65,7 @@ def prepare_job(
         fps=fps,
         output_dir=str(folder / "staging"),
         results_path=str(folder / "results.jsonl"),
+        timeout_s=planned.timeout_s,
     )
     (folder / "job.json").write_text(spec.model_dump_json(indent=2), encoding="utf-8")
     with Database(db_url) as db:

@@ -76,7 +76,11 @@ def _failure_of(outcome: JobOutcome, problems: dict[str, str]) -> Failure:
     return Failure(kind="unknown", rank=None, message=f"the job ended without usable output: {detail}", tail=[])
 
 
-def execute_job(spec: JobSpec, db_url: str, output: str, timeout_s: float, policy: RetryPolicy) -> JobResult:
+def execute_job(
+    spec: JobSpec, db_url: str, output: str, timeout_s: float | None, policy: RetryPolicy
+) -> JobResult:
+    """``timeout_s``: the wall-clock limit per attempt; None takes the planner's estimate with a margin."""
+    timeout_s = timeout_s or spec.timeout_s
     total = len(spec.samples)
     attempt, done = 1, 0
     while True:
