@@ -80,6 +80,14 @@ ObjectiveOpt = Annotated[
     str,
     typer.Option("--objective", help="throughput: most videos per GPU-hour; latency: each video as fast as possible.", rich_help_panel="Parallelism"),
 ]
+LimitOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--limit", help="NAME=N manifest limit (max_prompt_chars, max_rows, max_num_videos, max_frames, max_side, max_steps). Repeatable."),
+]
+RetryOpt = Annotated[
+    Optional[str],
+    typer.Option("--retry-policy", help='JSON retries per failure class, e.g. {"rank_crash": {"max_attempts": 5, "backoff_s": 10}}; classes: oom, collective_timeout, rank_crash, timeout, bad_input, model_load, unknown.'),
+]
 FpsOpt = Annotated[Optional[int], typer.Option("--fps", help="Frame rate of the written mp4 files.", rich_help_panel="Row defaults")]
 
 
@@ -110,6 +118,34 @@ def _defaults(**overrides):
         _fail(problems)
 
 
+def _limits(entries: list[str] | None) -> dict[str, int]:
+    from dataclasses import fields
+
+    from reelbatch.tasks.manifest import ManifestLimits
+
+    known = {f.name for f in fields(ManifestLimits)}
+    limits = {}
+    for entry in entries or []:
+        name, _, value = entry.partition("=")
+        if name not in known or not value.isdigit():
+            _fail(f"--limit {entry!r}: expected NAME=N with NAME one of {', '.join(sorted(known))}")
+        limits[name] = int(value)
+    return limits
+
+
+def _retry_policy(text: str | None) -> dict | None:
+    from reelbatch.infra.failures import RetryPolicy
+
+    if text is None:
+        return None
+    try:
+        policy = json.loads(text)
+        RetryPolicy.from_dict(policy)
+    except (ValueError, TypeError) as exc:
+        _fail(f"--retry-policy: {exc}")
+    return policy
+
+
 def _objective(objective: str) -> str:
     if objective not in OBJECTIVES:
         _fail(f"--objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
@@ -132,7 +168,7 @@ def _catalog(model_path, models_file):
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_USAGE)
 
 
@@ -174,12 +210,13 @@ def plan(
     backend: BackendOpt = None,
     gpu_memory_gib: MemoryOpt = 80.0,
     objective: ObjectiveOpt = "throughput",
+    limit: LimitOpt = None,
 ) -> None:
     """Dry run: validate the manifest and show the jobs that `run` would launch. Nothing runs.
 
     Exit 0 when every row is accepted, 1 when some rows are rejected, 2 for usage or file errors.
     """
-    from reelbatch.tasks.manifest import ManifestError, read_manifest
+    from reelbatch.tasks.manifest import ManifestError, ManifestLimits, read_manifest
     from reelbatch.tasks.shard import plan_run
 
     defaults = _defaults(
@@ -190,7 +227,7 @@ def plan(
     objective = _objective(objective)
     catalog = _catalog(model_path, models_file)
     try:
-        read = read_manifest(manifest, defaults, catalog.names())
+        read = read_manifest(manifest, defaults, catalog.names(), ManifestLimits(**_limits(limit)))
     except ManifestError as exc:
         _fail(str(exc))
     run_plan = plan_run(
@@ -267,6 +304,8 @@ def run(
     backend: BackendOpt = None,
     gpu_memory_gib: MemoryOpt = 80.0,
     objective: ObjectiveOpt = "throughput",
+    limit: LimitOpt = None,
+    retry_policy: RetryOpt = None,
 ) -> None:
     """Generate every video of the manifest and record runs, jobs and samples in the database.
 
@@ -308,6 +347,8 @@ def run(
         job_timeout_s=job_timeout,
         gpu_memory_gib=gpu_memory_gib,
         objective=objective,
+        limits=_limits(limit),
+        retry_policy=_retry_policy(retry_policy),
     )
 
 
@@ -370,6 +411,7 @@ def resume(
         gpu_memory_gib=params.get("gpu_memory_gib", 80.0),
         objective=params.get("objective", "throughput"),
         retry_policy=params.get("retry_policy"),
+        limits=params.get("limits"),
         resume_run_id=record["id"],
     )
 

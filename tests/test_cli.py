@@ -88,3 +88,12 @@ def test_help_teaches_the_commands():
         assert command in done.stdout
     run_help = reelbatch("run", "--help").stdout
     assert "--gpus-per-node" in run_help and "--strict" in run_help and "--db" in run_help
+
+
+def test_manifest_limits_are_configurable(tmp_path):
+    manifest = write(tmp_path, "prompt\n" + "".join(f"prompt {i}\n" for i in range(3)))
+    done = reelbatch("plan", manifest, "--limit", "max_rows=2")
+    assert done.returncode == 2 and "more than 2 rows" in done.stderr and "Traceback" not in done.stderr
+    long_prompt = write(tmp_path, "prompt\n" + "x" * 50 + "\n", name="long.csv")
+    rejected = json.loads(reelbatch("plan", long_prompt, "--limit", "max_prompt_chars=10", "--json").stdout)
+    assert rejected["rejected"][0]["rule"] == "prompt_too_long"

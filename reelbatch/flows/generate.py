@@ -18,7 +18,7 @@ from reelbatch.infra.failures import RetryPolicy
 from reelbatch.tasks.dispatch import prepare_job_task
 from reelbatch.tasks.execute import execute_job_task
 from reelbatch.tasks.export import write_dataset_index_task
-from reelbatch.tasks.manifest import read_manifest_task
+from reelbatch.tasks.manifest import ManifestLimits, read_manifest_task
 from reelbatch.tasks.record import (
     RunReport,
     find_done_samples_task,
@@ -46,22 +46,24 @@ def generate_dataset(
     objective: Literal["throughput", "latency"] = "throughput",
     resume_run_id: str | None = None,
     retry_policy: dict | None = None,
+    limits: dict | None = None,
 ) -> RunReport:
     """Turn a manifest of prompts into videos under ``output`` and rows in the database at ``db_url``.
 
     Videos an earlier run already made into ``output`` are reused, not generated again (``force`` regenerates
     them); ``resume_run_id`` continues that run instead of starting a new one. ``retry_policy`` overrides the
-    retries per failure class, e.g. ``{"rank_crash": {"max_attempts": 5, "backoff_s": 10}}``.
+    retries per failure class, e.g. ``{"rank_crash": {"max_attempts": 5, "backoff_s": 10}}``; ``limits`` the
+    manifest limits (``ManifestLimits`` fields, e.g. ``{"max_rows": 100000, "max_prompt_chars": 1000}``).
     """
     output = normalize_root(output)
     resumable = {  # what `reelbatch resume` needs to run this again
         "defaults": defaults.model_dump(mode="json"), "strict": strict, "model_paths": model_paths or [],
         "max_samples_per_job": max_samples_per_job, "job_timeout_s": job_timeout_s,
-        "gpu_memory_gib": gpu_memory_gib, "objective": objective, "retry_policy": retry_policy,
+        "gpu_memory_gib": gpu_memory_gib, "objective": objective, "retry_policy": retry_policy, "limits": limits,
     }
     policy = RetryPolicy.from_dict(retry_policy)
     catalog = ModelCatalog.from_config(model_paths or [])
-    manifest_read = read_manifest_task(manifest, defaults, catalog.names())
+    manifest_read = read_manifest_task(manifest, defaults, catalog.names(), ManifestLimits(**(limits or {})))
     done = find_done_samples_task(db_url, output, manifest_read.rows, force)
     plan = plan_run_task(
         manifest_read.rows, manifest_read.rejections, manifest_read.total_rows, catalog, gpus_per_node,
