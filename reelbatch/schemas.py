@@ -170,6 +170,7 @@ class JobSpec(BaseModel):
     results_path: str = Field(description="JSONL file rank 0 appends one SampleResult per sample to.")
     micro_batch: int = Field(1, ge=1, description="Samples one rank pushes through the transformer at once.")
     timeout_s: float | None = Field(None, description="The planner's wall-clock limit for the job (orchestrator side).")
+    vae_tiling: bool = Field(False, description="Decode in tiles (less memory; set by the out-of-memory retry).")
     collective_timeout_s: float = Field(1800.0, description="Process-group timeout; outlasts single-rank phases.")
     keep_frames: bool = Field(False, description="Also save the float frames as .npy (verification only).")
 

@@ -137,6 +137,8 @@ def run_job(spec: JobSpec) -> int:
         emit("loading", rank=ctx.rank, model=spec.bucket.model, device=str(ctx.device))
         faults.on_load()
         pipe = load_pipeline(spec.model_path, ctx.device)
+        if spec.vae_tiling:  # decodes in tiles: the peak of VAE decode, where most video OOMs happen, drops
+            pipe.vae.enable_tiling()
         enable_sequence_parallel(pipe, spec.family, ctx)
         sampler = VideoSampler(ADAPTERS[spec.family](pipe, spec.bucket, ctx.device), ctx)
         emit("loaded", rank=ctx.rank)

@@ -268,7 +268,7 @@ class ModelCatalog:
         if name in FAMILIES:
             return FAMILIES[name]
         if name in self.paths:
-            return _family_from_folder(name, Path(self.paths[name]))
+            return family_from_folder(name, Path(self.paths[name]))
         raise UnknownModel(name)
 
     def local_path(self, name: str) -> Path:
@@ -292,7 +292,7 @@ def _weights_gib(folder: Path) -> float:
     return total / 2**30
 
 
-def _family_from_folder(name: str, folder: Path) -> ModelFamily:
+def family_from_folder(name: str, folder: Path) -> ModelFamily:
     """Read the facts of a configured checkpoint from its own config files (no weights loaded)."""
     try:
         index = json.loads((folder / "model_index.json").read_text())

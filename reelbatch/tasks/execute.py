@@ -15,8 +15,11 @@ from pathlib import Path
 
 from prefect import task
 
+from reelbatch.infra.cluster import visible_gpus
 from reelbatch.infra.db import Database
 from reelbatch.infra.failures import Failure, RetryPolicy
+from reelbatch.models.registry import family_from_folder
+from reelbatch.planning import validate_plan
 from reelbatch.schemas import JobSpec, ParallelPlan
 from reelbatch.tasks.collect import collect_attempt
 from reelbatch.tasks.dispatch import JobOutcome, run_job
@@ -33,17 +36,25 @@ class JobResult:
 
 
 def lower_memory_variant(spec: JobSpec) -> JobSpec | None:
-    """The same job with less memory per rank, or None when it already runs the leanest way reelbatch knows."""
-    if spec.bucket.sequence_batch and spec.plan.cfg == 1 and spec.micro_batch == 1:
+    """The same job with less memory per rank, or None when it already runs the leanest way reelbatch knows.
+
+    First step: guidance passes one after another (so no CFG parallel: its ranks become data parallel), one
+    sample per forward, VAE decode in tiles. Next step: the data-parallel ranks become Ulysses ranks, so each
+    holds a slice of the sequence, if the family's rules allow that degree.
+    """
+    b = spec.bucket
+    if not (b.sequence_batch and spec.plan.cfg == 1 and spec.micro_batch == 1 and spec.vae_tiling):
+        plan = ParallelPlan(dp=spec.plan.dp * spec.plan.cfg, cfg=1, ulysses=spec.plan.ulysses, ring=spec.plan.ring)
+        lean = b.model_copy(update={"sequence_batch": True})
+        return spec.model_copy(update={"bucket": lean, "plan": plan, "micro_batch": 1, "vae_tiling": True})
+    if spec.plan.dp == 1:
         return None
-    plan = ParallelPlan(dp=spec.plan.dp * spec.plan.cfg, cfg=1, ulysses=spec.plan.ulysses, ring=spec.plan.ring)
-    return spec.model_copy(
-        update={
-            "bucket": spec.bucket.model_copy(update={"sequence_batch": True}),
-            "plan": plan,
-            "micro_batch": 1,
-        }
-    )
+    plan = ParallelPlan(dp=1, cfg=1, ulysses=spec.plan.ulysses * spec.plan.dp, ring=spec.plan.ring)
+    family = family_from_folder(b.model, Path(spec.model_path))
+    device = "cuda" if visible_gpus() else "cpu"
+    if not validate_plan(b, family, plan, world_size=plan.world_size, backend=spec.backend, device=device).ok:
+        return None
+    return spec.model_copy(update={"plan": plan})
 
 
 def next_attempt(spec: JobSpec, remaining: list[str], lower_memory: bool) -> JobSpec | None:
