@@ -241,6 +241,43 @@ def plan(
     raise typer.Exit(EXIT_PARTIAL if run_plan.rejected else EXIT_OK)
 
 
+@app.command()
+def simulate(
+    manifest: ManifestArg,
+    nodes: Annotated[int, typer.Option(min=1, help="Nodes in the fleet.")] = 1,
+    gpus: Annotated[int, typer.Option("--gpus-per-node", "--gpus", min=1, help="GPUs per node.")] = 8,
+    gpu: Annotated[str, typer.Option(help="GPU type for the cost model: h100, a800 or rtx4090.")] = "h100",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the simulation as JSON.")] = False,
+    objective: ObjectiveOpt = "throughput",
+    model_path: ModelPathOpt = None,
+    models_file: ModelsFileOpt = None,
+) -> None:
+    """What a manifest will cost on a fleet, before it runs: the real planner and packer, then an event simulation.
+
+    Prints makespan, its lower bound, GPU utilisation, padding and GPU-hours, and the same for the naive policy
+    (one job per prompt, ulysses = GPUs per node), as single-prompt scripts do. No GPU is needed.
+    """
+    from reelbatch.planning.simulate import simulate as run_simulation
+    from reelbatch.tasks.manifest import ManifestError, read_manifest
+
+    catalog = _catalog(model_path, models_file)
+    try:
+        read = read_manifest(manifest, _defaults(), catalog.names())
+        report = run_simulation(read, nodes=nodes, gpus_per_node=gpus, gpu=gpu.lower(), catalog=catalog,
+                                objective=_objective(objective))
+    except ManifestError as exc:
+        _fail(str(exc))
+    except (KeyError, ValueError) as exc:
+        _fail(f"simulate: {exc}")
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        for line in report.summary_lines():
+            out.print(line, highlight=False)
+        _print_rejections(report.run_plan.rejected)
+    raise typer.Exit(EXIT_PARTIAL if report.run_plan.rejected else EXIT_OK)
+
+
 def _print_plan(run_plan, gpus: int) -> None:
     from reelbatch.schemas import ParallelPlan
 

@@ -97,3 +97,19 @@ def test_manifest_limits_are_configurable(tmp_path):
     long_prompt = write(tmp_path, "prompt\n" + "x" * 50 + "\n", name="long.csv")
     rejected = json.loads(reelbatch("plan", long_prompt, "--limit", "max_prompt_chars=10", "--json").stdout)
     assert rejected["rejected"][0]["rule"] == "prompt_too_long"
+
+
+def test_simulate_reports_the_fleet_figures(tmp_path):
+    manifest = write(
+        tmp_path,
+        "prompt,model,height,width,num_frames,num_inference_steps\n"
+        + "".join(f"video {i},wan2.1-t2v-14b,480,832,81,50\n" for i in range(20))
+        + "".join(f"clip {i},hunyuanvideo,544,960,97,30\n" for i in range(12)),
+    )
+    done = reelbatch("simulate", manifest, "--nodes", "2", "--gpus-per-node", "8", "--gpu", "h100", "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    keys = {"makespan_s", "lower_bound_s", "ratio", "gpu_utilization", "padding_ratio", "gpu_hours"}
+    assert keys <= set(doc) and keys <= set(doc["naive"])
+    assert doc["makespan_s"] >= doc["lower_bound_s"] > 0 and doc["ratio"] >= 1.0
+    assert 0 < doc["gpu_utilization"] <= 1.0

@@ -11,20 +11,13 @@ exceeds ``gpu_memory_gib``. The survivors are ranked:
   ``estimated_gpu_seconds`` shows the waste).
 * ``latency``: shortest wall time for one sample. dp does not help one sample; CFG and sequence parallel do.
 
-The cost model is deliberately simple (a calibrated one is a later issue): one sample on one H100 takes
-``family.step_seconds_100k * (tokens / 100k) ** TOKENS_EXPONENT * steps * passes`` seconds (passes = 2 with CFG),
-and a plan divides that by its efficiency. Efficiencies come from /work/shared/design/timings.csv (speed-up over
-one GPU divided by the GPU count):
-
-* CFG parallel 2: SkyReels-V1 A800 0.996, SkyReels-V1 fp8 RTX 4090 0.980, ConsisID H100 0.962 -> mean 0.98.
-* Ulysses u: 1 - 0.029 (u - 1). HunyuanVideo H100 u2/u4/u8 1.02/0.93/0.71, Wan2.1 14B H100 0.97/0.92/0.80,
-  xDiT HunyuanVideo u3/u6 0.90/0.79; the line gives 0.97/0.91/0.80 at 2/4/8. SkyReels-V1 cfg2+u2 (0.94) and
-  cfg2+u4 (0.90) match the product of the two factors (0.95, 0.89).
-* Ring r: 1 - 0.08 (r - 1), i.e. 0.92/0.76/0.44 at 2/4/8: below Ulysses at every degree, as the field reports
-  (Wan2.1 1.3B ring8 0.29 on RTX 4090; ConsisID cfg2+ring2 0.71 is a small model dominated by communication).
-* TOKENS_EXPONENT 1.3: SkyReels-V1 720x720x25 (14k tokens, 2.4 s per pass-step) against HunyuanVideo
-  720x1280x129 (119k tokens, 38 s) on H100: ln(38/2.4) / ln(119/14) = 1.30, between linear layers (1) and
-  attention (2).
+The cost model is ``planning/cost.py`` (calibrated on /work/shared/design/timings.csv, docs/COST_MODEL.md): one
+sample on one GPU takes ``base(family) * (tokens / 100k) ** 1.29 * steps * passes * gpu_factor`` seconds (passes = 2
+with CFG), and a plan divides that by its efficiency, ``exp(-(0.023 [cfg=2] + 0.040 (ulysses * ring - 1)))``
+times 0.906 when ring is used: on H100 CFG parallel 0.977, Ulysses 2/4/8 0.961/0.888/0.758, ring 2/8 0.871/0.687.
+That reproduces the field's order (data parallel, then CFG, then Ulysses, then ring). Estimates are for H100 unless
+``choose_plan`` gets a ``cost_model`` on another GPU type (``CostModel.on("a800")``); the ranking does not depend on
+the GPU type (its communication factor scales every loss alike).
 
 The memory model: ``family.param_memory_gib`` (every rank holds all weights: Ulysses and ring split activations,
 not weights) + ``family.activation_gib_per_ktoken`` * tokens / sp / 1000, doubled when the rank batches the cond
@@ -37,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 from reelbatch.models.registry import ModelFamily
+from reelbatch.planning.cost import REFERENCE_TOKENS, TOKENS_EXPONENT  # noqa: F401 (were defined here)
+from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel
 from reelbatch.planning.rules import (
     PlanProblem,
     bucket_problems,
@@ -52,32 +47,20 @@ Objective = Literal["throughput", "latency"]
 OBJECTIVES: tuple[Objective, ...] = ("throughput", "latency")
 
 DEFAULT_GPU_MEMORY_GIB = 80.0
-TOKENS_EXPONENT = 1.3
-REFERENCE_TOKENS = 100_000
-CFG_PARALLEL_EFFICIENCY = 0.98
-ULYSSES_LOSS_PER_EXTRA_RANK = 0.029
-RING_LOSS_PER_EXTRA_RANK = 0.08
-LOWEST_DEGREE_EFFICIENCY = 0.1  # keeps the linear laws positive for degrees far beyond the data
 LARGEST_GPU_COUNT_TO_SUGGEST = 64
 
 
 # --- Cost and memory model ----------------------------------------------------------------------------------------
 
 
-def plan_efficiency(plan: ParallelPlan) -> float:
+def plan_efficiency(plan: ParallelPlan, cost_model: CostModel | None = None) -> float:
     """Speed-up of one parallel group over one GPU, divided by the group's GPU count (dp costs nothing)."""
-    cfg = CFG_PARALLEL_EFFICIENCY if plan.cfg == 2 else 1.0
-    ulysses = max(LOWEST_DEGREE_EFFICIENCY, 1 - ULYSSES_LOSS_PER_EXTRA_RANK * (plan.ulysses - 1))
-    ring = max(LOWEST_DEGREE_EFFICIENCY, 1 - RING_LOSS_PER_EXTRA_RANK * (plan.ring - 1))
-    return cfg * ulysses * ring
+    return (cost_model or DEFAULT_COST_MODEL).efficiency(plan)
 
 
-def single_gpu_seconds(bucket: BucketKey, family: ModelFamily) -> float:
-    """Estimated seconds for one sample on one H100 (the denoising loop; encode and decode are not modelled)."""
-    tokens = family.tokens(bucket.height, bucket.width, bucket.num_frames)
-    passes = 2 if bucket.uses_cfg else 1
-    per_step = family.step_seconds_100k * (tokens / REFERENCE_TOKENS) ** TOKENS_EXPONENT
-    return per_step * bucket.num_inference_steps * passes
+def single_gpu_seconds(bucket: BucketKey, family: ModelFamily, cost_model: CostModel | None = None) -> float:
+    """Estimated seconds for one sample on one GPU (H100 unless ``cost_model`` says otherwise)."""
+    return (cost_model or DEFAULT_COST_MODEL).single_gpu_seconds(bucket, family)
 
 
 def memory_gib_per_gpu(bucket: BucketKey, family: ModelFamily, plan: ParallelPlan) -> float:
@@ -134,11 +117,13 @@ def choose_plan(
     device: str = "cuda",
     gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
     objective: Objective = "throughput",
+    cost_model: CostModel | None = None,
 ) -> PlanChoice:
     """The best plan for ``bucket`` on ``gpus`` ranks, or none with the problem to fix.
 
     A plan pinned on the bucket is validated and never changed (exceeding the memory estimate is then a warning:
-    the estimate is rough and the operator chose). ``backend`` defaults to the bucket's.
+    the estimate is rough and the operator chose). ``backend`` defaults to the bucket's. ``cost_model`` (default:
+    the calibrated H100 model) gives the estimates in the choice.
     """
     if gpus < 1:
         raise ValueError("gpus must be at least 1")
@@ -146,7 +131,7 @@ def choose_plan(
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}")
     backend = backend or bucket.backend
     if bucket.plan is not None:
-        return _pinned(bucket, family, bucket.plan, gpus, backend, device, gpu_memory_gib)
+        return _pinned(bucket, family, bucket.plan, gpus, backend, device, gpu_memory_gib, cost_model)
     warnings = plan_warnings(bucket, family)
     problems = bucket_problems(bucket, family, backend=backend, device=device)
     if problems:
@@ -162,18 +147,18 @@ def choose_plan(
             refused.append(RefusedPlan(plan, "out_of_memory", _memory_message(memory, gpu_memory_gib)))
         else:
             notes = _notes(bucket, plan, refused, gpus, objective, gpu_memory_gib)
-            return _choice(bucket, family, plan, notes=notes, refused=refused, warnings=warnings)
+            return _choice(bucket, family, plan, cost_model, notes=notes, refused=refused, warnings=warnings)
     problem = _out_of_memory(bucket, family, gpus, backend, device, gpu_memory_gib, objective)
     return PlanChoice(None, refused=refused, problems=[problem], warnings=warnings)
 
 
-def _choice(bucket: BucketKey, family: ModelFamily, plan: ParallelPlan, **fields) -> PlanChoice:
-    single = single_gpu_seconds(bucket, family)
-    efficiency = plan_efficiency(plan)
+def _choice(bucket: BucketKey, family: ModelFamily, plan: ParallelPlan, cost_model: CostModel | None,
+            **fields) -> PlanChoice:
+    cost = cost_model or DEFAULT_COST_MODEL
     return PlanChoice(
         plan,
-        estimated_gpu_seconds_per_sample=round(single / efficiency, 6),
-        estimated_seconds_per_sample=round(single / (efficiency * plan.cfg * plan.ulysses * plan.ring), 6),
+        estimated_gpu_seconds_per_sample=round(cost.sample_gpu_seconds(bucket, family, plan), 6),
+        estimated_seconds_per_sample=round(cost.sample_seconds(bucket, family, plan), 6),
         memory_gib_per_gpu=round(memory_gib_per_gpu(bucket, family, plan), 2),
         **fields,
     )
@@ -181,7 +166,7 @@ def _choice(bucket: BucketKey, family: ModelFamily, plan: ParallelPlan, **fields
 
 def _pinned(
     bucket: BucketKey, family: ModelFamily, plan: ParallelPlan, gpus: int, backend: Backend, device: str,
-    gpu_memory_gib: float,
+    gpu_memory_gib: float, cost_model: CostModel | None = None,
 ) -> PlanChoice:
     check = validate_plan(bucket, family, plan, world_size=gpus, backend=backend, device=device)
     if not check.ok:
@@ -192,7 +177,7 @@ def _pinned(
         warnings.append(f"pinned plan {plan.short()}: {_memory_message(memory, gpu_memory_gib)}; it may run out "
                         "of memory")
     notes = [f"plan {plan.short()} is pinned (manifest plan column or --plan): validated, not chosen"]
-    return _choice(bucket, family, plan, notes=notes, warnings=warnings)
+    return _choice(bucket, family, plan, cost_model, notes=notes, warnings=warnings)
 
 
 def _gpu_count(gpus: int) -> str:

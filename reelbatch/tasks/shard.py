@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from reelbatch import planning
 from reelbatch.identity import expand_row
 from reelbatch.infra.cluster import visible_gpus
 from reelbatch.models.registry import ModelCatalog, ModelFamily, UnknownModel
 from reelbatch.planning import DEFAULT_GPU_MEMORY_GIB, Objective, PlanProblem
+from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel
+from reelbatch.planning.packing import PackingOptions, pack_plan
+from reelbatch.settings import JOB_TIMEOUT_FLOOR_S, JOB_TIMEOUT_MARGIN
 from reelbatch.schemas import Backend, BucketKey, ManifestRow, ParallelPlan, RowRejection, Sample
 
 DEFAULT_MAX_SAMPLES_PER_JOB = 32
@@ -48,6 +51,14 @@ class PlannedJob:
     estimated_gpu_seconds: float = 0.0  # the whole job, padded slots included (H100 estimate)
     memory_gib_per_gpu: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    estimated_seconds: float = 0.0  # wall time incl. one model load from local disk (planning.cost)
+    filled_slots: int = 0  # padded slots turned into extra videos (padding="fill"); they are in ``samples``
+
+    @property
+    def timeout_s(self) -> float:
+        """Wall-clock limit for the job: the estimate with a margin, at least the floor."""
+        wall = self.estimated_gpu_seconds / self.plan.world_size
+        return max(JOB_TIMEOUT_FLOOR_S, JOB_TIMEOUT_MARGIN * wall)
 
     def to_json(self) -> dict:
         return {
@@ -69,6 +80,8 @@ class PlannedJob:
             "estimated_gpu_seconds": self.estimated_gpu_seconds,
             "memory_gib_per_gpu": self.memory_gib_per_gpu,
             "warnings": self.warnings,
+            "estimated_seconds": self.estimated_seconds,
+            "filled_slots": self.filled_slots,
         }
 
 
@@ -212,16 +225,22 @@ def plan_run(
     objective: Objective = "throughput",
     device: str | None = None,
     skip: Collection[str] = frozenset(),
+    packing: PackingOptions | None = None,
+    cost_model: CostModel | None = None,
 ) -> RunPlan:
     """Bucket the rows, give each bucket a plan (or reject its rows with a fix) and cut the buckets into jobs.
 
     ``device`` is where the ranks run (``cuda`` or ``cpu``; default: ``cuda`` when GPUs are visible); some rules
     depend on it (ring attention and xfuser need GPUs). Samples whose id is in ``skip`` (videos an earlier run
     already made) get no job: they are listed in ``RunPlan.skipped`` and their rows still count as accepted.
+    ``packing`` (planning.packing.PackingOptions) re-cuts the buckets into jobs of a target wall time on a fleet,
+    ordered longest first; without it each bucket is cut by ``cut_jobs``. ``cost_model`` (planning.cost) gives
+    the estimates (default: the calibrated H100 model).
     """
     if gpus < 1:
         raise ValueError("--gpus must be at least 1")
     device = device or default_device()
+    cost = cost_model or DEFAULT_COST_MODEL
     buckets: dict[BucketKey, list[ManifestRow]] = {}
     for row in rows:
         buckets.setdefault(bucket_key(row), []).append(row)
@@ -240,7 +259,7 @@ def plan_run(
         else:
             choice = planning.choose_plan(
                 bucket, family, gpus, backend=bucket.backend, device=device, gpu_memory_gib=gpu_memory_gib,
-                objective=objective,
+                objective=objective, cost_model=cost_model,
             )
             problems = choice.problems
             if choice.plan is not None and bucket.backend == "xdit":
@@ -286,9 +305,15 @@ def plan_run(
                     estimated_gpu_seconds=round(choice.estimated_gpu_seconds_per_sample * (len(part) + padded), 6),
                     memory_gib_per_gpu=choice.memory_gib_per_gpu,
                     warnings=list(choice.warnings),
+                    estimated_seconds=round(cost.job_seconds(bucket, family, plan, len(part) + padded), 3),
                 )
             )
-    return RunPlan(rows=total_rows, accepted=accepted, rejected=rejections, jobs=jobs, skipped=skipped)
+    result = RunPlan(rows=total_rows, accepted=accepted, rejected=rejections, jobs=jobs, skipped=skipped)
+    if packing is not None:
+        if packing.cost_model is None and cost_model is not None:
+            packing = replace(packing, cost_model=cost_model)
+        result = pack_plan(result, packing, gpus_per_node=gpus, rows=rows)
+    return result
 
 
 # Prefect is imported last so that everything above reads, and is tested, as plain Python.

@@ -1,0 +1,620 @@
+"""The cost model: seconds and GPU-seconds of a sample and of a job, per GPU type, calibrated on published timings.
+
+One sample of a bucket on one GPU takes
+
+    single = base(family) * (tokens / 100k) ** tokens_exponent * steps * passes * gpu_factor(gpu)
+
+seconds (passes = 2 with classifier-free guidance, 1 without; ``sequence_batch`` runs the same two passes one after
+the other). A parallel plan runs it on ``group = cfg * ulysses * ring`` GPUs with efficiency
+
+    efficiency = exp(-comm_factor(gpu) * (cfg_loss * (cfg - 1) + sp_loss * (ulysses * ring - 1)))
+                 * (ring_penalty if ring > 1 else 1)
+
+so one sample's wall time is ``single / (efficiency * group)`` and it costs ``single / efficiency`` GPU-seconds
+(data parallel costs nothing: dp replicas are independent). Ulysses and ring cut the same sequence, so their loss
+grows with the sequence-parallel degree sp = ulysses * ring; ``ring_penalty`` is the fixed price of ring
+attention's chunked kernels and log-sum-exp merge, paid once and not scaled by the interconnect. (No published row
+mixes Ulysses and ring, so the data cannot tell this from other laws; this one keeps ulysses 8 ahead of
+ulysses 2 x ring 4, as the field reports on one NVLink node.) A job also loads the model
+once (every rank at the same time): ``load_seconds(family, storage)``, a constant per family and storage kind.
+
+Every constant is fitted on /work/shared/design/timings.csv (a copy is ``TIMINGS_CSV`` below) by ``fit_timings``;
+docs/COST_MODEL.md has the fit, the per-row error table and how to regenerate both (``main()`` below prints them).
+Users override any factor with ``CostModel.from_overrides(path_or_dict)`` (JSON or TOML; keys in
+``OVERRIDE_KEYS``). Pure Python at import time: the fit imports numpy when it runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from reelbatch.models.registry import FAMILIES, ModelFamily
+from reelbatch.planning.rules import candidate_plans, plan_violations, preference_key
+from reelbatch.schemas import BucketKey, ParallelPlan
+
+StorageKind = Literal["local", "s3"]
+STORAGE_KINDS: tuple[StorageKind, ...] = ("local", "s3")
+REFERENCE_TOKENS = 100_000
+REFERENCE_GPU = "h100"
+
+# --- The calibration (output of fit_timings() on TIMINGS_CSV; a test refits and compares) ---------------------------
+
+TOKENS_EXPONENT = 1.2885
+# Seconds per denoising step of one pass at 100k video tokens on one H100, per speed class. A class is one
+# transformer run by one implementation; registry families map onto classes below.
+CLASS_BASE_SECONDS: dict[str, float] = {
+    "hunyuan-13b": 29.402,
+    "wan2.1-14b": 25.686,
+    "wan2.1-1.3b": 4.751,
+    "wan2.2-a14b": 17.953,
+    # Calibration-only classes (other implementations of a family's transformer; they inform the parallel
+    # efficiencies and GPU factors, the planner never uses them).
+    "hunyuanvideo-xdit-skyreels-readme": 70.988,
+    "skyreels-v1-fp8-offload": 12.746,
+}
+GPU_FACTORS: dict[str, float] = {"h100": 1.0, "a800": 1.025, "rtx4090": 2.657}  # time multiplier vs one H100
+COMM_FACTORS: dict[str, float] = {"h100": 1.0, "a800": 1.04, "rtx4090": 3.61}  # multiplier of the parallel losses
+CFG_LOSS = 0.0233  # log-efficiency lost by CFG parallel (cfg=2)
+SP_LOSS = 0.0395  # log-efficiency lost per extra Ulysses or ring rank
+RING_PENALTY = 0.906  # once, when ring > 1
+GPU_MEMORY_GIB: dict[str, float] = {"h100": 80.0, "a800": 80.0, "rtx4090": 24.0}
+
+# Registry family -> speed class. Families without one use their registry estimate (``step_seconds_100k``):
+# the tiny models, wan2.2-ti2v-5b (no published timing) and folders configured with --model-path.
+FAMILY_CLASSES: dict[str, str] = {
+    "hunyuanvideo": "hunyuan-13b",
+    "skyreels-v1-t2v": "hunyuan-13b",  # a HunyuanVideo fine-tune: same transformer
+    "skyreels-v1-i2v": "hunyuan-13b",
+    "wan2.1-t2v-14b": "wan2.1-14b",
+    "wan2.1-i2v-14b": "wan2.1-14b",
+    "skyreels-v2-t2v-14b": "wan2.1-14b",  # Wan2.1 14B architecture
+    "wan2.1-t2v-1.3b": "wan2.1-1.3b",
+    "wan2.2-t2v-a14b": "wan2.2-a14b",
+}
+
+# --- Model load time ----------------------------------------------------------------------------------------------
+# Every rank of a job builds the pipeline once: process start, CUDA and process-group init, then the weights.
+# local: safetensors from a node-local NVMe (or the page cache after the first job), ~2 GiB/s per rank.
+# s3: the weights are downloaded per job; a node's 8 ranks share a 25 Gbit/s NIC (~3 GiB/s), ~0.4 GiB/s per rank.
+# Estimates (no published numbers): override them per family in the config. 36.9 GiB Wan2.1 14B -> 38 s local,
+# 122 s from S3. Shared network file systems can be far worse (SkyReels-V2: 15-20 min, parallel-facts rule 12).
+LOAD_FIXED_SECONDS: dict[str, float] = {"local": 20.0, "s3": 30.0}
+LOAD_GIB_PER_SECOND: dict[str, float] = {"local": 2.0, "s3": 0.4}
+
+
+def gpu_name(gpu: str) -> str:
+    """``H100``, ``h100``, ``RTX 4090``, ``rtx-4090``, ``4090`` -> the key of the factor tables."""
+    key = "".join(ch for ch in gpu.lower() if ch.isalnum())
+    return {"4090": "rtx4090", "nvidiah100": "h100", "nvidiaa800": "a800"}.get(key, key)
+
+
+def _positive(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"cost overrides: {where} must be a positive number, not {value!r}")
+    return float(value)
+
+
+def _table(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"cost overrides: {where} must be a table of name -> value, not {type(value).__name__}")
+    return value
+
+
+OVERRIDE_KEYS = {
+    "gpu": "default GPU type for estimates (h100, a800, rtx4090 or one added under gpu_factors)",
+    "tokens_exponent": "exponent of the token count",
+    "base_seconds": "{family or class: seconds per pass-step at 100k tokens on one H100}",
+    "gpu_factors": "{gpu: time multiplier against one H100}",
+    "comm_factors": "{gpu: multiplier of the parallel losses against H100 (NVLink)}",
+    "gpu_memory_gib": "{gpu: memory per GPU}",
+    "cfg_loss": "log-efficiency lost by CFG parallel",
+    "sp_loss": "log-efficiency lost per extra Ulysses or ring rank",
+    "ring_penalty": "efficiency factor paid once when ring > 1",
+    "efficiency": "{cfg|ulysses|ring: {degree: efficiency factor}}, replacing the law for that degree "
+                  "(ulysses: plans without ring; ring: plans without ulysses)",
+    "load": "{local|s3: {fixed_seconds, gib_per_second, families: {family: seconds}}}",
+}
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds and GPU-seconds per sample and per job (see the module docstring for the formulas)."""
+
+    tokens_exponent: float = TOKENS_EXPONENT
+    base_seconds: Mapping[str, float] = field(default_factory=lambda: dict(CLASS_BASE_SECONDS))
+    gpu_factors: Mapping[str, float] = field(default_factory=lambda: dict(GPU_FACTORS))
+    comm_factors: Mapping[str, float] = field(default_factory=lambda: dict(COMM_FACTORS))
+    gpu_memory: Mapping[str, float] = field(default_factory=lambda: dict(GPU_MEMORY_GIB))
+    cfg_loss: float = CFG_LOSS
+    sp_loss: float = SP_LOSS
+    ring_penalty: float = RING_PENALTY
+    # {"cfg"|"ulysses"|"ring": {degree: efficiency}}: measured factors that replace the law for those degrees
+    degree_efficiency: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
+    load_fixed_seconds: Mapping[str, float] = field(default_factory=lambda: dict(LOAD_FIXED_SECONDS))
+    load_gib_per_second: Mapping[str, float] = field(default_factory=lambda: dict(LOAD_GIB_PER_SECOND))
+    load_family_seconds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # storage -> family -> s
+    gpu: str = REFERENCE_GPU
+    family_classes: Mapping[str, str] = field(default_factory=lambda: dict(FAMILY_CLASSES))
+
+    # --- construction ---------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_overrides(cls, source: str | os.PathLike[str] | Mapping[str, Any] | None = None) -> CostModel:
+        """The calibrated model with the factors of ``source`` (a JSON/TOML file path or a dict) replaced.
+
+        Tables merge key by key (``{"gpu_factors": {"l40s": 1.6}}`` adds a GPU, keeps the others). Unknown keys,
+        unknown storage kinds or degrees, and non-positive numbers raise ValueError naming the key.
+        """
+        if source is None:
+            return cls()
+        if not isinstance(source, Mapping):
+            path = Path(source)
+            text = path.read_text(encoding="utf-8")
+            if path.suffix.lower() == ".toml":
+                import tomllib
+
+                data: Mapping[str, Any] = tomllib.loads(text)
+            else:
+                data = json.loads(text)
+            if not isinstance(data, Mapping):
+                raise ValueError(f"{path}: expected a table of cost-model overrides at the top level")
+        else:
+            data = source
+        unknown = sorted(set(data) - set(OVERRIDE_KEYS))
+        if unknown:
+            raise ValueError(f"cost overrides: unknown key(s) {', '.join(unknown)}; known: {', '.join(OVERRIDE_KEYS)}")
+        model = cls()
+        changes: dict[str, Any] = {}
+        if "tokens_exponent" in data:
+            changes["tokens_exponent"] = _positive(data["tokens_exponent"], "tokens_exponent")
+        for key in ("cfg_loss", "sp_loss"):
+            if key in data:
+                value = data[key]
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                    raise ValueError(f"cost overrides: {key} must be a number >= 0, not {value!r}")
+                changes[key] = float(value)
+        if "ring_penalty" in data:
+            changes["ring_penalty"] = min(1.0, _positive(data["ring_penalty"], "ring_penalty"))
+        for key, attr, normalise in (("base_seconds", "base_seconds", str), ("gpu_factors", "gpu_factors", gpu_name),
+                                     ("comm_factors", "comm_factors", gpu_name),
+                                     ("gpu_memory_gib", "gpu_memory", gpu_name)):
+            if key in data:
+                merged = dict(getattr(model, attr))
+                for name, value in _table(data[key], key).items():
+                    merged[normalise(name)] = _positive(value, f"{key}.{name}")
+                changes[attr] = merged
+        if "efficiency" in data:
+            table: dict[str, dict[int, float]] = {}
+            for kind, degrees in _table(data["efficiency"], "efficiency").items():
+                if kind not in ("cfg", "ulysses", "ring"):
+                    raise ValueError(f"cost overrides: efficiency.{kind}: use cfg, ulysses or ring")
+                table[kind] = {}
+                for degree, value in _table(degrees, f"efficiency.{kind}").items():
+                    if not str(degree).isdigit() or int(degree) < 2:
+                        raise ValueError(f"cost overrides: efficiency.{kind}.{degree}: degrees are whole numbers >= 2")
+                    table[kind][int(degree)] = min(1.0, _positive(value, f"efficiency.{kind}.{degree}"))
+            changes["degree_efficiency"] = table
+        if "load" in data:
+            fixed, speed = dict(model.load_fixed_seconds), dict(model.load_gib_per_second)
+            families: dict[str, dict[str, float]] = {k: dict(v) for k, v in model.load_family_seconds.items()}
+            for storage, settings in _table(data["load"], "load").items():
+                if storage not in STORAGE_KINDS:
+                    raise ValueError(f"cost overrides: load.{storage}: storage kinds are {', '.join(STORAGE_KINDS)}")
+                for key, value in _table(settings, f"load.{storage}").items():
+                    if key == "fixed_seconds":
+                        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                            raise ValueError(f"cost overrides: load.{storage}.fixed_seconds must be >= 0")
+                        fixed[storage] = float(value)
+                    elif key == "gib_per_second":
+                        speed[storage] = _positive(value, f"load.{storage}.gib_per_second")
+                    elif key == "families":
+                        for name, seconds in _table(value, f"load.{storage}.families").items():
+                            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+                                raise ValueError(f"cost overrides: load.{storage}.families.{name} must be >= 0")
+                            families.setdefault(storage, {})[name] = float(seconds)
+                    else:
+                        raise ValueError(f"cost overrides: load.{storage}.{key}: use fixed_seconds, gib_per_second "
+                                         "or families")
+            changes.update(load_fixed_seconds=fixed, load_gib_per_second=speed, load_family_seconds=families)
+        model = replace(model, **changes)
+        if "gpu" in data:
+            model = model.on(str(data["gpu"]))
+        return model
+
+    def on(self, gpu: str) -> CostModel:
+        """The same model with ``gpu`` as its default GPU type (checked)."""
+        return replace(self, gpu=self._gpu(gpu))
+
+    def _gpu(self, gpu: str | None) -> str:
+        name = gpu_name(gpu or self.gpu)
+        if name not in self.gpu_factors:
+            raise ValueError(f"unknown GPU type {gpu!r}: known {', '.join(sorted(self.gpu_factors))} "
+                             "(add one with gpu_factors in the cost overrides)")
+        return name
+
+    def memory_gib(self, gpu: str | None = None) -> float | None:
+        """Memory of one GPU of this type, when known."""
+        return self.gpu_memory.get(self._gpu(gpu))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every factor, in the shape ``from_overrides`` reads."""
+        return {
+            "gpu": self.gpu, "tokens_exponent": self.tokens_exponent, "base_seconds": dict(self.base_seconds),
+            "gpu_factors": dict(self.gpu_factors), "comm_factors": dict(self.comm_factors),
+            "gpu_memory_gib": dict(self.gpu_memory), "cfg_loss": self.cfg_loss, "sp_loss": self.sp_loss,
+            "ring_penalty": self.ring_penalty,
+            "efficiency": {k: {str(d): v for d, v in t.items()} for k, t in self.degree_efficiency.items()},
+            "load": {s: {"fixed_seconds": self.load_fixed_seconds[s], "gib_per_second": self.load_gib_per_second[s],
+                         "families": dict(self.load_family_seconds.get(s, {}))} for s in STORAGE_KINDS},
+        }
+
+    # --- per sample -----------------------------------------------------------------------------------------------
+
+    def base(self, family: ModelFamily) -> float:
+        """Seconds per pass-step at 100k tokens on one H100 for ``family``."""
+        if family.name in self.base_seconds:
+            return self.base_seconds[family.name]
+        speed_class = self.family_classes.get(family.name)
+        if speed_class is not None and speed_class in self.base_seconds:
+            return self.base_seconds[speed_class]
+        return family.step_seconds_100k
+
+    def single_gpu_seconds(self, bucket: BucketKey, family: ModelFamily, gpu: str | None = None) -> float:
+        """One sample on one GPU (the whole pipeline call, as the published end-to-end timings measure it)."""
+        tokens = family.tokens(bucket.height, bucket.width, bucket.num_frames)
+        passes = 2 if bucket.uses_cfg else 1
+        per_step = self.base(family) * (tokens / REFERENCE_TOKENS) ** self.tokens_exponent
+        return per_step * bucket.num_inference_steps * passes * self.gpu_factors[self._gpu(gpu)]
+
+    def efficiency(self, plan: ParallelPlan, gpu: str | None = None) -> float:
+        """Speed-up of one sample's GPU group over one GPU, divided by the group's size (dp costs nothing)."""
+        comm = self.comm_factors.get(self._gpu(gpu), 1.0)
+        table = self.degree_efficiency
+        factor = 1.0
+        if plan.cfg > 1:
+            factor *= table.get("cfg", {}).get(plan.cfg) or math.exp(-comm * self.cfg_loss * (plan.cfg - 1))
+        sp = plan.ulysses * plan.ring
+        if sp > 1:
+            measured = None
+            if plan.ring == 1:
+                measured = table.get("ulysses", {}).get(plan.ulysses)
+            elif plan.ulysses == 1:
+                measured = table.get("ring", {}).get(plan.ring)
+            law = math.exp(-comm * self.sp_loss * (sp - 1)) * (self.ring_penalty if plan.ring > 1 else 1.0)
+            factor *= measured or law
+        return factor
+
+    def sample_gpu_seconds(self, bucket: BucketKey, family: ModelFamily, plan: ParallelPlan,
+                           gpu: str | None = None) -> float:
+        """GPU-seconds one sample costs under ``plan`` (all GPUs of its group together)."""
+        return self.single_gpu_seconds(bucket, family, gpu) / self.efficiency(plan, gpu)
+
+    def sample_seconds(self, bucket: BucketKey, family: ModelFamily, plan: ParallelPlan,
+                       gpu: str | None = None) -> float:
+        """Wall time of one sample on its group of ``cfg * ulysses * ring`` GPUs."""
+        group = plan.cfg * plan.ulysses * plan.ring
+        return self.sample_gpu_seconds(bucket, family, plan, gpu) / group
+
+    # --- per job --------------------------------------------------------------------------------------------------
+
+    def load_seconds(self, family: ModelFamily, storage: str = "local") -> float:
+        """Seconds from launch until the pipeline is ready on every rank (all ranks load at once)."""
+        if storage not in STORAGE_KINDS:
+            raise ValueError(f"storage {storage!r}: use one of {', '.join(STORAGE_KINDS)}")
+        fixed = self.load_family_seconds.get(storage, {})
+        if family.name in fixed:
+            return fixed[family.name]
+        return self.load_fixed_seconds[storage] + family.param_memory_gib / self.load_gib_per_second[storage]
+
+    def job_seconds(self, bucket: BucketKey, family: ModelFamily, plan: ParallelPlan, slots: int,
+                    storage: str = "local", gpu: str | None = None) -> float:
+        """Wall time of a job of ``slots`` samples (padded slots included): load, then slots/dp samples per rank."""
+        rounds = math.ceil(slots / plan.dp) if slots else 0
+        return self.load_seconds(family, storage) + rounds * self.sample_seconds(bucket, family, plan, gpu)
+
+
+DEFAULT_COST_MODEL = CostModel()
+
+
+# --- Calibration --------------------------------------------------------------------------------------------------
+
+# Copy of /work/shared/design/timings.csv (the fit reads this unless given a path).
+TIMINGS_CSV = """\
+source,model,gpu,height,width,frames,steps,gpus,parallel,seconds
+SkyReels-V1 README,skyreels-v1-t2v,A800,544,960,97,30,1,none,771.03
+SkyReels-V1 README,skyreels-v1-t2v,A800,544,960,97,30,2,cfg2,387.01
+SkyReels-V1 README,skyreels-v1-t2v,A800,544,960,97,30,4,cfg2+ulysses2,205.49
+SkyReels-V1 README,skyreels-v1-t2v,A800,544,960,97,30,8,cfg2+ulysses4,107.41
+SkyReels-V1 README,hunyuanvideo-xdit,A800,544,960,97,30,1,none,884.20
+SkyReels-V1 README,hunyuanvideo-xdit,A800,544,960,97,30,2,ulysses2,487.22
+SkyReels-V1 README,hunyuanvideo-xdit,A800,544,960,97,30,4,ulysses4,263.48
+SkyReels-V1 README,skyreels-v1-t2v-fp8-offload,RTX4090,544,960,97,30,1,none,889.31
+SkyReels-V1 README,skyreels-v1-t2v-fp8-offload,RTX4090,544,960,97,30,2,cfg2,453.69
+SkyReels-V1 README,skyreels-v1-t2v-fp8-offload,RTX4090,544,960,97,30,4,cfg2+ulysses2,293.3
+SkyReels-V1 README,skyreels-v1-t2v-fp8-offload,RTX4090,544,960,97,30,8,cfg2+ulysses4,159.43
+seed article,skyreels-v1-t2v,H100,720,720,25,100,1,none,480
+seed article,skyreels-v1-t2v,H100,720,720,25,100,2,unknown,240
+seed article,skyreels-v1-t2v,H100,720,720,25,100,4,unknown,120
+seed article,skyreels-v1-t2v,H100,960,960,193,125,2,unknown,15660
+seed article,skyreels-v1-t2v,H100,960,960,193,125,4,unknown,8400
+seed article,skyreels-v1-t2v,RTX4090,720,720,25,100,1,none,1200
+seed article,skyreels-v1-t2v,RTX4090,720,720,25,100,2,unknown,720
+seed article,skyreels-v1-t2v,RTX4090,720,720,25,100,4,unknown,360
+HunyuanVideo README,hunyuanvideo,H100,720,1280,129,50,1,none,1904.08
+HunyuanVideo README,hunyuanvideo,H100,720,1280,129,50,2,ulysses2,934.09
+HunyuanVideo README,hunyuanvideo,H100,720,1280,129,50,4,ulysses4,514.08
+HunyuanVideo README,hunyuanvideo,H100,720,1280,129,50,8,ulysses8,337.58
+xDiT docs,hunyuanvideo,H100,960,960,129,50,1,none,1735.01
+xDiT docs,hunyuanvideo,H100,960,960,129,50,2,ulysses2,934.09
+xDiT docs,hunyuanvideo,H100,960,960,129,50,3,ulysses3,645.45
+xDiT docs,hunyuanvideo,H100,960,960,129,50,6,ulysses6,367.02
+Wan2.1 README,wan2.1-t2v-14b,H100,720,1280,81,50,1,none,1837.9
+Wan2.1 README,wan2.1-t2v-14b,H100,720,1280,81,50,2,ulysses2,945.1
+Wan2.1 README,wan2.1-t2v-14b,H100,720,1280,81,50,4,ulysses4,497.0
+Wan2.1 README,wan2.1-t2v-14b,H100,720,1280,81,50,8,ulysses8,287.9
+Wan2.1 README,wan2.1-t2v-1.3b,RTX4090,480,832,81,50,1,none,261.4
+Wan2.1 README,wan2.1-t2v-1.3b,RTX4090,480,832,81,50,2,ulysses2,188.5
+Wan2.1 README,wan2.1-t2v-1.3b,RTX4090,480,832,81,50,4,ulysses4,120.8
+Wan2.1 README,wan2.1-t2v-1.3b,RTX4090,480,832,81,50,8,ring8,112.3
+Wan2.2 README,wan2.2-t2v-a14b,H100,720,1280,81,40,1,offload,1041.5
+Wan2.2 README,wan2.2-t2v-a14b,H100,720,1280,81,40,4,ulysses4,288.7
+Wan2.2 README,wan2.2-t2v-a14b,H100,720,1280,81,40,8,ulysses8,155.1
+xDiT docs,consisid,H100,480,720,49,50,1,none,114.87
+xDiT docs,consisid,H100,480,720,49,50,2,cfg2,59.72
+xDiT docs,consisid,H100,480,720,49,50,2,ulysses2,76.56
+xDiT docs,consisid,H100,480,720,49,50,4,cfg2+ring2,40.68
+"""
+
+# Published model name -> (speed class, registry family for the token count, passes per step).
+# HunyuanVideo's guidance is distilled (embedded): one pass. SkyReels-V1 and Wan run true CFG: two passes.
+CALIBRATION_MODELS: dict[str, tuple[str, str, int]] = {
+    "skyreels-v1-t2v": ("hunyuan-13b", "skyreels-v1-t2v", 2),
+    "hunyuanvideo": ("hunyuan-13b", "hunyuanvideo", 1),
+    "hunyuanvideo-xdit": ("hunyuanvideo-xdit-skyreels-readme", "hunyuanvideo", 1),
+    "skyreels-v1-t2v-fp8-offload": ("skyreels-v1-fp8-offload", "skyreels-v1-t2v", 2),
+    "wan2.1-t2v-14b": ("wan2.1-14b", "wan2.1-t2v-14b", 2),
+    "wan2.1-t2v-1.3b": ("wan2.1-1.3b", "wan2.1-t2v-1.3b", 2),
+    "wan2.2-t2v-a14b": ("wan2.2-a14b", "wan2.2-t2v-a14b", 2),
+}
+EXCLUDED_MODELS = {
+    "consisid": "not a reelbatch family (CogVideoX-based, its own token law); its rows would only add a base",
+}
+# (model, height, width, frames) -> why its rows are left out of the fit.
+EXCLUDED_VIDEOS = {
+    ("skyreels-v1-t2v", 960, 960, 193): (
+        "offloaded: 176,400 tokens need ~87 GiB per GPU with cfg2 (memory model), so no 2-GPU plan fits 80 GiB; "
+        "both rows are ~2x slower than every other HunyuanVideo-family row predicts"),
+}
+
+
+@dataclass
+class CalibrationRow:
+    source: str
+    model: str
+    gpu: str
+    height: int
+    width: int
+    frames: int
+    steps: int
+    gpus: int
+    parallel: str
+    seconds: float
+    plan: ParallelPlan | None = None
+    speed_class: str | None = None
+    family: str | None = None
+    passes: int = 0
+    tokens: int = 0
+    excluded: str | None = None  # why the row is not part of the fit
+    predicted: float | None = None
+
+    @property
+    def error(self) -> float | None:
+        """Relative error of the model, (predicted - measured) / measured."""
+        return None if self.predicted is None else self.predicted / self.seconds - 1.0
+
+
+def _published_plan(text: str) -> ParallelPlan:
+    if text in ("none", "offload"):  # offload: one GPU with CPU offload of idle modules (Wan2.2 README)
+        return ParallelPlan()
+    degrees: dict[str, int] = {}
+    for part in text.split("+"):
+        name = part.rstrip("0123456789")
+        degrees[name] = int(part[len(name):])
+    return ParallelPlan(**degrees)
+
+
+def _unknown_plan(row: CalibrationRow, family: ModelFamily) -> ParallelPlan | None:
+    """An "unknown" plan: the best plan our rules allow that splits one video over all the row's GPUs.
+
+    Best follows the field's order (CFG parallel, then Ulysses, then ring); memory is not checked (the article's
+    runs used offloading on small GPUs). None when no such plan exists: the row cannot be explained.
+    """
+    bucket = BucketKey(model=family.name, height=row.height, width=row.width, num_frames=row.frames,
+                       num_inference_steps=row.steps, guidance_scale=5.0 if row.passes == 2 else 1.0)
+    plans = [p for p in candidate_plans(row.gpus) if p.dp == 1 and not plan_violations(
+        bucket, family, p, world_size=row.gpus, backend="native", device="cuda")]
+    return min(plans, key=preference_key) if plans else None
+
+
+def calibration_rows(source: str | os.PathLike[str] | None = None) -> list[CalibrationRow]:
+    """The timings (``TIMINGS_CSV`` or a file), each with its plan, class, tokens, or the reason it is excluded."""
+    text = TIMINGS_CSV if source is None else Path(source).read_text(encoding="utf-8")
+    rows = []
+    for record in csv.DictReader(io.StringIO(text)):
+        row = CalibrationRow(
+            source=record["source"], model=record["model"], gpu=gpu_name(record["gpu"]),
+            height=int(record["height"]), width=int(record["width"]), frames=int(record["frames"]),
+            steps=int(record["steps"]), gpus=int(record["gpus"]), parallel=record["parallel"],
+            seconds=float(record["seconds"]),
+        )
+        rows.append(row)
+        if row.model in EXCLUDED_MODELS:
+            row.excluded = EXCLUDED_MODELS[row.model]
+            continue
+        if row.model not in CALIBRATION_MODELS:
+            row.excluded = "model not mapped to a speed class (CALIBRATION_MODELS)"
+            continue
+        row.speed_class, row.family, row.passes = CALIBRATION_MODELS[row.model]
+        family = FAMILIES[row.family]
+        row.tokens = family.tokens(row.height, row.width, row.frames)
+        if row.parallel == "unknown":
+            row.plan = _unknown_plan(row, family)
+            if row.plan is None:
+                row.excluded = (f"plan unknown, and no plan our rules allow splits one {row.tokens:,}-token video "
+                                f"over {row.gpus} GPUs (e.g. cfg2 x ulysses{row.gpus // 2} needs an even token count)")
+                continue
+        else:
+            row.plan = _published_plan(row.parallel)
+        if row.plan.world_size != row.gpus:
+            row.excluded = f"plan {row.parallel} does not use the row's {row.gpus} GPUs"
+        reason = EXCLUDED_VIDEOS.get((row.model, row.height, row.width, row.frames))
+        if reason:
+            row.excluded = reason
+    return rows
+
+
+@dataclass
+class CalibrationFit:
+    model: CostModel
+    rows: list[CalibrationRow]
+
+    @property
+    def fitted(self) -> list[CalibrationRow]:
+        return [r for r in self.rows if r.excluded is None]
+
+    def rms_log_error(self) -> float:
+        errors = [math.log(r.predicted / r.seconds) for r in self.fitted]
+        return math.sqrt(sum(e * e for e in errors) / len(errors))
+
+    def parameters_markdown(self) -> str:
+        m = self.model
+        lines = ["| parameter | value |", "|---|---|", f"| tokens_exponent | {m.tokens_exponent:.4f} |"]
+        for name, value in m.base_seconds.items():
+            lines.append(f"| base_seconds[{name}] (s per pass-step at 100k tokens, H100) | {value:.3f} |")
+        for name in ("h100", "a800", "rtx4090"):
+            lines.append(f"| gpu_factors[{name}] | {m.gpu_factors[name]:.3f} |")
+        for name in ("h100", "a800", "rtx4090"):
+            lines.append(f"| comm_factors[{name}] | {m.comm_factors[name]:.2f} |")
+        lines += [f"| cfg_loss | {m.cfg_loss:.4f} |", f"| sp_loss | {m.sp_loss:.4f} |",
+                  f"| ring_penalty | {m.ring_penalty:.3f} |"]
+        fitted = self.fitted
+        worst = max(fitted, key=lambda r: abs(r.error or 0))
+        lines.append(f"| rows fitted / excluded | {len(fitted)} / {len(self.rows) - len(fitted)} |")
+        lines.append(f"| RMS of log error | {self.rms_log_error():.3f} |")
+        lines.append(f"| worst fitted row | {worst.model} {worst.gpu} {worst.gpus} GPU(s): {worst.error:+.1%} |")
+        return "\n".join(lines)
+
+    def rows_markdown(self) -> str:
+        header = "| source | model | GPU | HxWxF | steps | GPUs | published | plan used | measured s | model s | error | |"
+        lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in self.rows:
+            plan = r.plan.short() if r.plan else "-"
+            predicted = f"{r.predicted:,.1f}" if r.predicted is not None else "-"
+            error = f"{r.error:+.1%}" if r.error is not None else "-"
+            note = f"excluded: {r.excluded}" if r.excluded else ""
+            lines.append(f"| {r.source} | {r.model} | {r.gpu} | {r.height}x{r.width}x{r.frames} | {r.steps} | "
+                         f"{r.gpus} | {r.parallel} | {plan} | {r.seconds:,.2f} | {predicted} | {error} | {note} |")
+        return "\n".join(lines)
+
+
+def _design(row: CalibrationRow, classes: list[str], kappa: Mapping[str, float]) -> tuple[list[float], float]:
+    """One row of the log-linear system: log(seconds * group / (steps * passes)) = x . beta.
+
+    seconds * group = single / efficiency, so the losses enter with +comm_factor and the ring penalty with -1.
+    """
+    plan = row.plan
+    assert plan is not None and row.speed_class is not None
+    k = kappa.get(row.gpu, 1.0)
+    x = [1.0 if c == row.speed_class else 0.0 for c in classes]
+    x += [math.log(row.tokens / REFERENCE_TOKENS), 1.0 if row.gpu == "a800" else 0.0,
+          1.0 if row.gpu == "rtx4090" else 0.0, k * (plan.cfg - 1), k * (plan.ulysses * plan.ring - 1),
+          -1.0 if plan.ring > 1 else 0.0]
+    group = plan.cfg * plan.ulysses * plan.ring
+    y = math.log(row.seconds * group / (row.steps * row.passes))
+    return x, y
+
+
+def fit_timings(source: str | os.PathLike[str] | None = None) -> CalibrationFit:
+    """Least squares in log space over the rows that are not excluded.
+
+    Linear unknowns: log base per class, tokens exponent, log GPU factors (A800, RTX 4090; H100 = 1), CFG and
+    sequence-parallel losses, log ring penalty. The communication factors (A800, RTX 4090; H100 = 1) multiply the
+    losses, so they are found by a grid search (0.05 steps, then 0.01) around the linear solve.
+    """
+    import numpy as np
+
+    rows = calibration_rows(source)
+    fitted = [r for r in rows if r.excluded is None]
+    classes = sorted({r.speed_class for r in fitted if r.speed_class})
+
+    def solve(ka: float, kr: float):
+        kappa = {"a800": ka, "rtx4090": kr}
+        system = [_design(r, classes, kappa) for r in fitted]
+        x = np.array([s[0] for s in system])
+        y = np.array([s[1] for s in system])
+        beta = np.linalg.lstsq(x, y, rcond=None)[0]
+        return float(np.sum((x @ beta - y) ** 2)), beta
+
+    grid = [0.25 + 0.05 * i for i in range(156)]  # 0.25 .. 8.0
+    best = min((solve(ka, kr)[0], ka, kr) for ka in grid[::5] for kr in grid[::5])
+    _, ka0, kr0 = best
+    near_a = [g for g in grid if abs(g - ka0) <= 0.5]
+    near_r = [g for g in grid if abs(g - kr0) <= 0.5]
+    _, ka1, kr1 = min((solve(ka, kr)[0], ka, kr) for ka in near_a for kr in near_r)
+    fine_a = [round(ka1 + 0.01 * i, 2) for i in range(-5, 6) if ka1 + 0.01 * i > 0]
+    fine_r = [round(kr1 + 0.01 * i, 2) for i in range(-5, 6) if kr1 + 0.01 * i > 0]
+    _, ka, kr = min((solve(a, r)[0], a, r) for a in fine_a for r in fine_r)
+    beta = solve(ka, kr)[1]
+    n = len(classes)
+    base = {c: round(math.exp(b), 3) for c, b in zip(classes, beta[:n])}
+    alpha, log_a800, log_4090, cfg_loss, sp_loss, log_ring = (float(v) for v in beta[n:])
+    model = CostModel(
+        tokens_exponent=round(alpha, 4),
+        base_seconds={**{c: base[c] for c in CLASS_BASE_SECONDS if c in base}, **base},
+        gpu_factors={"h100": 1.0, "a800": round(math.exp(log_a800), 3), "rtx4090": round(math.exp(log_4090), 3)},
+        comm_factors={"h100": 1.0, "a800": round(ka, 2), "rtx4090": round(kr, 2)},
+        cfg_loss=round(cfg_loss, 4), sp_loss=round(sp_loss, 4), ring_penalty=round(math.exp(log_ring), 3),
+    )
+    for row in rows:
+        if row.plan is None or row.speed_class is None:
+            continue
+        bucket = BucketKey(model=row.family or row.model, height=row.height, width=row.width,
+                           num_frames=row.frames, num_inference_steps=row.steps,
+                           guidance_scale=5.0 if row.passes == 2 else 1.0)
+        family = replace(FAMILIES[row.family or ""], name=row.speed_class)  # the class's base, not the registry's
+        row.predicted = model.sample_seconds(bucket, family, row.plan, gpu=row.gpu)
+    return CalibrationFit(model=model, rows=rows)
+
+
+def load_time_markdown(model: CostModel = DEFAULT_COST_MODEL) -> str:
+    lines = ["| family | weights GiB | local s | s3 s |", "|---|---|---|---|"]
+    for family in FAMILIES.values():
+        if family.builtin_tiny:
+            continue
+        lines.append(f"| {family.name} | {family.param_memory_gib:.1f} | {model.load_seconds(family, 'local'):.0f} | "
+                     f"{model.load_seconds(family, 's3'):.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:  # python -c "from reelbatch.planning.cost import main; main()" [timings.csv]
+    import sys
+
+    fit = fit_timings(sys.argv[1] if len(sys.argv) > 1 else None)
+    print("## Fitted parameters\n")
+    print(fit.parameters_markdown())
+    print("\n## Every published row\n")
+    print(fit.rows_markdown())
+    print("\n## Model load time per job (estimates)\n")
+    print(load_time_markdown(fit.model))
+
+
+if __name__ == "__main__":
+    main()
