@@ -9,7 +9,12 @@ from hypothesis import strategies as st
 from reelbatch.identity import expand_row
 from reelbatch.models.registry import ModelCatalog
 from reelbatch.schemas import ManifestRow, ParallelPlan
-from reelbatch.tasks.shard import bucket_key, choose_plan, cut_jobs, plan_run, validate_plan
+from reelbatch import planning
+from reelbatch.tasks.shard import bucket_key, choose_plan, cut_jobs, plan_run
+
+
+def validate_plan(bucket, family, plan, world_size):
+    return planning.validate_plan(bucket, family, plan, world_size=world_size, device="cpu").problems
 
 CATALOG = ModelCatalog.from_config()
 

@@ -8,7 +8,6 @@ data-parallel degree, so only the last job of a bucket can need padding. Nothing
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -18,7 +17,7 @@ from reelbatch.infra.cluster import visible_gpus
 from reelbatch.models.registry import ModelCatalog, ModelFamily, UnknownModel
 from reelbatch.planning import DEFAULT_GPU_MEMORY_GIB, Objective, PlanProblem
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel
-from reelbatch.planning.packing import PackingOptions, pack_plan
+from reelbatch.planning.packing import PackingOptions, job_id, pack_plan
 from reelbatch.settings import JOB_TIMEOUT_FLOOR_S, JOB_TIMEOUT_MARGIN
 from reelbatch.schemas import Backend, BucketKey, ManifestRow, ParallelPlan, RowRejection, Sample
 
@@ -27,7 +26,7 @@ MODEL_FIX = "point --model-path NAME=DIR (or the models file) at a local diffuse
 
 __all__ = [  # PlanProblem is re-exported: it used to live here
     "DEFAULT_MAX_SAMPLES_PER_JOB", "PlanProblem", "PlanRefused", "PlannedJob", "RunPlan", "bucket_key",
-    "choose_plan", "cut_jobs", "default_device", "plan_run", "validate_plan",
+    "choose_plan", "cut_jobs", "default_device", "plan_run",
 ]
 
 
@@ -168,29 +167,6 @@ def choose_plan(
     return choice.plan, choice.notes
 
 
-def validate_plan(
-    bucket: BucketKey,
-    family: ModelFamily,
-    plan: ParallelPlan,
-    world_size: int,
-    *,
-    backend: Backend | None = None,
-    device: str | None = None,
-) -> list[PlanProblem]:
-    """The problems of ``planning.validate_plan`` (empty: the plan passes), each with a fix."""
-    check = planning.validate_plan(
-        bucket, family, plan, world_size=world_size, backend=backend, device=device or default_device()
-    )
-    return check.problems
-
-
-def _job_id(index: int, bucket: BucketKey, samples: Sequence[Sample]) -> str:
-    digest = hashlib.sha256(bucket.model_dump_json().encode())
-    for sample in samples:
-        digest.update(sample.sample_id.encode())
-    return f"job-{index:04d}-{digest.hexdigest()[:8]}"
-
-
 def cut_jobs(samples: Sequence[Sample], dp: int, max_samples_per_job: int) -> list[tuple[list[Sample], int]]:
     """Cut a bucket into chunks that are multiples of dp; only the last chunk may need padding."""
     chunk = max(dp, (max_samples_per_job // dp) * dp)
@@ -299,7 +275,7 @@ def plan_run(
         for part, padded in cut_jobs(samples, plan.dp, max_samples_per_job):
             jobs.append(
                 PlannedJob(
-                    _job_id(len(jobs), bucket, part), bucket, family, plan, part, padded, tokens, list(choice.notes),
+                    job_id(len(jobs), bucket, part), bucket, family, plan, part, padded, tokens, list(choice.notes),
                     backend=bucket.backend,
                     refused=refused,
                     estimated_gpu_seconds=round(choice.estimated_gpu_seconds_per_sample * (len(part) + padded), 6),
