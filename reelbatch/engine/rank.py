@@ -49,13 +49,7 @@ def slots_for_rank(spec: JobSpec, dp_rank: int) -> list[list[Sample | None]]:
 
 def sidecar(spec: JobSpec, sample: Sample, seconds: float, frames: int) -> dict:
     return {
-        "sample_id": sample.sample_id,
-        "row": sample.row,
-        "row_id": sample.row_id,
-        "video_index": sample.video_index,
-        "prompt": sample.prompt,
-        "negative_prompt": sample.negative_prompt,
-        "seed": sample.seed,
+        **sample.model_dump(exclude={"output_key"}),
         **spec.bucket.model_dump(),
         "frames": frames,
         "fps": spec.fps,

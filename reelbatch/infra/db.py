@@ -342,16 +342,8 @@ def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
 
 
 def _generation_params(bucket: BucketKey) -> dict[str, Any]:
-    return {
-        "model": bucket.model,
-        "height": bucket.height,
-        "width": bucket.width,
-        "num_frames": bucket.num_frames,
-        "num_inference_steps": bucket.num_inference_steps,
-        "guidance_scale": bucket.guidance_scale,
-        "embedded_guidance_scale": bucket.embedded_guidance_scale,
-        "sequence_batch": bucket.sequence_batch,
-    }
+    # Every bucket field has a column of the same name, except how it runs (plan and backend live on the job).
+    return bucket.model_dump(exclude={"plan", "backend"})
 
 
 def _sample_identity_values(sample: Sample) -> dict[str, Any]:

@@ -122,18 +122,8 @@ class RunPlan:
 
 
 def bucket_key(row: ManifestRow) -> BucketKey:
-    return BucketKey(
-        model=row.model,
-        height=row.height,
-        width=row.width,
-        num_frames=row.num_frames,
-        num_inference_steps=row.num_inference_steps,
-        guidance_scale=row.guidance_scale,
-        embedded_guidance_scale=row.embedded_guidance_scale,
-        sequence_batch=row.sequence_batch,
-        plan=row.plan,
-        backend=row.backend,
-    )
+    # A bucket is the row's fields that shape the pipeline call; they carry the same names on both models.
+    return BucketKey(**{name: getattr(row, name) for name in BucketKey.model_fields})
 
 
 class PlanRefused(ValueError):
