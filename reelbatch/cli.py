@@ -73,6 +73,18 @@ BackendOpt = Annotated[
     Optional[str],
     typer.Option("--backend", help="native (diffusers context parallel + reelbatch CFG/dp) or xdit (xfuser, CUDA only).", rich_help_panel="Parallelism"),
 ]
+JobMinutesOpt = Annotated[
+    float, typer.Option("--job-minutes", min=0.01, help="Target wall time of one job, model load included; small manifests get shorter jobs so every GPU has work.", rich_help_panel="Packing")
+]
+PaddingOpt = Annotated[
+    str, typer.Option("--padding", help="pad: padded slots are computed and thrown away; fill: they generate extra seeds of the bucket's prompts (free videos).", rich_help_panel="Packing")
+]
+JobWidthOpt = Annotated[
+    str, typer.Option("--job-width", help="group: each job gets one sample's GPU group and jobs run side by side on a node; node: a job spans the node with the plan's data parallel degree.", rich_help_panel="Packing")
+]
+NoPackOpt = Annotated[
+    bool, typer.Option("--no-pack", help="Keep one plan per bucket cut into jobs of at most --max-samples-per-job (the pre-packing behaviour).", rich_help_panel="Packing")
+]
 MemoryOpt = Annotated[
     float, typer.Option("--gpu-memory-gib", min=1, help="Memory per GPU the planner may use.", rich_help_panel="Parallelism")
 ]
@@ -172,6 +184,18 @@ def _fail(message: str) -> None:
     raise typer.Exit(EXIT_USAGE)
 
 
+def _packing(no_pack: bool, job_minutes: float, padding: str, job_width: str):
+    from pydantic import ValidationError
+
+    from reelbatch.planning.packing import Packing
+
+    try:
+        return Packing(enabled=not no_pack, job_minutes=job_minutes, padding=padding, width=job_width)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        _fail(f"packing options: {problems} (--padding pad|fill, --job-width group|node)")
+
+
 def _gpus(gpus: int | None) -> int:
     from reelbatch.infra.cluster import default_ranks_per_node
 
@@ -211,8 +235,18 @@ def plan(
     gpu_memory_gib: MemoryOpt = 80.0,
     objective: ObjectiveOpt = "throughput",
     limit: LimitOpt = None,
+    job_minutes: JobMinutesOpt = 30.0,
+    padding: PaddingOpt = "pad",
+    job_width: JobWidthOpt = "group",
+    no_pack: NoPackOpt = False,
+    nodes: Annotated[int, typer.Option(min=1, help="Nodes of the fleet the cost and wall time are estimated for.", rich_help_panel="Fleet estimate")] = 1,
+    gpu: Annotated[str, typer.Option(help="GPU type for the estimate: h100, a800 or rtx4090.", rich_help_panel="Fleet estimate")] = "h100",
+    storage: Annotated[str, typer.Option(help="Where the weights load from (load time per job): local, nfs or s3.", rich_help_panel="Fleet estimate")] = "local",
 ) -> None:
-    """Dry run: validate the manifest and show the jobs that `run` would launch. Nothing runs.
+    """Dry run: validate the manifest and show the jobs that `run` would launch, and what they cost. Nothing runs.
+
+    Jobs are planned as `run` plans them on this machine (--gpus-per-node ranks); the estimate plays them on a
+    fleet of --nodes such machines with --gpu GPUs: wall time (makespan), GPU-hours, utilisation.
 
     Exit 0 when every row is accepted, 1 when some rows are rejected, 2 for usage or file errors.
     """
@@ -230,14 +264,22 @@ def plan(
         read = read_manifest(manifest, defaults, catalog.names(), ManifestLimits(**_limits(limit)))
     except ManifestError as exc:
         _fail(str(exc))
-    run_plan = plan_run(
-        read.rows, read.rejections, read.total_rows, catalog, _gpus(gpus), max_samples_per_job,
-        gpu_memory_gib=gpu_memory_gib, objective=objective,
-    )
+    ranks = _gpus(gpus)
+    packing = _packing(no_pack, job_minutes, padding, job_width)
+    try:
+        run_plan = plan_run(
+            read.rows, read.rejections, read.total_rows, catalog, ranks, max_samples_per_job,
+            gpu_memory_gib=gpu_memory_gib, objective=objective,
+            packing=packing.options(ranks, max_samples_per_job, nodes=nodes, storage=storage),
+        )
+        fleet = _fleet_estimate(run_plan, nodes, ranks, gpu.lower(), storage)
+    except (KeyError, ValueError) as exc:
+        _fail(f"plan: {exc}")
     if as_json:
-        print(json.dumps(run_plan.to_json(), indent=2))
+        print(json.dumps({**run_plan.to_json(), "fleet": fleet}, indent=2))
     else:
-        _print_plan(run_plan, _gpus(gpus))
+        _print_plan(run_plan, ranks)
+        _print_fleet(fleet)
     raise typer.Exit(EXIT_PARTIAL if run_plan.rejected else EXIT_OK)
 
 
@@ -278,11 +320,38 @@ def simulate(
     raise typer.Exit(EXIT_PARTIAL if report.run_plan.rejected else EXIT_OK)
 
 
+def _fleet_estimate(run_plan, nodes: int, gpus_per_node: int, gpu: str, storage: str) -> dict:
+    """The plan's jobs played on the fleet by the simulator: wall time, GPU-hours, utilisation."""
+    from reelbatch.planning.simulate import simulate_plan
+
+    report = simulate_plan(run_plan, nodes=nodes, gpus_per_node=gpus_per_node, gpu=gpu, storage=storage)
+    return {"nodes": nodes, "gpus_per_node": gpus_per_node, "gpu": report.gpu, "storage": storage,
+            **report.packed.to_json()}
+
+
+def _print_fleet(fleet: dict) -> None:
+    hours = fleet["makespan_s"] / 3600
+    out.print(
+        f"On {fleet['nodes']} x {fleet['gpus_per_node']} {fleet['gpu'].upper()} ({fleet['storage']} weights): "
+        f"about {_duration(fleet['makespan_s'])} of wall time ({hours:,.2f} h, lower bound "
+        f"{_duration(fleet['lower_bound_s'])}), {fleet['gpu_hours']:,.2f} GPU-hours, "
+        f"GPU utilisation {fleet['gpu_utilization']:.0%}.",
+        highlight=False,
+    )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
 def _print_plan(run_plan, gpus: int) -> None:
     from reelbatch.schemas import ParallelPlan
 
     table = Table(title=f"Plan for {gpus} ranks per node", title_justify="left")
-    columns = ("job", "model", "HxWxF", "steps", "guidance", "plan", "samples", "padded", "tokens", "GPU-s", "notes")
+    columns = ("job", "model", "HxWxF", "steps", "guidance", "plan", "samples", "padded", "tokens", "GPU-s",
+               "wall", "notes")
     for column in columns:
         table.add_column(column, no_wrap=column in ("job", "plan", "HxWxF"))
     footnotes: list[str] = []
@@ -301,7 +370,7 @@ def _print_plan(run_plan, gpus: int) -> None:
         table.add_row(
             job.job_id, b.model, f"{b.height}x{b.width}x{b.num_frames}", str(b.num_inference_steps),
             f"{b.guidance_scale:g}", job.plan.short(), str(len(job.samples)), str(job.padded_slots), str(job.tokens),
-            f"{job.estimated_gpu_seconds:,.0f}", " ".join(marks),
+            f"{job.estimated_gpu_seconds:,.0f}", _duration(job.estimated_seconds), " ".join(marks),
         )
     out.print(table)
     for number, note in enumerate(footnotes, 1):
@@ -311,7 +380,7 @@ def _print_plan(run_plan, gpus: int) -> None:
     out.print(
         f"{run_plan.rows} rows, {run_plan.accepted} accepted, {len(run_plan.rejected)} rejected; "
         f"{s['jobs']} jobs, {s['samples']} samples, {s['padded_slots']} padded slots ({s['padding_ratio']:.1%}); "
-        f"about {s['estimated_gpu_seconds'] / 3600:,.2f} H100 GPU-hours."
+        f"about {s['estimated_gpu_seconds'] / 3600:,.2f} H100 GPU-hours of compute (model loads not included)."
     )
 
 
@@ -343,11 +412,17 @@ def run(
     objective: ObjectiveOpt = "throughput",
     limit: LimitOpt = None,
     retry_policy: RetryOpt = None,
+    job_minutes: JobMinutesOpt = 30.0,
+    padding: PaddingOpt = "pad",
+    job_width: JobWidthOpt = "group",
+    no_pack: NoPackOpt = False,
 ) -> None:
     """Generate every video of the manifest and record runs, jobs and samples in the database.
 
-    Each job runs as `torchrun` ranks (on CPU with gloo when there is no CUDA). Rejected rows are reported
-    and recorded; the valid rows still run unless --strict.
+    Each job runs as `torchrun` ranks (on CPU with gloo when there is no CUDA). Jobs run side by side on disjoint
+    groups of this machine's GPUs (CPU rank slots without CUDA; --gpus-per-node of them), longest first, never
+    more ranks at once than the machine has. Rejected rows are reported and recorded; the valid rows still run
+    unless --strict.
     """
     _prefect_environment()
     from reelbatch.infra.db import Database, SchemaOutOfDate
@@ -386,6 +461,7 @@ def run(
         objective=objective,
         limits=_limits(limit),
         retry_policy=_retry_policy(retry_policy),
+        packing=_packing(no_pack, job_minutes, padding, job_width),
     )
 
 
@@ -424,6 +500,7 @@ def resume(
     run found it, unchanged.
     """
     _prefect_environment()
+    from reelbatch.planning.packing import Packing
     from reelbatch.schemas import RunDefaults
 
     db_url = _db_url(db)
@@ -449,6 +526,7 @@ def resume(
         objective=params.get("objective", "throughput"),
         retry_policy=params.get("retry_policy"),
         limits=params.get("limits"),
+        packing=Packing.model_validate(params.get("packing", {"enabled": False})),
         resume_run_id=record["id"],
     )
 

@@ -34,10 +34,10 @@ def test_plan_json_follows_the_documented_schema(tmp_path):
         + "d,bad frames,tiny-wan,32,32,6,5,\n"
         + "e,no cfg,tiny-hunyuan,32,32,5,1,\n",
     )
-    done = reelbatch("plan", manifest, "--gpus", "2", "--json")
+    done = reelbatch("plan", manifest, "--gpus", "2", "--json", "--no-pack")
     assert done.returncode == 1, done.stderr  # a row was rejected
     doc = json.loads(done.stdout)
-    assert set(doc) == {"rows", "accepted", "rejected", "jobs", "summary"}
+    assert set(doc) == {"rows", "accepted", "rejected", "jobs", "summary", "fleet"}
     assert (doc["rows"], doc["accepted"]) == (5, 4)
     [rejected] = doc["rejected"]
     assert rejected["row"] == 5 and rejected["column"] == "num_frames" and rejected["rule"] == "frames_not_4k_plus_1"
@@ -52,6 +52,27 @@ def test_plan_json_follows_the_documented_schema(tmp_path):
     summary = doc["summary"]
     assert summary.pop("estimated_gpu_seconds") > 0
     assert summary == {"jobs": 3, "samples": 4, "padded_slots": 2, "padding_ratio": round(2 / 6, 6)}
+    fleet = doc["fleet"]
+    assert (fleet["nodes"], fleet["gpus_per_node"], fleet["gpu"]) == (1, 2, "h100")
+    assert fleet["makespan_s"] > 0 and fleet["makespan_s"] >= fleet["lower_bound_s"] and 0 < fleet["gpu_utilization"] <= 1
+
+
+def test_plan_packs_by_default_and_estimates_the_fleet(tmp_path):
+    rows = "".join(f"p{i},prompt {i},tiny-wan,32,32,5,5,\n" for i in range(6)) + "h,other,tiny-hunyuan,32,32,5,1,\n"
+    manifest = write(tmp_path, HEADER + rows)
+    one = json.loads(reelbatch("plan", manifest, "--gpus", "2", "--json").stdout)
+    # Packed: one sample's group per job (dp=1), so no slot is padded; longest first.
+    assert all(j["plan"]["dp"] == 1 and j["padded_slots"] == 0 for j in one["jobs"])
+    assert sum(j["samples"] for j in one["jobs"]) == 7
+    walls = [j["estimated_seconds"] for j in one["jobs"]]
+    assert walls == sorted(walls, reverse=True)
+    four = json.loads(reelbatch("plan", manifest, "--gpus", "2", "--json", "--nodes", "4", "--gpu", "rtx4090").stdout)
+    assert (four["fleet"]["nodes"], four["fleet"]["gpu"]) == (4, "rtx4090")
+    assert four["fleet"]["makespan_s"] <= one["fleet"]["makespan_s"] * 4  # a slower GPU on more nodes
+    text = reelbatch("plan", manifest, "--gpus", "2", "--nodes", "2")
+    assert text.returncode == 0 and "On 2 x 2 H100" in text.stdout and "of wall time" in text.stdout
+    bad = reelbatch("plan", manifest, "--padding", "zero")
+    assert bad.returncode == 2 and "--padding pad|fill" in bad.stderr
 
 
 def test_plan_exits_zero_when_every_row_is_accepted(tmp_path):

@@ -475,7 +475,7 @@ def test_upgrade_from_0001_keeps_every_row(database_url: str) -> None:
         assert [len(rows) for rows in before.values()] == [1, 1, 3]
 
         database.upgrade()
-        assert database.current_revision() == head_revision() == "0003"
+        assert database.current_revision() == head_revision() == "0004"
         database.ensure_schema()
         after = {table: _rows(database, table) for table in ("runs", "jobs", "samples")}
         assert [row.pop("launch_id") for row in after["jobs"]] == [None]

@@ -60,6 +60,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 RUN_STATUSES = ("pending", "running", "done", "failed", "partial")
 JOB_STATUSES = ("pending", "running", "done", "failed")
 SAMPLE_STATUSES = ("pending", "running", "done", "failed", "rejected")
+INBOX_STATUSES = ("running", "processed", "failed")
 
 NO_RESULT_ERROR = "job ended without a result for this sample"
 
@@ -259,6 +260,32 @@ class JobAttemptRecord(Base):
     tail: Mapped[str | None] = mapped_column(Text)
     retry_delay_s: Mapped[float | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Where the attempt ran (revision 0004): host or Dask worker address, devices given, ranks, start time.
+    host: Mapped[str | None] = mapped_column(Text)
+    devices: Mapped[str | None] = mapped_column(String(255))
+    world_size: Mapped[int | None]
+    started_at: Mapped[datetime | None]
+
+
+class InboxManifestRecord(Base):
+    """A manifest found in an inbox prefix and the run that processed it (revision 0004).
+
+    Keyed by the file's URI and a fingerprint of its content (size, mtime or ETag), so a file replaced under the same
+    name is a new manifest; the uploader's files are never moved or modified.
+    """
+
+    __tablename__ = "inbox_manifests"
+    __table_args__ = (_status_check(INBOX_STATUSES), UniqueConstraint("uri", "fingerprint"))
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    inbox: Mapped[str] = mapped_column(Text)
+    uri: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 @dataclass(frozen=True)
@@ -986,3 +1013,46 @@ class Database:
                 select(table).where(table.c.run_id == resolved).order_by(table.c.created_at, table.c.id)
             )
             return [dict(row) for row in rows.mappings()]
+
+    # --- manifest inbox ---
+
+    def claim_inbox_manifest(self, inbox: str, uri: str, fingerprint: str) -> bool:
+        """Take ``uri`` (at ``fingerprint``) for processing; False when it was processed or is being processed.
+
+        A manifest whose earlier run failed is claimed again, so a scheduled run retries it.
+        """
+        table = InboxManifestRecord.__table__
+        with self._writing() as session:
+            row = session.execute(
+                select(table.c.id, table.c.status).where(table.c.uri == uri, table.c.fingerprint == fingerprint)
+            ).first()
+            if row is None:
+                session.add(InboxManifestRecord(inbox=inbox, uri=uri, fingerprint=fingerprint, status="running"))
+                return True
+            if row.status != "failed":
+                return False
+            session.execute(
+                update(table).where(table.c.id == row.id).values(status="running", error=None, updated_at=utcnow())
+            )
+            return True
+
+    def finish_inbox_manifest(
+        self, uri: str, fingerprint: str, status: str, run_id: str | None = None, error: str | None = None
+    ) -> None:
+        if status not in INBOX_STATUSES:
+            raise ValueError(f"inbox status {status!r}: use one of {INBOX_STATUSES}")
+        table = InboxManifestRecord.__table__
+        with self._writing() as session:
+            session.execute(
+                update(table)
+                .where(table.c.uri == uri, table.c.fingerprint == fingerprint)
+                .values(status=status, run_id=run_id, error=error, updated_at=utcnow())
+            )
+
+    def inbox_manifests(self, inbox: str | None = None) -> list[dict[str, Any]]:
+        table = InboxManifestRecord.__table__
+        query = select(table).order_by(table.c.created_at, table.c.id)
+        if inbox is not None:
+            query = query.where(table.c.inbox == inbox)
+        with self._reading() as session:
+            return [dict(row) for row in session.execute(query).mappings()]

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from typing import TYPE_CHECKING, Literal
 
+from pydantic import BaseModel, Field
+
 from reelbatch.identity import output_key, sample_id, sample_seed
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel, StorageKind
 from reelbatch.schemas import BucketKey, ManifestRow, ParallelPlan, Sample
@@ -80,6 +82,27 @@ class PackingOptions:
     def cost(self) -> CostModel:
         model = self.cost_model or DEFAULT_COST_MODEL
         return model.on(self.gpu) if self.gpu else model
+
+
+class Packing(BaseModel):
+    """How a run cuts its work into jobs; the flow's parameter (a sub-form in the Prefect UI)."""
+
+    enabled: bool = Field(True, description="Re-cut buckets into jobs of about job_minutes, longest first. Off: "
+                          "one plan per bucket, jobs of at most max_samples_per_job, the plan's dp on every job.")
+    job_minutes: float = Field(DEFAULT_TARGET_SECONDS / 60, gt=0, description="Target wall time of one job, model "
+                               "load included; small manifests get shorter jobs so every GPU has work.")
+    padding: PaddingPolicy = Field("pad", description="pad: padded slots are computed and thrown away; fill: they "
+                                   "generate extra seeds of the bucket's own prompts (free videos).")
+    width: JobWidth = Field("group", description="group: one sample's GPU group per job, several jobs side by side "
+                            "on a node; node: the chosen plan's data parallel degree, one job spans the node.")
+
+    def options(self, gpus_per_node: int, max_samples_per_job: int | None = None, **extra) -> PackingOptions | None:
+        if not self.enabled:
+            return None
+        return PackingOptions(
+            target_seconds=self.job_minutes * 60, padding=self.padding, width=self.width,
+            gpus_per_node=gpus_per_node, max_samples_per_job=max_samples_per_job, **extra,
+        )
 
 
 # --- Cutting one bucket -----------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -19,6 +20,7 @@ from reelbatch.engine.events import EVENT_PREFIX
 from reelbatch.infra.db import Database
 from reelbatch.engine.faults import ATTEMPT_ENV
 from reelbatch.infra.failures import Failure, classify
+from reelbatch.infra.devices import DeviceGroup
 from reelbatch.infra.launcher import launch, new_launch_id
 from reelbatch.testing import crash_point
 from reelbatch.infra.storage import work_root
@@ -37,6 +39,7 @@ class JobOutcome:
     log_path: str
     launch_id: str
     failure: Failure | None = None  # None when the ranks exited cleanly
+    started_at: datetime | None = None
 
 
 def job_dir(output: str, run_id: str, job_id: str) -> Path:
@@ -77,8 +80,13 @@ def spec_path(spec: JobSpec) -> Path:
     return Path(spec.results_path).parent / "job.json"
 
 
-def run_job(spec: JobSpec, db_url: str, timeout_s: float | None = None, attempt: int = 1) -> JobOutcome:
-    """Launch the job's ranks and wait for them; never raises for a failed job (the outcome classifies it)."""
+def run_job(
+    spec: JobSpec, db_url: str, timeout_s: float | None = None, attempt: int = 1, devices: DeviceGroup | None = None
+) -> JobOutcome:
+    """Launch the job's ranks and wait for them; never raises for a failed job (the outcome classifies it).
+
+    ``devices``: the GPUs (or CPU rank slots) lent to this job; its ranks see only those.
+    """
     try:
         logger = get_run_logger()
     except MissingContextError:  # called outside a flow (tests, scripts)
@@ -106,6 +114,7 @@ def run_job(spec: JobSpec, db_url: str, timeout_s: float | None = None, attempt:
         logger.info("%s %s", spec.job_id, line)
 
     folder = Path(spec.results_path).parent
+    started_at = datetime.now(timezone.utc)
     result = launch(
         RANK_ENTRY,
         [str(spec_path(spec))],
@@ -114,12 +123,13 @@ def run_job(spec: JobSpec, db_url: str, timeout_s: float | None = None, attempt:
         timeout_s=timeout_s,
         on_line=on_line,
         launch_id=launch_id,
-        env={ATTEMPT_ENV: str(attempt)},
+        env={ATTEMPT_ENV: str(attempt), **(devices.environment() if devices else {})},
     )
     failure = classify(result) if result.returncode != 0 or result.timed_out else None
     sink.job_finished(spec.job_id, failure.kind if failure else "done")
     return JobOutcome(
-        result.returncode, round(result.seconds, 3), result.timed_out, str(result.log_path), launch_id, failure
+        result.returncode, round(result.seconds, 3), result.timed_out, str(result.log_path), launch_id, failure,
+        started_at,
     )
 
 

@@ -8,21 +8,26 @@ per forward. The job row ends with the plan that last ran.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import task
+from prefect.futures import PrefectFuture, as_completed
 
 from reelbatch.infra.cluster import visible_gpus
 from reelbatch.infra.db import Database
+from reelbatch.infra.devices import DeviceGroup, DevicePool, local_pool
 from reelbatch.infra.failures import Failure, RetryPolicy
 from reelbatch.models.registry import family_from_folder
 from reelbatch.planning import validate_plan
 from reelbatch.schemas import JobSpec, ParallelPlan
 from reelbatch.tasks.collect import collect_attempt
 from reelbatch.tasks.dispatch import JobOutcome, run_job
+from reelbatch.tasks.shard import PlannedJob
 
 
 @dataclass
@@ -87,22 +92,45 @@ def _failure_of(outcome: JobOutcome, problems: dict[str, str]) -> Failure:
     return Failure(kind="unknown", rank=None, message=f"the job ended without usable output: {detail}", tail=[])
 
 
+def _devices_for_attempt(
+    devices: DeviceGroup | None, ranks_per_node: int | None, width: int, priority: float
+) -> contextlib.AbstractContextManager[DeviceGroup]:
+    if devices is not None:
+        return contextlib.nullcontext(devices)
+    return local_pool(ranks_per_node or width).group(width, priority)
+
+
 def execute_job(
-    spec: JobSpec, db_url: str, output: str, timeout_s: float | None, policy: RetryPolicy
+    spec: JobSpec,
+    db_url: str,
+    output: str,
+    timeout_s: float | None,
+    policy: RetryPolicy,
+    ranks_per_node: int | None = None,
+    priority: float = 0.0,
+    devices: DeviceGroup | None = None,
 ) -> JobResult:
-    """``timeout_s``: the wall-clock limit per attempt; None takes the planner's estimate with a margin."""
+    """``timeout_s``: the wall-clock limit per attempt; None takes the planner's estimate with a margin.
+
+    ``devices``: the GPUs (CPU rank slots) the flow's scheduler gave this job, for all its attempts. Without them
+    (a task on a Dask worker) each attempt waits for a group of free devices of this machine as wide as the job
+    (``infra.devices``; ``ranks_per_node`` is what the run was planned for, ``priority`` orders waiting jobs,
+    lower first), and gives it back before a retry's back-off.
+    """
     timeout_s = timeout_s or spec.timeout_s
     total = len(spec.samples)
     attempt, done = 1, 0
     while True:
-        outcome = run_job(spec, db_url, timeout_s, attempt)
+        with _devices_for_attempt(devices, ranks_per_node, spec.plan.world_size, priority) as group:
+            outcome = run_job(spec, db_url, timeout_s, attempt, group)
         collected = collect_attempt(spec, db_url, output)
         done += len(collected.done)
         failure = None if not collected.remaining else _failure_of(outcome, collected.problems)
         decision = policy.decide(failure, attempt) if failure else None
         attempt_fields = dict(
             launch_id=outcome.launch_id, returncode=outcome.returncode, timed_out=outcome.timed_out,
-            seconds=outcome.seconds,
+            seconds=outcome.seconds, host=group.host, devices=group.describe(),
+            world_size=spec.plan.world_size, started_at=outcome.started_at,
         )
         if failure:
             attempt_fields.update(
@@ -129,4 +157,43 @@ def execute_job(
         spec, attempt = retry_spec, attempt + 1
 
 
+def longest_first(planned: Sequence[PlannedJob], specs: Sequence[JobSpec]) -> list[tuple[int, JobSpec]]:
+    """The specs with their priority: 0 for the longest estimated job (wall time), then shorter ones."""
+    def wall(job: PlannedJob) -> float:
+        return job.estimated_seconds or job.estimated_gpu_seconds / job.plan.world_size
+
+    order = sorted(range(len(specs)), key=lambda i: (-wall(planned[i]), i))
+    return [(rank, specs[i]) for rank, i in enumerate(order)]
+
+
 execute_job_task = task(name="run-job")(execute_job)
+
+
+def execute_jobs(
+    jobs: Sequence[tuple[int, JobSpec]],
+    pool: DevicePool,
+    start: Callable[[JobSpec, int, DeviceGroup], PrefectFuture[JobResult]],
+) -> list[JobResult]:
+    """Run ``jobs`` (priority, spec) side by side on ``pool``'s devices; their results, in the order of ``jobs``.
+
+    Whenever devices are free, the first waiting job (lowest priority number) that fits starts on a group of its
+    own through ``start`` (which submits the job's task), so narrow jobs back-fill while a wide one waits for room.
+    A job's devices come back when its task ends. A task that raised (not a failed job: that is a result) re-raises
+    here once every other job has ended.
+    """
+    waiting = sorted(enumerate(jobs), key=lambda item: item[1][0])
+    running: dict[PrefectFuture[JobResult], DeviceGroup] = {}
+    started: dict[int, PrefectFuture[JobResult]] = {}  # position in ``jobs`` -> its task
+    while waiting or running:
+        for item in list(waiting):
+            position, (priority, spec) = item
+            group = pool.try_take(spec.plan.world_size)
+            if group is not None:
+                waiting.remove(item)
+                started[position] = start(spec, priority, group)
+                running[started[position]] = group
+        if not running:  # cannot happen while every job fits the pool (try_take refuses wider ones loudly)
+            raise RuntimeError("no job fits the free devices although none is running")
+        finished = next(as_completed(list(running)))
+        pool.give_back(running.pop(finished))
+    return [started[position].result() for position in range(len(jobs))]
