@@ -3,47 +3,79 @@
 The identity hash covers model, prompt, negative prompt, the generation parameters, the seed and the video
 index. Execution details (plan, world size, sequence_batch, the batch a sample lands in) are not part of it: they
 do not change the video, so a sample keeps its id, seed and output key whatever the fleet looks like.
+
+The hash is the SHA-256 of ``json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))``.
+Existing databases and output folders are keyed by it, so that text must never change by a byte. It is written
+here without ``json.dumps``: a row's members once, then per video only the seed and index between them (a plan
+of a big manifest hashes hundreds of thousands of samples). tests/test_identity.py checks it against
+``json.dumps`` itself.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+from json.encoder import encode_basestring
 
-from reelbatch.schemas import ManifestRow, Sample
+from reelbatch.schemas import ManifestRow, Sample, trusted
 
 SEED_RANGE = 2**63
 
+_SAMPLE_FIELDS = set(Sample.model_fields)
 
-def _digest(payload: dict) -> str:
-    canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+def _json(value: object) -> str:
+    """``value`` as the canonical json.dumps writes it; types other than the usual ones go through json itself."""
+    kind = type(value)
+    if kind is str:
+        return encode_basestring(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    if value is None:
+        return "null"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _content_json(row: ManifestRow) -> tuple[str, str]:
+    """The row's part of both payloads, in json.dumps' sorted key order: the members before and after the keys
+    a video adds ("purpose", "seed", "video_index")."""
+    j = _json
+    before = (
+        f'{{"embedded_guidance_scale":{j(row.embedded_guidance_scale)},"guidance_scale":{j(row.guidance_scale)},'
+        f'"height":{j(row.height)},"model":{j(row.model)},"negative_prompt":{j(row.negative_prompt)},'
+        f'"num_frames":{j(row.num_frames)},"num_inference_steps":{j(row.num_inference_steps)},'
+        f'"prompt":{j(row.prompt)},'
+    )
+    return before, f'"width":{j(row.width)}}}'
+
+
+def _sha256(canonical: str) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _content(row: ManifestRow) -> dict:
-    return {
-        "model": row.model,
-        "prompt": row.prompt,
-        "negative_prompt": row.negative_prompt,
-        "height": row.height,
-        "width": row.width,
-        "num_frames": row.num_frames,
-        "num_inference_steps": row.num_inference_steps,
-        "guidance_scale": row.guidance_scale,
-        "embedded_guidance_scale": row.embedded_guidance_scale,
-    }
+def _seed(row: ManifestRow, content: tuple[str, str], video_index: int) -> int:
+    if row.seed is not None:
+        return (row.seed + video_index) % SEED_RANGE
+    before, after = content
+    derived = _sha256(f'{before}"purpose":"seed","video_index":{_json(video_index)},{after}')
+    return int(derived[:15], 16)  # 60 bits: fits every generator and a signed BIGINT column
+
+
+def _sample_id(content: tuple[str, str], video_index: int, seed: int) -> str:
+    before, after = content
+    return _sha256(f'{before}"seed":{_json(seed)},"video_index":{_json(video_index)},{after}')[:32]
 
 
 def sample_seed(row: ManifestRow, video_index: int) -> int:
     """The row's seed plus the video index; without a seed, one derived from the content (reproducible)."""
-    if row.seed is not None:
-        return (row.seed + video_index) % SEED_RANGE
-    derived = _digest({**_content(row), "video_index": video_index, "purpose": "seed"})
-    return int(derived[:15], 16)  # 60 bits: fits every generator and a signed BIGINT column
+    return _seed(row, _content_json(row), video_index)
 
 
 def sample_id(row: ManifestRow, video_index: int, seed: int) -> str:
-    return _digest({**_content(row), "seed": seed, "video_index": video_index})[:32]
+    return _sample_id(_content_json(row), video_index, seed)
 
 
 def output_key(identity: str) -> str:
@@ -52,20 +84,20 @@ def output_key(identity: str) -> str:
 
 
 def expand_row(row: ManifestRow) -> list[Sample]:
+    content = _content_json(row)
     samples = []
     for video_index in range(row.num_videos):
-        seed = sample_seed(row, video_index)
-        identity = sample_id(row, video_index, seed)
-        samples.append(
-            Sample(
-                sample_id=identity,
-                row=row.row,
-                row_id=row.id,
-                video_index=video_index,
-                prompt=row.prompt,
-                negative_prompt=row.negative_prompt,
-                seed=seed,
-                output_key=output_key(identity),
-            )
-        )
+        seed = _seed(row, content, video_index)
+        identity = _sample_id(content, video_index, seed)
+        # Every value comes from a validated row or is computed here, so the Sample is not validated again.
+        samples.append(trusted(Sample, {
+            "sample_id": identity,
+            "row": row.row,
+            "row_id": row.id,
+            "video_index": video_index,
+            "prompt": row.prompt,
+            "negative_prompt": row.negative_prompt,
+            "seed": seed,
+            "output_key": output_key(identity),
+        }, _SAMPLE_FIELDS))
     return samples

@@ -18,6 +18,10 @@ from reelbatch.tasks.manifest import (
     ManifestError,
     ManifestLimits,
     ManifestReadResult,
+    _check_record,
+    _read_header,
+    _RowChecker,
+    _RowContext,
     parse_manifest_text,
     read_manifest,
     read_manifest_task,
@@ -553,3 +557,56 @@ def test_credentials_in_a_manifest_url_never_reach_messages():
     with pytest.raises(ManifestError) as caught:
         read_manifest("s3://AKIAEXAMPLE:secretvalue@no-such-bucket-reelbatch/x.csv", RunDefaults(), KNOWN_MODELS)
     assert "secretvalue" not in str(caught.value) and "AKIAEXAMPLE" not in str(caught.value)
+
+
+# Cells that pass and cells that fail, for every column: rows mixing them, with repeats, short and long rows and
+# reused ids, must come out of the reader's fast path exactly as the row-by-row reference check makes them.
+_CELLS = {
+    "id": ["", "a", "b", " a ", "p\x00"], "prompt": ["a cat", " a dog ", "", "x" * 600, "é \"q\""],
+    "negative_prompt": ["", "blurry", " blurry "], "model": ["tiny-wan", "tiny-hunyuan", "", "nope"],
+    "height": ["32", "48", "", "33", "+32", "32.0", "0x10", "-16"], "width": ["32", "", "64.", "4096"],
+    "num_frames": ["5", "9", "", "6"], "num_inference_steps": ["4", "", "0"],
+    "guidance_scale": ["5", "1.0", "", "nan", "-1", ".5"], "embedded_guidance_scale": ["", "6", "x"],
+    "seed": ["", "1", "42", "-1", str(MAX_SEED + 1), "1.0"], "num_videos": ["1", "2", "", "0"],
+    "sequence_batch": ["", "true", "no", "maybe"], "plan": ["", "dp=2", "bad"], "backend": ["", "XDIT", "other"],
+    "extra": ["", "x"],
+}
+
+
+@st.composite
+def mostly_valid_manifests(draw) -> tuple[list[str], list[list[str]]]:
+    columns = draw(st.permutations(list(_CELLS)))[: draw(st.integers(1, len(_CELLS)))]
+    columns = columns if "prompt" in columns else [*columns, "prompt"]
+    records = []
+    for _ in range(draw(st.integers(0, 30))):
+        good = draw(st.integers(0, 4)) > 0
+        record = [draw(st.sampled_from(_CELLS[c][:2] if good else _CELLS[c])) for c in columns]
+        records.append(record + draw(st.sampled_from([[], [], [], ["x"], [" "]])))
+    return columns, records
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    mostly_valid_manifests(),
+    st.sampled_from([
+        DEFAULTS,
+        RunDefaults(model="tiny-hunyuan", num_frames=9, plan={"dp": 2}, sequence_batch=True),
+        RunDefaults.model_construct(**{**DEFAULTS.model_dump(), "num_frames": 6}),  # a default that fails
+        RunDefaults.model_construct(**{**DEFAULTS.model_dump(), "guidance_scale": None}),  # wrong type
+    ]),
+)
+def test_fast_row_checks_match_the_reference_row_by_row(manifest, defaults):
+    columns, records = manifest
+    header = _read_header(columns, "The manifest")
+    context = _RowContext(defaults=defaults, limits=ManifestLimits(max_prompt_chars=500),
+                          known_models=frozenset(KNOWN_MODELS))
+    fast_ids: dict[str, int] = {}
+    reference_ids: dict[str, int] = {}
+    checker = _RowChecker(header, context, fast_ids)
+    for line, record in enumerate(records, 2):
+        fast = checker.check(record, line)
+        reference = _check_record(record, line, header, context, reference_ids)
+        assert type(fast) is type(reference) and fast == reference and repr(fast) == repr(reference)
+        if isinstance(fast, ManifestRow):
+            assert fast.model_fields_set == reference.model_fields_set
+        assert fast_ids == reference_ids

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, get_args
 
 import fsspec
-from pydantic import BaseModel, ValidationError, ValidationInfo, create_model, field_validator
+from pydantic import BaseModel, TypeAdapter, ValidationError, ValidationInfo, create_model, field_validator
 
 from reelbatch.infra.storage import redact_text, redact_url
-from reelbatch.schemas import Backend, ManifestRow, ParallelPlan, RowRejection, RunDefaults
+from reelbatch.schemas import Backend, ManifestRow, ParallelPlan, RowRejection, RunDefaults, many_models, trusted
 
 INLINE_SOURCE = "<inline>"
 MAX_SEED = 2**63 - 1
@@ -441,6 +441,80 @@ def _rejection_from(error: ValidationError, line: int, defaulted: set[str]) -> R
     return RowRejection(row=line, column=column, rule=rule, message=message, fix=fix)
 
 
+# Columns whose cells are mostly different on every row: remembering them would only cost memory.
+_UNREPEATED_COLUMNS = frozenset({"id", "prompt", "seed"})
+_REMEMBERED_CELLS = 10_000  # per column: bounds the memory a hostile file can make the reader hold
+_ROW_FIELDS = set(ManifestRow.model_fields)
+if list(ManifestRow.model_fields) != ["row", *COLUMN_PARSERS]:
+    raise ImportError("manifest: COLUMN_PARSERS must list ManifestRow's fields after 'row', in the same order")
+_CELL_TYPES = {column: TypeAdapter(ManifestRow.model_fields[column].annotation) for column in COLUMN_PARSERS}
+_FAILED = object()
+_ABSENT = 2**62  # the position of a column the header lacks: past the end of every record
+
+
+class _RowChecker:
+    """``_check_record`` for one file, fast on rows that pass; a row with any problem is handed to it.
+
+    A cell's value depends only on its column and its text (defaults and limits are the file's), so a cell that
+    repeats, like a model name or a size, is parsed and type-checked once. The row is built from values that
+    have passed exactly the checks ``_check_record`` applies, so it is not validated a second time. Rows with a
+    problem (a bad cell, extra cells, an id already used) go through ``_check_record``, which writes the
+    rejection; a rejected row is rare, so that costs nothing overall.
+    """
+
+    def __init__(self, header: _Header, context: _RowContext, first_line_of_id: dict[str, int]) -> None:
+        self._header = header
+        self._context = context
+        self._first_line_of_id = first_line_of_id
+        self._id_position = header.positions.get("id", _ABSENT)
+        self._columns = [
+            (column, header.positions.get(column, _ABSENT), None if column in _UNREPEATED_COLUMNS else {})
+            for column in COLUMN_PARSERS
+        ]
+
+    def check(self, record: list[str], line: int) -> ManifestRow | RowRejection:
+        cells = len(record)
+        if cells > self._header.width and any(cell.strip() for cell in record[self._header.width :]):
+            return self._reference(record, line)
+        if self._id_position < cells:
+            row_id = record[self._id_position].strip()
+            if row_id and self._first_line_of_id.setdefault(row_id, line) != line:
+                return self._reference(record, line)
+        values: dict[str, object] = {"row": line}
+        for column, position, seen in self._columns:
+            cell = record[position] if position < cells else ""
+            value = _FAILED if seen is None else seen.get(cell, _FAILED)
+            if value is _FAILED:
+                value = self._parse(column, cell, seen)
+                if value is _FAILED:
+                    return self._reference(record, line)
+            values[column] = value
+        return trusted(ManifestRow, values, _ROW_FIELDS)
+
+    def _parse(self, column: str, cell: str, seen: dict[str, object] | None) -> object:
+        text = cell.strip()
+        if text:
+            value: object = text
+        elif column in _COLUMNS_WITH_RUN_DEFAULT:
+            value = getattr(self._context.defaults, column)
+        else:
+            value = None
+        try:
+            value = COLUMN_PARSERS[column](value, column, self._context)
+            if seen is None:
+                # id, prompt and seed parsers return str, str and int by construction: no type check per row.
+                return value
+            value = _CELL_TYPES[column].validate_python(value)
+        except Exception:  # the reference path turns it into the same rejection, or raises it the same way
+            return _FAILED
+        if len(seen) < _REMEMBERED_CELLS:
+            seen[cell] = value
+        return value
+
+    def _reference(self, record: list[str], line: int) -> ManifestRow | RowRejection:
+        return _check_record(record, line, self._header, self._context, self._first_line_of_id)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # File
 # --------------------------------------------------------------------------------------------------------------
@@ -602,6 +676,7 @@ def _parse_stream(
     return _validate_records(header, records, defaults, known_models, limits, source, lambda: lines.sha256)
 
 
+@many_models()
 def _validate_records(
     header: _Header,
     records: Iterable[tuple[int, list[str]]],
@@ -615,7 +690,7 @@ def _validate_records(
     context = _RowContext(defaults=defaults, limits=limits, known_models=frozenset(known_models))
     rows: list[ManifestRow] = []
     rejections: list[RowRejection] = []
-    first_line_of_id: dict[str, int] = {}
+    checker = _RowChecker(header, context, first_line_of_id={})
     raw_rows: dict[int, dict[str, str]] = {}
     total_rows = 0
     for line, record in records:
@@ -624,7 +699,7 @@ def _validate_records(
             raise ManifestError(
                 f"{subject} has more than {limits.max_rows:,} rows: split it into smaller manifests"
             )
-        outcome = _check_record(record, line, header, context, first_line_of_id)
+        outcome = checker.check(record, line)
         if isinstance(outcome, RowRejection):
             rejections.append(outcome)
             raw_rows[line] = {c: header.cell(record, c)[:RAW_CELL_CHARS] for c in header.positions}

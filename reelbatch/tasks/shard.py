@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 
 from reelbatch import planning
 from reelbatch.identity import expand_row
@@ -19,7 +20,7 @@ from reelbatch.planning import DEFAULT_GPU_MEMORY_GIB, Objective, PlanProblem
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel
 from reelbatch.planning.packing import PackingOptions, job_id, pack_plan
 from reelbatch.settings import JOB_TIMEOUT_FLOOR_S, JOB_TIMEOUT_MARGIN
-from reelbatch.schemas import Backend, BucketKey, ManifestRow, ParallelPlan, RowRejection, Sample
+from reelbatch.schemas import Backend, BucketKey, ManifestRow, ParallelPlan, RowRejection, Sample, many_models
 
 DEFAULT_MAX_SAMPLES_PER_JOB = 32
 MODEL_FIX = "point --model-path NAME=DIR (or the models file) at a local diffusers pipeline folder"
@@ -126,6 +127,29 @@ def bucket_key(row: ManifestRow) -> BucketKey:
     return BucketKey(**{name: getattr(row, name) for name in BucketKey.model_fields})
 
 
+_bucket_fields = attrgetter(*BucketKey.model_fields)
+
+
+def _bucket_rows(rows: Sequence[ManifestRow]) -> dict[BucketKey, list[ManifestRow]]:
+    """The rows by bucket, in the order buckets first appear.
+
+    Rows are grouped by the plain tuple of their bucket fields, and a ``BucketKey`` (a pydantic model, slow to
+    build and to hash) is built once per group, not once per row.
+    """
+    groups: dict[tuple, list[ManifestRow]] = {}
+    for row in rows:
+        fields = _bucket_fields(row)
+        group = groups.get(fields)
+        if group is None:
+            groups[fields] = group = []
+        group.append(row)
+    buckets: dict[BucketKey, list[ManifestRow]] = {}
+    for group in groups.values():
+        # Distinct tuples that validate to one BucketKey (e.g. "5.0" and 5.0 on unvalidated rows) share a bucket.
+        buckets.setdefault(bucket_key(group[0]), []).extend(group)
+    return buckets
+
+
 class PlanRefused(ValueError):
     """No plan passes for a bucket; ``problems`` say why and how to fix it."""
 
@@ -179,6 +203,7 @@ def _xdit_not_runnable(family: ModelFamily, plan: ParallelPlan) -> PlanProblem:
     )
 
 
+@many_models()
 def plan_run(
     rows: Sequence[ManifestRow],
     rejected: Sequence[RowRejection],
@@ -207,9 +232,7 @@ def plan_run(
         raise ValueError("--gpus must be at least 1")
     device = device or default_device()
     cost = cost_model or DEFAULT_COST_MODEL
-    buckets: dict[BucketKey, list[ManifestRow]] = {}
-    for row in rows:
-        buckets.setdefault(bucket_key(row), []).append(row)
+    buckets = _bucket_rows(rows)
 
     rejections = list(rejected)
     jobs: list[PlannedJob] = []
@@ -240,9 +263,9 @@ def plan_run(
             continue
         samples = []
         for r in bucket_rows:
-            row_samples = [s for s in expand_row(r) if s.sample_id not in seen]
-            if len(row_samples) < r.num_videos:
-                first = seen.get(expand_row(r)[0].sample_id, r.row)
+            row_samples = expand_row(r)  # the ids of one row's videos differ from each other (video index)
+            if any(s.sample_id in seen for s in row_samples):
+                first = seen.get(row_samples[0].sample_id, r.row)
                 accepted -= 1
                 rejections.append(
                     RowRejection(
@@ -254,9 +277,12 @@ def plan_run(
                     )
                 )
                 continue
-            seen.update({s.sample_id: r.row for s in row_samples})
-            skipped.extend((s, bucket) for s in row_samples if s.sample_id in skip)
-            samples.extend(s for s in row_samples if s.sample_id not in skip)
+            for s in row_samples:
+                seen[s.sample_id] = r.row
+            if skip:
+                skipped.extend((s, bucket) for s in row_samples if s.sample_id in skip)
+                row_samples = [s for s in row_samples if s.sample_id not in skip]
+            samples.extend(row_samples)
         if not samples:
             continue
         plan = choice.plan
