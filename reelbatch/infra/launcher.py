@@ -209,7 +209,8 @@ def launch(
 def _job_environment(overrides: Mapping[str, str] | None, launch_id: str) -> dict[str, str]:
     job_env = dict(os.environ)
     # One OpenMP thread per rank by default: several ranks share a few cores.
-    job_env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    job_env["PYTHONUNBUFFERED"] = "1"
+    job_env.setdefault("OMP_NUM_THREADS", "1")  # a value the user set wins
     job_env.update(overrides or {})
     job_env["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] = RANK_LINE_PREFIX_TEMPLATE
     job_env[LAUNCH_ID_ENV] = launch_id
