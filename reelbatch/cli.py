@@ -416,6 +416,8 @@ def run(
     padding: PaddingOpt = "pad",
     job_width: JobWidthOpt = "group",
     no_pack: NoPackOpt = False,
+    dask: Annotated[Optional[str], typer.Option("--dask", metavar="ADDRESS", help="Run the jobs on this Dask cluster (tcp://host:8786). Workers need `--resources GPU=N`; --out must be shared storage (s3:// or a shared folder) and --db a server the workers reach. See docs/SCALE_OUT.md.", rich_help_panel="Scale-out")] = None,
+    dask_local: Annotated[int, typer.Option("--dask-local", metavar="N", min=0, help="Try Dask on this machine: a local cluster of N workers with --gpus-per-node GPUs each.", rich_help_panel="Scale-out")] = 0,
 ) -> None:
     """Generate every video of the manifest and record runs, jobs and samples in the database.
 
@@ -439,6 +441,13 @@ def run(
     if redact_url(out_dir) != out_dir:
         _fail("--out must not carry credentials: use the AWS variables or a profile (nothing else is read)")
     _catalog(model_path, models_file)  # configuration errors are usage errors: report them before starting
+    if dask:
+        from reelbatch.infra.dask_cluster import check_shared_storage
+
+        try:
+            check_shared_storage(out_dir, db_url, dask)
+        except ValueError as exc:
+            _fail(str(exc))
     try:
         with Database(db_url) as database:
             database.ensure_schema(auto_upgrade=True)
@@ -462,6 +471,8 @@ def run(
         limits=_limits(limit),
         retry_policy=_retry_policy(retry_policy),
         packing=_packing(no_pack, job_minutes, padding, job_width),
+        dask_address=dask,
+        dask_local_workers=dask_local,
     )
 
 
@@ -707,6 +718,11 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
+
+
+from reelbatch.cli_prefect import register  # noqa: E402 - needs app and the helpers above
+
+register(app)
 
 
 if __name__ == "__main__":

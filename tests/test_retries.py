@@ -50,16 +50,17 @@ def test_rank_crash_is_classified_retried_and_succeeds(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     first, second = attempts(tmp_path)
     assert (first["failure_kind"], first["failed_rank"]) == ("rank_crash", 1)
-    assert first["seconds"] < 30  # the healthy rank did not wait for a collective timeout
+    assert first["seconds"] < 90  # the healthy rank did not wait for a collective timeout (30 min)
     assert second["failure_kind"] is None and all_done(tmp_path)
 
 
 def test_hang_times_out_and_leaves_no_process(tmp_path):
-    done, _ = run(tmp_path, "hang:rank=0:sample=0:attempt=1", "--job-timeout", "25")
+    # The retry must start, load and finish within the limit too, also on a busy 2-core machine.
+    done, _ = run(tmp_path, "hang:rank=0:sample=0:attempt=1", "--job-timeout", "45")
     assert done.returncode == 0, done.stderr[-3000:]
     first, second = attempts(tmp_path)
     assert first["failure_kind"] == "timeout" and first["timed_out"]
-    assert first["seconds"] < 25 + 30
+    assert first["seconds"] < 45 + 30
     assert not _tagged_pids(first["launch_id"]) and not _tagged_pids(second["launch_id"])
     assert all_done(tmp_path)
 

@@ -1,7 +1,8 @@
 """The generate-dataset flow: the pipeline's outline and nothing else.
 
-    read + validate the manifest -> find finished samples -> plan jobs -> record the run
-    -> every job side by side on free devices, longest first: launch ranks, collect -> finish -> dataset index
+    manifest (path, URL or pasted text) -> read + validate -> find finished samples -> plan jobs -> record the run
+    -> every job side by side on free devices (this machine, or Dask workers), longest first: launch ranks, collect
+    -> finish -> dataset index -> report (Prefect artifacts: progress while running, job table, summary)
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from typing import Literal
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from reelbatch import progress
+from reelbatch.infra.dask_cluster import check_shared_storage, task_runner_for
 from reelbatch.infra.devices import local_pool
+from reelbatch.infra.prefect_config import database_url
 from reelbatch.infra.storage import normalize_root
 from reelbatch.models.registry import ModelCatalog
 from reelbatch.planning.packing import Packing
@@ -19,17 +23,20 @@ from reelbatch.schemas import RunDefaults
 from reelbatch.settings import DEFAULT_DB_URL, DEFAULT_OUTPUT
 from reelbatch.infra.failures import RetryPolicy
 from reelbatch.tasks.dispatch import prepare_job_task
-from reelbatch.tasks.execute import execute_job_task, execute_jobs, longest_first
+from reelbatch.tasks.execute import execute_job_task, execute_jobs, execute_jobs_on_dask, longest_first
+from reelbatch.tasks.intake import resolve_manifest_task
 from reelbatch.tasks.export import write_dataset_index_task
 from reelbatch.tasks.manifest import ManifestLimits, read_manifest_task
 from reelbatch.tasks.record import (
     RunReport,
     find_done_samples_task,
     finish_run_task,
+    prepare_database_task,
     record_reused_task,
     refuse_run,
     start_run_task,
 )
+from reelbatch.tasks.report import publish_run_report_task, start_progress
 from reelbatch.tasks.shard import DEFAULT_MAX_SAMPLES_PER_JOB, plan_run_task
 
 
@@ -39,11 +46,14 @@ JOB_THREADS = 16
 
 @flow(name="generate-dataset", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=JOB_THREADS))
 def generate_dataset(
-    manifest: str,
+    manifest: str = "",
+    manifest_text: str = "",
     output: str = DEFAULT_OUTPUT,
     db_url: str = DEFAULT_DB_URL,
+    db_secret: str | None = None,
     gpus_per_node: int = 2,
     defaults: RunDefaults = RunDefaults(),
+    packing: Packing = Packing(),
     strict: bool = False,
     force: bool = False,
     model_paths: list[str] | None = None,
@@ -54,17 +64,41 @@ def generate_dataset(
     resume_run_id: str | None = None,
     retry_policy: dict | None = None,
     limits: dict | None = None,
-    packing: Packing = Packing(),
+    dask_address: str | None = None,
+    dask_local_workers: int = 0,
 ) -> RunReport:
-    """Turn a manifest of prompts into videos under ``output`` and rows in the database at ``db_url``.
+    """Turn a manifest of prompts into videos under `output` and rows in the database.
 
-    Videos an earlier run already made into ``output`` are reused, not generated again (``force`` regenerates
-    them); ``resume_run_id`` continues that run instead of starting a new one. ``retry_policy`` overrides the
-    retries per failure class, e.g. ``{"rank_crash": {"max_attempts": 5, "backoff_s": 10}}``; ``limits`` the
-    manifest limits (``ManifestLimits`` fields, e.g. ``{"max_rows": 100000, "max_prompt_chars": 1000}``).
-    Jobs run side by side on disjoint groups of this machine's GPUs (CPU rank slots without CUDA), longest first.
+    Videos an earlier run already made into `output` are reused, so running the same manifest again resumes it.
+    Jobs run side by side on disjoint groups of the machine's GPUs (CPU rank slots without CUDA), longest first.
+
+    Args:
+        manifest: Path or URL (s3://...) of a CSV, JSONL or Parquet manifest. Leave empty to paste CSV below.
+        manifest_text: The CSV itself, pasted (at most 512 KB; bigger files: `reelbatch submit FILE`).
+        output: Folder or URL (s3://bucket/prefix) the videos, metadata.csv and gallery are written to.
+        db_url: Database URL for local use (SQLite file or PostgreSQL). Deployments use db_secret instead.
+        db_secret: Name of a Prefect Secret block holding the database URL; wins over db_url.
+        gpus_per_node: GPUs (CPU rank slots without CUDA) of each machine; no job is planned wider.
+        defaults: Values for the manifest's optional columns, and a parallel plan or backend to pin.
+        packing: How samples are cut into jobs: target job length, padding policy (pad or fill), job width.
+        strict: Refuse the whole run if any row is bad (otherwise bad rows are reported and skipped).
+        force: Regenerate videos an earlier run already made into `output`.
+        model_paths: NAME=DIR entries: local diffusers folders usable as model names in the manifest.
+        max_samples_per_job: Largest job, in samples.
+        job_timeout_s: Wall-clock limit per job attempt in seconds (default: the cost estimate x 3, at least 15 min).
+        gpu_memory_gib: Memory per GPU the planner may use.
+        objective: throughput (most videos per GPU-hour) or latency (each video as fast as possible).
+        resume_run_id: Continue this run instead of starting a new one.
+        retry_policy: Retries per failure class, e.g. {"rank_crash": {"max_attempts": 5, "backoff_s": 10}}.
+        limits: Manifest limits (ManifestLimits fields), e.g. {"max_rows": 100000, "max_prompt_chars": 1000}.
+        dask_address: Run the jobs on this Dask cluster (tcp://host:8786); workers need GPU resources.
+        dask_local_workers: Run the jobs on a local Dask cluster of this many workers (0: no Dask).
     """
     output = normalize_root(output)
+    db_url = database_url(db_url, db_secret)
+    runner = task_runner_for(dask_address, dask_local_workers, gpus_per_node)
+    if dask_address:
+        check_shared_storage(output, db_url, dask_address)
     resumable = {  # what `reelbatch resume` needs to run this again
         "defaults": defaults.model_dump(mode="json"), "strict": strict, "model_paths": model_paths or [],
         "max_samples_per_job": max_samples_per_job, "job_timeout_s": job_timeout_s,
@@ -72,8 +106,10 @@ def generate_dataset(
         "packing": packing.model_dump(mode="json"),
     }
     policy = RetryPolicy.from_dict(retry_policy)
+    prepare_database_task(db_url)
     catalog = ModelCatalog.from_config(model_paths or [])
-    manifest_read = read_manifest_task(manifest, defaults, catalog.names(), ManifestLimits(**(limits or {})))
+    source = resolve_manifest_task(manifest, manifest_text, output)
+    manifest_read = read_manifest_task(source, defaults, catalog.names(), ManifestLimits(**(limits or {})))
     done = find_done_samples_task(db_url, output, manifest_read.rows, force)
     plan = plan_run_task(
         manifest_read.rows, manifest_read.rejections, manifest_read.total_rows, catalog, gpus_per_node,
@@ -81,17 +117,24 @@ def generate_dataset(
         packing=packing.options(gpus_per_node, max_samples_per_job),
     )
     if strict and plan.rejected:
-        return refuse_run(plan, output)
+        report = refuse_run(plan, output)
+        publish_run_report_task(db_url, report)
+        return report
 
     run_id = start_run_task(db_url, manifest_read, plan, output, gpus_per_node, resumable, resume_run_id)
     record_reused_task(db_url, run_id, plan, done)
     specs = [prepare_job_task(planned, run_id, output, db_url, catalog, defaults.fps) for planned in plan.jobs]
-    execute_jobs(
-        longest_first(plan.jobs, specs), local_pool(gpus_per_node),
-        lambda spec, priority, devices: execute_job_task.submit(
-            spec, db_url, output, job_timeout_s, policy, gpus_per_node, priority, devices
-        ),
-    )
+    jobs = longest_first(plan.jobs, specs)
+    bar = start_progress(plan.samples)
+    with progress.reporting_to(bar or progress.sink()):
+        if runner is None:
+            execute_jobs(jobs, local_pool(gpus_per_node), lambda spec, priority, devices: execute_job_task.submit(
+                spec, db_url, output, job_timeout_s, policy, gpus_per_node, priority, devices))
+        else:
+            execute_jobs_on_dask(jobs, runner, lambda spec, priority: runner.submit(execute_job_task, parameters=dict(
+                spec=spec, db_url=db_url, output=output, timeout_s=job_timeout_s, policy=policy,
+                ranks_per_node=gpus_per_node, priority=priority)), on_job_done=bar.set_done if bar else None)
     report = finish_run_task(db_url, run_id, plan, output)
     report.dataset = write_dataset_index_task(db_url, run_id, output)
+    publish_run_report_task(db_url, report)
     return report

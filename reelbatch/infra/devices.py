@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from reelbatch.infra.cluster import visible_gpus
+from reelbatch.infra.dask_cluster import worker_host
 from reelbatch.planning.packing import GpuAllocator
 
 
@@ -35,6 +36,7 @@ class DeviceGroup:
     devices: tuple[str, ...]  # as CUDA_VISIBLE_DEVICES names them (the parent's own list may be a subset)
     cuda: bool
     host: str
+    machine_devices: int = 0  # all devices of the pool it came from
 
     def environment(self) -> dict[str, str]:
         """What the job's torchrun process needs to see only its group."""
@@ -106,7 +108,7 @@ class DevicePool:
     def _lend(self, devices: tuple[int, ...]) -> DeviceGroup:
         self.in_use += len(devices)
         self.peak_in_use = max(self.peak_in_use, self.in_use)
-        return DeviceGroup(tuple(self.names[d] for d in devices), self.cuda, self.host)
+        return DeviceGroup(tuple(self.names[d] for d in devices), self.cuda, self.host, self.capacity)
 
     def _take_if_turn(self, ticket: tuple[float, int, int]) -> DeviceGroup | None:
         # Earlier tickets that fit go first; a ticket that does not fit lets later ones back-fill.
@@ -143,5 +145,6 @@ def local_pool(ranks_per_node: int) -> DevicePool:
     key = (capacity, bool(gpus), tuple(names or ()))
     with _pools_lock:
         if key not in _pools:
-            _pools[key] = DevicePool(capacity, cuda=bool(gpus), names=names)
+            # On a Dask worker the attempt records the worker's address: a machine may run several workers.
+            _pools[key] = DevicePool(capacity, cuda=bool(gpus), names=names, host=worker_host())
         return _pools[key]

@@ -104,14 +104,19 @@ def run_job(
 
     def on_line(line: str) -> None:
         # Runs on the launcher's reader thread; the logger was captured in the task's context above.
-        text = line.split("]:", 1)[1] if line.startswith("[rank") else line
+        rank, text = None, line
+        if line.startswith("[rank") and "]:" in line:
+            rank, text = line[len("[rank"):].split("]:", 1)
         if text.startswith(EVENT_PREFIX):
             event = json.loads(text[len(EVENT_PREFIX) :])
             if event.get("event") == "sample":
                 sink.sample_finished(spec.job_id, event["sample_id"], event["status"])
                 crash_point("mid_job")
             return
-        logger.info("%s %s", spec.job_id, line)
+        if rank is None:  # torchrun's own lines
+            logger.info("%s torchrun | %s", spec.job_id, text)
+        else:
+            logger.info("%s rank %s | %s", spec.job_id, rank, text)
 
     folder = Path(spec.results_path).parent
     started_at = datetime.now(timezone.utc)

@@ -9,6 +9,7 @@ per forward. The job row ends with the plan that last ran.
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -17,16 +18,18 @@ from pathlib import Path
 
 from prefect import task
 from prefect.futures import PrefectFuture, as_completed
+from prefect.task_runners import TaskRunner
 
 from reelbatch.infra.cluster import visible_gpus
 from reelbatch.infra.db import Database
 from reelbatch.infra.devices import DeviceGroup, DevicePool, local_pool
 from reelbatch.infra.failures import Failure, RetryPolicy
-from reelbatch.models.registry import family_from_folder
+from reelbatch.infra.prefect_config import holding_gpus
+from reelbatch.models.registry import ModelCatalog, UnknownModel, family_from_folder
 from reelbatch.planning import validate_plan
 from reelbatch.schemas import JobSpec, ParallelPlan
 from reelbatch.tasks.collect import collect_attempt
-from reelbatch.tasks.dispatch import JobOutcome, run_job
+from reelbatch.tasks.dispatch import JobOutcome, run_job, spec_path
 from reelbatch.tasks.shard import PlannedJob
 
 
@@ -92,6 +95,30 @@ def _failure_of(outcome: JobOutcome, problems: dict[str, str]) -> Failure:
     return Failure(kind="unknown", rank=None, message=f"the job ended without usable output: {detail}", tail=[])
 
 
+def ensure_job_files(spec: JobSpec) -> None:
+    """On a Dask worker of another machine the job's folder and model may not exist yet: make them.
+
+    The spec is the ranks' only input, so it is written where they will read it; a built-in tiny model is built
+    from code; a model folder given by --model-path must already be there (shared storage or the same image).
+    """
+    if not spec_path(spec).exists():
+        spec_path(spec).parent.mkdir(parents=True, exist_ok=True)
+        spec_path(spec).write_text(spec.model_dump_json(indent=2), encoding="utf-8")
+    if not Path(spec.model_path).exists():
+        try:
+            found = ModelCatalog.from_config().local_path(spec.bucket.model)
+        except UnknownModel as exc:
+            raise FileNotFoundError(
+                f"model folder {spec.model_path} for {spec.bucket.model!r} is missing on {socket.gethostname()}: "
+                "put models on storage every worker mounts at the same path"
+            ) from exc
+        if Path(found) != Path(spec.model_path):
+            raise FileNotFoundError(
+                f"model folder {spec.model_path} is missing on {socket.gethostname()} (it is at {found} here): "
+                "give every worker the same model cache (XDG_CACHE_HOME), or models on a shared mount via --model-path"
+            )
+
+
 def _devices_for_attempt(
     devices: DeviceGroup | None, ranks_per_node: int | None, width: int, priority: float
 ) -> contextlib.AbstractContextManager[DeviceGroup]:
@@ -120,8 +147,12 @@ def execute_job(
     timeout_s = timeout_s or spec.timeout_s
     total = len(spec.samples)
     attempt, done = 1, 0
+    ensure_job_files(spec)
     while True:
-        with _devices_for_attempt(devices, ranks_per_node, spec.plan.world_size, priority) as group:
+        with (
+            _devices_for_attempt(devices, ranks_per_node, spec.plan.world_size, priority) as group,
+            holding_gpus(socket.gethostname(), group.machine_devices, spec.plan.world_size),  # other runs here
+        ):
             outcome = run_job(spec, db_url, timeout_s, attempt, group)
         collected = collect_attempt(spec, db_url, output)
         done += len(collected.done)
@@ -197,3 +228,39 @@ def execute_jobs(
         finished = next(as_completed(list(running)))
         pool.give_back(running.pop(finished))
     return [started[position].result() for position in range(len(jobs))]
+
+
+def execute_jobs_on_dask(
+    jobs: Sequence[tuple[int, JobSpec]],
+    runner: TaskRunner,
+    submit: Callable[[JobSpec, int], PrefectFuture[JobResult]],
+    on_job_done: Callable[[int], None] | None = None,
+) -> list[JobResult]:
+    """Run ``jobs`` on a Dask cluster through ``runner``; their results, in the order of ``jobs``.
+
+    Each job asks Dask for ``{"GPU": world_size}`` of a worker's resources, so Dask starts it only on a worker with
+    that many GPUs free; on the worker it waits for its own device group (``execute_job`` without devices). Dask
+    runs higher priorities first, hence the sign. ``on_job_done`` gets the number of videos finished so far.
+    """
+    import dask
+
+    with runner:
+        widest = max((spec.plan.world_size for _, spec in jobs), default=0)
+        workers = runner.client.scheduler_info().get("workers", {}).values()
+        most = max((w.get("resources", {}).get("GPU", 0) for w in workers), default=0)
+        if widest > most:
+            raise ValueError(
+                f"the widest job needs {widest} GPUs but no Dask worker offers more than {most} "
+                "(start workers with `--resources GPU=N`, or plan with --gpus-per-node "
+                f"{int(most) if most else 'N'})"
+            )
+        futures = []
+        for priority, spec in jobs:
+            with dask.annotate(resources={"GPU": spec.plan.world_size}, priority=-priority):
+                futures.append(submit(spec, priority))
+        finished = 0
+        for future in as_completed(futures):
+            if on_job_done is not None and future.state.is_completed():
+                finished += future.result().done
+                on_job_done(finished)
+        return [future.result() for future in futures]

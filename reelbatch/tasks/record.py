@@ -49,6 +49,12 @@ def find_done_samples(db_url: str, output: str, rows: Sequence[ManifestRow], for
         return db.done_outputs(output, ids)
 
 
+def prepare_database(db_url: str) -> None:
+    """Create the schema in an empty database; refuse one at another revision (see Database.ensure_schema)."""
+    with Database(db_url) as db:
+        db.ensure_schema(auto_upgrade=True)
+
+
 def start_run(
     db_url: str,
     manifest: ManifestReadResult,
@@ -143,6 +149,7 @@ def refuse_run(plan: RunPlan, output: str) -> RunReport:
     )
 
 
+prepare_database_task = task(name="check-database")(prepare_database)
 find_done_samples_task = task(name="find-finished-samples")(find_done_samples)
 start_run_task = task(name="record-run")(start_run)
 record_reused_task = task(name="record-reused-samples")(record_reused)

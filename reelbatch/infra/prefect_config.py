@@ -1,0 +1,92 @@
+"""What reelbatch keeps in Prefect itself: the database URL as a Secret block, and a GPU concurrency limit per host.
+
+The database URL carries a password in production, so deployments name a Secret block (``db_secret``) instead of
+passing the URL as a parameter that the UI and the API would show in plain text.
+
+Two runs on one machine (two deployments, or a run from the CLI beside a scheduled one) each see all of the
+machine's GPUs. A global concurrency limit ``reelbatch-gpus-<host>`` with one slot per device makes each job
+hold as many slots as it has ranks while it runs, so together they never oversubscribe the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+from collections.abc import Iterator
+
+log = logging.getLogger(__name__)
+
+_ensured: dict[str, int] = {}
+_ensured_lock = threading.Lock()
+
+GPU_LEASE_S = 60.0  # renewed while a job runs; how long the slots of a killed orchestrator stay taken
+
+
+def database_url(db_url: str, db_secret: str | None) -> str:
+    """``db_url``, or the value of the Secret block named ``db_secret`` when one is named."""
+    if not db_secret:
+        return db_url
+    from prefect.blocks.system import Secret
+
+    try:
+        value = Secret.load(db_secret).get()
+    except ValueError as exc:
+        raise ValueError(
+            f"no Prefect Secret block named {db_secret!r}: create it in the UI (Blocks > Secret) or with "
+            f"`Secret(value=URL).save({db_secret!r})`, then run again"
+        ) from exc
+    if not isinstance(value, str) or "://" not in value:
+        raise ValueError(f"the Secret block {db_secret!r} does not hold a database URL (like postgresql+psycopg://…)")
+    return value
+
+
+def gpu_limit_name(host: str) -> str:
+    # Limit names are shown in the UI and used in URLs: keep them to letters, digits and dashes.
+    return "reelbatch-gpus-" + re.sub(r"[^a-z0-9]+", "-", host.lower()).strip("-")
+
+
+def ensure_gpu_limit(host: str, devices: int) -> str | None:
+    """Create (or widen) this host's GPU limit; None when no Prefect API answers (then jobs run unlimited)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    name = gpu_limit_name(host)
+    with _ensured_lock:  # the jobs of one run start together; one of them creates the limit
+        if _ensured.get(name, 0) >= devices:
+            return name
+        try:
+            with get_client(sync_client=True) as client:
+                try:
+                    client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=devices))
+                except ObjectAlreadyExists:  # another run on this host made it
+                    existing = client.read_global_concurrency_limit_by_name(name)
+                    if existing.limit < devices:
+                        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=devices))
+        except (ObjectNotFound, OSError, RuntimeError, ValueError) as exc:
+            # The limit is a safety net across runs; one run alone is already kept within the machine.
+            log.warning("could not set up the GPU concurrency limit %s (%r); jobs run without it", name, exc)
+            return None
+        _ensured[name] = devices
+    return name
+
+
+@contextlib.contextmanager
+def holding_gpus(host: str, devices: int, width: int) -> Iterator[None]:
+    """Hold ``width`` of the host's GPU slots for the ``with`` block, waiting while other runs hold them.
+
+    Only against a Prefect server (PREFECT_API_URL set): its lease service frees the slots of a run that died
+    within GPU_LEASE_S. A temporary (ephemeral) API lives and dies with one process, so there is nothing to share.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    name = ensure_gpu_limit(host, devices) if PREFECT_API_URL.value() else None
+    if name is None:
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(name, occupy=width, lease_duration=GPU_LEASE_S):
+        yield

@@ -1,0 +1,213 @@
+"""The deployments for real: a Prefect server on loopback, `prefect deploy --all` from prefect.yaml, a process
+worker on the `reelbatch` pool, and generate-dataset triggered through the API with pasted CSV text."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reelbatch.tasks.intake import MAX_INLINE_MANIFEST_BYTES, resolve_manifest
+from reelbatch.tasks.manifest import ManifestError
+
+REPO = Path(__file__).resolve().parent.parent
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+CSV = (
+    "id,prompt,model,height,width,num_frames,num_inference_steps,guidance_scale,seed\n"
+    "a,a cat walks on a sunny street,tiny-wan,32,32,5,2,5.0,1\n"
+    "b,snow falls over a village,tiny-wan,32,32,5,2,1.0,2\n"
+    "bad,a bad size,tiny-wan,30,32,5,2,5.0,3\n"
+)
+# A 2-core machine running other tests beside this one is slow to start Python processes: be patient.
+SERVER_START_S = 240
+RUN_S = 540
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Terminate the process group (server workers, flow run subprocesses, torchrun ranks), then kill it."""
+    if process.poll() is None:
+        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    # Children that outlived the leader are still in its group.
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _prefect(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([PREFECT, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_pasted_manifest_over_the_parameter_cap_points_to_submit(tmp_path):
+    text = "prompt\n" + "a cat\n" * (MAX_INLINE_MANIFEST_BYTES // 6 + 1)
+    with pytest.raises(ManifestError, match="reelbatch submit manifest.csv --deployment generate-dataset"):
+        resolve_manifest(None, text, str(tmp_path))
+    assert not (tmp_path / ".reelbatch").exists()  # refused before anything was written
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A fresh Prefect server on a free loopback port; yields the environment its clients need."""
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home / "home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        # `{{ $PWD }}` in prefect.yaml's pull step is the folder deploy runs in; a child does not update PWD.
+        "PWD": str(REPO),
+    }
+    env.pop("PREFECT_API_URL", None)
+    log = (home / "server.log").open("w")
+    process = subprocess.Popen(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            try:
+                if httpx.get(f"{api}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"Prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
+            time.sleep(1)
+        yield {**env, "PREFECT_API_URL": api}
+    finally:
+        _stop(process)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def deployed(server) -> dict[str, str]:
+    """The work pool and both deployments of prefect.yaml, registered as the README says."""
+    pool = _prefect("work-pool", "create", "reelbatch", "--type", "process", env=server)
+    assert pool.returncode == 0, pool.stdout + pool.stderr
+    deploy = _prefect("--no-prompt", "deploy", "--all", env=server)
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+    # An invalid prefect.yaml only warns and skips deployments: insist on both.
+    assert "generate-dataset/generate-dataset" in deploy.stdout and "nightly-dataset/nightly-dataset" in deploy.stdout
+    return server
+
+
+@pytest.fixture
+def api(deployed):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: deployed["PREFECT_API_URL"]}):
+        yield deployed
+
+
+def test_nightly_cron_schedule_is_registered(api):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        nightly = client.read_deployment_by_name("nightly-dataset/nightly-dataset")
+        generate = client.read_deployment_by_name("generate-dataset/generate-dataset")
+    [schedule] = nightly.schedules
+    assert schedule.active and schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "Europe/Paris"
+    assert nightly.work_pool_name == generate.work_pool_name == "reelbatch"
+    assert nightly.parameters["db_secret"] == generate.parameters["db_secret"] == "reelbatch-database-url"
+    assert generate.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
+    # The run form: descriptions from the flow's docstring, the paste box, the secret by name.
+    properties = generate.parameter_openapi_schema["properties"]
+    assert {"manifest", "manifest_text", "db_secret", "packing", "defaults", "strict"} <= set(properties)
+    assert all(properties[name].get("description") for name in ("manifest", "manifest_text", "output", "db_secret"))
+    assert not generate.schedules
+
+
+@pytest.mark.torchrun
+@pytest.mark.timeout(RUN_S + 300)
+def test_generate_dataset_runs_on_a_worker_from_pasted_csv(api, tmp_path, tiny_models):
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    db_file = tmp_path / "state.db"
+    Secret(value=f"sqlite:///{db_file}").save("reelbatch-database-url", overwrite=True)
+    with get_client(sync_client=True) as client:
+        # The 02:00 run must not land on this test's worker if the test happens to run at that hour.
+        client.pause_deployment(client.read_deployment_by_name("nightly-dataset/nightly-dataset").id)
+    flow_run = run_deployment(
+        name="generate-dataset/generate-dataset", timeout=0, as_subflow=False,
+        parameters={"manifest_text": CSV, "output": str(tmp_path / "videos"), "gpus_per_node": 2},
+    )
+    worker_log = tmp_path / "worker.log"
+    with worker_log.open("w") as log:
+        worker = subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", "reelbatch", "--type", "process"],
+            cwd=tmp_path, env=api, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            final = _wait_for(flow_run.id, RUN_S)
+            # The same text again through `reelbatch submit` as a file: a new run that reuses every video.
+            manifest = tmp_path / "prompts.csv"
+            manifest.write_text(CSV)
+            submitted = subprocess.run(
+                [sys.executable, "-m", "reelbatch.cli", "submit", str(manifest), "--deployment", "generate-dataset",
+                 "--out", str(tmp_path / "videos"), "--param", "gpus_per_node=2", "--wait"],
+                cwd=tmp_path, env=api, capture_output=True, text=True, timeout=RUN_S,
+            )
+        finally:
+            _stop(worker)
+    logs = worker_log.read_text()[-4000:]
+    assert final.state.is_completed(), f"{final.state}\n{logs}"
+
+    db = sqlite3.connect(db_file)
+    [(run_id, status, source, rejected)] = db.execute(
+        "select id, status, manifest_source, rows_rejected from runs order by created_at limit 1").fetchall()
+    assert status == "done" and rejected == 1
+    assert source.startswith(str(tmp_path / "videos" / ".reelbatch" / "manifests"))  # pasted text, stored
+    counts = dict(db.execute("select status, count(*) from samples where run_id = ? group by status", (run_id,)))
+    assert counts == {"done": 2, "rejected": 1}
+    for (path,) in db.execute("select output_path from samples where run_id = ? and status = 'done'", (run_id,)):
+        assert Path(path).is_file()
+
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr + logs
+    link = f"{api['PREFECT_API_URL'].removesuffix('/api')}/runs/flow-run/"
+    assert link in submitted.stdout and "Completed" in submitted.stderr
+    [(second, second_source)] = db.execute("select id, manifest_source from runs where id != ?", (run_id,)).fetchall()
+    assert second_source.endswith("-prompts.csv")
+    reused = db.execute("select reused_from_run from samples where run_id = ? and status = 'done'", (second,))
+    assert [r for (r,) in reused] == [run_id, run_id]
+
+
+def _wait_for(flow_run_id, timeout_s: float):
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(flow_run_id)
+            if run.state.is_final() or time.monotonic() > deadline:
+                return run
+            time.sleep(2)
