@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -110,7 +111,7 @@ def copy_to_store(manifest: Path, store: str) -> str:
     fs, path = fsspec.core.url_to_fs(target)
     if not fs.exists(path):
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        partial = f"{path.rsplit('/', 1)[0]}/.{path.rsplit('/', 1)[1]}.partial"
+        partial = f"{path.rsplit('/', 1)[0]}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex[:8]}.partial"
         fs.put_file(str(manifest), partial)
         fs.mv(partial, path)  # readers never see half a file
     return target if "://" in target else path

@@ -5,18 +5,26 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import socket
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 from prefect import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+    LogFilterTextSearch,
+)
 from prefect.logging.handlers import APILogHandler
 from prefect.testing.utilities import prefect_test_harness
 
 from reelbatch.flows.generate import generate_dataset
-from reelbatch.infra.prefect_config import database_url, gpu_limit_name
+from reelbatch.infra.devices import DeviceGroup
+from reelbatch.infra.prefect_config import database_url, gpu_limit_name, holding_gpus
 from reelbatch.tasks.intake import MAX_INLINE_MANIFEST_BYTES, resolve_manifest
 from reelbatch.tasks.manifest import ManifestError
 
@@ -89,15 +97,25 @@ def test_flow_run_publishes_artifacts_and_streams_rank_logs(prefect_server, tmp_
         APILogHandler().flush()  # logs travel to the API in batches
         deadline = time.monotonic() + 30
         while True:
-            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            logs = client.read_logs(log_filter=LogFilter(
+                flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]), text=LogFilterTextSearch(query="rank 0 |"),
+            ))
             messages = [log.message for log in logs]
             if any(" rank 0 | " in m for m in messages) or time.monotonic() > deadline:
                 break
             time.sleep(1)
         # Rank output reached the run's logs line by line, each with its job and rank.
         assert any(" rank 0 | " in m for m in messages), messages[-20:]
-        # Against a server, jobs hold slots of this host's GPU limit while they run (free again now).
-        import socket
+        # CPU rank slots are a per-run budget: no machine-wide GPU limit was made for them.
+        limits = {limit.name for limit in client.read_global_concurrency_limits(limit=100)}
+        assert gpu_limit_name(socket.gethostname()) not in limits
 
-        limit = client.read_global_concurrency_limit_by_name(gpu_limit_name(socket.gethostname()))
-        assert limit.limit >= 2 and limit.active_slots == 0
+
+def test_cuda_jobs_hold_slots_of_the_hosts_gpu_limit(prefect_server):
+    group = DeviceGroup(("2", "3"), cuda=True, host="gpu-node", machine_devices=8)
+    name = gpu_limit_name(socket.gethostname())
+    with get_client(sync_client=True) as client:
+        with holding_gpus(group, 2):
+            limit = client.read_global_concurrency_limit_by_name(name)
+            assert (limit.limit, limit.active_slots) == (8, 2)
+        assert client.read_global_concurrency_limit_by_name(name).active_slots == 0

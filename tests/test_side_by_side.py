@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timedelta
@@ -45,6 +47,32 @@ def test_groups_are_disjoint_aligned_and_come_back():
     assert one.devices == ("2",) and one.environment() == {"CUDA_VISIBLE_DEVICES": "2"}
     assert pool.try_take(2) is None  # 3 is free but not an aligned pair
     assert pool.peak_in_use == 8
+
+
+def test_pools_of_two_runs_on_one_machine_never_share_a_gpu(tmp_path):
+    first, second = DevicePool(4, cuda=True, lock_dir=tmp_path), DevicePool(4, cuda=True, lock_dir=tmp_path)
+    a = first.try_take(2)
+    b = second.try_take(2)
+    assert a.devices == ("0", "1") and b.devices == ("2", "3")  # second skipped the pair the first run holds
+    assert first.try_take(2) is None and second.try_take(1) is None
+    second.give_back(b)
+    assert first.try_take(2).devices == ("2", "3")
+
+
+def test_a_killed_run_leaves_no_gpu_claimed(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(tmp_path / '0.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"
+    )], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        pool = DevicePool(2, cuda=True, lock_dir=tmp_path)
+        assert pool.try_take(1).devices == ("1",) and pool.try_take(1) is None
+    finally:
+        holder.kill()
+        holder.wait()
+    assert pool.try_take(1).devices == ("0",)  # the kernel dropped the dead holder's lock
 
 
 def test_cuda_names_follow_the_parents_visible_devices(monkeypatch):

@@ -48,6 +48,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -1019,7 +1020,8 @@ class Database:
     def claim_inbox_manifest(self, inbox: str, uri: str, fingerprint: str) -> bool:
         """Take ``uri`` (at ``fingerprint``) for processing; False when it was processed or is being processed.
 
-        A manifest whose earlier run failed is claimed again, so a scheduled run retries it.
+        A manifest whose earlier run failed is claimed again, so a scheduled run retries it. Two passes racing for
+        one manifest: exactly one gets True (the unique key and a status-guarded update decide).
         """
         table = InboxManifestRecord.__table__
         with self._writing() as session:
@@ -1027,14 +1029,40 @@ class Database:
                 select(table.c.id, table.c.status).where(table.c.uri == uri, table.c.fingerprint == fingerprint)
             ).first()
             if row is None:
-                session.add(InboxManifestRecord(inbox=inbox, uri=uri, fingerprint=fingerprint, status="running"))
+                try:
+                    with session.begin_nested():
+                        session.add(InboxManifestRecord(inbox=inbox, uri=uri, fingerprint=fingerprint,
+                                                        status="running"))
+                except IntegrityError:  # another pass inserted it first
+                    return False
                 return True
             if row.status != "failed":
                 return False
-            session.execute(
-                update(table).where(table.c.id == row.id).values(status="running", error=None, updated_at=utcnow())
+            taken = session.execute(
+                update(table)
+                .where(table.c.id == row.id, table.c.status == "failed")
+                .values(status="running", error=None, updated_at=utcnow())
             )
-            return True
+            return taken.rowcount == 1
+
+    def release_stale_inbox_claims(self, inbox: str, before: datetime, error: str) -> list[str]:
+        """Mark claims of ``inbox`` still ``running`` since before ``before`` failed (their pass died); their URIs."""
+        table = InboxManifestRecord.__table__
+        released = []
+        with self._writing() as session:
+            stale = session.execute(
+                select(table.c.id, table.c.uri)
+                .where(table.c.inbox == inbox, table.c.status == "running", table.c.updated_at < before)
+            ).all()
+            for row in stale:
+                changed = session.execute(
+                    update(table)
+                    .where(table.c.id == row.id, table.c.status == "running", table.c.updated_at < before)
+                    .values(status="failed", error=error, updated_at=utcnow())
+                )
+                if changed.rowcount == 1:
+                    released.append(row.uri)
+        return released
 
     def finish_inbox_manifest(
         self, uri: str, fingerprint: str, status: str, run_id: str | None = None, error: str | None = None

@@ -17,12 +17,15 @@ process: the flow's task threads share one, and so do the task threads of one Da
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import os
+import tempfile
 import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from reelbatch.infra.cluster import visible_gpus
 from reelbatch.infra.dask_cluster import worker_host
@@ -50,13 +53,23 @@ class DeviceGroup:
 
 
 class DevicePool:
-    def __init__(self, capacity: int, cuda: bool, host: str | None = None, names: list[str] | None = None) -> None:
+    """``lock_dir``: where device lock files live, shared by every process of the machine (None: this pool alone).
+
+    Each pool only knows its own process's jobs; two runs on one machine would both start at GPU 0. A device is
+    therefore also claimed with an exclusive ``flock`` on ``<lock_dir>/<name>.lock`` while it is lent. The kernel
+    drops the lock when its holder dies, so a killed run never leaves a GPU claimed.
+    """
+
+    def __init__(self, capacity: int, cuda: bool, host: str | None = None, names: list[str] | None = None,
+                 lock_dir: Path | None = None) -> None:
         if capacity < 1:
             raise ValueError("a device pool needs at least one device")
         self.capacity = capacity
         self.cuda = cuda
         self.names = names or [str(index) for index in range(capacity)]
         self.host = host or socket.gethostname()
+        self.lock_dir = lock_dir
+        self._locks: dict[int, int] = {}  # device index -> fd holding its lock
         self._allocator = GpuAllocator(1, capacity)
         self._changed = threading.Condition()
         self._waiting: list[tuple[float, int, int]] = []  # (priority, arrival, width)
@@ -68,12 +81,16 @@ class DevicePool:
         """``width`` free devices now, or None; never waits (the flow's scheduler decides who goes next)."""
         self._check_width(width)
         with self._changed:
-            got = self._allocator.allocate(width)
-            return None if got is None else self._lend(got[1])
+            devices = self._claim(width)
+            return None if devices is None else self._lend(devices)
 
     def give_back(self, group: DeviceGroup) -> None:
         with self._changed:
-            self._allocator.release(0, [self.names.index(name) for name in group.devices])
+            indices = [self.names.index(name) for name in group.devices]
+            for index in indices:
+                if (fd := self._locks.pop(index, None)) is not None:
+                    os.close(fd)  # closing the file drops its flock
+            self._allocator.release(0, indices)
             self.in_use -= len(group.devices)
             self._changed.notify_all()
 
@@ -118,9 +135,42 @@ class DevicePool:
                 break
             if other[2] <= room:
                 return None
-        got = self._allocator.allocate(ticket[2])
-        return None if got is None else self._lend(got[1])
+        devices = self._claim(ticket[2])
+        return None if devices is None else self._lend(devices)
 
+    def _claim(self, width: int) -> tuple[int, ...] | None:
+        """A free group whose devices no other process holds either (their locks taken), or None."""
+        held_elsewhere = []
+        try:
+            while (got := self._allocator.allocate(width)) is not None:
+                if self._lock_all(got[1]):
+                    return got[1]
+                held_elsewhere.append(got[1])  # keep it out of the next allocate; given back below
+            return None
+        finally:
+            for devices in held_elsewhere:
+                self._allocator.release(0, devices)
+
+    def _lock_all(self, devices: tuple[int, ...]) -> bool:
+        if self.lock_dir is None:
+            return True
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        taken = []
+        for index in devices:
+            fd = os.open(self.lock_dir / f"{self.names[index]}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                for other in taken:
+                    os.close(self._locks.pop(other))
+                return False
+            self._locks[index] = fd
+            taken.append(index)
+        return True
+
+
+DEVICE_LOCK_DIR = Path(os.environ.get("REELBATCH_DEVICE_LOCK_DIR") or Path(tempfile.gettempdir()) / "reelbatch-gpus")
 
 _pools: dict[tuple, DevicePool] = {}
 _pools_lock = threading.Lock()
@@ -133,7 +183,7 @@ def local_pool(ranks_per_node: int) -> DevicePool:
     than the machine could never start.
     """
     gpus = visible_gpus()
-    if gpus and ranks_per_node > gpus:
+    if gpus and ranks_per_node > gpus and worker_host() is None:
         raise ValueError(
             f"the run is planned for {ranks_per_node} GPUs per node but this machine shows {gpus}: "
             f"pass --gpus-per-node {gpus} (or fewer)"
@@ -146,5 +196,8 @@ def local_pool(ranks_per_node: int) -> DevicePool:
     with _pools_lock:
         if key not in _pools:
             # On a Dask worker the attempt records the worker's address: a machine may run several workers.
-            _pools[key] = DevicePool(capacity, cuda=bool(gpus), names=names, host=worker_host())
+            # CUDA devices are real and shared by every process of the machine: lock them machine-wide. CPU rank
+            # slots are a per-run budget (two runs on a laptop each get theirs), so they are not locked.
+            lock_dir = DEVICE_LOCK_DIR if gpus else None
+            _pools[key] = DevicePool(capacity, cuda=bool(gpus), names=names, host=worker_host(), lock_dir=lock_dir)
         return _pools[key]

@@ -13,8 +13,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from reelbatch.infra.devices import DeviceGroup
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +71,7 @@ def ensure_gpu_limit(host: str, devices: int) -> str | None:
                     existing = client.read_global_concurrency_limit_by_name(name)
                     if existing.limit < devices:
                         client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=devices))
-        except (ObjectNotFound, OSError, RuntimeError, ValueError) as exc:
+        except (ObjectNotFound, httpx.HTTPError, OSError, RuntimeError, ValueError) as exc:
             # The limit is a safety net across runs; one run alone is already kept within the machine.
             log.warning("could not set up the GPU concurrency limit %s (%r); jobs run without it", name, exc)
             return None
@@ -74,15 +80,20 @@ def ensure_gpu_limit(host: str, devices: int) -> str | None:
 
 
 @contextlib.contextmanager
-def holding_gpus(host: str, devices: int, width: int) -> Iterator[None]:
+def holding_gpus(group: DeviceGroup, width: int) -> Iterator[None]:
     """Hold ``width`` of the host's GPU slots for the ``with`` block, waiting while other runs hold them.
 
-    Only against a Prefect server (PREFECT_API_URL set): its lease service frees the slots of a run that died
-    within GPU_LEASE_S. A temporary (ephemeral) API lives and dies with one process, so there is nothing to share.
+    Which GPUs a job gets is decided by the device pool and its machine-wide locks (``infra.devices``); the limit
+    makes the sharing visible and adjustable in the Prefect UI (Concurrency), sized to every GPU of the machine.
+    Only for CUDA devices (CPU rank slots are a per-run budget) and only against a Prefect server
+    (PREFECT_API_URL set): its lease service frees the slots of a run that died within GPU_LEASE_S. A temporary
+    (ephemeral) API lives and dies with one process, so there is nothing to share.
     """
     from prefect.settings import PREFECT_API_URL
 
-    name = ensure_gpu_limit(host, devices) if PREFECT_API_URL.value() else None
+    host = socket.gethostname()
+    devices = max(group.machine_devices, machine_gpus())
+    name = ensure_gpu_limit(host, devices) if group.cuda and PREFECT_API_URL.value() else None
     if name is None:
         yield
         return
@@ -90,3 +101,9 @@ def holding_gpus(host: str, devices: int, width: int) -> Iterator[None]:
 
     with concurrency(name, occupy=width, lease_duration=GPU_LEASE_S):
         yield
+
+
+def machine_gpus() -> int:
+    """Every NVIDIA GPU of the machine, whatever this process's CUDA_VISIBLE_DEVICES says."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return len(list(gpus.iterdir())) if gpus.is_dir() else 0

@@ -124,7 +124,9 @@ def _devices_for_attempt(
 ) -> contextlib.AbstractContextManager[DeviceGroup]:
     if devices is not None:
         return contextlib.nullcontext(devices)
-    return local_pool(ranks_per_node or width).group(width, priority)
+    # On a Dask worker with fewer GPUs than the run's --gpus-per-node, the worker's own GPUs are the pool.
+    ranks = min(ranks_per_node or width, visible_gpus() or ranks_per_node or width)
+    return local_pool(ranks).group(width, priority)
 
 
 def execute_job(
@@ -146,12 +148,16 @@ def execute_job(
     """
     timeout_s = timeout_s or spec.timeout_s
     total = len(spec.samples)
-    attempt, done = 1, 0
+    done = 0
     ensure_job_files(spec)
+    with Database(db_url) as db:
+        # A task Dask re-runs (its worker was lost) continues the count instead of colliding with recorded attempts.
+        attempt = 1 + max((a["attempt"] for a in db.attempts(spec.job_id)), default=0)
+    first_attempt = attempt
     while True:
         with (
             _devices_for_attempt(devices, ranks_per_node, spec.plan.world_size, priority) as group,
-            holding_gpus(socket.gethostname(), group.machine_devices, spec.plan.world_size),  # other runs here
+            holding_gpus(group, spec.plan.world_size),  # other runs on this machine, seen in the Prefect UI
         ):
             outcome = run_job(spec, db_url, timeout_s, attempt, group)
         collected = collect_attempt(spec, db_url, output)
@@ -179,7 +185,8 @@ def execute_job(
             with Database(db_url) as db:
                 db.finish_job(spec.job_id, status=status, returncode=outcome.returncode, seconds=outcome.seconds,
                               error=error)
-            return JobResult(spec.job_id, status, attempt, done, total - done, failure.kind if failure else None)
+            return JobResult(spec.job_id, status, attempt - first_attempt + 1, done, total - done,
+                             failure.kind if failure else None)
         time.sleep(decision.delay_s)
         if retry_spec.plan != spec.plan or retry_spec.bucket != spec.bucket:
             with Database(db_url) as db:  # the job row records the plan that runs now
@@ -200,6 +207,9 @@ def longest_first(planned: Sequence[PlannedJob], specs: Sequence[JobSpec]) -> li
 execute_job_task = task(name="run-job")(execute_job)
 
 
+DEVICE_POLL_S = 2.0
+
+
 def execute_jobs(
     jobs: Sequence[tuple[int, JobSpec]],
     pool: DevicePool,
@@ -215,18 +225,35 @@ def execute_jobs(
     waiting = sorted(enumerate(jobs), key=lambda item: item[1][0])
     running: dict[PrefectFuture[JobResult], DeviceGroup] = {}
     started: dict[int, PrefectFuture[JobResult]] = {}  # position in ``jobs`` -> its task
-    while waiting or running:
-        for item in list(waiting):
-            position, (priority, spec) = item
-            group = pool.try_take(spec.plan.world_size)
-            if group is not None:
+    try:
+        while waiting or running:
+            for item in list(waiting):
+                position, (priority, spec) = item
+                group = pool.try_take(spec.plan.world_size)
+                if group is None:
+                    continue
+                try:
+                    future = start(spec, priority, group)
+                except BaseException:
+                    pool.give_back(group)
+                    raise
                 waiting.remove(item)
-                started[position] = start(spec, priority, group)
-                running[started[position]] = group
-        if not running:  # cannot happen while every job fits the pool (try_take refuses wider ones loudly)
-            raise RuntimeError("no job fits the free devices although none is running")
-        finished = next(as_completed(list(running)))
-        pool.give_back(running.pop(finished))
+                started[position] = future
+                running[future] = group
+            if not running:  # every free device is held by another run on this machine: look again soon
+                time.sleep(DEVICE_POLL_S)
+                continue
+            try:
+                finished = next(as_completed(list(running), timeout=DEVICE_POLL_S))
+            except TimeoutError:
+                continue  # devices another run held may be free now
+            pool.give_back(running.pop(finished))
+    except Exception:
+        # The pool outlives this run (a nightly pass runs several): let the started jobs end, then free their devices.
+        for future, group in running.items():
+            future.wait()
+            pool.give_back(group)
+        raise
     return [started[position].result() for position in range(len(jobs))]
 
 
@@ -261,6 +288,7 @@ def execute_jobs_on_dask(
         finished = 0
         for future in as_completed(futures):
             if on_job_done is not None and future.state.is_completed():
-                finished += future.result().done
+                result = future.result()
+                finished += result.done + result.failed  # the bar counts videos that are over, as locally
                 on_job_done(finished)
         return [future.result() for future in futures]

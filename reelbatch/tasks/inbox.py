@@ -18,6 +18,7 @@ from fsspec.utils import get_protocol
 
 from reelbatch.infra.db import Database
 from reelbatch.infra.storage import normalize_root, redact_text, redact_url
+from reelbatch.markdown import cell
 from reelbatch.tasks.manifest import MANIFEST_FORMATS
 
 # A fingerprint column holds 128 characters; longer ones (odd ETags) are hashed down.
@@ -116,19 +117,11 @@ def release_stale_claims(db_url: str, inbox: str, older_than_hours: float | None
     if older_than_hours is None:
         return []
     limit = datetime.now(timezone.utc) - timedelta(hours=older_than_hours)
-    released = []
     with Database(db_url) as db:
-        for row in db.inbox_manifests(normalize_root(inbox)):
-            updated = row["updated_at"]
-            if updated.tzinfo is None:  # SQLite hands back naive UTC
-                updated = updated.replace(tzinfo=timezone.utc)
-            if row["status"] == "running" and updated < limit:
-                db.finish_inbox_manifest(
-                    row["uri"], row["fingerprint"], "failed",
-                    error=f"claim abandoned (still running after {older_than_hours:g} h); released for a retry",
-                )
-                released.append(row["uri"])
-    return released
+        return db.release_stale_inbox_claims(
+            normalize_root(inbox), limit,
+            f"claim abandoned (still running after {older_than_hours:g} h); released for a retry",
+        )
 
 
 def claim_manifests(db_url: str, inbox: str, entries: list[InboxEntry]) -> list[InboxEntry]:
@@ -165,7 +158,7 @@ def outcome(report: Any) -> tuple[str, str | None]:
 def summary_markdown(inbox: str, results: list[dict[str, Any]], skipped: int) -> str:
     """The pass as a markdown table for the run's artifact."""
     lines = [
-        f"# Inbox `{redact_url(inbox)}`",
+        f"# Inbox {cell(redact_url(inbox))}",
         "",
         f"{len(results)} manifests run, {skipped} already processed or being processed elsewhere.",
         "",
@@ -173,8 +166,8 @@ def summary_markdown(inbox: str, results: list[dict[str, Any]], skipped: int) ->
     if results:
         lines += ["| manifest | status | run | error |", "|---|---|---|---|"]
         for r in results:
-            error = (r.get("error") or "").replace("|", "\\|").replace("\n", " ")[:300]
-            lines.append(f"| `{redact_url(r['uri'])}` | {r['status']} | {r.get('run_id') or '-'} | {error} |")
+            lines.append(f"| {cell(redact_url(r['uri']))} | {r['status']} | {r.get('run_id') or '-'} | "
+                         f"{cell(r.get('error') or '')} |")
     return "\n".join(lines) + "\n"
 
 

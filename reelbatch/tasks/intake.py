@@ -8,6 +8,7 @@ text find it again (same name, same videos reused).
 from __future__ import annotations
 
 import hashlib
+import uuid
 
 import fsspec
 from fsspec.utils import get_protocol
@@ -46,9 +47,13 @@ def resolve_manifest(manifest: str | None, manifest_text: str | None, output: st
     location = inline_manifest_location(output, hashlib.sha256(data).hexdigest())
     fs, path = fsspec.core.url_to_fs(location)
     if not fs.exists(path):
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with fs.open(path, "wb") as f:
+        folder = path.rsplit("/", 1)[0]
+        fs.makedirs(folder, exist_ok=True)
+        # Written under a name of its own, then moved: a run reading the same text at the same time never sees half.
+        partial = f"{folder}/.{uuid.uuid4().hex}.partial"
+        with fs.open(partial, "wb") as f:
             f.write(data)
+        fs.mv(partial, path)
     return location
 
 

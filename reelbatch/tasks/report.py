@@ -21,6 +21,7 @@ from prefect.context import FlowRunContext
 
 from reelbatch import progress
 from reelbatch.infra.db import Database
+from reelbatch.markdown import cell, link
 from reelbatch.schemas import RowRejection
 
 PROGRESS_UPDATE_S = 1.0  # at most one API call per second, however fast samples finish
@@ -54,11 +55,6 @@ def job_table(jobs: list[dict[str, Any]], samples: list[dict[str, Any]]) -> list
     return table
 
 
-def _cell(text: object) -> str:
-    # Manifest text is user input: keep it from breaking (or injecting into) the markdown table.
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
-
-
 def run_summary_markdown(report: Any, rejected: list[RowRejection], dataset: dict[str, str]) -> str:
     lines = [
         f"# reelbatch run `{report.run_id}`: {report.status}",
@@ -67,17 +63,16 @@ def run_summary_markdown(report: Any, rejected: list[RowRejection], dataset: dic
         f"{report.rows} rows ({report.accepted} accepted, {len(rejected)} rejected), {report.jobs} jobs, "
         f"{report.wall_seconds:.0f} s.",
         "",
-        f"- videos: `{report.output}`",
+        f"- videos: {link(report.output)}",
     ]
     labels = {"metadata": "dataset index (metadata.csv)", "samples": "samples.parquet", "gallery": "gallery"}
     for name, location in dataset.items():
-        target = location if "://" in location else f"file://{location}"
-        lines.append(f"- {labels.get(name, name)}: [{location}]({target})")
+        lines.append(f"- {labels.get(name, name)}: {link(location)}")
     if rejected:
         lines += ["", f"## Rejected rows ({len(rejected)})", "", "| line | column | rule | problem | fix |",
                   "|---|---|---|---|---|"]
         for r in sorted(rejected, key=lambda r: r.row):
-            lines.append(f"| {r.row} | {_cell(r.column)} | {_cell(r.rule)} | {_cell(r.message)} | {_cell(r.fix)} |")
+            lines.append(f"| {r.row} | {cell(r.column)} | {cell(r.rule)} | {cell(r.message)} | {cell(r.fix)} |")
     return "\n".join(lines) + "\n"
 
 
