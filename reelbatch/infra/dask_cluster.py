@@ -100,14 +100,11 @@ def local_gpu_cluster(n_workers: int, gpus_per_worker: int) -> LocalCluster:
 def gpu_slices(n_workers: int, gpus_per_worker: int) -> list[dict[str, str]]:
     """Per worker, the ``CUDA_VISIBLE_DEVICES`` it must see: disjoint slices of this process's visible GPUs, or
     nothing on a machine without CUDA (workers then count CPU rank slots)."""
-    from reelbatch.infra.cluster import visible_gpus
+    from reelbatch.infra.cluster import visible_gpu_names
 
-    count = visible_gpus()
-    if not count:
+    names = visible_gpu_names()
+    if not names:
         return [{} for _ in range(n_workers)]
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    names = [d.strip() for d in listed.split(",") if d.strip() and d.strip() != "-1"] if listed else [
-        str(index) for index in range(count)]
     if n_workers * gpus_per_worker > len(names):
         raise ValueError(
             f"{n_workers} local Dask workers x {gpus_per_worker} GPUs need {n_workers * gpus_per_worker} GPUs but "

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from reelbatch.infra.cluster import visible_gpus
+from reelbatch.infra.cluster import visible_gpu_names, visible_gpus
 from reelbatch.infra.dask_cluster import worker_host
 from reelbatch.planning.packing import GpuAllocator
 
@@ -189,9 +189,7 @@ def local_pool(ranks_per_node: int) -> DevicePool:
             f"pass --gpus-per-node {gpus} (or fewer)"
         )
     capacity = gpus or ranks_per_node
-    names = None
-    if gpus and os.environ.get("CUDA_VISIBLE_DEVICES"):
-        names = [d.strip() for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip() and d.strip() != "-1"]
+    names = visible_gpu_names() or None
     key = (capacity, bool(gpus), tuple(names or ()))
     with _pools_lock:
         if key not in _pools:
