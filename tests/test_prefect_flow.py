@@ -59,7 +59,7 @@ def test_pasted_text_is_stored_once_under_the_output_and_capped(tmp_path: Path):
 
 
 @pytest.mark.torchrun
-def test_flow_run_publishes_artifacts_and_streams_rank_logs(prefect_server, tmp_path: Path, monkeypatch):
+def test_flow_run_publishes_artifacts_and_streams_rank_logs(prefect_server, tmp_path: Path):
     from prefect.blocks.system import Secret
 
     db_file = tmp_path / "state.db"
@@ -69,12 +69,22 @@ def test_flow_run_publishes_artifacts_and_streams_rank_logs(prefect_server, tmp_
         database_url("sqlite:///x.db", "missing")
 
     # The suite runs Prefect at WARNING (conftest); rank lines are INFO records of the task's run logger.
-    for name in ("prefect.task_runs", "prefect.flow_runs"):
-        monkeypatch.setattr(logging.getLogger(name), "level", logging.INFO)
-    state = generate_dataset(
-        manifest_text=pasted_csv(), output=str(tmp_path / "videos"), db_secret="reelbatch-test-db",
-        gpus_per_node=2, return_state=True,
-    )
+    # setLevel, not the attribute: it also clears the loggers' cached isEnabledFor answers from earlier tests.
+    loggers = [logging.getLogger(name) for name in ("prefect.task_runs", "prefect.flow_runs")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.INFO)
+    seen = Captured()
+    loggers[0].addHandler(seen)
+    try:
+        state = generate_dataset(
+            manifest_text=pasted_csv(), output=str(tmp_path / "videos"), db_secret="reelbatch-test-db",
+            gpus_per_node=2, return_state=True,
+        )
+    finally:
+        loggers[0].removeHandler(seen)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
     assert state.is_completed()
     report = state.result()
     assert (report.done, report.failed, len(report.rejected)) == (2, 0, 1)
@@ -94,21 +104,35 @@ def test_flow_run_publishes_artifacts_and_streams_rank_logs(prefect_server, tmp_
         assert "job-" in str(table) and "dp1" in str(table)
         summary = by_type["markdown"].data
         assert "Rejected rows (1)" in summary and "height" in summary and "metadata.csv" in summary
-        APILogHandler().flush()  # logs travel to the API in batches
+    # Rank output went to the run-job task's logger line by line, each with its job and rank, inside the task's run
+    # context (what the Prefect log handler ships to the API under that task run).
+    rank_lines = [r for r in seen.records if " rank 0 | " in r.getMessage()]
+    assert rank_lines and all(getattr(r, "task_run_id", None) and getattr(r, "flow_run_id", None) == str(
+        flow_run_id) for r in rank_lines)
+    assert all(getattr(r, "task_name", "").startswith("run-job") for r in rank_lines)
+    with get_client(sync_client=True) as client:
+        APILogHandler().flush()  # logs travel to the API in batches; read them back like the UI does
         deadline = time.monotonic() + 30
         while True:
             logs = client.read_logs(log_filter=LogFilter(
                 flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]), text=LogFilterTextSearch(query="rank 0 |"),
             ))
-            messages = [log.message for log in logs]
-            if any(" rank 0 | " in m for m in messages) or time.monotonic() > deadline:
+            if logs or time.monotonic() > deadline:
                 break
             time.sleep(1)
-        # Rank output reached the run's logs line by line, each with its job and rank.
-        assert any(" rank 0 | " in m for m in messages), messages[-20:]
+        assert logs and all(log.task_run_id for log in logs)
         # CPU rank slots are a per-run budget: no machine-wide GPU limit was made for them.
         limits = {limit.name for limit in client.read_global_concurrency_limits(limit=100)}
         assert gpu_limit_name(socket.gethostname()) not in limits
+
+
+class Captured(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def test_cuda_jobs_hold_slots_of_the_hosts_gpu_limit(prefect_server):
