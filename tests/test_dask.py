@@ -19,6 +19,7 @@ from reelbatch.infra.dask_cluster import (
     worker_host,
 )
 from tests.test_end_to_end import reelbatch
+from tests.test_side_by_side import peak_width
 
 REMOTE = "tcp://10.0.0.7:8786"
 POSTGRES = "postgresql+psycopg://reelbatch:s3cret@db.internal:5432/reelbatch"
@@ -173,16 +174,6 @@ def test_local_workers_report_to_the_flows_prefect_api():
 # --- a real run --------------------------------------------------------------------------------------------------
 
 
-def busiest(intervals: list[tuple[float, float, int]]) -> int:
-    """Most ranks running at once; an end and a start at the same instant do not overlap."""
-    events = sorted([(start, 1, ranks) for start, _, ranks in intervals] + [(end, 0, -ranks) for _, end, ranks in intervals])
-    running = peak = 0
-    for _, _, change in events:
-        running += change
-        peak = max(peak, running)
-    return peak
-
-
 @pytest.mark.torchrun
 def test_a_run_on_a_local_dask_cluster_never_oversubscribes_a_worker(tmp_path: Path):
     """Two workers with GPU=2 each and jobs wanting 5 ranks: both workers work, neither runs more than 2 ranks.
@@ -215,7 +206,7 @@ def test_a_run_on_a_local_dask_cluster_never_oversubscribes_a_worker(tmp_path: P
     assert len(by_worker) == 2, by_worker  # jobs ran on both workers
     assert all(host.startswith("tcp://127.0.0.1:") for host in by_worker)
     for host, runs in by_worker.items():
-        assert busiest([run[:3] for run in runs]) <= 2, (host, runs)
+        assert peak_width([run[:3] for run in runs]) <= 2, (host, runs)
         for i, a in enumerate(runs):  # jobs side by side on one worker hold different devices
             for b in runs[i + 1:]:
                 if a[0] < b[1] and b[0] < a[1]:
