@@ -14,8 +14,13 @@ def visible_gpu_names() -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    return [str(index) for index in range(machine_gpus())]
+
+
+def machine_gpus() -> int:
+    """Every NVIDIA GPU of the machine, whatever this process's CUDA_VISIBLE_DEVICES says."""
     gpus = Path("/proc/driver/nvidia/gpus")
-    return [str(index) for index in range(len(list(gpus.iterdir())))] if gpus.is_dir() else []
+    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
 
 
 def visible_gpus() -> int:

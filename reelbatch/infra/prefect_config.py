@@ -16,10 +16,10 @@ import re
 import socket
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 
+from reelbatch.infra.cluster import machine_gpus
 from reelbatch.infra.devices import DeviceGroup
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,3 @@ def holding_gpus(group: DeviceGroup, width: int) -> Iterator[None]:
     with concurrency(name, occupy=width, lease_duration=GPU_LEASE_S):
         yield
 
-
-def machine_gpus() -> int:
-    """Every NVIDIA GPU of the machine, whatever this process's CUDA_VISIBLE_DEVICES says."""
-    gpus = Path("/proc/driver/nvidia/gpus")
-    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
