@@ -41,6 +41,7 @@ from pydantic import BaseModel, Field
 
 from reelbatch.identity import output_key, sample_id, sample_seed
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel, StorageKind
+from reelbatch.rows import concat_samples
 from reelbatch.schemas import BucketKey, ManifestRow, ParallelPlan, Sample
 
 if TYPE_CHECKING:  # tasks.shard imports Prefect; packing must stay light
@@ -208,7 +209,7 @@ def job_id(index: int, bucket: BucketKey, samples: Iterable[Sample]) -> str:
 @dataclass
 class _Bucket:
     template: PlannedJob
-    samples: list[Sample] = field(default_factory=list)
+    parts: list[Sequence[Sample]] = field(default_factory=list)
 
 
 def _group(plan: ParallelPlan) -> int:
@@ -268,7 +269,8 @@ def pack_plan(
         (job.plan.world_size for job in run_plan.jobs), default=1)
     buckets: dict[BucketKey, _Bucket] = {}
     for job in run_plan.jobs:
-        buckets.setdefault(job.bucket, _Bucket(job)).samples.extend(job.samples)
+        buckets.setdefault(job.bucket, _Bucket(job)).parts.append(job.samples)
+    bucket_samples = [concat_samples(entry.parts) for entry in buckets.values()]
 
     shapes = []  # (bucket, plan of its jobs, seconds per sample, load seconds)
     for bucket, entry in buckets.items():
@@ -279,21 +281,23 @@ def pack_plan(
         seconds = cost.sample_seconds(bucket, template.family, plan)
         load = cost.load_seconds(template.family, options.storage)
         shapes.append((bucket, plan, seconds, load))
-    counts = [len(entry.samples) for entry in buckets.values()]
+    counts = [len(samples) for samples in bucket_samples]
     target, tail = fleet_target_seconds(shapes, counts, options, node_gpus)
     all_cuts = _cut_all(shapes, counts, target, options, tail)
 
-    row_of = {row.row: row for row in rows or ()}
-    taken = {s.sample_id for entry in buckets.values() for s in entry.samples}
+    fills = options.padding == "fill" and any(cut.padded for cuts in all_cuts for cut in cuts)
+    row_of = {row.row: row for row in rows or ()} if fills else {}
+    # Extra videos must not repeat a planned or finished one: only then are the planned samples' ids needed.
+    taken = {s.sample_id for samples in bucket_samples for s in samples} if fills else set()
     taken.update(sample.sample_id for sample, _ in run_plan.skipped)
     next_index: dict[int, int] = {}
     packed: list[PlannedJob] = []
-    for (bucket, plan, seconds, load), entry, cuts in zip(shapes, buckets.values(), all_cuts):
+    for (bucket, plan, seconds, load), entry, samples, cuts in zip(shapes, buckets.values(), bucket_samples, all_cuts):
         template = entry.template
         gpu_seconds_per_sample = cost.sample_gpu_seconds(bucket, template.family, plan)
         start = 0
         for cut in cuts:
-            part = entry.samples[start:start + cut.samples]
+            part = samples[start:start + cut.samples]
             start += cut.samples
             padded, filled = cut.padded, 0
             if padded and options.padding == "fill":
@@ -301,7 +305,7 @@ def pack_plan(
                 missing = [r for r in sources if r not in row_of]
                 if missing:
                     raise ValueError(f"padding=fill needs the manifest rows (rows {missing[:3]} not given)")
-                part = part + extra_samples([row_of[r] for r in sources], padded, taken, next_index)
+                part = [*part, *extra_samples([row_of[r] for r in sources], padded, taken, next_index)]
                 padded, filled = 0, cut.padded
             packed.append(replace(
                 template, plan=plan, samples=part, padded_slots=padded,
@@ -310,7 +314,7 @@ def pack_plan(
                 notes=list(template.notes), warnings=list(template.warnings),
             ))
     order = sorted(range(len(packed)), key=lambda i: (-packed[i].estimated_seconds, i))
-    jobs = [replace(packed[i], job_id=job_id(n, packed[i].bucket, packed[i].samples)) for n, i in enumerate(order)]
+    jobs = [replace(packed[i], index=n, _job_id=None) for n, i in enumerate(order)]
     return replace(run_plan, jobs=jobs)
 
 

@@ -62,7 +62,7 @@ def prepare_job(
         family=planned.family.kind,
         plan=planned.plan,
         backend=planned.backend,
-        samples=planned.samples,
+        samples=list(planned.samples),
         padded_slots=planned.padded_slots,
         tokens=planned.tokens,
         fps=fps,

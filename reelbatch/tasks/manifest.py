@@ -19,7 +19,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, get_args
 
@@ -56,13 +56,31 @@ class ManifestLimits:
 
 @dataclass
 class ManifestReadResult:
-    rows: list[ManifestRow]  # valid rows, defaults applied
+    rows: Sequence[ManifestRow]  # valid rows, defaults applied: a list, or a rows.RowTable from the fast path
     rejections: list[RowRejection]  # exactly one per bad row, so total_rows == len(rows) + len(rejections)
     total_rows: int  # data rows seen (valid + rejected); blank lines are not rows
-    sha256: str  # hex digest of the raw bytes of the manifest
+    digest: str | Sha256Of  # see ``sha256``
     source: str  # path, URL or "<inline>"
     # The cells of each rejected row as written (cut to RAW_CELL_CHARS), so the database can show them.
     raw_rows: dict[int, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str:
+        """Hex digest of the raw bytes of the manifest: made when first asked for (recording a run needs it,
+        validating and planning do not)."""
+        if not isinstance(self.digest, str):
+            self.digest = self.digest()
+        return self.digest
+
+
+class Sha256Of:
+    """The SHA-256 hex digest of ``data``, computed when called."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __call__(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
 
 
 RAW_CELL_CHARS = 4000
@@ -662,6 +680,69 @@ def _subject(source: str) -> str:
     return "The manifest" if source == INLINE_SOURCE else f"Manifest {source}"
 
 
+# A CSV manifest up to this size is read whole and tried on the columnar fast path (tasks.manifest_columnar); a
+# bigger one, or one that is not regular, is streamed through the line reader below.
+COLUMNAR_MAX_BYTES = 128 * 1024 * 1024
+
+
+class _PrefixedStream(io.RawIOBase):
+    """``prefix`` (bytes already read) followed by the rest of ``stream``."""
+
+    def __init__(self, prefix: bytes, stream: BinaryIO) -> None:
+        self._prefix = memoryview(prefix)
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self._prefix:
+            size = len(self._prefix) if size is None or size < 0 else size
+            taken, self._prefix = bytes(self._prefix[:size]), self._prefix[size:]
+            return taken
+        return self._stream.read(size)
+
+
+def _size_of(stream: BinaryIO) -> int | None:
+    size = getattr(stream, "size", None)  # fsspec's remote files
+    if isinstance(size, int):
+        return size
+    try:
+        return os.fstat(stream.fileno()).st_size
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
+def _read_at_most(stream: BinaryIO, limit: int) -> bytes:
+    """Up to ``limit + 1`` bytes: all of them when the stream is no longer than ``limit``."""
+    size = _size_of(stream)
+    # Asking for the size (plus one byte, to see the end) spares a read buffer of ``limit`` bytes.
+    chunks = [stream.read(limit + 1 if size is None else min(size + 1, limit + 1))]
+    size = len(chunks[0])
+    while chunks[-1] and size <= limit:  # a stream may return less than asked before its end
+        chunks.append(stream.read(limit + 1 - size))
+        size += len(chunks[-1])
+    return chunks[0] if len(chunks) <= 2 and not chunks[-1] else b"".join(chunks)
+
+
+def _parse_csv(
+    stream: BinaryIO, defaults: RunDefaults, known_models: Collection[str], limits: ManifestLimits, source: str,
+    columnar: bool = True,
+) -> ManifestReadResult:
+    """The columnar fast path when the file is small enough and regular, else the line reader: same results."""
+    if not columnar:
+        return _parse_stream(stream, defaults, known_models, limits, source)
+    head = _read_at_most(stream, COLUMNAR_MAX_BYTES)
+    if len(head) > COLUMNAR_MAX_BYTES:
+        return _parse_stream(_PrefixedStream(head, stream), defaults, known_models, limits, source)
+    from reelbatch.tasks.manifest_columnar import read_columnar  # it builds on this module
+
+    result = read_columnar(head, defaults, known_models, limits, source, Sha256Of(head))
+    if result is not None:
+        return result
+    return _parse_stream(io.BytesIO(head), defaults, known_models, limits, source)
+
+
 def _parse_stream(
     stream: BinaryIO, defaults: RunDefaults, known_models: Collection[str], limits: ManifestLimits, source: str
 ) -> ManifestReadResult:
@@ -709,7 +790,7 @@ def _validate_records(
         rows=rows,
         rejections=rejections,
         total_rows=total_rows,
-        sha256=sha256(),
+        digest=sha256(),
         source=source,
         raw_rows=raw_rows,
     )
@@ -801,8 +882,14 @@ def read_manifest(
     defaults: RunDefaults,
     known_models: Collection[str],
     limits: ManifestLimits = ManifestLimits(),
+    *,
+    columnar: bool = True,
 ) -> ManifestReadResult:
-    """Read and validate the CSV manifest at ``source``: a local path or any fsspec URL."""
+    """Read and validate the CSV manifest at ``source``: a local path or any fsspec URL.
+
+    ``columnar=False`` skips the fast path (tasks.manifest_columnar) and reads every CSV line by line: the
+    results are the same, only slower (tests compare the two).
+    """
     location = os.fspath(source)
     try:
         stream = fsspec.open(location, "rb").open()
@@ -813,7 +900,7 @@ def read_manifest(
     shown = redact_url(location)  # what messages and the database see
     with stream:
         if fmt == "csv":
-            return _parse_stream(stream, defaults, known_models, limits, shown)
+            return _parse_csv(stream, defaults, known_models, limits, shown, columnar)
         # JSONL and Parquet manifests are small next to the videos they describe: read whole, then validate.
         raw = stream.read()
     parse = _parse_jsonl if fmt == "jsonl" else _parse_parquet
@@ -826,11 +913,13 @@ def parse_manifest_text(
     known_models: Collection[str],
     limits: ManifestLimits = ManifestLimits(),
     source: str = INLINE_SOURCE,
+    *,
+    columnar: bool = True,
 ) -> ManifestReadResult:
     """Validate manifest CSV given as text or bytes (e.g. pasted into a UI form), exactly like ``read_manifest``."""
     # surrogatepass: a str with lone surrogates then fails as "not UTF-8" instead of raising UnicodeEncodeError.
     raw = bytes(text) if isinstance(text, (bytes, bytearray)) else text.encode("utf-8", "surrogatepass")
-    return _parse_stream(io.BytesIO(raw), defaults, known_models, limits, source)
+    return _parse_csv(io.BytesIO(raw), defaults, known_models, limits, source, columnar)
 
 
 # Prefect is imported last so that everything above reads, and is tested, as plain Python.

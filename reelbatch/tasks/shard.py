@@ -12,6 +12,10 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from reelbatch import planning
 from reelbatch.identity import expand_row
 from reelbatch.infra.cluster import visible_gpus
@@ -19,8 +23,17 @@ from reelbatch.models.registry import ModelCatalog, ModelFamily, UnknownModel
 from reelbatch.planning import DEFAULT_GPU_MEMORY_GIB, Objective, PlanProblem
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel
 from reelbatch.planning.packing import PackingOptions, job_id, pack_plan
+from reelbatch.rows import RowTable, SampleRefs
+from reelbatch.schemas import (
+    Backend,
+    BucketKey,
+    ManifestRow,
+    ParallelPlan,
+    RowRejection,
+    Sample,
+    many_models,
+)
 from reelbatch.settings import JOB_TIMEOUT_FLOOR_S, JOB_TIMEOUT_MARGIN
-from reelbatch.schemas import Backend, BucketKey, ManifestRow, ParallelPlan, RowRejection, Sample, many_models
 
 DEFAULT_MAX_SAMPLES_PER_JOB = 32
 MODEL_FIX = "point --model-path NAME=DIR (or the models file) at a local diffusers pipeline folder"
@@ -38,11 +51,11 @@ def default_device() -> str:
 
 @dataclass
 class PlannedJob:
-    job_id: str
+    index: int  # position in the plan; the id is ``job-<index>-<hash of the bucket and the sample ids>``
     bucket: BucketKey
     family: ModelFamily
     plan: ParallelPlan
-    samples: list[Sample]
+    samples: Sequence[Sample]  # a list, or rows.SampleRefs (made into Samples when first read)
     padded_slots: int
     tokens: int
     notes: list[str] = field(default_factory=list)
@@ -53,6 +66,14 @@ class PlannedJob:
     warnings: list[str] = field(default_factory=list)
     estimated_seconds: float = 0.0  # wall time incl. one model load from local disk (planning.cost)
     filled_slots: int = 0  # padded slots turned into extra videos (padding="fill"); they are in ``samples``
+    _job_id: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def job_id(self) -> str:
+        """Made when first asked for: it hashes the sample ids, which planning itself never needs."""
+        if self._job_id is None:
+            self._job_id = job_id(self.index, self.bucket, self.samples)
+        return self._job_id
 
     @property
     def timeout_s(self) -> float:
@@ -150,6 +171,69 @@ def _bucket_rows(rows: Sequence[ManifestRow]) -> dict[BucketKey, list[ManifestRo
     return buckets
 
 
+def _bucket_table(table: RowTable) -> dict[BucketKey, np.ndarray]:
+    """``_bucket_rows`` for a RowTable: row positions by bucket, buckets in order of first appearance."""
+    names = tuple(BucketKey.model_fields)
+    code_of_key: dict[tuple, int] = {}
+    used = np.zeros(len(table.shapes), dtype=bool)
+    used[table.shape_of_row] = True
+    bucket_of_shape = np.full(len(table.shapes) + len(table.overrides), -1, dtype=np.int64)
+    for shape_index in np.flatnonzero(used).tolist():
+        shape = table.shapes[shape_index]
+        bucket_of_shape[shape_index] = code_of_key.setdefault(tuple(shape[n] for n in names), len(code_of_key))
+    shape_of_row = table.shape_of_row.astype(np.int64)
+    for extra, (index, row) in enumerate(table.overrides.items(), start=len(table.shapes)):
+        bucket_of_shape[extra] = code_of_key.setdefault(tuple(getattr(row, n) for n in names), len(code_of_key))
+        shape_of_row[index] = extra
+    # Few buckets: 16-bit codes get numpy's radix sort. Stable, so rows keep file order within a bucket.
+    bucket_of_row = bucket_of_shape[shape_of_row].astype(np.uint16 if len(code_of_key) < 2**16 else np.int64)
+    in_order = np.argsort(bucket_of_row, kind="stable")
+    counts = np.bincount(bucket_of_row, minlength=len(code_of_key))
+    starts = np.cumsum(counts) - counts
+    keys = list(code_of_key)
+    first_row = {code: int(in_order[starts[code]]) for code in range(len(keys)) if counts[code]}
+    buckets: dict[BucketKey, np.ndarray] = {}
+    for code in sorted(first_row, key=first_row.get):
+        key = BucketKey(**dict(zip(names, keys[code])))
+        rows = in_order[starts[code]:starts[code] + counts[code]]
+        # Distinct values that validate to one BucketKey (e.g. 5 and 5.0) share a bucket, in file order.
+        buckets[key] = np.sort(np.concatenate([buckets[key], rows])) if key in buckets else rows
+    return buckets
+
+
+def _duplicate_suspects(table: RowTable) -> np.ndarray:
+    """Rows that may ask for a video another row asks for: their prompt is not unique. Only they are hashed."""
+    prompts = table.columns.get("prompt")
+    if prompts is None or not len(table):
+        return np.ones(len(table), dtype=bool)
+    if not table.overrides and table.prompts_distinct():
+        return np.zeros(len(table), dtype=bool)  # every line's prompt differs: the usual dataset manifest
+    encoded = pc.dictionary_encode(prompts)
+    codes = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in encoded.chunks])[table.positions]
+    suspects = np.bincount(codes)[codes] > 1
+    if table.overrides:  # their prompt was stripped: compare it with every row's
+        stripped = pa.array([row.prompt for row in table.overrides.values()])
+        suspects |= pc.is_in(prompts, value_set=stripped).to_numpy(zero_copy_only=False)[table.positions]
+        suspects[list(table.overrides)] = True
+    return suspects
+
+
+def _duplicate_of(row: ManifestRow, row_samples: list[Sample], seen: dict[str, int]) -> RowRejection | None:
+    """The rejection of a row that asks for a video an earlier row asks for, or None (its ids then join seen)."""
+    if any(s.sample_id in seen for s in row_samples):
+        first = seen.get(row_samples[0].sample_id, row.row)
+        return RowRejection(
+            row=row.row,
+            column="seed",
+            rule="duplicate_sample",
+            message=f"asks for the same video as row {first} (same prompt, parameters and seed)",
+            fix="give the row a different seed, or raise num_videos on the first row",
+        )
+    for s in row_samples:
+        seen[s.sample_id] = row.row
+    return None
+
+
 class PlanRefused(ValueError):
     """No plan passes for a bucket; ``problems`` say why and how to fix it."""
 
@@ -181,14 +265,20 @@ def choose_plan(
     return choice.plan, choice.notes
 
 
-def cut_jobs(samples: Sequence[Sample], dp: int, max_samples_per_job: int) -> list[tuple[list[Sample], int]]:
+def cut_jobs(samples: Sequence[Sample], dp: int, max_samples_per_job: int) -> list[tuple[Sequence[Sample], int]]:
     """Cut a bucket into chunks that are multiples of dp; only the last chunk may need padding."""
+    return [(part, padded) for part, _, padded in _cuts(samples, dp, max_samples_per_job)]
+
+
+def _cuts(samples: Sequence[Sample], dp: int, max_samples_per_job: int) -> list[tuple[Sequence[Sample], int, int]]:
+    """``cut_jobs`` with each part's size: (part, samples, padded slots)."""
     chunk = max(dp, (max_samples_per_job // dp) * dp)
-    pieces = []
-    for start in range(0, len(samples), chunk):
-        part = list(samples[start : start + chunk])
-        pieces.append((part, -len(part) % dp))
-    return pieces
+    count = len(samples)
+    sizes = [(start, min(chunk, count - start)) for start in range(0, count, chunk)]
+    if isinstance(samples, SampleRefs):  # thousands of parts of a big manifest: no per-part checks
+        table, rows, videos = samples.table, samples.rows, samples.videos
+        return [(SampleRefs(table, rows, videos, start, start + size), size, -size % dp) for start, size in sizes]
+    return [(samples[start:start + size], size, -size % dp) for start, size in sizes]
 
 
 def _xdit_not_runnable(family: ModelFamily, plan: ParallelPlan) -> PlanProblem:
@@ -232,7 +322,12 @@ def plan_run(
         raise ValueError("--gpus must be at least 1")
     device = device or default_device()
     cost = cost_model or DEFAULT_COST_MODEL
-    buckets = _bucket_rows(rows)
+    if skip and isinstance(rows, RowTable):
+        rows = list(rows)  # resuming compares every sample id with the finished ones: make them all
+    table = rows if isinstance(rows, RowTable) else None
+    buckets = _bucket_table(table) if table is not None else _bucket_rows(rows)
+    suspects = _duplicate_suspects(table) if table is not None else None
+    videos = table.videos_per_row() if table is not None else None
 
     rejections = list(rejected)
     jobs: list[PlannedJob] = []
@@ -254,50 +349,51 @@ def plan_run(
             if choice.plan is not None and bucket.backend == "xdit":
                 problems = [_xdit_not_runnable(family, choice.plan)]
         if choice is None or choice.plan is None or problems:
-            accepted -= len(bucket_rows)
+            lines = table.lines[bucket_rows].tolist() if table is not None else [r.row for r in bucket_rows]
+            accepted -= len(lines)
             rejections.extend(
-                RowRejection(row=r.row, column=p.column, rule=p.rule, message=p.message, fix=p.fix)
-                for r in bucket_rows
+                RowRejection(row=line, column=p.column, rule=p.rule, message=p.message, fix=p.fix)
+                for line in lines
                 for p in problems
             )
             continue
-        samples = []
-        for r in bucket_rows:
-            row_samples = expand_row(r)  # the ids of one row's videos differ from each other (video index)
-            if any(s.sample_id in seen for s in row_samples):
-                first = seen.get(row_samples[0].sample_id, r.row)
-                accepted -= 1
-                rejections.append(
-                    RowRejection(
-                        row=r.row,
-                        column="seed",
-                        rule="duplicate_sample",
-                        message=f"asks for the same video as row {first} (same prompt, parameters and seed)",
-                        fix="give the row a different seed, or raise num_videos on the first row",
-                    )
-                )
-                continue
-            for s in row_samples:
-                seen[s.sample_id] = r.row
-            if skip:
-                skipped.extend((s, bucket) for s in row_samples if s.sample_id in skip)
-                row_samples = [s for s in row_samples if s.sample_id not in skip]
-            samples.extend(row_samples)
+        if table is not None:
+            samples = _table_samples(table, bucket_rows, suspects, videos, seen, rejections)
+            accepted -= samples.dropped
+        else:
+            samples = []
+            for r in bucket_rows:
+                row_samples = expand_row(r)  # the ids of one row's videos differ from each other (video index)
+                duplicate = _duplicate_of(r, row_samples, seen)
+                if duplicate is not None:
+                    accepted -= 1
+                    rejections.append(duplicate)
+                    continue
+                if skip:
+                    skipped.extend((s, bucket) for s in row_samples if s.sample_id in skip)
+                    row_samples = [s for s in row_samples if s.sample_id not in skip]
+                samples.extend(row_samples)
         if not samples:
             continue
         plan = choice.plan
         tokens = family.tokens(bucket.height, bucket.width, bucket.num_frames)
         refused = [r.to_json() for r in choice.refused]
-        for part, padded in cut_jobs(samples, plan.dp, max_samples_per_job):
+        estimates: dict[int, tuple[float, float]] = {}  # a bucket's full jobs all have the same number of slots
+        for part, size, padded in _cuts(samples, plan.dp, max_samples_per_job):
+            slots = size + padded
+            estimate = estimates.get(slots)
+            if estimate is None:
+                estimate = estimates[slots] = (round(choice.estimated_gpu_seconds_per_sample * slots, 6),
+                                               round(cost.job_seconds(bucket, family, plan, slots), 3))
             jobs.append(
                 PlannedJob(
-                    job_id(len(jobs), bucket, part), bucket, family, plan, part, padded, tokens, list(choice.notes),
+                    len(jobs), bucket, family, plan, part, padded, tokens, list(choice.notes),
                     backend=bucket.backend,
                     refused=refused,
-                    estimated_gpu_seconds=round(choice.estimated_gpu_seconds_per_sample * (len(part) + padded), 6),
+                    estimated_gpu_seconds=estimate[0],
                     memory_gib_per_gpu=choice.memory_gib_per_gpu,
                     warnings=list(choice.warnings),
-                    estimated_seconds=round(cost.job_seconds(bucket, family, plan, len(part) + padded), 3),
+                    estimated_seconds=estimate[1],
                 )
             )
     result = RunPlan(rows=total_rows, accepted=accepted, rejected=rejections, jobs=jobs, skipped=skipped)
@@ -306,6 +402,33 @@ def plan_run(
             packing = replace(packing, cost_model=cost_model)
         result = pack_plan(result, packing, gpus_per_node=gpus, rows=rows)
     return result
+
+
+class _BucketSamples(SampleRefs):
+    dropped = 0  # rows left out as duplicates
+
+
+def _table_samples(table: RowTable, bucket_rows: np.ndarray, suspects: np.ndarray, videos: np.ndarray,
+                   seen: dict[str, int], rejections: list[RowRejection]) -> _BucketSamples:
+    """A bucket's samples as references: every video of every row, less rows that repeat an earlier row's video.
+
+    Only rows whose prompt is not unique can repeat a video (``_duplicate_suspects``); those are hashed here, in
+    the order the list path hashes them, so the same rows are rejected with the same messages.
+    """
+    keep = np.ones(len(bucket_rows), dtype=bool)
+    for at in np.flatnonzero(suspects[bucket_rows]).tolist():
+        row = table[int(bucket_rows[at])]
+        duplicate = _duplicate_of(row, expand_row(row), seen)
+        if duplicate is not None:
+            rejections.append(duplicate)
+            keep[at] = False
+    kept = bucket_rows[keep]
+    videos_per_row = videos[kept]
+    sample_rows = np.repeat(kept, videos_per_row)
+    first_of_row = np.repeat(np.cumsum(videos_per_row) - videos_per_row, videos_per_row)
+    samples = _BucketSamples(table, sample_rows, np.arange(len(sample_rows)) - first_of_row)
+    samples.dropped = int(len(bucket_rows) - len(kept))
+    return samples
 
 
 # Prefect is imported last so that everything above reads, and is tested, as plain Python.

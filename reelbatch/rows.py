@@ -1,0 +1,243 @@
+"""Accepted manifest rows kept as columns, and a job's samples kept as (row, video index) references.
+
+A big manifest is validated column by column (``tasks.manifest_columnar``). Building a pydantic object per row
+and a hashed ``Sample`` per video up front cost more than reading the file itself, and planning needs neither:
+it needs each row's bucket and video count. ``RowTable`` keeps the accepted rows in the columns they were read
+into and builds a ``ManifestRow`` when one is asked for; ``SampleRefs`` is a run of a bucket's samples as
+positions in a RowTable, made into ``Sample`` objects (seeds and identity hashes, ``identity.expand_row``) when
+they are read: when a run records or dispatches the job, not when a manifest is planned.
+
+Both are read-only sequences that compare equal to the lists they stand for.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Generic, TypeVar, overload
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from reelbatch.identity import expand_row
+from reelbatch.schemas import ManifestRow, Sample, trusted
+
+T = TypeVar("T")
+_ROW_FIELDS = list(ManifestRow.model_fields)
+_ROW_FIELD_SET = set(_ROW_FIELDS)
+
+
+class Background(Generic[T]):
+    """``compute()`` run on a thread now; ``result()`` waits for it. For Arrow and numpy work, which lets go of
+    the GIL, so it runs on another core while Python goes on."""
+
+    def __init__(self, compute: Callable[[], T]) -> None:
+        self._compute = compute
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="reelbatch-background", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._compute()
+        except BaseException as error:  # noqa: BLE001 (handed to whoever asks for the result)
+            self._error = error
+
+    def result(self) -> T:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
+class RowTable(Sequence[ManifestRow]):
+    """The accepted rows of one manifest, in file order, as columns.
+
+    Row ``i`` is line ``lines[i]`` of the file and position ``positions[i]`` of the columns read from it.
+    ``columns`` are the per-line cells that differ on most rows (prompt, negative_prompt, id, seed) as Arrow
+    arrays of checked values. ``shape_of_row`` indexes ``shapes``: the checked values of everything else (model,
+    sizes, steps, guidance, num_videos, flags, plan, backend, and the text columns the file lacks), one dict per
+    distinct combination. ``overrides`` are rows that were built one by one (cells the columnar checks did not
+    accept as written, e.g. with spaces to strip), by row index; they win over the columns.
+    """
+
+    def __init__(
+        self,
+        lines: np.ndarray,
+        positions: np.ndarray,
+        shape_of_row: np.ndarray,
+        shapes: list[dict[str, object]],
+        columns: Mapping[str, pa.Array],
+        overrides: Mapping[int, ManifestRow] | None = None,
+        prompts_distinct: Background[bool] | None = None,
+    ) -> None:
+        self.lines = lines
+        self.positions = positions
+        self.shape_of_row = shape_of_row
+        self.shapes = shapes
+        self.columns = dict(columns)
+        self.overrides = dict(overrides or {})
+        self._lists: dict[str, list] | None = None
+        self._prompts_distinct = prompts_distinct
+
+    def prompts_distinct(self) -> bool:
+        """Whether no two lines of the file (accepted or not) have the same prompt cell."""
+        if self._prompts_distinct is None:
+            prompts = self.columns["prompt"]
+            return len(pc.unique(prompts)) == len(prompts)
+        return self._prompts_distinct.result()
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    @overload
+    def __getitem__(self, index: int) -> ManifestRow: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ManifestRow]: ...
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self._row(i) for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("row index out of range")
+        return self._row(index)
+
+    def __iter__(self) -> Iterator[ManifestRow]:
+        return (self._row(i) for i in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (RowTable, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"RowTable({len(self)} rows, {len(self.shapes)} shapes)"
+
+    def __getstate__(self) -> dict:
+        distinct = None if self._prompts_distinct is None else _Known(self._prompts_distinct.result())
+        return {**self.__dict__, "_lists": None, "_prompts_distinct": distinct}
+
+    def _row(self, index: int) -> ManifestRow:
+        row = self.overrides.get(index)
+        if row is not None:
+            return row
+        if self._lists is None:  # once per table: Arrow to Python for every row at once is much cheaper
+            self._lists = {name: column.to_pylist() for name, column in self.columns.items()}
+        shape = self.shapes[self.shape_of_row[index]]
+        position = int(self.positions[index])
+        lists = self._lists
+        values = {
+            name: int(self.lines[index]) if name == "row" else lists[name][position] if name in lists else shape[name]
+            for name in _ROW_FIELDS
+        }
+        # Every value passed the checks ManifestRow's schema makes (tasks.manifest_columnar), so none is repeated.
+        return trusted(ManifestRow, values, _ROW_FIELD_SET)
+
+    def shape_column(self, name: str) -> np.ndarray:
+        """A repeating column (e.g. ``num_videos``), one value per row; override rows give their own value."""
+        values = np.asarray([shape[name] for shape in self.shapes], dtype=object)[self.shape_of_row]
+        for index, row in self.overrides.items():
+            values[index] = getattr(row, name)
+        return values
+
+    def videos_per_row(self) -> np.ndarray:
+        """``num_videos`` of every row, as integers."""
+        per_shape = np.array([v if isinstance(v := shape["num_videos"], int) else 0 for shape in self.shapes],
+                             dtype=np.int64)
+        videos = per_shape[self.shape_of_row] if len(self.shapes) else np.zeros(len(self), dtype=np.int64)
+        for index, row in self.overrides.items():
+            videos[index] = row.num_videos
+        return videos
+
+    def text_column(self, name: str) -> pa.Array | None:
+        """prompt, negative_prompt, id or seed, one value per row as read (override rows not applied), or None
+        when the file has no such column."""
+        column = self.columns.get(name)
+        return None if column is None else column.take(pa.array(self.positions))
+
+
+class _Known(Generic[T]):
+    """A Background's result after pickling."""
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+    def result(self) -> T:
+        return self.value
+
+
+class SampleRefs(Sequence[Sample]):
+    """Samples of a job as (row position in ``table``, video index) pairs: ``rows[start:stop]`` and
+    ``videos[start:stop]`` (a job keeps its bucket's arrays and two numbers). Made into ``Sample``s when read;
+    pickled as those samples, so a job sent to another process carries its samples, not the manifest."""
+
+    def __init__(self, table: RowTable, rows: np.ndarray, videos: np.ndarray, start: int = 0,
+                 stop: int | None = None) -> None:
+        self.table = table
+        self._rows = rows
+        self._videos = videos
+        self._start = start
+        self._stop = len(rows) if stop is None else stop
+        self._samples: list[Sample] | None = None
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self._rows[self._start:self._stop]
+
+    @property
+    def videos(self) -> np.ndarray:
+        return self._videos[self._start:self._stop]
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return self.samples()[index]
+            return SampleRefs(self.table, self._rows, self._videos, self._start + start,
+                              self._start + max(start, stop))
+        return self.samples()[index]
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self.samples())
+
+    def __add__(self, other: Sequence[Sample]) -> list[Sample]:
+        return [*self.samples(), *other]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (SampleRefs, list, tuple)):
+            return len(self) == len(other) and list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"SampleRefs({len(self)} samples)"
+
+    def __reduce__(self):
+        return list, (self.samples(),)
+
+    def samples(self) -> list[Sample]:
+        """The ``Sample`` objects, made once (the rows' seeds and identity hashes are computed here)."""
+        if self._samples is None:
+            made: list[Sample] = []
+            current, expanded = -1, []
+            for row, video in zip(self.rows.tolist(), self.videos.tolist()):
+                if row != current:
+                    current, expanded = row, expand_row(self.table[row])
+                made.append(expanded[video])
+            self._samples = made
+        return self._samples
+
+
+def concat_samples(parts: Sequence[Sequence[Sample]]) -> Sequence[Sample]:
+    """The parts one after another: still references when every part refers to the same table, else a list."""
+    if parts and all(isinstance(p, SampleRefs) for p in parts) and len({id(p.table) for p in parts}) == 1:
+        return SampleRefs(parts[0].table, np.concatenate([p.rows for p in parts]),
+                          np.concatenate([p.videos for p in parts]))
+    return [sample for part in parts for sample in part]
