@@ -7,6 +7,11 @@ Times ``reelbatch.tasks.manifest.read_manifest`` + ``reelbatch.tasks.shard.plan_
 rules, no packing; ``--packed`` adds ``planning.packing`` on 4 nodes) against ``pandas.read_csv`` in one process,
 each the best of ``--repeat`` runs, then measures the peak Python memory of validate + plan with tracemalloc (a
 separate run: tracemalloc slows it down) and the process's peak RSS. Targets: ratio <= 3, peak <= 300 MB.
+
+Planning leaves for later what only recording a run needs: every sample's seed and identity hash, the job ids
+(which hash them) and the manifest's SHA-256. The line "+ sample ids, job ids, digest" times those too, i.e. what
+``reelbatch run`` computes before its first job starts; it has no target. ``--line-reader`` reads the CSV with
+the line-by-line reader instead of the columnar fast path (same results, the previous speed).
 ``--profile N`` prints the N most expensive functions (cProfile, cumulative) of one validate + plan.
 """
 
@@ -28,7 +33,7 @@ TARGET_RATIO = 3.0
 TARGET_PEAK_MB = 300.0
 
 
-def validate_and_plan(path: Path, packed: bool):
+def validate_and_plan(path: Path, packed: bool, columnar: bool = True):
     from reelbatch.models.registry import ModelCatalog
     from reelbatch.planning.packing import PackingOptions
     from reelbatch.schemas import RunDefaults
@@ -36,7 +41,7 @@ def validate_and_plan(path: Path, packed: bool):
     from reelbatch.tasks.shard import plan_run
 
     catalog = ModelCatalog.from_config()
-    read = read_manifest(path, RunDefaults(), catalog.names())
+    read = read_manifest(path, RunDefaults(), catalog.names(), columnar=columnar)
     packing = PackingOptions(nodes=4, gpus_per_node=8) if packed else None
     return read, plan_run(read.rows, read.rejections, read.total_rows, catalog, 8, device="cuda", packing=packing)
 
@@ -57,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--packed", action="store_true", help="also pack the jobs for 4 x 8 GPUs")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest functions")
+    parser.add_argument("--line-reader", action="store_true", help="read the CSV line by line (no fast path)")
     args = parser.parse_args(argv)
 
     import pandas  # imported before timing, like reelbatch's modules below
@@ -71,16 +77,24 @@ def main(argv: list[str] | None = None) -> int:
         pandas_s = best_of(args.repeat, lambda: pandas.read_csv(path))
         result = {}
 
+        columnar = not args.line_reader
+
         def ours():
-            result["out"] = validate_and_plan(path, args.packed)
+            result["out"] = validate_and_plan(path, args.packed, columnar)
+
+        def ours_and_ids():
+            read, plan = validate_and_plan(path, args.packed, columnar)
+            ids = {job.job_id for job in plan.jobs}  # hashes every sample of every job
+            result["ids"] = (len(ids), sum(len(job.samples) for job in plan.jobs), read.sha256)
 
         ours_s = best_of(args.repeat, ours)
         read, plan = result.pop("out")
-        accepted, jobs = plan.accepted, len(plan.jobs)
+        accepted, jobs, reader = plan.accepted, len(plan.jobs), type(read.rows).__name__
         del read, plan
+        with_ids_s = best_of(args.repeat, ours_and_ids)
         gc.collect()
         tracemalloc.start()
-        validate_and_plan(path, args.packed)
+        validate_and_plan(path, args.packed, columnar)
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         if args.profile:
@@ -89,17 +103,19 @@ def main(argv: list[str] | None = None) -> int:
 
             profiler = cProfile.Profile()
             profiler.enable()
-            validate_and_plan(path, args.packed)
+            validate_and_plan(path, args.packed, columnar)
             profiler.disable()
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(args.profile)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
     ratio = ours_s / pandas_s
     peak_mb = peak / 1e6
     print(f"manifest: {args.rows:,} rows, {size_mb:.1f} MB CSV; {accepted:,} accepted, {jobs:,} jobs"
-          f"{' (packed for 4 x 8 GPUs)' if args.packed else ''}")
+          f"{' (packed for 4 x 8 GPUs)' if args.packed else ''}; rows held as {reader}")
     print(f"pandas.read_csv            {pandas_s:8.3f} s")
     print(f"read_manifest + plan_run   {ours_s:8.3f} s   ratio {ratio:.1f}x (target <= {TARGET_RATIO:g}x): "
           f"{'met' if ratio <= TARGET_RATIO else 'MISSED'}")
+    print(f"+ sample ids, job ids, digest {with_ids_s:5.3f} s   ratio {with_ids_s / pandas_s:.1f}x (no target: what a run "
+          f"computes before its first job; {result['ids'][1]:,} samples hashed)")
     print(f"peak Python memory of validate + plan (tracemalloc) {peak_mb:.0f} MB (target <= {TARGET_PEAK_MB:g} MB): "
           f"{'met' if peak_mb <= TARGET_PEAK_MB else 'MISSED'}; process peak RSS {rss_mb:.0f} MB (pandas, "
           "Prefect and every import included)")

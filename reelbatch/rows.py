@@ -12,44 +12,17 @@ Both are read-only sequences that compare equal to the lists they stand for.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Generic, TypeVar, overload
+from collections.abc import Iterator, Mapping, Sequence
+from typing import overload
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from reelbatch.identity import expand_row
 from reelbatch.schemas import ManifestRow, Sample, trusted
 
-T = TypeVar("T")
 _ROW_FIELDS = list(ManifestRow.model_fields)
 _ROW_FIELD_SET = set(_ROW_FIELDS)
-
-
-class Background(Generic[T]):
-    """``compute()`` run on a thread now; ``result()`` waits for it. For Arrow and numpy work, which lets go of
-    the GIL, so it runs on another core while Python goes on."""
-
-    def __init__(self, compute: Callable[[], T]) -> None:
-        self._compute = compute
-        self._value: T | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="reelbatch-background", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._value = self._compute()
-        except BaseException as error:  # noqa: BLE001 (handed to whoever asks for the result)
-            self._error = error
-
-    def result(self) -> T:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value  # type: ignore[return-value]
 
 
 class RowTable(Sequence[ManifestRow]):
@@ -71,7 +44,6 @@ class RowTable(Sequence[ManifestRow]):
         shapes: list[dict[str, object]],
         columns: Mapping[str, pa.Array],
         overrides: Mapping[int, ManifestRow] | None = None,
-        prompts_distinct: Background[bool] | None = None,
     ) -> None:
         self.lines = lines
         self.positions = positions
@@ -80,14 +52,6 @@ class RowTable(Sequence[ManifestRow]):
         self.columns = dict(columns)
         self.overrides = dict(overrides or {})
         self._lists: dict[str, list] | None = None
-        self._prompts_distinct = prompts_distinct
-
-    def prompts_distinct(self) -> bool:
-        """Whether no two lines of the file (accepted or not) have the same prompt cell."""
-        if self._prompts_distinct is None:
-            prompts = self.columns["prompt"]
-            return len(pc.unique(prompts)) == len(prompts)
-        return self._prompts_distinct.result()
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -119,8 +83,7 @@ class RowTable(Sequence[ManifestRow]):
         return f"RowTable({len(self)} rows, {len(self.shapes)} shapes)"
 
     def __getstate__(self) -> dict:
-        distinct = None if self._prompts_distinct is None else _Known(self._prompts_distinct.result())
-        return {**self.__dict__, "_lists": None, "_prompts_distinct": distinct}
+        return {**self.__dict__, "_lists": None}
 
     def _row(self, index: int) -> ManifestRow:
         row = self.overrides.get(index)
@@ -138,13 +101,6 @@ class RowTable(Sequence[ManifestRow]):
         # Every value passed the checks ManifestRow's schema makes (tasks.manifest_columnar), so none is repeated.
         return trusted(ManifestRow, values, _ROW_FIELD_SET)
 
-    def shape_column(self, name: str) -> np.ndarray:
-        """A repeating column (e.g. ``num_videos``), one value per row; override rows give their own value."""
-        values = np.asarray([shape[name] for shape in self.shapes], dtype=object)[self.shape_of_row]
-        for index, row in self.overrides.items():
-            values[index] = getattr(row, name)
-        return values
-
     def videos_per_row(self) -> np.ndarray:
         """``num_videos`` of every row, as integers."""
         per_shape = np.array([v if isinstance(v := shape["num_videos"], int) else 0 for shape in self.shapes],
@@ -153,22 +109,6 @@ class RowTable(Sequence[ManifestRow]):
         for index, row in self.overrides.items():
             videos[index] = row.num_videos
         return videos
-
-    def text_column(self, name: str) -> pa.Array | None:
-        """prompt, negative_prompt, id or seed, one value per row as read (override rows not applied), or None
-        when the file has no such column."""
-        column = self.columns.get(name)
-        return None if column is None else column.take(pa.array(self.positions))
-
-
-class _Known(Generic[T]):
-    """A Background's result after pickling."""
-
-    def __init__(self, value: T) -> None:
-        self.value = value
-
-    def result(self) -> T:
-        return self.value
 
 
 class SampleRefs(Sequence[Sample]):

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from reelbatch.rows import Background, RowTable
+from reelbatch.rows import RowTable
 from reelbatch.schemas import ManifestRow, RowRejection, RunDefaults, many_models
 from reelbatch.tasks.manifest import (
     _FAILED,
@@ -278,10 +278,6 @@ def _unique(ids: pa.ChunkedArray, plain: np.ndarray, empty: np.ndarray) -> bool:
 def _check_table(body: bytes, table: pa.Table, header, checker: _RowChecker, limits: ManifestLimits, source: str,
                  sha256: str | Sha256Of) -> ManifestReadResult | None:
     rows = table.num_rows
-    # Planning looks for rows asking for the same video only among rows with the same prompt: find out whether
-    # there are any on another core while this one checks the rows.
-    prompts = table.column(header.positions["prompt"])
-    prompts_distinct = Background(lambda: len(pc.unique(prompts)) == rows)
     try:
         shapes = _Shapes(table, header, checker)
     except OverflowError:
@@ -353,7 +349,6 @@ def _check_table(body: bytes, table: pa.Table, header, checker: _RowChecker, lim
         shapes=shapes.shapes,
         columns=columns,
         overrides=row_of_position,
-        prompts_distinct=prompts_distinct,
     )
     return ManifestReadResult(rows=table_rows, rejections=rejections, total_rows=total_rows, digest=sha256,
                               source=source, raw_rows=raw_rows)

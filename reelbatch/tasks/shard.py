@@ -202,12 +202,22 @@ def _bucket_table(table: RowTable) -> dict[BucketKey, np.ndarray]:
 
 
 def _duplicate_suspects(table: RowTable) -> np.ndarray:
-    """Rows that may ask for a video another row asks for: their prompt is not unique. Only they are hashed."""
-    prompts = table.columns.get("prompt")
-    if prompts is None or not len(table):
-        return np.ones(len(table), dtype=bool)
-    if not table.overrides and table.prompts_distinct():
-        return np.zeros(len(table), dtype=bool)  # every line's prompt differs: the usual dataset manifest
+    """Rows that may ask for a video another row asks for. Only they are hashed while planning.
+
+    A video is its content (prompt, model, shape, ...), its seed and its video index, and a row's videos have
+    seeds ``seed + index``, so two rows with a seed can only share a video when they have the same seed. Rows
+    without one get seeds derived from their content, which any row with the same prompt may match. So: when every
+    row has a seed and no two share one (the usual dataset manifest), no row is a suspect; otherwise the suspects
+    are the rows whose prompt is not unique.
+    """
+    if not len(table):
+        return np.zeros(0, dtype=bool)
+    seeds = table.columns.get("seed")
+    if seeds is not None and not table.overrides and not seeds.null_count:
+        values = np.concatenate([chunk.to_numpy() for chunk in seeds.chunks])[table.positions]
+        if (values[1:] > values[:-1]).all() or len(np.unique(values)) == len(values):
+            return np.zeros(len(table), dtype=bool)
+    prompts = table.columns["prompt"]
     encoded = pc.dictionary_encode(prompts)
     codes = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in encoded.chunks])[table.positions]
     suspects = np.bincount(codes)[codes] > 1
