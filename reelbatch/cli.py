@@ -478,9 +478,9 @@ def run(
 
 def _absolute(manifest: str) -> str:
     """Local manifests are recorded by absolute path, so `reelbatch resume` works from any folder."""
-    from fsspec.utils import get_protocol
+    from reelbatch.infra.storage import is_local
 
-    return str(Path(manifest).resolve()) if get_protocol(manifest) in ("file", "local") else manifest
+    return str(Path(manifest).resolve()) if is_local(manifest) else manifest
 
 
 def _run_flow(**parameters) -> None:

@@ -81,15 +81,14 @@ def _working_directory(deployment) -> Path:
 
 def manifest_store(store: str | None, output: str | None, deployment) -> str:
     """--store, else $REELBATCH_MANIFEST_STORE, else `<output>/.reelbatch/manifests` (where pasted text goes)."""
-    from fsspec.utils import get_protocol
-
+    from reelbatch.infra.storage import is_local
     from reelbatch.settings import DEFAULT_OUTPUT
 
     chosen = store or os.environ.get(STORE_ENV)
     if not chosen:
         output = output or (deployment.parameters or {}).get("output") or DEFAULT_OUTPUT
         chosen = f"{str(output).rstrip('/')}/.reelbatch/manifests"
-    if get_protocol(chosen) in ("file", "local"):
+    if is_local(chosen):
         local = Path(chosen.removeprefix("file://")).expanduser()
         return str(local if local.is_absolute() else (_working_directory(deployment) / local).resolve())
     return chosen.rstrip("/")

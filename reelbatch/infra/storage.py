@@ -13,6 +13,14 @@ import fsspec
 from fsspec.utils import get_protocol
 
 
+LOCAL_PROTOCOLS = ("file", "local")
+
+
+def is_local(location: str) -> bool:
+    """Whether ``location`` is a path on this machine (a plain path or file://), not an object store URL."""
+    return get_protocol(location) in LOCAL_PROTOCOLS
+
+
 def redact_url(url: str) -> str:
     """The URL without user:password@ (credentials must never reach logs, errors or the database)."""
     scheme, sep, rest = url.partition("://")
@@ -39,7 +47,7 @@ def redact_text(text: str, url: str) -> str:
 def normalize_root(output: str) -> str:
     """One spelling per output location (absolute local path, URL without trailing slash): runs that share a
     location must compare equal, so a re-run finds the videos an earlier run left there."""
-    if get_protocol(output) in ("file", "local"):
+    if is_local(output):
         return str(Path(output.removeprefix("file://")).expanduser().resolve())
     return output.rstrip("/")
 
@@ -52,7 +60,7 @@ def work_root(output: str) -> Path:
     """
     if override := os.environ.get("REELBATCH_WORK_DIR"):
         return Path(override)
-    if get_protocol(output) in ("file", "local"):
+    if is_local(output):
         return Path(output.removeprefix("file://")) / ".reelbatch"
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     return Path(cache) / "reelbatch" / "work"
@@ -61,7 +69,7 @@ def work_root(output: str) -> Path:
 class OutputStore:
     def __init__(self, root: str):
         self.root = root.rstrip("/") or "/"
-        self.is_local = get_protocol(root) in ("file", "local")
+        self.is_local = is_local(root)
         self._fs = None if self.is_local else fsspec.filesystem(get_protocol(root))
 
     def url(self, key: str) -> str:

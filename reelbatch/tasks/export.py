@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Literal
 
 import fsspec
-from fsspec.utils import get_protocol
 
 from reelbatch.infra.db import Database
+from reelbatch.infra.storage import is_local
 
 ExportFormat = Literal["parquet", "csv", "jsonl"]
 
@@ -44,7 +44,7 @@ def neutralise_formula(value: object) -> object:
 def file_name(output_root: str, output_path: str) -> str:
     """The video's path relative to the output folder (what ``videofolder`` expects in ``file_name``)."""
     root = output_root.rstrip("/")
-    if get_protocol(root) in ("file", "local"):
+    if is_local(root):
         root = str(Path(root.removeprefix("file://")).resolve())
     return output_path[len(root) + 1 :] if output_path.startswith(root + "/") else output_path
 
@@ -54,7 +54,7 @@ def _done(samples: Iterable[dict]) -> list[dict]:
 
 
 def _open(url: str, mode: str):
-    if "w" in mode and get_protocol(url) in ("file", "local"):
+    if "w" in mode and is_local(url):
         Path(url.removeprefix("file://")).parent.mkdir(parents=True, exist_ok=True)
     return fsspec.open(url, mode, **({"encoding": "utf-8", "newline": ""} if "b" not in mode else {}))
 
@@ -163,7 +163,7 @@ def write_dataset_index(db_url: str, run_id: str, output_root: str) -> dict[str,
         summary = db.run_summary(run_id)
         samples = db.samples(run_id)
     root = output_root.rstrip("/")
-    if get_protocol(root) in ("file", "local"):
+    if is_local(root):
         root = str(Path(root.removeprefix("file://")).resolve())
     locations = {
         "metadata": f"{root}/metadata.csv",

@@ -14,10 +14,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import fsspec
-from fsspec.utils import get_protocol
 
 from reelbatch.infra.db import Database
-from reelbatch.infra.storage import normalize_root, redact_text, redact_url
+from reelbatch.infra.storage import is_local, normalize_root, redact_text, redact_url
 from reelbatch.markdown import cell
 from reelbatch.tasks.manifest import MANIFEST_FORMATS
 
@@ -34,10 +33,6 @@ class InboxEntry:
     fingerprint: str
     size: int
     modified: float | None  # seconds since the epoch, when the backend says
-
-
-def _is_local(location: str) -> bool:
-    return get_protocol(location) in ("file", "local")
 
 
 def _seconds(value: Any) -> float | None:
@@ -102,7 +97,7 @@ def list_manifests(
         modified = next((s for key in _MODIFIED_KEYS if (s := _seconds(info.get(key))) is not None), None)
         if settle_seconds and modified is not None and now - modified < settle_seconds:
             continue
-        uri = path if _is_local(root) else fs.unstrip_protocol(path)
+        uri = path if is_local(root) else fs.unstrip_protocol(path)
         found.append(InboxEntry(uri=uri, fingerprint=fingerprint(info), size=int(info.get("size") or 0),
                                 modified=modified))
     return sorted(found, key=lambda e: (e.modified or 0.0, e.uri))

@@ -11,9 +11,9 @@ import hashlib
 import uuid
 
 import fsspec
-from fsspec.utils import get_protocol
 from prefect import task
 
+from reelbatch.infra.storage import is_local
 from reelbatch.tasks.manifest import ManifestError
 
 # The Prefect API refuses larger parameter payloads (PREFECT_SERVER_API_MAX_PARAMETER_SIZE, 512 KB by default).
@@ -26,7 +26,7 @@ SUBMIT_HINT = (
 
 
 def inline_manifest_location(output: str, digest: str) -> str:
-    root = output.removeprefix("file://").rstrip("/") if get_protocol(output) in ("file", "local") else output
+    root = output.removeprefix("file://").rstrip("/") if is_local(output) else output
     return f"{root.rstrip('/')}/.reelbatch/manifests/{digest}.csv"
 
 
