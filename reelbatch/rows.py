@@ -151,6 +151,9 @@ class SampleRefs(Sequence[Sample]):
     def __add__(self, other: Sequence[Sample]) -> list[Sample]:
         return [*self.samples(), *other]
 
+    def __radd__(self, other: Sequence[Sample]) -> list[Sample]:
+        return [*other, *self.samples()]
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (SampleRefs, list, tuple)):
             return len(self) == len(other) and list(self) == list(other)

@@ -12,6 +12,9 @@ from __future__ import annotations
 import csv
 import io
 import pickle
+import subprocess
+import sys
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -91,6 +94,8 @@ def regular_manifests(draw) -> bytes:
             lines.append(_csv_line(cells, always_quote))
     ending = draw(st.sampled_from(["\n", "\r\n", "\n", "\r\n", "\n", "\r"]))
     text = ending.join(lines) + draw(st.sampled_from(["", ending, ending * 2]))
+    if irregular and draw(st.booleans()):
+        text += draw(st.sampled_from(['"never closed', 'x,"never closed', '"closed"']))
     data = text.encode("utf-8")
     return (b"\xef\xbb\xbf" + data) if draw(st.booleans()) else data
 
@@ -177,6 +182,8 @@ def test_a_regular_manifest_takes_the_fast_path_and_keeps_its_line_numbers():
     b"id,prompt\nx,a\nx,b\n",  # an id used twice
     b"prompt,seed\na,1,extra\n",  # a ragged row
     b'"prompt",seed\na,1\n',  # a quoted header
+    b'prompt,seed\nx,1\ny,"12',  # a quote left open at the end of the file
+    b'prompt\nx\n"abc',
 ])
 def test_irregular_files_go_to_the_line_reader_with_the_same_result(data):
     read = assert_same_reading(data)
@@ -232,3 +239,40 @@ def test_a_manifest_over_the_size_limit_is_streamed_with_the_same_result(monkeyp
     assert isinstance(whole.rows, RowTable) and isinstance(streamed.rows, list)
     assert list(whole.rows) == streamed.rows and whole.rejections == streamed.rejections
     assert whole.sha256 == streamed.sha256 and streamed.total_rows == 301
+
+
+def test_a_cell_over_the_csv_field_limit_is_rejected_in_a_fresh_process():
+    # csv's per-process field limit is raised by whichever reader runs first: here only the fast path runs.
+    script = (
+        "from reelbatch.schemas import RunDefaults\n"
+        "from reelbatch.tasks.manifest import parse_manifest_text\n"
+        "data = b'prompt,seed\\nok,1\\n' + b'x' * 200_000 + b',2\\n'\n"
+        "read = parse_manifest_text(data, RunDefaults(), {'tiny-wan'})\n"
+        "print(type(read.rows).__name__, [r.rule for r in read.rejections])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["RowTable", "['prompt_too_long']"]
+
+
+def test_equal_values_written_differently_share_a_bucket_keyed_by_the_first_accepted_row():
+    data = b"prompt,guidance_scale,seed\nr,0,-1\na,-0,1\nb,0,2\n"  # row r is rejected (seed)
+    read = assert_same_reading(data)
+    plan = plan_run(read.rows, read.rejections, read.total_rows, CATALOG, 1, device="cpu")
+    assert len(plan.jobs) == 1 and str(plan.jobs[0].bucket.guidance_scale) == "-0.0"
+    assert [s.row for s in plan.jobs[0].samples] == [3, 4]
+    assert_same_plan(read)
+
+
+def test_reads_compare_equal_whichever_reader_made_them():
+    data = _manifest([["a", "one", 1, 1], ["b", "two", 2, 2]])
+    assert _read(data, True) == _read(data, False)
+
+
+def test_a_job_given_new_samples_gets_its_own_id():
+    data = _manifest([[f"p{i}", f"prompt {i}", i, 1] for i in range(4)])
+    read = assert_same_reading(data)
+    job = plan_run(read.rows, read.rejections, read.total_rows, CATALOG, 1, 4, device="cpu").jobs[0]
+    first = job.job_id
+    shorter = replace(job, samples=job.samples[:2])
+    assert shorter.job_id != first and replace(job).job_id == first

@@ -314,7 +314,7 @@ def pack_plan(
                 notes=list(template.notes), warnings=list(template.warnings),
             ))
     order = sorted(range(len(packed)), key=lambda i: (-packed[i].estimated_seconds, i))
-    jobs = [replace(packed[i], index=n, _job_id=None) for n, i in enumerate(order)]
+    jobs = [replace(packed[i], index=n) for n, i in enumerate(order)]
     return replace(run_plan, jobs=jobs)
 
 

@@ -43,6 +43,7 @@ from reelbatch.tasks.manifest import (
     Sha256Of,
     _read_header,
     _RowChecker,
+    _allow_large_csv_fields,
     _RowContext,
     _subject,
 )
@@ -76,6 +77,7 @@ def read_columnar(
     table = _parse(body, len(names), repeating)
     if table is None:
         return None
+    _allow_large_csv_fields()  # rows that fail a check are read again with csv, like the line reader reads them
     context = _RowContext(defaults=defaults, limits=limits, known_models=frozenset(known_models))
     checker = _RowChecker(header, context, first_line_of_id={})
     return _check_table(body, table, header, checker, limits, source, sha256)
@@ -119,8 +121,10 @@ def _parse(body: bytes, width: int, repeating: set[int]) -> pa.Table | None:
         return None  # ragged rows, invalid UTF-8, ...: the line reader says which line
     # Every line is one record: empty lines are kept as records (or refused as too narrow), Arrow and the line
     # reader both end lines at \n, \r\n and \r, and no record goes on past a line break in a quoted cell.
-    if b'"' in body and _line_breaks_in_cells(table):
-        return None  # line numbers need the line reader
+    if b'"' in body and (not body.endswith((b"\n", b"\r")) or _line_breaks_in_cells(table)):
+        # A record over several lines needs the line reader for its line numbers; and Arrow accepts a quote left
+        # open at the very end of the file, which the line reader refuses.
+        return None
     table = table.unify_dictionaries()  # each block of the file was encoded with a dictionary of its own
     longest = sum(2 * _longest_cell(column) + 3 for column in table.columns)
     if longest > min(_MAX_LINE_CHARS, _MAX_FIELD_CHARS):

@@ -66,7 +66,8 @@ class PlannedJob:
     warnings: list[str] = field(default_factory=list)
     estimated_seconds: float = 0.0  # wall time incl. one model load from local disk (planning.cost)
     filled_slots: int = 0  # padded slots turned into extra videos (padding="fill"); they are in ``samples``
-    _job_id: str | None = field(default=None, repr=False, compare=False)
+    # Not an init field: dataclasses.replace() makes a job with new samples or a new index compute its own id.
+    _job_id: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def job_id(self) -> str:
@@ -171,25 +172,42 @@ def _bucket_rows(rows: Sequence[ManifestRow]) -> dict[BucketKey, list[ManifestRo
     return buckets
 
 
+def _grouped(codes: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions sorted by code, keeping their order within a code, and where each code starts and how many."""
+    # Few codes: 16-bit ones get numpy's radix sort, much quicker than a comparison sort of 64-bit ones.
+    in_order = np.argsort(codes.astype(np.uint16) if count < 2**16 else codes, kind="stable")
+    counts = np.bincount(codes, minlength=count)
+    return in_order, np.cumsum(counts) - counts, counts
+
+
+def _first_rows(codes: np.ndarray, count: int) -> dict[int, int]:
+    """The first position of each code that occurs."""
+    in_order, starts, counts = _grouped(codes, count)
+    return {code: int(in_order[starts[code]]) for code in np.flatnonzero(counts).tolist()}
+
+
 def _bucket_table(table: RowTable) -> dict[BucketKey, np.ndarray]:
     """``_bucket_rows`` for a RowTable: row positions by bucket, buckets in order of first appearance."""
     names = tuple(BucketKey.model_fields)
-    code_of_key: dict[tuple, int] = {}
-    used = np.zeros(len(table.shapes), dtype=bool)
-    used[table.shape_of_row] = True
-    bucket_of_shape = np.full(len(table.shapes) + len(table.overrides), -1, dtype=np.int64)
-    for shape_index in np.flatnonzero(used).tolist():
-        shape = table.shapes[shape_index]
-        bucket_of_shape[shape_index] = code_of_key.setdefault(tuple(shape[n] for n in names), len(code_of_key))
     shape_of_row = table.shape_of_row.astype(np.int64)
+    values_of_shape = {}
     for extra, (index, row) in enumerate(table.overrides.items(), start=len(table.shapes)):
-        bucket_of_shape[extra] = code_of_key.setdefault(tuple(getattr(row, n) for n in names), len(code_of_key))
-        shape_of_row[index] = extra
-    # Few buckets: 16-bit codes get numpy's radix sort. Stable, so rows keep file order within a bucket.
-    bucket_of_row = bucket_of_shape[shape_of_row].astype(np.uint16 if len(code_of_key) < 2**16 else np.int64)
-    in_order = np.argsort(bucket_of_row, kind="stable")
-    counts = np.bincount(bucket_of_row, minlength=len(code_of_key))
-    starts = np.cumsum(counts) - counts
+        shape_of_row[index] = extra  # a row built one by one is a shape of its own
+        values_of_shape[extra] = tuple(getattr(row, n) for n in names)
+    # Shapes whose values are equal (0 and -0, say) share a bucket, whose key is the first accepted row's values,
+    # as in _bucket_rows: codes are handed out in the order of each shape's first row.
+    all_shapes = len(table.shapes) + len(table.overrides)
+    first_rows = _first_rows(shape_of_row, all_shapes)
+    code_of_key: dict[tuple, int] = {}
+    bucket_of_shape = np.full(all_shapes, -1, dtype=np.int64)
+    for shape_index in sorted(first_rows, key=first_rows.get):
+        values = values_of_shape.get(shape_index)
+        if values is None:
+            shape = table.shapes[shape_index]
+            values = tuple(shape[n] for n in names)
+        bucket_of_shape[shape_index] = code_of_key.setdefault(values, len(code_of_key))
+    bucket_of_row = bucket_of_shape[shape_of_row]
+    in_order, starts, counts = _grouped(bucket_of_row, len(code_of_key))
     keys = list(code_of_key)
     first_row = {code: int(in_order[starts[code]]) for code in range(len(keys)) if counts[code]}
     buckets: dict[BucketKey, np.ndarray] = {}
