@@ -567,12 +567,6 @@ class _HashingLineReader:
         self._held_carriage_return = ""
         self.exhausted = False
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ManifestReadResult):
-            return NotImplemented
-        return (list(self.rows), self.rejections, self.total_rows, self.sha256, self.source, self.raw_rows) == (
-            list(other.rows), other.rejections, other.total_rows, other.sha256, other.source, other.raw_rows)
-
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
