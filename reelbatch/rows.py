@@ -17,6 +17,7 @@ from typing import overload
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from reelbatch.identity import expand_row
 from reelbatch.schemas import ManifestRow, Sample, trusted
@@ -109,6 +110,20 @@ class RowTable(Sequence[ManifestRow]):
         for index, row in self.overrides.items():
             videos[index] = row.num_videos
         return videos
+
+
+def dictionary_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """(index of each cell in the distinct cells, the distinct cells in order of first appearance).
+
+    One memo serves all chunks of ``pc.dictionary_encode``, so every chunk holds the same dictionary; a column
+    that is already dictionary-encoded must have one dictionary for all chunks too (``Table.unify_dictionaries``).
+    """
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    if not column.num_chunks:
+        return np.zeros(0, dtype=np.int64), pa.array([], type=column.type.value_type)
+    indices = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in column.chunks])
+    return indices, column.chunk(column.num_chunks - 1).dictionary
 
 
 class SampleRefs(Sequence[Sample]):

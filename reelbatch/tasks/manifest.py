@@ -732,7 +732,8 @@ def _read_at_most(stream: BinaryIO, limit: int) -> bytes:
     while chunks[-1] and size <= limit:  # a stream may return less than asked before its end
         chunks.append(stream.read(limit + 1 - size))
         size += len(chunks[-1])
-    return chunks[0] if len(chunks) <= 2 and not chunks[-1] else b"".join(chunks)
+    chunks = [chunk for chunk in chunks if chunk]
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)  # (no copy of a file read in one go)
 
 
 def _parse_csv(

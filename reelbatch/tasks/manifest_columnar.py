@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from reelbatch.rows import RowTable
+from reelbatch.rows import RowTable, dictionary_codes
 from reelbatch.schemas import ManifestRow, RowRejection, RunDefaults, many_models
 from reelbatch.tasks.manifest import (
     _FAILED,
@@ -210,16 +210,6 @@ def _plain_seeds(column: pa.ChunkedArray) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
 
-def _encoded(column: pa.ChunkedArray) -> tuple[np.ndarray, list[object]]:
-    """(index per cell, distinct cells) of a column, dictionary-encoded with one dictionary for all chunks."""
-    if not pa.types.is_dictionary(column.type):
-        column = pc.dictionary_encode(column)  # one memo for every chunk: they share its dictionary
-    if not column.num_chunks:
-        return np.zeros(0, dtype=np.int64), []
-    indices = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in column.chunks])
-    return indices, column.chunk(column.num_chunks - 1).dictionary.to_pylist()
-
-
 class _Shapes:
     """The repeating columns: each distinct cell parsed once, each row's combination of them numbered."""
 
@@ -236,8 +226,8 @@ class _Shapes:
                     self.failed[:] = True
                 constant[column] = value
             elif column not in _PER_ROW_COLUMNS:
-                indices, cells = _encoded(table.column(position))
-                values = [checker._parse(column, cell, {}) for cell in cells]
+                indices, cells = dictionary_codes(table.column(position))
+                values = [checker._parse(column, cell, {}) for cell in cells.to_pylist()]
                 bad = np.array([value is _FAILED for value in values], dtype=bool)
                 if bad.any():
                     self.failed |= bad[indices]
@@ -254,10 +244,10 @@ class _Shapes:
                 raise OverflowError  # a hostile file with millions of distinct cells: the line reader copes
             key *= len(values)
             key += indices
-        indices, keys = _encoded(pa.chunked_array([key]))
+        indices, keys = dictionary_codes(pa.chunked_array([key]))
         self.of_row = indices.astype(np.int32)
         self.shapes: list[dict[str, object]] = []
-        for combined in keys:
+        for combined in keys.to_pylist():
             shape = dict(constant)
             for column, _, values in reversed(codes):
                 combined, index = divmod(combined, len(values))
@@ -265,7 +255,6 @@ class _Shapes:
             self.shapes.append(shape)
 
 
-@many_models()
 def _unique(ids: pa.ChunkedArray, plain: np.ndarray, empty: np.ndarray) -> bool:
     """Whether the non-empty ids are written without spaces to strip and no two are equal."""
     if not (plain | empty).all():
@@ -279,6 +268,7 @@ def _unique(ids: pa.ChunkedArray, plain: np.ndarray, empty: np.ndarray) -> bool:
     return pc.count_distinct(named).as_py() == len(named)
 
 
+@many_models()
 def _check_table(body: bytes, table: pa.Table, header, checker: _RowChecker, limits: ManifestLimits, source: str,
                  sha256: str | Sha256Of) -> ManifestReadResult | None:
     rows = table.num_rows

@@ -23,7 +23,7 @@ from reelbatch.models.registry import ModelCatalog, ModelFamily, UnknownModel
 from reelbatch.planning import DEFAULT_GPU_MEMORY_GIB, Objective, PlanProblem
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel
 from reelbatch.planning.packing import PackingOptions, job_id, pack_plan
-from reelbatch.rows import RowTable, SampleRefs
+from reelbatch.rows import RowTable, SampleRefs, dictionary_codes
 from reelbatch.schemas import (
     Backend,
     BucketKey,
@@ -206,13 +206,11 @@ def _bucket_table(table: RowTable) -> dict[BucketKey, np.ndarray]:
             shape = table.shapes[shape_index]
             values = tuple(shape[n] for n in names)
         bucket_of_shape[shape_index] = code_of_key.setdefault(values, len(code_of_key))
-    bucket_of_row = bucket_of_shape[shape_of_row]
-    in_order, starts, counts = _grouped(bucket_of_row, len(code_of_key))
-    keys = list(code_of_key)
-    first_row = {code: int(in_order[starts[code]]) for code in range(len(keys)) if counts[code]}
+    # Codes were handed out in order of first appearance: that is the order of the buckets too.
+    in_order, starts, counts = _grouped(bucket_of_shape[shape_of_row], len(code_of_key))
     buckets: dict[BucketKey, np.ndarray] = {}
-    for code in sorted(first_row, key=first_row.get):
-        key = BucketKey(**dict(zip(names, keys[code])))
+    for code, values in enumerate(code_of_key):
+        key = BucketKey(**dict(zip(names, values)))
         rows = in_order[starts[code]:starts[code] + counts[code]]
         # Distinct values that validate to one BucketKey (e.g. 5 and 5.0) share a bucket, in file order.
         buckets[key] = np.sort(np.concatenate([buckets[key], rows])) if key in buckets else rows
@@ -236,8 +234,7 @@ def _duplicate_suspects(table: RowTable) -> np.ndarray:
         if (values[1:] > values[:-1]).all() or len(np.unique(values)) == len(values):
             return np.zeros(len(table), dtype=bool)
     prompts = table.columns["prompt"]
-    encoded = pc.dictionary_encode(prompts)
-    codes = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in encoded.chunks])[table.positions]
+    codes = dictionary_codes(prompts)[0][table.positions]
     suspects = np.bincount(codes)[codes] > 1
     if table.overrides:  # their prompt was stripped: compare it with every row's
         stripped = pa.array([row.prompt for row in table.overrides.values()])
@@ -386,8 +383,8 @@ def plan_run(
             )
             continue
         if table is not None:
-            samples = _table_samples(table, bucket_rows, suspects, videos, seen, rejections)
-            accepted -= samples.dropped
+            samples, duplicates = _table_samples(table, bucket_rows, suspects, videos, seen, rejections)
+            accepted -= duplicates
         else:
             samples = []
             for r in bucket_rows:
@@ -432,16 +429,13 @@ def plan_run(
     return result
 
 
-class _BucketSamples(SampleRefs):
-    dropped = 0  # rows left out as duplicates
-
-
 def _table_samples(table: RowTable, bucket_rows: np.ndarray, suspects: np.ndarray, videos: np.ndarray,
-                   seen: dict[str, int], rejections: list[RowRejection]) -> _BucketSamples:
-    """A bucket's samples as references: every video of every row, less rows that repeat an earlier row's video.
+                   seen: dict[str, int], rejections: list[RowRejection]) -> tuple[SampleRefs, int]:
+    """A bucket's samples as references (every video of every row, less rows that repeat an earlier row's video)
+    and how many rows were left out for that.
 
-    Only rows whose prompt is not unique can repeat a video (``_duplicate_suspects``); those are hashed here, in
-    the order the list path hashes them, so the same rows are rejected with the same messages.
+    Only the ``_duplicate_suspects`` can repeat a video; they are hashed here, in the order the list path hashes
+    rows, so the same rows are rejected with the same messages.
     """
     keep = np.ones(len(bucket_rows), dtype=bool)
     for at in np.flatnonzero(suspects[bucket_rows]).tolist():
@@ -454,9 +448,7 @@ def _table_samples(table: RowTable, bucket_rows: np.ndarray, suspects: np.ndarra
     videos_per_row = videos[kept]
     sample_rows = np.repeat(kept, videos_per_row)
     first_of_row = np.repeat(np.cumsum(videos_per_row) - videos_per_row, videos_per_row)
-    samples = _BucketSamples(table, sample_rows, np.arange(len(sample_rows)) - first_of_row)
-    samples.dropped = int(len(bucket_rows) - len(kept))
-    return samples
+    return SampleRefs(table, sample_rows, np.arange(len(sample_rows)) - first_of_row), len(bucket_rows) - len(kept)
 
 
 # Prefect is imported last so that everything above reads, and is tested, as plain Python.
