@@ -8,7 +8,7 @@ import torch
 
 from reelbatch.engine.loading import load_pipeline
 from reelbatch.engine.rank import slots_for_rank
-from reelbatch.engine.sampler import ADAPTERS, VideoSampler
+from reelbatch.engine.sampler import VideoSampler, adapter_for
 from reelbatch.schemas import BucketKey, JobSpec, ParallelPlan, Sample
 
 CPU = torch.device("cpu")
@@ -29,7 +29,7 @@ def pipes(tiny_models):
 
 def sampler_for(pipes, model: str, **kwargs) -> VideoSampler:
     b = bucket(model, **kwargs)
-    return VideoSampler(ADAPTERS[FAMILY[model]](pipes[model], b, CPU))
+    return VideoSampler(adapter_for(pipes[model], b, CPU))
 
 
 def diffusers_reference(pipe, model: str, prompt: str, negative: str, seed: int, guidance: float) -> np.ndarray:

@@ -7,7 +7,13 @@ import os
 import torch
 
 
-def load_pipeline(model_path: str, device: torch.device):
+def load_pipeline(model_path: str, device: torch.device, flow_shift: float | None = None,
+                  vae_dtype: str | None = None):
+    """The folder's pipeline on ``device`` (bf16 on GPUs, fp32 on CPU), every module in eval mode.
+
+    ``flow_shift``: the family's reference recipe when it differs from the folder's scheduler (UniPC calls it
+    ``flow_shift``, FlowMatchEuler ``shift``); ``vae_dtype`` "float32" keeps the VAE in fp32 (Wan's recipe).
+    """
     # Weights come from a local folder only: a rank must never reach for a hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from diffusers import DiffusionPipeline
@@ -19,4 +25,14 @@ def load_pipeline(model_path: str, device: torch.device):
         # Dropout left in training mode (UMT5's is on by default) makes two runs of one seed differ.
         if isinstance(component, torch.nn.Module):
             component.eval()
+    if flow_shift is not None:
+        pipe.scheduler = with_flow_shift(pipe.scheduler, flow_shift)
+    if vae_dtype is not None:
+        pipe.vae.to(getattr(torch, vae_dtype))
     return pipe.to(device)
+
+
+def with_flow_shift(scheduler, shift: float):
+    """The same scheduler with another shift (the parameter's name depends on the scheduler class)."""
+    name = "flow_shift" if "flow_shift" in scheduler.config else "shift"
+    return type(scheduler).from_config(scheduler.config, **{name: shift})

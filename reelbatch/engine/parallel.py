@@ -74,30 +74,40 @@ def mesh_layout(plan: ParallelPlan) -> torch.Tensor:
     return grid.permute(0, 1, 3, 2).contiguous()
 
 
-def init_parallel(plan: ParallelPlan, collective_timeout_s: float) -> ParallelContext:
-    """Join the job's process group (torchrun's environment) or run as a single process without one."""
+def join_process_group(collective_timeout_s: float) -> None:
+    """Join torchrun's process group (gloo on CPU, NCCL on CUDA) once per launch; a no-op for a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or dist.is_initialized():
+        return
+    device = device_for_rank()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    # The timeout must outlast the longest phase one rank spends alone (VAE decode, writing files).
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=collective_timeout_s))
+
+
+def context_for(plan: ParallelPlan) -> ParallelContext:
+    """This rank's place in ``plan`` and the groups it talks over, in the process group already joined."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if plan.world_size != world_size:
         raise RuntimeError(f"plan {plan} needs {plan.world_size} ranks but the job was launched with {world_size}")
-
     device = device_for_rank()
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-
     cfg_group = mesh = None
     if world_size > 1:
         from torch.distributed.device_mesh import DeviceMesh
 
-        # The timeout must outlast the longest phase one rank spends alone (VAE decode, writing files).
-        dist.init_process_group(backend, timeout=timedelta(seconds=collective_timeout_s))
         # Every rank builds the same mesh (its groups are created collectively, in the same order everywhere).
         mesh = DeviceMesh(device.type, mesh_layout(plan), mesh_dim_names=MESH_DIM_NAMES)
         if plan.cfg > 1:
             cfg_group = mesh.get_group("cfg")
     dp_i, cfg_i, sp_i = _coordinates(rank, plan)
     return ParallelContext(plan, rank, world_size, device, dp_i, cfg_i, sp_i, cfg_group, mesh)
+
+
+def init_parallel(plan: ParallelPlan, collective_timeout_s: float) -> ParallelContext:
+    """Join the job's process group (torchrun's environment) or run as a single process without one."""
+    join_process_group(collective_timeout_s)
+    return context_for(plan)
 
 
 def _rank_of(dp_i: int, cfg_i: int, sp_i: int, plan: ParallelPlan) -> int:

@@ -29,13 +29,21 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from reelbatch.engine.checks import check_runnable
+from reelbatch.engine.checks import PlanNotRunnable, check_runnable
 from reelbatch.engine.context_parallel import enable_sequence_parallel
 from reelbatch.engine.events import emit
 from reelbatch.engine.faults import FaultInjector
+from reelbatch.engine.inputs import StagedImageError, open_staged
 from reelbatch.engine.loading import load_pipeline
-from reelbatch.engine.parallel import ParallelContext, device_for_rank, init_parallel, shutdown
-from reelbatch.engine.sampler import ADAPTERS, VideoSampler
+from reelbatch.engine.parallel import (
+    ParallelContext,
+    context_for,
+    device_for_rank,
+    init_parallel,
+    join_process_group,
+    shutdown,
+)
+from reelbatch.engine.sampler import SampleInputs, VideoSampler, adapter_for
 from reelbatch.engine.video import write_json, write_mp4, write_npy
 from reelbatch.schemas import JobSpec, Sample, SampleResult
 
@@ -53,6 +61,7 @@ def sidecar(spec: JobSpec, sample: Sample, seconds: float, frames: int) -> dict:
         **spec.bucket.model_dump(),
         "frames": frames,
         "fps": spec.fps,
+        "flow_shift": spec.flow_shift,
         "plan": spec.plan.as_dict(),
         "job_id": spec.job_id,
         "run_id": spec.run_id,
@@ -82,9 +91,26 @@ def write_sample(spec: JobSpec, sample: Sample, frames, seconds: float, rank: in
     )
 
 
+def sample_inputs(spec: JobSpec, sample: Sample) -> SampleInputs:
+    """What the sampler needs for one video; its images are read back from the job's staged copies."""
+    images = [open_staged(spec.images_dir, digest) if digest else None
+              for digest in (sample.image_sha256, sample.last_image_sha256)]
+    return SampleInputs(sample.prompt, sample.negative_prompt, sample.seed, *images)
+
+
 def run_batch(spec: JobSpec, ctx: ParallelContext, sampler: VideoSampler, batch: list[Sample]) -> list[SampleResult]:
     started = time.perf_counter()
-    latents = sampler([s.prompt for s in batch], [s.negative_prompt for s in batch], [s.seed for s in batch], decode=False)
+    inputs, failed = [], []
+    for sample in batch:
+        try:
+            inputs.append(sample_inputs(spec, sample))
+        except StagedImageError as exc:  # every rank of a CFG / sequence group reads the same images: same outcome
+            failed.append(SampleResult(sample_id=sample.sample_id, status="failed", error=f"input image: {exc}",
+                                       rank=ctx.rank))
+    batch = [s for s in batch if s.sample_id not in {f.sample_id for f in failed}]
+    if not batch:
+        return failed if ctx.writes_outputs else []
+    latents = sampler.generate(inputs, decode=False)
     if not ctx.writes_outputs:
         return []
     try:
@@ -92,7 +118,7 @@ def run_batch(spec: JobSpec, ctx: ParallelContext, sampler: VideoSampler, batch:
     except Exception as exc:  # decode runs on this rank alone: failing here cannot desynchronise the group
         return [SampleResult(sample_id=s.sample_id, status="failed", error=f"decode: {exc}", rank=ctx.rank) for s in batch]
     seconds = (time.perf_counter() - started) / len(batch)
-    return [write_sample(spec, s, videos[i], seconds, ctx.rank) for i, s in enumerate(batch)]
+    return failed + [write_sample(spec, s, videos[i], seconds, ctx.rank) for i, s in enumerate(batch)]
 
 
 def gather_to_rank0(results: list[SampleResult], ctx: ParallelContext) -> list[SampleResult]:
@@ -121,20 +147,23 @@ class ResultsFile:
         self._fh.close()
 
 
-def run_job(spec: JobSpec) -> int:
+def run_job(spec: JobSpec, ctx: ParallelContext | None = None) -> int:
+    """Run one job in this rank; ``ctx``: the job's place in a process group already joined (several jobs of one
+    launch), else the job joins torchrun's group itself and leaves it at the end."""
     faults = FaultInjector.from_env(int(os.environ.get("RANK", "0")))  # test-only (engine/faults.py)
     # Before the process group and the weights: every rank refuses an unrunnable plan the same way, at once.
     check_runnable(spec, device_for_rank().type)
-    ctx = init_parallel(spec.plan, spec.collective_timeout_s)
+    own_group = ctx is None
+    ctx = ctx or init_parallel(spec.plan, spec.collective_timeout_s)
     results_file = ResultsFile(spec.results_path) if ctx.rank == 0 else None
     try:
         emit("loading", rank=ctx.rank, model=spec.bucket.model, device=str(ctx.device))
         faults.on_load()
-        pipe = load_pipeline(spec.model_path, ctx.device)
+        pipe = load_pipeline(spec.model_path, ctx.device, flow_shift=spec.flow_shift, vae_dtype=spec.vae_dtype)
         if spec.vae_tiling:  # decodes in tiles: the peak of VAE decode, where most video OOMs happen, drops
             pipe.vae.enable_tiling()
         enable_sequence_parallel(pipe, spec.family, ctx)
-        sampler = VideoSampler(ADAPTERS[spec.family](pipe, spec.bucket, ctx.device), ctx)
+        sampler = VideoSampler(adapter_for(pipe, spec.bucket, ctx.device), ctx)
         emit("loaded", rank=ctx.rank)
         torch.manual_seed(0)  # nothing should draw from the global RNG; if something does, keep it repeatable
         processed = 0  # this rank's own count of real samples, as REELBATCH_FAULT's sample=S counts them
@@ -157,7 +186,8 @@ def run_job(spec: JobSpec) -> int:
     finally:
         if results_file:
             results_file.close()
-        shutdown(ctx)
+        if own_group:
+            shutdown(ctx)
 
 
 def exit_with_agent() -> None:
@@ -195,13 +225,32 @@ def exit_with_agent() -> None:
         os._exit(1)
 
 
+def run_jobs(specs: list[JobSpec]) -> int:
+    """Several jobs of one world size, one after another, in one process group (one launch, imports paid once)."""
+    if len(specs) == 1:
+        return run_job(specs[0])
+    for spec in specs:  # every rank refuses the whole launch the same way before joining
+        check_runnable(spec, device_for_rank().type)
+    widths = {spec.plan.world_size for spec in specs}
+    if len(widths) != 1:
+        raise PlanNotRunnable(f"jobs of one launch must have one world size, not {sorted(widths)}")
+    join_process_group(max(spec.collective_timeout_s for spec in specs))
+    try:
+        for spec in specs:
+            run_job(spec, context_for(spec.plan))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="reelbatch rank entry (launched by torchrun; not for humans)")
-    parser.add_argument("job", help="path to the job spec JSON")
+    parser.add_argument("jobs", nargs="+", help="job spec JSON files, run one after another in one process group")
     args = parser.parse_args(argv)
     exit_with_agent()
-    spec = JobSpec.model_validate_json(Path(args.job).read_text(encoding="utf-8"))
-    return run_job(spec)
+    specs = [JobSpec.model_validate_json(Path(job).read_text(encoding="utf-8")) for job in args.jobs]
+    return run_jobs(specs)
 
 
 if __name__ == "__main__":

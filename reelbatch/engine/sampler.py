@@ -1,17 +1,20 @@
-"""One denoising loop for every pipeline family, built from the pipeline's own components.
+"""One denoising loop for every pipeline class, built from the pipeline's own components.
 
 diffusers' ``__call__`` runs the conditional and unconditional passes one after another in one process. A
 batch orchestrator needs three ways to run them: batched in one forward (fast, more memory), one after another
-(``sequence_batch``: least memory) or split over a CFG rank pair (CFG parallel). The family adapters below
-expose the pieces (text encoding, latents, one transformer forward, decode) and ``VideoSampler`` runs the loop.
+(``sequence_batch``: least memory) or split over a CFG rank pair (CFG parallel). The adapters (``engine/wan.py``,
+``engine/hunyuan.py``) follow their pipeline's ``__call__`` step by step and expose its pieces: text (and image)
+encoding, latents, which expert denoises each step, the transformer input, one forward, the scheduler step,
+decode. ``VideoSampler`` runs the loop; everything a pipeline does beyond the loop stays in its adapter, and
+every piece the pipeline has a method for is that method.
 
-Every sample gets its own ``torch.Generator`` seeded from the sample's seed, so its video does not depend on
-the batch it lands in, the world size or the padding.
+Every sample gets its own ``torch.Generator`` seeded from the sample's seed, and its latents are prepared one
+sample at a time, so its video does not depend on the batch it lands in, the world size or the padding.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,134 +26,85 @@ from reelbatch.schemas import BucketKey
 Conditioning = dict[str, torch.Tensor]
 
 
-def _concat(a: Conditioning, b: Conditioning) -> Conditioning:
+def concat_conditioning(a: Conditioning, b: Conditioning) -> Conditioning | None:
+    """Both conditionings as one batch, or None when they cannot share one: HunyuanVideo-I2V (token_replace)
+    encodes the negative prompt with fewer image tokens interleaved, so its text is longer."""
+    if any(a[key].shape[1:] != b[key].shape[1:] for key in a):
+        return None
     return {key: torch.cat([a[key], b[key]]) for key in a}
 
 
-class FamilyAdapter:
-    """The family-specific pieces of a text-to-video pipeline."""
+@dataclass
+class SampleInputs:
+    """What one video is made from, besides the bucket's shared parameters."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    image: object | None = None  # PIL image of the first frame
+    last_image: object | None = None
+
+
+@dataclass
+class DenoiseState:
+    """The latents being denoised and whatever else the pipeline's loop carries along (image latents, masks)."""
+
+    latents: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class PipelineAdapter:
+    """The pipeline-specific pieces of a video pipeline's ``__call__``. Subclasses follow one family."""
 
     def __init__(self, pipe, bucket: BucketKey, device: torch.device):
         self.pipe = pipe
         self.bucket = bucket
         self.device = device
-        self.dtype = pipe.transformer.dtype
+        denoiser = pipe.transformer if pipe.transformer is not None else pipe.transformer_2
+        self.dtype = denoiser.dtype
 
     @property
     def uses_cfg(self) -> bool:
         return self.bucket.guidance_scale > 1.0
 
-    def encode(self, prompts: list[str], negatives: list[str]) -> tuple[Conditioning, Conditioning | None]:
+    def generator(self, seed: int) -> torch.Generator:
+        # Drawn on the CPU so a seed gives the same video on every device type.
+        return torch.Generator("cpu").manual_seed(seed)
+
+    def encode(self, batch: list[SampleInputs]) -> tuple[Conditioning, Conditioning | None]:
+        raise NotImplementedError
+
+    def prepare(self, batch: list[SampleInputs]) -> DenoiseState:
         raise NotImplementedError
 
     def timesteps(self) -> torch.Tensor:
         raise NotImplementedError
 
-    def prepare_latents(self, seeds: list[int]) -> torch.Tensor:
-        b = self.bucket
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        # Noise is drawn on the CPU so a seed gives the same video on every device type.
-        latents = self.pipe.prepare_latents(
-            len(seeds), self.pipe.transformer.config.in_channels, b.height, b.width, b.num_frames,
-            torch.float32, torch.device("cpu"), generators,
-        )
-        return latents.to(self.device)
+    def expert(self, t: torch.Tensor) -> tuple[torch.nn.Module, float]:
+        """The transformer that denoises step ``t`` and its guidance scale."""
+        return self.pipe.transformer, self.bucket.guidance_scale
 
-    def predict(self, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    def model_input(self, state: DenoiseState, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden states, timestep) for the transformer at step ``t``."""
         raise NotImplementedError
+
+    def predict(self, model, hidden: torch.Tensor, timestep: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step(self, noise: torch.Tensor, t: torch.Tensor, state: DenoiseState) -> None:
+        state.latents = self.pipe.scheduler.step(noise, t, state.latents, return_dict=False)[0]
+
+    def final_latents(self, state: DenoiseState) -> torch.Tensor:
+        return state.latents
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Latents -> float frames in [0, 1], shape (batch, frames, height, width, 3)."""
         raise NotImplementedError
 
 
-class WanAdapter(FamilyAdapter):
-    TEXT_TOKENS = 512  # what WanPipeline.__call__ uses; encode_prompt's own default (226) differs
-
-    def encode(self, prompts, negatives):
-        cond, uncond = self.pipe.encode_prompt(
-            prompt=prompts,
-            negative_prompt=negatives,
-            do_classifier_free_guidance=self.uses_cfg,
-            max_sequence_length=self.TEXT_TOKENS,
-            device=self.device,
-        )
-        return (
-            {"encoder_hidden_states": cond.to(self.dtype)},
-            {"encoder_hidden_states": uncond.to(self.dtype)} if uncond is not None else None,
-        )
-
-    def timesteps(self):
-        self.pipe.scheduler.set_timesteps(self.bucket.num_inference_steps, device=self.device)
-        self.pipe.scheduler.set_begin_index(0)
-        return self.pipe.scheduler.timesteps
-
-    def predict(self, latents, t, cond):
-        return self.pipe.transformer(
-            hidden_states=latents.to(self.dtype), timestep=t.expand(latents.shape[0]), return_dict=False, **cond
-        )[0]
-
-    @torch.no_grad()
-    def decode(self, latents):
-        vae = self.pipe.vae
-        latents = latents.to(vae.dtype)
-        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
-        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
-        video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
-        return self.pipe.video_processor.postprocess_video(video, output_type="np")
-
-
-class HunyuanAdapter(FamilyAdapter):
-    """HunyuanVideo / SkyReels-V1: manifest ``guidance_scale`` is true CFG (``true_cfg_scale``)."""
-
-    DEFAULT_EMBEDDED_GUIDANCE = 6.0  # diffusers' default for the distilled guidance input
-
-    def _encode_one(self, prompts):
-        embeds, pooled, mask = self.pipe.encode_prompt(prompt=prompts, prompt_2=None, device=self.device)
-        return {
-            "encoder_hidden_states": embeds.to(self.dtype),
-            "encoder_attention_mask": mask.to(self.dtype),
-            "pooled_projections": pooled.to(self.dtype),
-        }
-
-    def encode(self, prompts, negatives):
-        return self._encode_one(prompts), (self._encode_one(negatives) if self.uses_cfg else None)
-
-    def timesteps(self):
-        from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import retrieve_timesteps
-
-        steps = self.bucket.num_inference_steps
-        sigmas = np.linspace(1.0, 0.0, steps + 1)[:-1]
-        timesteps, _ = retrieve_timesteps(self.pipe.scheduler, steps, self.device, sigmas=sigmas)
-        self.pipe.scheduler.set_begin_index(0)
-        return timesteps
-
-    def predict(self, latents, t, cond):
-        embedded = self.bucket.embedded_guidance_scale
-        embedded = self.DEFAULT_EMBEDDED_GUIDANCE if embedded is None else embedded
-        batch = latents.shape[0]
-        guidance = torch.full((batch,), embedded * 1000.0, dtype=self.dtype, device=self.device)
-        return self.pipe.transformer(
-            hidden_states=latents.to(self.dtype),
-            timestep=t.expand(batch).to(latents.dtype),
-            guidance=guidance,
-            return_dict=False,
-            **cond,
-        )[0]
-
-    @torch.no_grad()
-    def decode(self, latents):
-        vae = self.pipe.vae
-        video = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-        return self.pipe.video_processor.postprocess_video(video, output_type="np")
-
-
-ADAPTERS = {"wan": WanAdapter, "hunyuan": HunyuanAdapter}
-
-
 @dataclass
 class VideoSampler:
-    adapter: FamilyAdapter
+    adapter: PipelineAdapter
     ctx: ParallelContext | None = None
 
     @property
@@ -158,30 +112,55 @@ class VideoSampler:
         return self.ctx is not None and self.ctx.plan.cfg == 2
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str], negatives: list[str], seeds: list[int], decode: bool = True):
-        """Generate one video per (prompt, negative, seed); returns float frames (or latents if not decode)."""
-        adapter, bucket = self.adapter, self.adapter.bucket
-        cond, uncond = adapter.encode(prompts, negatives)
-        latents = adapter.prepare_latents(seeds)
-        scheduler = adapter.pipe.scheduler
+    def __call__(
+        self, prompts: list[str], negatives: list[str], seeds: list[int], images=None, last_images=None,
+        decode: bool = True,
+    ):
+        """One video per (prompt, negative, seed[, image, last image]); float frames, or latents if not decode."""
+        count = len(prompts)
+        images, last_images = images or [None] * count, last_images or [None] * count
+        batch = [SampleInputs(*fields) for fields in zip(prompts, negatives, seeds, images, last_images)]
+        return self.generate(batch, decode)
+
+    @torch.no_grad()
+    def generate(self, batch: list[SampleInputs], decode: bool = True):
+        adapter = self.adapter
+        cond, uncond = adapter.encode(batch)
+        state = adapter.prepare(batch)
         for t in adapter.timesteps():
+            model, scale = adapter.expert(t)
+            hidden, timestep = adapter.model_input(state, t)
             if uncond is None:
-                noise = adapter.predict(latents, t, cond)
+                noise = adapter.predict(model, hidden, timestep, cond)
             else:
-                noise_cond, noise_uncond = self._guided_pair(latents, t, cond, uncond)
-                noise = noise_uncond + bucket.guidance_scale * (noise_cond - noise_uncond)
-            latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+                noise_cond, noise_uncond = self._guided_pair(model, hidden, timestep, cond, uncond)
+                noise = noise_uncond + scale * (noise_cond - noise_uncond)
+            adapter.step(noise, t, state)
+        latents = adapter.final_latents(state)
         return adapter.decode(latents) if decode else latents
 
-    def _guided_pair(self, latents, t, cond, uncond):
+    def _guided_pair(self, model, hidden, timestep, cond, uncond):
         adapter = self.adapter
         if self.cfg_parallel:
             # Each rank of the pair runs one branch; all_gather hands both to both, so their latents stay equal.
-            mine = adapter.predict(latents, t, cond if self.ctx.cfg_rank == 0 else uncond).contiguous()
+            mine = adapter.predict(model, hidden, timestep, cond if self.ctx.cfg_rank == 0 else uncond).contiguous()
             both = [torch.empty_like(mine) for _ in range(2)]
             dist.all_gather(both, mine, group=self.ctx.cfg_group)
             return both[0], both[1]
-        if adapter.bucket.sequence_batch:
-            return adapter.predict(latents, t, cond), adapter.predict(latents, t, uncond)
-        doubled = adapter.predict(torch.cat([latents, latents]), t, _concat(cond, uncond))
+        both = None if adapter.bucket.sequence_batch else concat_conditioning(cond, uncond)
+        if both is None:
+            return adapter.predict(model, hidden, timestep, cond), adapter.predict(model, hidden, timestep, uncond)
+        doubled = adapter.predict(model, torch.cat([hidden, hidden]), torch.cat([timestep, timestep]), both)
         return doubled.chunk(2)
+
+
+def adapter_for(pipe, bucket: BucketKey, device: torch.device) -> PipelineAdapter:
+    """The adapter of the pipeline's class (model_index.json's ``_class_name``)."""
+    from reelbatch.engine.hunyuan import HUNYUAN_ADAPTERS
+    from reelbatch.engine.wan import WAN_ADAPTERS
+
+    adapters = {**WAN_ADAPTERS, **HUNYUAN_ADAPTERS}
+    name = type(pipe).__name__
+    if name not in adapters:
+        raise RuntimeError(f"{name}: the engine runs {', '.join(sorted(adapters))}")
+    return adapters[name](pipe, bucket, device)
