@@ -55,11 +55,22 @@ ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Default model 
 HeightOpt = Annotated[Optional[int], typer.Option("--height", help="Default height (multiple of 16).", rich_help_panel="Row defaults")]
 WidthOpt = Annotated[Optional[int], typer.Option("--width", help="Default width (multiple of 16).", rich_help_panel="Row defaults")]
 FramesOpt = Annotated[Optional[int], typer.Option("--frames", help="Default frames per video (4k+1).", rich_help_panel="Row defaults")]
-StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Default denoising steps.", rich_help_panel="Row defaults")]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Default denoising steps. Empty: each model's own default.", rich_help_panel="Row defaults")]
 GuidanceOpt = Annotated[
-    Optional[float], typer.Option("--guidance", help="Default CFG scale; <= 1 turns CFG off.", rich_help_panel="Row defaults")
+    Optional[float], typer.Option("--guidance", help="Default CFG scale; <= 1 turns CFG off. Empty: each model's own default (`reelbatch models show NAME`).", rich_help_panel="Row defaults")
+]
+Guidance2Opt = Annotated[
+    Optional[float], typer.Option("--guidance-2", help="Default low-noise expert guidance of two-expert models (Wan 2.2 A14B); empty: the same as the guidance.", rich_help_panel="Row defaults")
+]
+EmbeddedOpt = Annotated[
+    Optional[float], typer.Option("--embedded-guidance", help="Default distilled guidance of HunyuanVideo-family models with a guidance embedding.", rich_help_panel="Row defaults")
 ]
 NegativeOpt = Annotated[Optional[str], typer.Option("--negative-prompt", help="Default negative prompt.", rich_help_panel="Row defaults")]
+ImageRootOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--image-root", help="A folder or URL prefix (s3://bucket/images/) that `image` / `last_image` cells may read from, besides the manifest's own folder; nothing else is read. Repeatable.", rich_help_panel="Inputs"),
+]
+StrictColumnsHelp = "Refuse the run if any row is bad or the manifest has a column reelbatch does not know."
 VideosOpt = Annotated[Optional[int], typer.Option("--num-videos", help="Default videos per row.", rich_help_panel="Row defaults")]
 SeqBatchOpt = Annotated[
     Optional[bool],
@@ -94,13 +105,13 @@ ObjectiveOpt = Annotated[
 ]
 LimitOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--limit", help="NAME=N manifest limit (max_prompt_chars, max_rows, max_num_videos, max_frames, max_side, max_steps). Repeatable."),
+    typer.Option("--limit", help="NAME=N manifest limit (max_prompt_chars, max_rows, max_num_videos, max_frames, max_side, max_steps, max_image_bytes, max_image_side). Repeatable."),
 ]
 RetryOpt = Annotated[
     Optional[str],
     typer.Option("--retry-policy", help='JSON retries per failure class, e.g. {"rank_crash": {"max_attempts": 5, "backoff_s": 10}}; classes: oom, collective_timeout, rank_crash, timeout, bad_input, model_load, unknown.'),
 ]
-FpsOpt = Annotated[Optional[int], typer.Option("--fps", help="Frame rate of the written mp4 files.", rich_help_panel="Row defaults")]
+FpsOpt = Annotated[Optional[int], typer.Option("--fps", help="Frame rate of the written mp4 files. Empty: each model's own.", rich_help_panel="Row defaults")]
 
 
 def _prefect_environment() -> None:
@@ -227,6 +238,8 @@ def plan(
     frames: FramesOpt = None,
     steps: StepsOpt = None,
     guidance: GuidanceOpt = None,
+    guidance_2: Guidance2Opt = None,
+    embedded_guidance: EmbeddedOpt = None,
     negative_prompt: NegativeOpt = None,
     num_videos: VideosOpt = None,
     sequence_batch: SeqBatchOpt = None,
@@ -235,6 +248,8 @@ def plan(
     gpu_memory_gib: MemoryOpt = 80.0,
     objective: ObjectiveOpt = "throughput",
     limit: LimitOpt = None,
+    image_root: ImageRootOpt = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 2 if the manifest has a column reelbatch does not know.")] = False,
     job_minutes: JobMinutesOpt = 30.0,
     padding: PaddingOpt = "pad",
     job_width: JobWidthOpt = "group",
@@ -250,20 +265,17 @@ def plan(
 
     Exit 0 when every row is accepted, 1 when some rows are rejected, 2 for usage or file errors.
     """
-    from reelbatch.tasks.manifest import ManifestError, ManifestLimits, read_manifest
     from reelbatch.tasks.shard import plan_run
 
     defaults = _defaults(
         model=model, height=height, width=width, num_frames=frames, num_inference_steps=steps,
-        guidance_scale=guidance, negative_prompt=negative_prompt, num_videos=num_videos, sequence_batch=sequence_batch,
+        guidance_scale=guidance, guidance_scale_2=guidance_2, embedded_guidance_scale=embedded_guidance,
+        negative_prompt=negative_prompt, num_videos=num_videos, sequence_batch=sequence_batch,
         plan=plan_pin, backend=backend,
     )
     objective = _objective(objective)
     catalog = _catalog(model_path, models_file)
-    try:
-        read = read_manifest(manifest, defaults, catalog.names(), ManifestLimits(**_limits(limit)))
-    except ManifestError as exc:
-        _fail(str(exc))
+    read = _read_for_planning(manifest, defaults, catalog, _limits(limit), image_root or [], strict)
     ranks = _gpus(gpus)
     packing = _packing(no_pack, job_minutes, padding, job_width)
     try:
@@ -304,7 +316,7 @@ def simulate(
 
     catalog = _catalog(model_path, models_file)
     try:
-        read = read_manifest(manifest, _defaults(), catalog.names())
+        read = read_manifest(manifest, _defaults(), catalog)
         report = run_simulation(read, nodes=nodes, gpus_per_node=gpus, gpu=gpu.lower(), catalog=catalog,
                                 objective=_objective(objective))
     except ManifestError as exc:
@@ -318,6 +330,32 @@ def simulate(
             out.print(line, highlight=False)
         _print_rejections(report.run_plan.rejected)
     raise typer.Exit(EXIT_PARTIAL if report.run_plan.rejected else EXIT_OK)
+
+
+def _read_for_planning(manifest: str, defaults, catalog, limits: dict, image_roots: list[str], strict: bool):
+    """The manifest read and its images checked as `run` checks them (into a throwaway store: nothing runs)."""
+    import tempfile
+
+    from reelbatch.tasks.images import check_images
+    from reelbatch.tasks.manifest import ManifestError, ManifestLimits, check_columns, read_manifest
+
+    manifest_limits = ManifestLimits(**limits)
+    try:
+        read = read_manifest(manifest, defaults, catalog, manifest_limits)
+        check_columns(read, strict)
+    except ManifestError as exc:
+        _fail(str(exc))
+    _print_warnings(read.warnings)
+    with tempfile.TemporaryDirectory(prefix="reelbatch-plan-images-") as store:
+        try:
+            return check_images(read, catalog, store, image_roots, manifest_limits)
+        except ValueError as exc:  # an --image-root that cannot be a root
+            _fail(f"--image-root: {exc}")
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
 def _fleet_estimate(run_plan, nodes: int, gpus_per_node: int, gpu: str, storage: str) -> dict:
@@ -390,7 +428,7 @@ def run(
     gpus: GpusOpt = None,
     out_dir: Annotated[str, typer.Option("--out", help="Output folder for the videos (created if missing).")] = "outputs",
     db: DbOpt = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Refuse the whole run if any row is bad.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help=StrictColumnsHelp)] = False,
     force: Annotated[bool, typer.Option("--force", help="Regenerate videos an earlier run already made into --out.")] = False,
     max_samples_per_job: Annotated[int, typer.Option(min=1, help="Largest job, in samples.")] = 32,
     job_timeout: Annotated[Optional[float], typer.Option(min=1, help="Wall-clock limit per job attempt, seconds; its ranks are killed after it. Default: the cost model's estimate x 3, at least 15 min.")] = None,
@@ -402,6 +440,8 @@ def run(
     frames: FramesOpt = None,
     steps: StepsOpt = None,
     guidance: GuidanceOpt = None,
+    guidance_2: Guidance2Opt = None,
+    embedded_guidance: EmbeddedOpt = None,
     negative_prompt: NegativeOpt = None,
     num_videos: VideosOpt = None,
     sequence_batch: SeqBatchOpt = None,
@@ -411,6 +451,7 @@ def run(
     gpu_memory_gib: MemoryOpt = 80.0,
     objective: ObjectiveOpt = "throughput",
     limit: LimitOpt = None,
+    image_root: ImageRootOpt = None,
     retry_policy: RetryOpt = None,
     job_minutes: JobMinutesOpt = 30.0,
     padding: PaddingOpt = "pad",
@@ -431,7 +472,8 @@ def run(
 
     defaults = _defaults(
         model=model, height=height, width=width, num_frames=frames, num_inference_steps=steps,
-        guidance_scale=guidance, negative_prompt=negative_prompt, num_videos=num_videos, sequence_batch=sequence_batch,
+        guidance_scale=guidance, guidance_scale_2=guidance_2, embedded_guidance_scale=embedded_guidance,
+        negative_prompt=negative_prompt, num_videos=num_videos, sequence_batch=sequence_batch,
         fps=fps, plan=plan_pin, backend=backend,
     )
     objective = _objective(objective)
@@ -473,6 +515,7 @@ def run(
         packing=_packing(no_pack, job_minutes, padding, job_width),
         dask_address=dask,
         dask_local_workers=dask_local,
+        image_roots=[_absolute(root) for root in image_root or []],
     )
 
 
@@ -494,6 +537,9 @@ def _run_flow(**parameters) -> None:
             report = generate_dataset(**parameters)
     except ManifestError as exc:
         _fail(str(exc))
+    except ValueError as exc:  # an --image-root that cannot be a root
+        _fail(str(exc))
+    _print_warnings(report.warnings)
     _print_rejections(report.rejected)
     _print_report(report)
     raise typer.Exit(report.exit_code)
@@ -538,6 +584,7 @@ def resume(
         retry_policy=params.get("retry_policy"),
         limits=params.get("limits"),
         packing=Packing.model_validate(params.get("packing", {"enabled": False})),
+        image_roots=params.get("image_roots", []),
         resume_run_id=record["id"],
     )
 
@@ -684,23 +731,81 @@ def db_upgrade(db: DbOpt = None) -> None:
 
 @models_app.command("list")
 def models_list(model_path: ModelPathOpt = None, models_file: ModelsFileOpt = None) -> None:
-    """Model names a manifest may use."""
+    """Model names a manifest may use, their pipeline class and what a row gives them."""
     catalog = _catalog(model_path, models_file)
     table = Table(title_justify="left")
-    for column in ("model", "pipeline", "heads", "source"):
-        table.add_column(column)
+    for column in ("model", "pipeline", "inputs", "heads", "source"):
+        table.add_column(column, no_wrap=column in ("model", "pipeline"))
     for name in sorted(catalog.names()):
         try:
             family = catalog.family(name)
         except KeyError as exc:
-            table.add_row(name, "?", "?", f"[red]{exc}[/]")
+            table.add_row(name, "?", "?", "?", f"[red]{exc}[/]")
             continue
-        if family.builtin_tiny:
-            source = "built-in tiny (random weights)"
-        else:
-            source = catalog.paths.get(name) or f"registry: plan only (--model-path {name}=DIR to run)"
-        table.add_row(name, family.kind, str(family.heads), source)
+        table.add_row(name, family.pipeline_class, family.inputs(), str(family.heads), _model_source(catalog, name))
     out.print(table)
+
+
+def _model_source(catalog, name: str) -> str:
+    if name in catalog.paths:
+        return catalog.paths[name]
+    if catalog.family(name).builtin_tiny:
+        return "built-in tiny (random weights)"
+    return "registry (no folder: plan only)"
+
+
+@models_app.command("show")
+def models_show(
+    name: Annotated[str, typer.Argument(help="A model name (see `reelbatch models list`).")],
+    model_path: ModelPathOpt = None,
+    models_file: ModelsFileOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """One model: its pipeline class, inputs, what empty cells become, and the parallel plans the engine runs.
+
+    With a folder (--model-path NAME=DIR) the folder is read and checked against the registry.
+    """
+    catalog = _catalog(model_path, models_file)
+    try:
+        family = catalog.family(name)
+    except KeyError as exc:
+        _fail(str(exc))
+    facts = _model_facts(family, _model_source(catalog, name))
+    if as_json:
+        print(json.dumps(facts, indent=2))
+        return
+    table = Table(title=name, title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in facts.items():
+        shown = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+        table.add_row(key, shown)
+    out.print(table)
+
+
+def _model_facts(family, source: str) -> dict:
+    defaults = family.defaults.to_json()
+    defaults["flow_shift"] = {f"<= {area} px": shift for area, shift in family.defaults.flow_shift} or None
+    if not family.guidance_embedding:
+        defaults.pop("embedded_guidance_scale")
+    if family.experts != 2:
+        defaults.pop("guidance_scale_2")
+    native = family.native
+    return {
+        "pipeline": family.pipeline_class,
+        "inputs": family.inputs(),
+        "experts": family.experts,
+        "guidance": "true CFG (true_cfg_scale) against the negative prompt" if family.true_cfg
+        else "classifier-free guidance",
+        "defaults (empty cells)": defaults,
+        "parallel (native)": {"dp": "yes", "cfg": "yes (when guidance > 1)", "ulysses": "yes" if native.ulysses
+                              else "no", "ring": "CUDA only" if native.ring else "no"},
+        "heads": family.heads,
+        "pixels per token": family.pixels_per_token,
+        "sizes": ", ".join(f"{h}x{w}" for h, w in sorted(family.allowed_sizes)) if family.allowed_sizes
+        else f"any multiple of {family.size_multiple}",
+        "source": source,
+    }
 
 
 @models_app.command("build")

@@ -1,6 +1,7 @@
 """A sample's identity: what it is, not where or when it runs.
 
-The identity hash covers model, prompt, negative prompt, the generation parameters, the seed and the video
+The identity hash covers model, prompt, negative prompt, the generation parameters, the content hashes of the
+input images (not their URLs: the same image under another name is the same video), the seed and the video
 index. Execution details (plan, world size, sequence_batch, the batch a sample lands in) are not part of it: they
 do not change the video, so a sample keeps its id, seed and output key whatever the fleet looks like.
 
@@ -41,11 +42,22 @@ def _json(value: object) -> str:
 
 def _content_json(row: ManifestRow) -> tuple[str, str]:
     """The row's part of both payloads, in json.dumps' sorted key order: the members before and after the keys
-    a video adds ("purpose", "seed", "video_index")."""
+    a video adds ("purpose", "seed", "video_index").
+
+    Members that came with image-to-video and two-expert models are written only when set, so every row without
+    them keeps the identity it always had.
+    """
     j = _json
+    optional_guidance = "" if row.guidance_scale_2 is None else f'"guidance_scale_2":{j(row.guidance_scale_2)},'
+    images = "".join(
+        f'"{name}":{j(value)},'
+        for name, value in (("image_sha256", row.image_sha256), ("last_image_sha256", row.last_image_sha256))
+        if value is not None
+    )
     before = (
         f'{{"embedded_guidance_scale":{j(row.embedded_guidance_scale)},"guidance_scale":{j(row.guidance_scale)},'
-        f'"height":{j(row.height)},"model":{j(row.model)},"negative_prompt":{j(row.negative_prompt)},'
+        f'{optional_guidance}"height":{j(row.height)},{images}"model":{j(row.model)},'
+        f'"negative_prompt":{j(row.negative_prompt)},'
         f'"num_frames":{j(row.num_frames)},"num_inference_steps":{j(row.num_inference_steps)},'
         f'"prompt":{j(row.prompt)},'
     )
@@ -99,5 +111,9 @@ def expand_row(row: ManifestRow) -> list[Sample]:
             "negative_prompt": row.negative_prompt,
             "seed": seed,
             "output_key": output_key(identity),
+            "image": row.image,
+            "image_sha256": row.image_sha256,
+            "last_image": row.last_image,
+            "last_image_sha256": row.last_image_sha256,
         }, _SAMPLE_FIELDS))
     return samples

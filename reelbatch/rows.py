@@ -23,6 +23,7 @@ from reelbatch.identity import expand_row
 from reelbatch.schemas import ManifestRow, Sample, trusted
 
 _ROW_FIELDS = list(ManifestRow.model_fields)
+IMAGE_COLUMNS = ("image", "last_image")
 _ROW_FIELD_SET = set(_ROW_FIELDS)
 
 
@@ -101,6 +102,12 @@ class RowTable(Sequence[ManifestRow]):
         }
         # Every value passed the checks ManifestRow's schema makes (tasks.manifest_columnar), so none is repeated.
         return trusted(ManifestRow, values, _ROW_FIELD_SET)
+
+    def has_images(self) -> bool:
+        """Whether any row names an image (its shapes then do not tell its bucket: see tasks/shard.py)."""
+        return any(
+            column.null_count < len(column) for name, column in self.columns.items() if name in IMAGE_COLUMNS
+        ) or any(row.image is not None for row in self.overrides.values())
 
     def videos_per_row(self) -> np.ndarray:
         """``num_videos`` of every row, as integers."""

@@ -13,8 +13,10 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-JOB_SPEC_VERSION = 1
+JOB_SPEC_VERSION = 2
 
+# What a video is conditioned on besides its prompt (models/pipelines.py says which models take which).
+Conditioning = Literal["text", "first_frame", "first_last_frame"]
 SampleStatus = Literal["pending", "running", "done", "failed", "rejected"]
 # native: our own dp/CFG code plus diffusers context parallelism; xdit: xfuser (CUDA only, optional extra).
 Backend = Literal["native", "xdit"]
@@ -22,7 +24,11 @@ PLAN_DEGREES = ("dp", "cfg", "ulysses", "ring")
 
 
 class RunDefaults(BaseModel):
-    """Run-level values for the manifest's optional columns (CLI flags / flow parameters)."""
+    """Run-level values for the manifest's optional columns (CLI flags / flow parameters).
+
+    A field left at None takes the row's model's own default (``reelbatch models show NAME``): the value its
+    pipeline's ``__call__`` uses, or the family's published recipe.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -30,15 +36,22 @@ class RunDefaults(BaseModel):
     height: int = Field(32, description="Frame height in pixels (multiple of 16).")
     width: int = Field(32, description="Frame width in pixels (multiple of 16).")
     num_frames: int = Field(5, description="Frames per video (4k+1).")
-    num_inference_steps: int = Field(4, description="Denoising steps.")
-    guidance_scale: float = Field(5.0, description="Classifier-free guidance; <= 1 turns CFG off.")
+    num_inference_steps: int | None = Field(None, description="Denoising steps; empty: the model's default.")
+    guidance_scale: float | None = Field(
+        None, description="Classifier-free guidance; <= 1 turns CFG off; empty: the model's default."
+    )
     embedded_guidance_scale: float | None = Field(
-        None, description="HunyuanVideo-family distilled guidance (the pipeline's own guidance_scale)."
+        None, description="HunyuanVideo-family distilled guidance (the pipeline's own guidance_scale); empty: the "
+        "model's default. Used only by models with a guidance embedding."
+    )
+    guidance_scale_2: float | None = Field(
+        None, description="Two-expert models (Wan 2.2 A14B): guidance of the low-noise expert; empty: the same as "
+        "guidance_scale. Used only by two-expert models."
     )
     negative_prompt: str = ""
     num_videos: int = Field(1, description="Videos per row, each with its own seed.")
     sequence_batch: bool = Field(False, description="Run the CFG passes one after another to save memory.")
-    fps: int = Field(8, description="Frame rate written into the mp4 files.")
+    fps: int | None = Field(None, description="Frame rate written into the mp4 files; empty: the model's default.")
     plan: ParallelPlan | None = Field(None, description="Pin this parallel plan instead of choosing one.")
     backend: Backend = Field("native", description="Parallel backend: native (diffusers + ours) or xdit (xfuser).")
 
@@ -64,6 +77,19 @@ class ManifestRow(BaseModel):
     sequence_batch: bool = False
     plan: ParallelPlan | None = None  # pinned plan for this row (validated, never changed)
     backend: Backend = "native"
+    guidance_scale_2: float | None = None  # two-expert models: the low-noise expert's guidance (None: guidance_scale)
+    image: str | None = None  # first frame: path or URL as written in the manifest
+    last_image: str | None = None  # last frame (first-and-last-frame models)
+    # Not manifest columns: the content hashes of the images, set once intake has read and checked them.
+    image_sha256: str | None = None
+    last_image_sha256: str | None = None
+
+    @property
+    def conditioning(self) -> Conditioning:
+        """What the video is conditioned on besides the prompt; rows differing in it never share a job."""
+        if self.image is None:
+            return "text"
+        return "first_frame" if self.last_image is None else "first_last_frame"
 
 
 class RowRejection(BaseModel):
@@ -131,6 +157,10 @@ class Sample(BaseModel):
     negative_prompt: str = ""
     seed: int
     output_key: str = Field(description="Path of the mp4 relative to the output root; never contains prompt text.")
+    image: str | None = None  # as written in the manifest (credentials never)
+    image_sha256: str | None = None  # the image's identity; the ranks read it from JobSpec.images_dir
+    last_image: str | None = None
+    last_image_sha256: str | None = None
 
 
 class BucketKey(BaseModel):
@@ -148,6 +178,8 @@ class BucketKey(BaseModel):
     sequence_batch: bool = False
     plan: ParallelPlan | None = None  # pinned by the row or the run; None lets the planner choose
     backend: Backend = "native"
+    guidance_scale_2: float | None = None
+    conditioning: Conditioning = "text"
 
     @property
     def uses_cfg(self) -> bool:
@@ -157,7 +189,7 @@ class BucketKey(BaseModel):
 class JobSpec(BaseModel):
     """A job as the ranks see it: one model, one shape, one plan, a list of samples."""
 
-    schema_version: Literal[1] = JOB_SPEC_VERSION
+    schema_version: Literal[2] = JOB_SPEC_VERSION
     job_id: str
     run_id: str = ""
     bucket: BucketKey
@@ -176,6 +208,9 @@ class JobSpec(BaseModel):
     vae_tiling: bool = Field(False, description="Decode in tiles (less memory; set by the out-of-memory retry).")
     collective_timeout_s: float = Field(1800.0, description="Process-group timeout; outlasts single-rank phases.")
     keep_frames: bool = Field(False, description="Also save the float frames as .npy (verification only).")
+    images_dir: str = Field("", description="Local folder of the staged input images, <sha[:2]>/<sha256>.")
+    flow_shift: float | None = Field(None, description="Scheduler shift of the family's recipe; None: the folder's.")
+    vae_dtype: Literal["float32"] | None = Field(None, description="VAE kept in this dtype; None: the pipeline's.")
 
 
 class SampleResult(BaseModel):

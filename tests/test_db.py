@@ -475,11 +475,18 @@ def test_upgrade_from_0001_keeps_every_row(database_url: str) -> None:
         assert [len(rows) for rows in before.values()] == [1, 1, 3]
 
         database.upgrade()
-        assert database.current_revision() == head_revision() == "0004"
+        assert database.current_revision() == head_revision() == "0005"
         database.ensure_schema()
         after = {table: _rows(database, table) for table in ("runs", "jobs", "samples")}
         assert [row.pop("launch_id") for row in after["jobs"]] == [None]
         assert [row.pop("reused_from_run") for row in after["samples"]] == [None] * 3
+        # Revision 0005: an old job was text-to-video; nothing else is known about old rows.
+        assert [{name: row.pop(name) for name in ("guidance_scale_2", "conditioning", "fps", "flow_shift")}
+                for row in after["jobs"]] == [{"guidance_scale_2": None, "conditioning": "text", "fps": None,
+                                               "flow_shift": None}]
+        new_sample_columns = ("guidance_scale_2", "conditioning", "image", "image_sha256", "last_image",
+                              "last_image_sha256")
+        assert [[row.pop(name) for name in new_sample_columns] for row in after["samples"]] == [[None] * 6] * 3
         assert after == before
 
         # The upgraded rows are usable through the models.

@@ -27,7 +27,10 @@ def reference_digest(payload: dict) -> str:
 def reference_content(row: ManifestRow) -> dict:
     names = ("model", "prompt", "negative_prompt", "height", "width", "num_frames", "num_inference_steps",
              "guidance_scale", "embedded_guidance_scale")
-    return {name: getattr(row, name) for name in names}
+    # Members added with image-to-video and two-expert models are part of the payload only when set.
+    optional = ("guidance_scale_2", "image_sha256", "last_image_sha256")
+    return {name: getattr(row, name) for name in names} | {
+        name: getattr(row, name) for name in optional if getattr(row, name, None) is not None}
 
 
 def reference_seed(row: ManifestRow, video_index: int) -> int:
@@ -46,7 +49,9 @@ def reference_samples(row: ManifestRow) -> list[Sample]:
         seed = reference_seed(row, index)
         identity = reference_id(row, index, seed)
         samples.append(Sample(sample_id=identity, row=row.row, row_id=row.id, video_index=index, prompt=row.prompt,
-                              negative_prompt=row.negative_prompt, seed=seed, output_key=output_key(identity)))
+                              negative_prompt=row.negative_prompt, seed=seed, output_key=output_key(identity),
+                              image=row.image, image_sha256=row.image_sha256, last_image=row.last_image,
+                              last_image_sha256=row.last_image_sha256))
     return samples
 
 
@@ -67,6 +72,11 @@ rows = st.builds(
     embedded_guidance_scale=st.none() | floats,
     seed=st.none() | st.integers(0, SEED_RANGE - 1),
     num_videos=st.integers(1, 6),
+    guidance_scale_2=st.none() | floats,
+    image=st.none() | texts,
+    image_sha256=st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),
+    last_image=st.none() | texts,
+    last_image_sha256=st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),
 )
 
 
@@ -107,9 +117,22 @@ def test_ids_of_a_known_row_never_change():
     assert [s.seed for s in expand_row(unseeded)] == [reference_seed(unseeded, 0), reference_seed(unseeded, 1)]
 
 
+def test_an_image_is_its_content_not_its_name():
+    row = ManifestRow(row=2, prompt="a red fox", model="tiny-wan2.1-i2v", height=32, width=32, num_frames=5,
+                      num_inference_steps=4, guidance_scale=5.0, seed=7, image="a.png", image_sha256="ab" * 32)
+    [first] = expand_row(row)
+    [renamed] = expand_row(row.model_copy(update={"image": "s3://bucket/b.png"}))
+    [other] = expand_row(row.model_copy(update={"image_sha256": "cd" * 32}))
+    [text_only] = expand_row(row.model_copy(update={"image": None, "image_sha256": None}))
+    assert first.sample_id == renamed.sample_id  # same picture under another name: the same video
+    assert len({first.sample_id, other.sample_id, text_only.sample_id}) == 3
+    assert (first.image, first.image_sha256, renamed.image) == ("a.png", "ab" * 32, "s3://bucket/b.png")
+
+
 def test_trusted_models_are_indistinguishable_from_validated_ones():
     values = {"sample_id": "ab" * 16, "row": 3, "row_id": None, "video_index": 1, "prompt": "p",
-              "negative_prompt": "", "seed": 9, "output_key": output_key("ab" * 16)}
+              "negative_prompt": "", "seed": 9, "output_key": output_key("ab" * 16), "image": "frames/a.png",
+              "image_sha256": "cd" * 32, "last_image": None, "last_image_sha256": None}
     shared = set(Sample.model_fields)
     fast, validated = trusted(Sample, dict(values), shared), Sample(**values)
     assert fast == validated and hash(fast) == hash(validated) and repr(fast) == repr(validated)

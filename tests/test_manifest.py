@@ -93,6 +93,7 @@ def test_valid_file_round_trip_applies_run_defaults(tmp_path):
     assert first == ManifestRow(
         row=2, id="cat", prompt="a cat walks", model="tiny-hunyuan", height=480, width=832, num_frames=81,
         num_inference_steps=4, guidance_scale=6.5, seed=7, num_videos=2, sequence_batch=True,
+        embedded_guidance_scale=6.0,  # tiny-hunyuan's own default: the run gives none
     )  # fmt: skip
     assert second == ManifestRow(
         row=3, id=None, prompt="a dog runs", model="tiny-wan", height=48, width=64, num_frames=9,
@@ -106,19 +107,22 @@ def test_every_column_is_parsed():
             [
                 "id", "prompt", "negative_prompt", "model", "height", "width", "num_frames", "num_inference_steps",
                 "guidance_scale", "embedded_guidance_scale", "seed", "num_videos", "sequence_batch", "plan",
-                "backend",
+                "backend", "guidance_scale_2", "image", "last_image",
             ],
             [
                 "r1", "a cat", "blurry", "tiny-hunyuan", "480.0", "+848", "129", "50",
-                "7.5", "6", str(MAX_SEED), "64", "OFF", "cfg=2,ulysses=2", "XDiT",
+                "7.5", "5", str(MAX_SEED), "64", "OFF", "cfg=2,ulysses=2", "XDiT", "3", " frames/first.png ",
+                "s3://bucket/last.png",
             ],
         )  # fmt: skip
     )
     assert row.model_dump() == {
         "row": 2, "id": "r1", "prompt": "a cat", "negative_prompt": "blurry", "model": "tiny-hunyuan",
         "height": 480, "width": 848, "num_frames": 129, "num_inference_steps": 50, "guidance_scale": 7.5,
-        "embedded_guidance_scale": 6.0, "seed": MAX_SEED, "num_videos": 64, "sequence_batch": False,
-        "plan": {"dp": 1, "cfg": 2, "ulysses": 2, "ring": 1}, "backend": "xdit",
+        "embedded_guidance_scale": 5.0, "seed": MAX_SEED, "num_videos": 64, "sequence_batch": False,
+        "plan": {"dp": 1, "cfg": 2, "ulysses": 2, "ring": 1}, "backend": "xdit", "guidance_scale_2": 3.0,
+        "image": "frames/first.png", "last_image": "s3://bucket/last.png",
+        "image_sha256": None, "last_image_sha256": None,  # set by intake, once it has read the images
     }  # fmt: skip
 
 

@@ -133,7 +133,10 @@ def manifest(count: int = 120) -> list[ManifestRow]:
         dict(model="wan2.1-t2v-14b", height=720, width=1280, num_frames=81, num_inference_steps=50),  # cfg2
         dict(model="wan2.1-t2v-14b", height=480, width=832, num_frames=81, num_inference_steps=40,
              sequence_batch=True),
-        dict(model="skyreels-v1-i2v", height=544, width=960, num_frames=97, num_inference_steps=30),
+        # An image-to-video row (the image was checked at intake: the simulator reads no file) of a family with
+        # no native sequence parallel (token_replace).
+        dict(model="hunyuanvideo-i2v", height=544, width=960, num_frames=97, num_inference_steps=30,
+             image="frames/first.png", image_sha256="ab" * 32),
     ]
     return [ManifestRow(row=i + 2, prompt=f"prompt {i}", seed=i, num_videos=1 + i % 3,
                         **{"guidance_scale": 5.0, **shapes[i % len(shapes)]}) for i in range(count)]
@@ -158,7 +161,7 @@ def test_simulate_reports_both_policies_with_the_promised_keys():
     widths = {p.job_id: len(p.gpus) for p in report.schedule.placements}
     assert set(widths.values()) == {1, 2}
     assert any("wan2.1-t2v-1.3b" in note and "ulysses4 ring2" in note for note in report.naive_notes)
-    assert any("skyreels-v1-i2v" in note and "dp1" in note for note in report.naive_notes)
+    assert any("hunyuanvideo-i2v" in note and "dp1" in note for note in report.naive_notes)
     assert all(line for line in report.summary_lines())
 
 
@@ -189,8 +192,9 @@ def test_naive_plans_follow_the_scripts():
                       gpu_memory_gib=memory) == ParallelPlan(ulysses=8)
     assert naive_plan(bucket("wan2.1-t2v-1.3b", 480, 832, 81), FAMILIES["wan2.1-t2v-1.3b"], 8,
                       gpu_memory_gib=memory) == ParallelPlan(ulysses=4, ring=2)  # 12 heads: no ulysses 8
-    assert naive_plan(bucket("skyreels-v1-i2v", 544, 960, 97), FAMILIES["skyreels-v1-i2v"], 8,
-                      gpu_memory_gib=memory) == ParallelPlan()  # no native sequence parallel
+    # HunyuanVideo-I2V's token_replace keeps the first frame's tokens apart: no native sequence parallel.
+    assert naive_plan(bucket("hunyuanvideo-i2v", 544, 960, 97, conditioning="first_frame"),
+                      FAMILIES["hunyuanvideo-i2v"], 8, gpu_memory_gib=memory) == ParallelPlan()
 
 
 def test_simulating_an_unpacked_plan_and_other_gpus():

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from reelbatch import progress
 from reelbatch.infra.dask_cluster import check_shared_storage, task_runner_for
 from reelbatch.infra.devices import local_pool
 from reelbatch.infra.prefect_config import database_url
-from reelbatch.infra.storage import normalize_root
+from reelbatch.infra.storage import images_root, normalize_root
 from reelbatch.models.registry import ModelCatalog
 from reelbatch.planning.packing import Packing
 from reelbatch.schemas import RunDefaults
@@ -26,7 +26,8 @@ from reelbatch.tasks.dispatch import prepare_job_task
 from reelbatch.tasks.execute import execute_job_task, execute_jobs, execute_jobs_on_dask, longest_first
 from reelbatch.tasks.intake import resolve_manifest_task
 from reelbatch.tasks.export import write_dataset_index_task
-from reelbatch.tasks.manifest import ManifestLimits, read_manifest_task
+from reelbatch.tasks.images import check_images_task
+from reelbatch.tasks.manifest import ManifestLimits, check_columns, read_manifest_task
 from reelbatch.tasks.record import (
     RunReport,
     find_done_samples_task,
@@ -66,6 +67,7 @@ def generate_dataset(
     limits: dict | None = None,
     dask_address: str | None = None,
     dask_local_workers: int = 0,
+    image_roots: list[str] | None = None,
 ) -> RunReport:
     """Turn a manifest of prompts into videos under `output` and rows in the database.
 
@@ -93,6 +95,8 @@ def generate_dataset(
         limits: Manifest limits (ManifestLimits fields), e.g. {"max_rows": 100000, "max_prompt_chars": 1000}.
         dask_address: Run the jobs on this Dask cluster (tcp://host:8786); workers need GPU resources.
         dask_local_workers: Run the jobs on a local Dask cluster of this many workers (0: no Dask).
+        image_roots: Folders and URL prefixes (s3://bucket/images/) that image cells may read from, besides the
+            manifest's own folder; any other place is refused.
     """
     output = normalize_root(output)
     db_url = database_url(db_url, db_secret)
@@ -103,13 +107,18 @@ def generate_dataset(
         "defaults": defaults.model_dump(mode="json"), "strict": strict, "model_paths": model_paths or [],
         "max_samples_per_job": max_samples_per_job, "job_timeout_s": job_timeout_s,
         "gpu_memory_gib": gpu_memory_gib, "objective": objective, "retry_policy": retry_policy, "limits": limits,
-        "packing": packing.model_dump(mode="json"),
+        "packing": packing.model_dump(mode="json"), "image_roots": image_roots or [],
     }
     policy = RetryPolicy.from_dict(retry_policy)
     prepare_database_task(db_url)
     catalog = ModelCatalog.from_config(model_paths or [])
     source = resolve_manifest_task(manifest, manifest_text, output)
-    manifest_read = read_manifest_task(source, defaults, catalog.names(), ManifestLimits(**(limits or {})))
+    manifest_limits = ManifestLimits(**(limits or {}))
+    manifest_read = read_manifest_task(source, defaults, catalog, manifest_limits)
+    check_columns(manifest_read, strict)
+    for warning in manifest_read.warnings:
+        get_run_logger().warning("manifest: %s", warning)
+    manifest_read = check_images_task(manifest_read, catalog, images_root(output), image_roots or [], manifest_limits)
     done = find_done_samples_task(db_url, output, manifest_read.rows, force)
     plan = plan_run_task(
         manifest_read.rows, manifest_read.rejections, manifest_read.total_rows, catalog, gpus_per_node,
@@ -135,6 +144,7 @@ def generate_dataset(
                 spec=spec, db_url=db_url, output=output, timeout_s=job_timeout_s, policy=policy,
                 ranks_per_node=gpus_per_node, priority=priority)), on_job_done=bar.set_done if bar else None)
     report = finish_run_task(db_url, run_id, plan, output)
+    report.warnings = manifest_read.warnings
     report.dataset = write_dataset_index_task(db_url, run_id, output)
     publish_run_report_task(db_url, report)
     return report

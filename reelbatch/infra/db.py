@@ -91,6 +91,7 @@ _REJECTED_ROW_PARSERS: dict[str, Callable[[str], Any]] = {
     "num_inference_steps": int,
     "guidance_scale": float,
     "embedded_guidance_scale": float,
+    "guidance_scale_2": float,
     "seed": int,
 }
 
@@ -187,6 +188,11 @@ class JobRecord(Base):
     attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     # Tag of the torchrun launch running (or that last ran) this job; revision 0002.
     launch_id: Mapped[str | None] = mapped_column(String(32))
+    # Revision 0005: two-expert guidance, image conditioning, and the resolved recipe the job ran with.
+    guidance_scale_2: Mapped[float | None]
+    conditioning: Mapped[str] = mapped_column(String(32), default="text", server_default="text")
+    fps: Mapped[int | None]
+    flow_shift: Mapped[float | None]
 
 
 class SampleRecord(Base):
@@ -234,6 +240,13 @@ class SampleRecord(Base):
     finished_at: Mapped[datetime | None]
     # The run whose finished output this done sample reuses (no job, nothing generated in this run); revision 0002.
     reused_from_run: Mapped[str | None] = mapped_column(String(32))
+    # Revision 0005: the input images as the manifest named them and their content hashes (part of the identity).
+    guidance_scale_2: Mapped[float | None]
+    conditioning: Mapped[str | None] = mapped_column(String(32))
+    image: Mapped[str | None] = mapped_column(Text)
+    image_sha256: Mapped[str | None] = mapped_column(String(64))
+    last_image: Mapped[str | None] = mapped_column(Text)
+    last_image_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class JobAttemptRecord(Base):
@@ -421,6 +434,8 @@ def _rejected_row_values(raw: Mapping[str, Any]) -> dict[str, Any]:
     values["prompt"] = text("prompt")
     values["negative_prompt"] = text("negative_prompt")
     values["row_id"] = text("id") or None
+    values["image"] = text("image") or None
+    values["last_image"] = text("last_image") or None
     return values
 
 
@@ -611,6 +626,8 @@ class Database:
             "samples_count": len(job.samples),
             "padded_slots": job.padded_slots,
             "tokens": job.tokens,
+            "fps": job.fps,
+            "flow_shift": job.flow_shift,
             "log_path": log_path,
             "status": "pending",
             "returncode": None,

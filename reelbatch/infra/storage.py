@@ -66,6 +66,11 @@ def work_root(output: str) -> Path:
     return Path(cache) / "reelbatch" / "work"
 
 
+def images_root(output: str) -> Path:
+    """Where runs writing to ``output`` stage their input images, named by content hash (ranks read them here)."""
+    return work_root(output) / "images"
+
+
 class OutputStore:
     def __init__(self, root: str):
         self.root = root.rstrip("/") or "/"

@@ -279,9 +279,51 @@ def _nearest_valid(value: int, ok: Callable[[int], bool], low: int = 1) -> list[
     return [v for v in (below, above) if v is not None]
 
 
-def bucket_problems(bucket: BucketKey, family: ModelFamily, *, backend: Backend, device: str) -> list[PlanProblem]:
-    """Problems no plan can fix: the video shape for this family, and the backend on this device."""
+_MODELS_HINT = "`reelbatch models list` shows what each model takes"
+
+
+def input_problems(bucket: BucketKey, family: ModelFamily) -> list[PlanProblem]:
+    """Inputs the family's pipeline does not take, or needs and did not get (images, per-expert guidance)."""
     problems: list[PlanProblem] = []
+    name = f"{family.name} ({family.pipeline_class or family.kind})"
+    has_image = bucket.conditioning != "text"
+    has_last = bucket.conditioning == "first_last_frame"
+    if has_image and family.image_input == "none":
+        problems.append(PlanProblem(
+            "image_not_supported", f"{name} generates from text only: it takes no image",
+            f"leave the image cell empty, or use an image-to-video model ({_MODELS_HINT})", column="image"))
+    elif not has_image and family.image_input == "required":
+        problems.append(PlanProblem(
+            "image_required", f"{name} is an image-to-video model: the row needs an image (the first frame)",
+            f"add an image column with a path or URL of the first frame, or use a text-to-video model "
+            f"({_MODELS_HINT})", column="image"))
+    if has_last and family.last_image == "none":
+        problems.append(PlanProblem(
+            "last_image_not_supported", f"{name} takes no last frame",
+            f"leave the last_image cell empty, or use a first-and-last-frame model ({_MODELS_HINT})",
+            column="last_image"))
+    elif has_image and not has_last and family.last_image == "required":
+        problems.append(PlanProblem(
+            "last_image_required", f"{name} is a first-and-last-frame model: the row needs a last_image",
+            "add a last_image cell (the last frame)", column="last_image"))
+    if bucket.guidance_scale_2 is not None and family.experts != 2:
+        problems.append(PlanProblem(
+            "guidance_scale_2_not_supported",
+            f"guidance_scale_2 {bucket.guidance_scale_2:g}: {name} has one expert, so there is no low-noise stage to "
+            "guide", "leave guidance_scale_2 empty (it is for two-expert models such as Wan 2.2 A14B)",
+            column="guidance_scale_2"))
+    if bucket.embedded_guidance_scale is not None and not family.guidance_embedding:
+        problems.append(PlanProblem(
+            "embedded_guidance_not_supported",
+            f"embedded_guidance_scale {bucket.embedded_guidance_scale:g}: {name} has no guidance embedding",
+            "leave embedded_guidance_scale empty; guidance_scale is its classifier-free guidance",
+            column="embedded_guidance_scale"))
+    return problems
+
+
+def bucket_problems(bucket: BucketKey, family: ModelFamily, *, backend: Backend, device: str) -> list[PlanProblem]:
+    """Problems no plan can fix: the inputs and the video shape for this family, and the backend on this device."""
+    problems: list[PlanProblem] = input_problems(bucket, family)
     if backend == "xdit" and not is_gpu(device):
         problems.append(PlanProblem(
             "xdit_needs_gpu", "xfuser cannot be imported without a GPU; use backend native",

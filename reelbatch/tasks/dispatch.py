@@ -23,7 +23,7 @@ from reelbatch.infra.failures import Failure, classify
 from reelbatch.infra.devices import DeviceGroup
 from reelbatch.infra.launcher import launch, new_launch_id
 from reelbatch.testing import crash_point
-from reelbatch.infra.storage import work_root
+from reelbatch.infra.storage import images_root, work_root
 from reelbatch.models.registry import ModelCatalog
 from reelbatch.schemas import JobSpec
 from reelbatch.tasks.shard import PlannedJob
@@ -47,13 +47,17 @@ def job_dir(output: str, run_id: str, job_id: str) -> Path:
 
 
 def prepare_job(
-    planned: PlannedJob, run_id: str, output: str, db_url: str, catalog: ModelCatalog, fps: int
+    planned: PlannedJob, run_id: str, output: str, db_url: str, catalog: ModelCatalog, fps: int | None = None
 ) -> JobSpec:
-    """Write the job spec next to where its ranks will stage their files, and record the job as pending."""
+    """Write the job spec next to where its ranks will stage their files, and record the job as pending.
+
+    ``fps`` None: the model's own frame rate. The family's recipe (flow shift, VAE dtype) is resolved here.
+    """
     job_id = f"{run_id[:8]}-{planned.job_id}"
     # A fresh folder per preparation: ranks of a crashed attempt may still be writing into the previous one.
     folder = job_dir(output, run_id, job_id) / uuid.uuid4().hex[:8]
     folder.mkdir(parents=True, exist_ok=True)
+    recipe = planned.family.defaults
     spec = JobSpec(
         job_id=job_id,
         run_id=run_id,
@@ -65,7 +69,10 @@ def prepare_job(
         samples=list(planned.samples),
         padded_slots=planned.padded_slots,
         tokens=planned.tokens,
-        fps=fps,
+        fps=fps or recipe.fps,
+        flow_shift=recipe.flow_shift_for(planned.bucket.height, planned.bucket.width),
+        vae_dtype=recipe.vae_dtype,
+        images_dir=str(images_root(output)),
         output_dir=str(folder / "staging"),
         results_path=str(folder / "results.jsonl"),
         timeout_s=planned.timeout_s,

@@ -20,6 +20,7 @@ from prefect import task
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import TaskRunner
 
+from reelbatch.engine.inputs import staged_path
 from reelbatch.infra.cluster import visible_gpus
 from reelbatch.infra.db import Database
 from reelbatch.infra.devices import DeviceGroup, DevicePool, local_pool
@@ -104,6 +105,13 @@ def ensure_job_files(spec: JobSpec) -> None:
     if not spec_path(spec).exists():
         spec_path(spec).parent.mkdir(parents=True, exist_ok=True)
         spec_path(spec).write_text(spec.model_dump_json(indent=2), encoding="utf-8")
+    missing = sorted({digest for s in spec.samples for digest in (s.image_sha256, s.last_image_sha256)
+                      if digest and not staged_path(spec.images_dir, digest).exists()})
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} input image(s) of job {spec.job_id} are not staged on {socket.gethostname()} "
+            f"(e.g. {staged_path(spec.images_dir, missing[0])}): give every worker the orchestrator's work folder "
+            "on shared storage (REELBATCH_WORK_DIR)")
     if not Path(spec.model_path).exists():
         try:
             found = ModelCatalog.from_config().local_path(spec.bucket.model)

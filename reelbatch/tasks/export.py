@@ -19,14 +19,16 @@ from typing import Literal
 
 import fsspec
 
+from reelbatch.engine.inputs import open_staged
 from reelbatch.infra.db import Database
-from reelbatch.infra.storage import is_local
+from reelbatch.infra.storage import images_root, is_local
 
 ExportFormat = Literal["parquet", "csv", "jsonl"]
 
 METADATA_COLUMNS = (
     "file_name", "prompt", "negative_prompt", "model", "height", "width", "num_frames", "num_inference_steps",
     "guidance_scale", "embedded_guidance_scale", "seed", "sample_id", "row", "row_id", "video_index",
+    "guidance_scale_2", "conditioning", "image", "image_sha256", "last_image", "last_image_sha256",
 )  # fmt: skip
 
 # A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
@@ -102,12 +104,27 @@ def _first_frame_png(video_url: str) -> str | None:
     """The video's first frame as a base64 PNG, scaled to THUMBNAIL_WIDTH; None if it cannot be read."""
     try:
         import av
-        from PIL import Image
 
         with fsspec.open(video_url, "rb") as fh, av.open(fh) as container:
             frame = next(container.decode(video=0)).to_image()
     except Exception:  # a missing or unreadable file shows as "no preview", it must not break the page
         return None
+    return _thumbnail_png(frame)
+
+
+def _input_frame_png(images_dir: Path | None, sha256: str | None) -> str | None:
+    """The staged input image (the frame the video starts from) as a base64 PNG thumbnail, or None."""
+    if images_dir is None or not sha256:
+        return None
+    try:
+        return _thumbnail_png(open_staged(images_dir, sha256))
+    except Exception:  # a staged copy gone (another machine, cleaned up) shows as "no preview"
+        return None
+
+
+def _thumbnail_png(frame) -> str:
+    from PIL import Image
+
     height = max(1, round(frame.height * THUMBNAIL_WIDTH / frame.width))
     frame = frame.resize((THUMBNAIL_WIDTH, height), Image.NEAREST)
     buffer = io.BytesIO()
@@ -120,21 +137,35 @@ body{font-family:system-ui,sans-serif;margin:2rem;background:#fafafa;color:#222}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(270px,1fr));gap:1rem}
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.6rem;font-size:.85rem}
 .card img{width:256px;image-rendering:pixelated;display:block;margin-bottom:.4rem}
+.pair{display:flex;gap:.3rem}.pair img{width:128px}
 .status-done{color:#17803d}.status-failed{color:#b91c1c}.status-rejected{color:#92400e}
 .prompt{font-weight:600;white-space:pre-wrap;word-break:break-word}.params{color:#555}
 """
 
 
-def write_gallery(run: dict, samples: list[dict], url: str) -> int:
-    """A static page per run: preview, prompt, parameters and status of every row; everything inline."""
+def _image_tag(png: str | None, alt: str) -> str:
+    return f'<img alt="{alt}" src="data:image/png;base64,{png}">' if png else ""
+
+
+def write_gallery(run: dict, samples: list[dict], url: str, images_dir: Path | None = None) -> int:
+    """A static page per run: preview, prompt, parameters and status of every row; everything inline.
+
+    An image-to-video row shows its input frame (from the run's staged images) next to the video's first frame,
+    with the input's location and content hash."""
     cards = []
     for s in samples:
         preview = _first_frame_png(s["output_path"]) if s["status"] == "done" and s["output_path"] else None
-        image = f'<img alt="first frame" src="data:image/png;base64,{preview}">' if preview else "<p>no preview</p>"
+        image = _image_tag(preview, "first frame") or "<p>no preview</p>"
+        given = _image_tag(_input_frame_png(images_dir, s.get("image_sha256")), "input image")
+        if given:
+            image = f'<div class="pair">{given}{image}</div>'
         params = (
             f"{s['model']} {s['height']}x{s['width']}x{s['num_frames']}, {s['num_inference_steps']} steps, "
             f"guidance {s['guidance_scale']}, seed {s['seed']}"
         )
+        for column in ("image", "last_image"):
+            if s.get(column):
+                params += f", {column} {s[column]} (sha256 {(s.get(column + '_sha256') or '?')[:12]})"
         problem = s["error"] or ""
         if s.get("reject_fix"):
             problem += f" (fix: {s['reject_fix']})"
@@ -173,7 +204,7 @@ def write_dataset_index(db_url: str, run_id: str, output_root: str) -> dict[str,
     write_metadata_csv(samples, output_root, locations["metadata"])
     write_samples(samples, locations["samples"], "parquet")
     run = {"id": summary.id, "status": summary.status, "manifest_source": summary.manifest_source}
-    write_gallery(run, samples, locations["gallery"])
+    write_gallery(run, samples, locations["gallery"], images_root(output_root))
     return locations
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import hashlib
 import io
 import json
@@ -29,6 +30,8 @@ import fsspec
 from pydantic import BaseModel, TypeAdapter, ValidationError, ValidationInfo, create_model, field_validator
 
 from reelbatch.infra.storage import redact_text, redact_url
+from reelbatch.models.pipelines import GenerationDefaults
+from reelbatch.models.registry import FAMILIES, ModelCatalog, ModelFamily, UnknownModel
 from reelbatch.schemas import Backend, ManifestRow, ParallelPlan, RowRejection, RunDefaults, many_models, trusted
 
 INLINE_SOURCE = "<inline>"
@@ -54,6 +57,8 @@ class ManifestLimits:
     max_frames: int = 1025
     max_side: int = 2048  # pixels, height and width
     max_steps: int = 1000
+    max_image_bytes: int = 32 * 1024 * 1024  # an image / last_image file
+    max_image_side: int = 4096  # pixels, width and height of an input image
 
 
 @dataclass(eq=False)
@@ -65,6 +70,12 @@ class ManifestReadResult:
     source: str  # path, URL or "<inline>"
     # The cells of each rejected row as written (cut to RAW_CELL_CHARS), so the database can show them.
     raw_rows: dict[int, dict[str, str]] = field(default_factory=dict)
+    unknown_columns: list[str] = field(default_factory=list)  # header names that are not manifest columns
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line per column reelbatch ignores, naming the closest known column."""
+        return [unknown_column_warning(name) for name in self.unknown_columns]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ManifestReadResult):
@@ -114,6 +125,26 @@ class _RowContext:
     defaults: RunDefaults
     limits: ManifestLimits
     known_models: frozenset[str]
+    families: Mapping[str, ModelFamily] = field(default_factory=dict)  # what empty cells become, per model
+
+    @classmethod
+    def of(cls, defaults: RunDefaults, limits: ManifestLimits, models: Models) -> _RowContext:
+        if isinstance(models, ModelCatalog):
+            families = {}
+            for name in models.names():
+                try:
+                    families[name] = models.family(name)
+                except UnknownModel:
+                    pass  # planning rejects its rows; their cells take the fallback defaults meanwhile
+            return cls(defaults, limits, frozenset(models.names()), families)
+        known = frozenset(models)
+        return cls(defaults, limits, known, {name: FAMILIES[name] for name in known if name in FAMILIES})
+
+
+# The models a manifest may name: a catalog (its families say what empty cells become), or bare names (registry
+# families then, the fallback below for others).
+Models = ModelCatalog | Collection[str]
+_FALLBACK_DEFAULTS = GenerationDefaults()
 
 
 _WHOLE_NUMBER = re.compile(r"(?P<sign>[+-]?)(?P<digits>[0-9]+)(?:\.0*)?")
@@ -263,7 +294,9 @@ def _parse_num_frames(value: object, column: str, context: _RowContext) -> int:
     raise _CellProblem(rule, f"{column} {_quote(value)} {problem}", _use_one_of(allowed))
 
 
-def _parse_steps(value: object, column: str, context: _RowContext) -> int:
+def _parse_steps(value: object, column: str, context: _RowContext) -> int | None:
+    if value is None:
+        return None  # the model's default, filled in once the row's model is known
     steps = _whole_number(value, column, context)
     max_steps = context.limits.max_steps
     if not 1 <= steps <= max_steps:
@@ -329,6 +362,14 @@ def _parse_flag(value: object, column: str, context: _RowContext) -> bool:
 BACKENDS = get_args(Backend)
 
 
+def _parse_image(value: object, column: str, context: _RowContext) -> str | None:
+    """A path or URL as written; where it may be read from and whether it is an image is intake's business
+    (tasks/images.py), which reads it before any GPU time."""
+    if value is None:
+        return None
+    return _checked_text(str(value), column, context)
+
+
 def _parse_plan(value: object, column: str, context: _RowContext) -> ParallelPlan | None:
     if value is None or isinstance(value, ParallelPlan):
         return value
@@ -373,7 +414,50 @@ COLUMN_PARSERS: dict[str, ColumnParser] = {
     "sequence_batch": _parse_flag,
     "plan": _parse_plan,
     "backend": _parse_backend,
+    "guidance_scale_2": _parse_guidance,
+    "image": _parse_image,
+    "last_image": _parse_image,
 }
+
+# Columns whose empty cells take the model's default (after the run's, for the first two): see _fill_model_defaults.
+_MODEL_DEFAULTED = ("num_inference_steps", "guidance_scale")
+# Columns only some models take: an empty cell takes the run's default only for a model that takes it.
+_MODEL_OPTIONAL = ("embedded_guidance_scale", "guidance_scale_2")
+
+
+def _fill_model_defaults(values: dict[str, object], context: _RowContext) -> None:
+    """Empty cells with no run default take the row's model's default (``reelbatch models show NAME``)."""
+    family = context.families.get(values["model"])  # type: ignore[call-overload]
+    defaults = family.defaults if family is not None else _FALLBACK_DEFAULTS
+    for column in _MODEL_DEFAULTED:
+        if values[column] is None:
+            values[column] = getattr(defaults, column)
+    takes = {
+        "embedded_guidance_scale": family is not None and family.guidance_embedding,
+        "guidance_scale_2": family is not None and family.experts == 2,
+    }
+    for column in _MODEL_OPTIONAL:
+        if values[column] is None:
+            run_default = getattr(context.defaults, column)
+            values[column] = run_default if run_default is not None and takes[column] else getattr(defaults, column)
+
+
+def row_cells(row: ManifestRow) -> dict[str, str]:
+    """A row's values as the text of its cells (for the database's view of a row rejected after reading)."""
+    return {column: str(value)[:RAW_CELL_CHARS] for column in COLUMN_PARSERS
+            if (value := getattr(row, column)) is not None}
+
+
+def unknown_column_warning(name: str) -> str:
+    close = difflib.get_close_matches(name, list(COLUMN_PARSERS), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; manifest columns: {', '.join(COLUMN_PARSERS)}"
+    return f"column {name!r} is not a manifest column and is ignored{hint}"
+
+
+def check_columns(result: ManifestReadResult, strict: bool) -> None:
+    """Under --strict, a column reelbatch would ignore refuses the run (a misspelt column is a silent default)."""
+    if strict and result.unknown_columns:
+        raise ManifestError(f"--strict: {'; '.join(result.warnings)}")
 
 
 class _RowCellsBase(BaseModel):
@@ -384,12 +468,17 @@ class _RowCellsBase(BaseModel):
 
 
 # Field types are ManifestRow's, so pydantic checks each parser's output against the schema the rows must meet.
+def _cell_type(column: str) -> object:
+    annotation = ManifestRow.model_fields[column].annotation
+    return annotation | None if column in _MODEL_DEFAULTED else annotation
+
+
 _RowCells = create_model(
     "_RowCells",
     __base__=_RowCellsBase,
-    **{column: (ManifestRow.model_fields[column].annotation, ...) for column in COLUMN_PARSERS},
+    **{column: (_cell_type(column), ...) for column in COLUMN_PARSERS},
 )
-_COLUMNS_WITH_RUN_DEFAULT = frozenset(COLUMN_PARSERS) & frozenset(RunDefaults.model_fields)
+_COLUMNS_WITH_RUN_DEFAULT = (frozenset(COLUMN_PARSERS) & frozenset(RunDefaults.model_fields)) - set(_MODEL_OPTIONAL)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -401,6 +490,7 @@ _COLUMNS_WITH_RUN_DEFAULT = frozenset(COLUMN_PARSERS) & frozenset(RunDefaults.mo
 class _Header:
     width: int
     positions: dict[str, int]  # known column -> cell index
+    unknown: tuple[str, ...] = ()  # named columns that are not manifest columns (ignored, with a warning)
 
     def cell(self, record: list[str], column: str) -> str:
         position = self.positions.get(column)
@@ -451,7 +541,9 @@ def _check_record(
             message=f"id {_quote(row_id)} is already used by the row on line {first_line_with_id}",
             fix="give this row a different id, or leave its id cell empty",
         )
-    return ManifestRow(row=line, **cells.__dict__)
+    values = dict(cells.__dict__)
+    _fill_model_defaults(values, context)
+    return ManifestRow(row=line, **values, **dict.fromkeys(RESOLVED_FIELDS))
 
 
 def _rejection_from(error: ValidationError, line: int, defaulted: set[str]) -> RowRejection:
@@ -471,9 +563,11 @@ def _rejection_from(error: ValidationError, line: int, defaulted: set[str]) -> R
 _UNREPEATED_COLUMNS = frozenset({"id", "prompt", "seed"})
 _REMEMBERED_CELLS = 10_000  # per column: bounds the memory a hostile file can make the reader hold
 _ROW_FIELDS = set(ManifestRow.model_fields)
-if list(ManifestRow.model_fields) != ["row", *COLUMN_PARSERS]:
+# ManifestRow's fields that are not columns: set by intake (tasks/images.py), absent until then.
+RESOLVED_FIELDS = ("image_sha256", "last_image_sha256")
+if list(ManifestRow.model_fields) != ["row", *COLUMN_PARSERS, *RESOLVED_FIELDS]:
     raise ImportError("manifest: COLUMN_PARSERS must list ManifestRow's fields after 'row', in the same order")
-_CELL_TYPES = {column: TypeAdapter(ManifestRow.model_fields[column].annotation) for column in COLUMN_PARSERS}
+_CELL_TYPES = {column: TypeAdapter(_cell_type(column)) for column in COLUMN_PARSERS}
 _FAILED = object()
 _ABSENT = 2**62  # the position of a column the header lacks: past the end of every record
 
@@ -515,6 +609,9 @@ class _RowChecker:
                 if value is _FAILED:
                     return self._reference(record, line)
             values[column] = value
+        _fill_model_defaults(values, self._context)
+        for name in RESOLVED_FIELDS:
+            values[name] = None
         return trusted(ManifestRow, values, _ROW_FIELDS)
 
     def _parse(self, column: str, cell: str, seen: dict[str, object] | None) -> object:
@@ -676,7 +773,8 @@ def _read_header(record: list[str], subject: str) -> _Header:
     if duplicates:
         raise ManifestError(f"{subject} has duplicate column names: {_list_names(duplicates)}")
     positions = {name: position for position, name in enumerate(names) if name in COLUMN_PARSERS}
-    return _Header(width=len(names), positions=positions)
+    unknown = tuple(name for name in names if name and name not in COLUMN_PARSERS)
+    return _Header(width=len(names), positions=positions, unknown=unknown)
 
 
 def _list_names(names: list[str], shown: int = 10) -> str:
@@ -737,7 +835,7 @@ def _read_at_most(stream: BinaryIO, limit: int) -> bytes:
 
 
 def _parse_csv(
-    stream: BinaryIO, defaults: RunDefaults, known_models: Collection[str], limits: ManifestLimits, source: str,
+    stream: BinaryIO, defaults: RunDefaults, known_models: Models, limits: ManifestLimits, source: str,
     columnar: bool = True,
 ) -> ManifestReadResult:
     """The columnar fast path when the file is small enough and regular, else the line reader: same results."""
@@ -757,7 +855,7 @@ def _parse_csv(
 
 
 def _parse_stream(
-    stream: BinaryIO, defaults: RunDefaults, known_models: Collection[str], limits: ManifestLimits, source: str
+    stream: BinaryIO, defaults: RunDefaults, known_models: Models, limits: ManifestLimits, source: str
 ) -> ManifestReadResult:
     subject = _subject(source)
     _allow_large_csv_fields()
@@ -775,13 +873,13 @@ def _validate_records(
     header: _Header,
     records: Iterable[tuple[int, list[str]]],
     defaults: RunDefaults,
-    known_models: Collection[str],
+    known_models: Models,
     limits: ManifestLimits,
     source: str,
     sha256: Callable[[], str],
 ) -> ManifestReadResult:
     subject = _subject(source)
-    context = _RowContext(defaults=defaults, limits=limits, known_models=frozenset(known_models))
+    context = _RowContext.of(defaults, limits, known_models)
     rows: list[ManifestRow] = []
     rejections: list[RowRejection] = []
     checker = _RowChecker(header, context, first_line_of_id={})
@@ -806,6 +904,7 @@ def _validate_records(
         digest=sha256(),
         source=source,
         raw_rows=raw_rows,
+        unknown_columns=list(header.unknown),
     )
 
 
@@ -893,7 +992,7 @@ def manifest_format(source: str) -> str:
 def read_manifest(
     source: str | os.PathLike[str],
     defaults: RunDefaults,
-    known_models: Collection[str],
+    known_models: Models,
     limits: ManifestLimits = ManifestLimits(),
     *,
     columnar: bool = True,
@@ -923,7 +1022,7 @@ def read_manifest(
 def parse_manifest_text(
     text: str | bytes,
     defaults: RunDefaults,
-    known_models: Collection[str],
+    known_models: Models,
     limits: ManifestLimits = ManifestLimits(),
     source: str = INLINE_SOURCE,
     *,

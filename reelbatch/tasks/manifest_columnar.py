@@ -39,17 +39,20 @@ from reelbatch.tasks.manifest import (
     RAW_CELL_CHARS,
     ManifestError,
     ManifestLimits,
+    RESOLVED_FIELDS,
     ManifestReadResult,
+    Models,
     Sha256Of,
     _read_header,
     _RowChecker,
     _allow_large_csv_fields,
+    _fill_model_defaults,
     _RowContext,
     _subject,
 )
 
 # Cells that differ on most rows: checked with vector operations. Every other column is checked per distinct value.
-_TEXT_COLUMNS = ("id", "prompt", "negative_prompt")
+_TEXT_COLUMNS = ("id", "prompt", "negative_prompt", "image", "last_image")
 _SEED = "seed"
 _PER_ROW_COLUMNS = frozenset({*_TEXT_COLUMNS, _SEED})
 _PLAIN_SEED = r"^[0-9]{1,18}$"  # < 2**63 whatever the digits: no range check needed
@@ -58,7 +61,7 @@ _PLAIN_SEED = r"^[0-9]{1,18}$"  # < 2**63 whatever the digits: no range check ne
 def read_columnar(
     data: bytes,
     defaults: RunDefaults,
-    known_models: frozenset[str] | set[str],
+    known_models: Models,
     limits: ManifestLimits,
     source: str,
     sha256: str | Sha256Of,
@@ -78,9 +81,9 @@ def read_columnar(
     if table is None:
         return None
     _allow_large_csv_fields()  # rows that fail a check are read again with csv, like the line reader reads them
-    context = _RowContext(defaults=defaults, limits=limits, known_models=frozenset(known_models))
+    context = _RowContext.of(defaults, limits, known_models)
     checker = _RowChecker(header, context, first_line_of_id={})
-    return _check_table(body, table, header, checker, limits, source, sha256)
+    return _check_table(body, table, header, checker, context, source, sha256)
 
 
 def _plain_header(body: bytes) -> list[str] | None:
@@ -213,10 +216,12 @@ def _plain_seeds(column: pa.ChunkedArray) -> np.ndarray:
 class _Shapes:
     """The repeating columns: each distinct cell parsed once, each row's combination of them numbered."""
 
-    def __init__(self, table: pa.Table, header, checker: _RowChecker) -> None:
+    def __init__(self, table: pa.Table, header, checker: _RowChecker, context: _RowContext) -> None:
         rows = table.num_rows
         self.failed = np.zeros(rows, dtype=bool)
-        constant: dict[str, object] = {}
+        # Image hashes come later (intake); the bucket of a row with an image is decided on the row itself
+        # (tasks/shard.py makes a table with images into rows), so every shape here is a text-only one.
+        constant: dict[str, object] = {**dict.fromkeys(RESOLVED_FIELDS), "conditioning": "text"}
         codes: list[tuple[str, np.ndarray, list[object]]] = []
         for column in COLUMN_PARSERS:
             position = header.positions.get(column)
@@ -252,6 +257,8 @@ class _Shapes:
             for column, _, values in reversed(codes):
                 combined, index = divmod(combined, len(values))
                 shape[column] = values[index]
+            if shape["model"] is not _FAILED:  # (a failed shape's rows are all read again by the line reader)
+                _fill_model_defaults(shape, context)
             self.shapes.append(shape)
 
 
@@ -269,11 +276,12 @@ def _unique(ids: pa.ChunkedArray, plain: np.ndarray, empty: np.ndarray) -> bool:
 
 
 @many_models()
-def _check_table(body: bytes, table: pa.Table, header, checker: _RowChecker, limits: ManifestLimits, source: str,
+def _check_table(body: bytes, table: pa.Table, header, checker: _RowChecker, context: _RowContext, source: str,
                  sha256: str | Sha256Of) -> ManifestReadResult | None:
     rows = table.num_rows
+    limits = context.limits
     try:
-        shapes = _Shapes(table, header, checker)
+        shapes = _Shapes(table, header, checker, context)
     except OverflowError:
         return None
     flagged = shapes.failed.copy()
@@ -345,4 +353,4 @@ def _check_table(body: bytes, table: pa.Table, header, checker: _RowChecker, lim
         overrides=row_of_position,
     )
     return ManifestReadResult(rows=table_rows, rejections=rejections, total_rows=total_rows, digest=sha256,
-                              source=source, raw_rows=raw_rows)
+                              source=source, raw_rows=raw_rows, unknown_columns=list(header.unknown))

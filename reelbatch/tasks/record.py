@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import numpy as np
 from prefect import task
 from pydantic import BaseModel
 
@@ -12,8 +13,9 @@ from reelbatch import progress
 from reelbatch.identity import expand_row
 from reelbatch.infra.db import Database, DoneOutput, ReusedSample, library_versions
 from reelbatch.infra.launcher import kill_launch
+from reelbatch.rows import RowTable
 from reelbatch.schemas import ManifestRow, RowRejection
-from reelbatch.tasks.manifest import ManifestError, ManifestReadResult
+from reelbatch.tasks.manifest import ManifestError, ManifestReadResult, row_cells
 from reelbatch.tasks.shard import RunPlan
 
 INTERRUPTED = "the orchestrator stopped before this job finished (crash or kill); resumed"
@@ -33,6 +35,7 @@ class RunReport(BaseModel):
     started_at: float
     wall_seconds: float = 0.0
     dataset: dict[str, str] = {}  # metadata.csv, samples.parquet and gallery locations
+    warnings: list[str] = []  # about the manifest: columns reelbatch ignores
 
     @property
     def exit_code(self) -> int:
@@ -93,9 +96,25 @@ def start_run(
                 rows_accepted=plan.accepted,
                 rows_rejected=len({r.row for r in plan.rejected}),
             )
-            db.add_rejections(run_id, plan.rejected, manifest.raw_rows)
+            db.add_rejections(run_id, plan.rejected, rejected_cells(manifest, plan.rejected))
     progress.sink().run_planned(len(plan.jobs), plan.samples)
     return run_id
+
+
+def rejected_cells(manifest: ManifestReadResult, rejections: Sequence[RowRejection]) -> dict[int, dict[str, str]]:
+    """The cells of every rejected row: as read for rows the reader refused, as parsed for rows refused later
+    (their images, their model's inputs, no valid plan)."""
+    cells = dict(manifest.raw_rows)
+    later = sorted({r.row for r in rejections} - cells.keys())
+    rows = manifest.rows
+    if isinstance(rows, RowTable):  # rows by line without building every row of a big manifest
+        at = np.searchsorted(rows.lines, later)
+        found = [rows[int(i)] for i, line in zip(at, later) if i < len(rows) and rows.lines[i] == line]
+    else:
+        wanted = set(later)
+        found = [row for row in rows if row.row in wanted]
+    cells.update((row.row, row_cells(row)) for row in found)
+    return cells
 
 
 def record_reused(db_url: str, run_id: str, plan: RunPlan, done: dict[str, DoneOutput]) -> int:

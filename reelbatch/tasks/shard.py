@@ -36,7 +36,6 @@ from reelbatch.schemas import (
 from reelbatch.settings import JOB_TIMEOUT_FLOOR_S, JOB_TIMEOUT_MARGIN
 
 DEFAULT_MAX_SAMPLES_PER_JOB = 32
-MODEL_FIX = "point --model-path NAME=DIR (or the models file) at a local diffusers pipeline folder"
 
 __all__ = [  # PlanProblem is re-exported: it used to live here
     "DEFAULT_MAX_SAMPLES_PER_JOB", "PlanProblem", "PlanRefused", "PlannedJob", "RunPlan", "bucket_key",
@@ -91,6 +90,9 @@ class PlannedJob:
             "num_frames": self.bucket.num_frames,
             "num_inference_steps": self.bucket.num_inference_steps,
             "guidance_scale": self.bucket.guidance_scale,
+            "guidance_scale_2": self.bucket.guidance_scale_2,
+            "embedded_guidance_scale": self.bucket.embedded_guidance_scale,
+            "conditioning": self.bucket.conditioning,
             "sequence_batch": self.bucket.sequence_batch,
             "plan": self.plan.as_dict(),
             "samples": len(self.samples),
@@ -347,8 +349,9 @@ def plan_run(
         raise ValueError("--gpus must be at least 1")
     device = device or default_device()
     cost = cost_model or DEFAULT_COST_MODEL
-    if skip and isinstance(rows, RowTable):
-        rows = list(rows)  # resuming compares every sample id with the finished ones: make them all
+    if isinstance(rows, RowTable) and (skip or rows.has_images()):
+        # Resuming compares every sample id with the finished ones, and a row's images decide its bucket: make them.
+        rows = list(rows)
     table = rows if isinstance(rows, RowTable) else None
     buckets = _bucket_table(table) if table is not None else _bucket_rows(rows)
     suspects = _duplicate_suspects(table) if table is not None else None
@@ -363,7 +366,7 @@ def plan_run(
         try:
             family = catalog.family(bucket.model)
         except UnknownModel as exc:
-            problems = [PlanProblem("model_unavailable", str(exc).strip("'\""), MODEL_FIX)]
+            problems = [PlanProblem(exc.rule, str(exc), exc.fix, column="model")]
             choice = None
         else:
             choice = planning.choose_plan(
