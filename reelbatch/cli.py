@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
@@ -68,7 +69,7 @@ EmbeddedOpt = Annotated[
 NegativeOpt = Annotated[Optional[str], typer.Option("--negative-prompt", help="Default negative prompt.", rich_help_panel="Row defaults")]
 ImageRootOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--image-root", help="A folder or URL prefix (s3://bucket/images/) that `image` / `last_image` cells may read from, besides the manifest's own folder; nothing else is read. Repeatable.", rich_help_panel="Inputs"),
+    typer.Option("--image-root", help="A folder or URL prefix (s3://bucket/images/) that `image` / `last_image` cells may read from, besides the manifest's own folder and REELBATCH_IMAGE_ROOTS (comma-separated); nothing else is read. Repeatable.", rich_help_panel="Inputs"),
 ]
 StrictColumnsHelp = "Refuse the run if any row is bad or the manifest has a column reelbatch does not know."
 VideosOpt = Annotated[Optional[int], typer.Option("--num-videos", help="Default videos per row.", rich_help_panel="Row defaults")]
@@ -191,7 +192,7 @@ def _catalog(model_path, models_file):
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_USAGE)
 
 
@@ -220,7 +221,8 @@ def _print_rejections(rejections) -> None:
     for column in ("line", "column", "rule", "problem", "fix"):
         table.add_column(column, overflow="fold")
     for r in sorted(rejections, key=lambda r: r.row):
-        table.add_row(str(r.row), r.column or "", r.rule, r.message, r.fix)
+        # Messages quote the manifest's cells: never read them as rich markup.
+        table.add_row(str(r.row), escape(r.column or ""), r.rule, escape(r.message), escape(r.fix))
     console.print(table)
 
 
@@ -336,6 +338,7 @@ def _read_for_planning(manifest: str, defaults, catalog, limits: dict, image_roo
     """The manifest read and its images checked as `run` checks them (into a throwaway store: nothing runs)."""
     import tempfile
 
+    from reelbatch.infra.images import configured_roots
     from reelbatch.tasks.images import check_images
     from reelbatch.tasks.manifest import ManifestError, ManifestLimits, check_columns, read_manifest
 
@@ -348,14 +351,15 @@ def _read_for_planning(manifest: str, defaults, catalog, limits: dict, image_roo
     _print_warnings(read.warnings)
     with tempfile.TemporaryDirectory(prefix="reelbatch-plan-images-") as store:
         try:
-            return check_images(read, catalog, store, image_roots, manifest_limits)
+            roots = [*configured_roots(), *(_absolute(root) for root in image_roots)]
+            return check_images(read, catalog, store, roots, manifest_limits)
         except ValueError as exc:  # an --image-root that cannot be a root
             _fail(f"--image-root: {exc}")
 
 
 def _print_warnings(warnings: list[str]) -> None:
     for warning in warnings:
-        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 def _fleet_estimate(run_plan, nodes: int, gpus_per_node: int, gpu: str, storage: str) -> dict:
@@ -519,6 +523,15 @@ def run(
     )
 
 
+def _use_image_roots(roots: list[str]) -> None:
+    """Where image cells may be read from, for this process's run (operator configuration, not a run parameter)."""
+    from reelbatch.infra.images import IMAGE_ROOTS_ENV, configured_roots
+
+    if any("," in root for root in roots):
+        _fail("--image-root: a path or URL with a comma cannot be a root")
+    os.environ[IMAGE_ROOTS_ENV] = ",".join(dict.fromkeys([*configured_roots(), *roots]))
+
+
 def _absolute(manifest: str) -> str:
     """Local manifests are recorded by absolute path, so `reelbatch resume` works from any folder."""
     from reelbatch.infra.storage import is_local
@@ -526,12 +539,13 @@ def _absolute(manifest: str) -> str:
     return str(Path(manifest).resolve()) if is_local(manifest) else manifest
 
 
-def _run_flow(**parameters) -> None:
+def _run_flow(image_roots: list[str] = (), **parameters) -> None:
     from reelbatch.cli_progress import RichProgressSink
     from reelbatch.flows.generate import generate_dataset
     from reelbatch.progress import reporting_to
     from reelbatch.tasks.manifest import ManifestError
 
+    _use_image_roots(list(image_roots))
     try:
         with RichProgressSink(console) as sink, reporting_to(sink):
             report = generate_dataset(**parameters)
@@ -695,7 +709,7 @@ def status(
             problem = s["error"] or ""
             if s["reject_fix"]:
                 problem += f" (fix: {s['reject_fix']})"
-            problems.add_row(str(s["row"]), s["status"], (s["prompt"] or "")[:60], problem)
+            problems.add_row(str(s["row"]), s["status"], escape((s["prompt"] or "")[:60]), escape(problem))
         out.print(problems)
 
 

@@ -48,6 +48,7 @@ def _content_json(row: ManifestRow) -> tuple[str, str]:
     them keeps the identity it always had.
     """
     j = _json
+    shift = "" if row.flow_shift is None else f'"flow_shift":{j(row.flow_shift)},'
     optional_guidance = "" if row.guidance_scale_2 is None else f'"guidance_scale_2":{j(row.guidance_scale_2)},'
     images = "".join(
         f'"{name}":{j(value)},'
@@ -55,7 +56,7 @@ def _content_json(row: ManifestRow) -> tuple[str, str]:
         if value is not None
     )
     before = (
-        f'{{"embedded_guidance_scale":{j(row.embedded_guidance_scale)},"guidance_scale":{j(row.guidance_scale)},'
+        f'{{"embedded_guidance_scale":{j(row.embedded_guidance_scale)},{shift}"guidance_scale":{j(row.guidance_scale)},'
         f'{optional_guidance}"height":{j(row.height)},{images}"model":{j(row.model)},'
         f'"negative_prompt":{j(row.negative_prompt)},'
         f'"num_frames":{j(row.num_frames)},"num_inference_steps":{j(row.num_inference_steps)},'

@@ -48,7 +48,7 @@ class RunDefaults(BaseModel):
         None, description="Two-expert models (Wan 2.2 A14B): guidance of the low-noise expert; empty: the same as "
         "guidance_scale. Used only by two-expert models."
     )
-    negative_prompt: str = ""
+    negative_prompt: str | None = Field(None, description="Negative prompt; empty: the model's default (mostly none).")
     num_videos: int = Field(1, description="Videos per row, each with its own seed.")
     sequence_batch: bool = Field(False, description="Run the CFG passes one after another to save memory.")
     fps: int | None = Field(None, description="Frame rate written into the mp4 files; empty: the model's default.")
@@ -80,9 +80,11 @@ class ManifestRow(BaseModel):
     guidance_scale_2: float | None = None  # two-expert models: the low-noise expert's guidance (None: guidance_scale)
     image: str | None = None  # first frame: path or URL as written in the manifest
     last_image: str | None = None  # last frame (first-and-last-frame models)
-    # Not manifest columns: the content hashes of the images, set once intake has read and checked them.
+    # Not manifest columns: the content hashes of the images, set once intake has read and checked them, and the
+    # scheduler shift of the model's recipe for this size (None: the folder's own scheduler).
     image_sha256: str | None = None
     last_image_sha256: str | None = None
+    flow_shift: float | None = None
 
     @property
     def conditioning(self) -> Conditioning:
@@ -210,7 +212,7 @@ class JobSpec(BaseModel):
     keep_frames: bool = Field(False, description="Also save the float frames as .npy (verification only).")
     images_dir: str = Field("", description="Local folder of the staged input images, <sha[:2]>/<sha256>.")
     flow_shift: float | None = Field(None, description="Scheduler shift of the family's recipe; None: the folder's.")
-    vae_dtype: Literal["float32"] | None = Field(None, description="VAE kept in this dtype; None: the pipeline's.")
+    fp32_components: list[str] = Field(default_factory=list, description="Components loaded in fp32 on GPUs.")
 
 
 class SampleResult(BaseModel):

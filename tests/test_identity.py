@@ -28,7 +28,7 @@ def reference_content(row: ManifestRow) -> dict:
     names = ("model", "prompt", "negative_prompt", "height", "width", "num_frames", "num_inference_steps",
              "guidance_scale", "embedded_guidance_scale")
     # Members added with image-to-video and two-expert models are part of the payload only when set.
-    optional = ("guidance_scale_2", "image_sha256", "last_image_sha256")
+    optional = ("guidance_scale_2", "image_sha256", "last_image_sha256", "flow_shift")
     return {name: getattr(row, name) for name in names} | {
         name: getattr(row, name) for name in optional if getattr(row, name, None) is not None}
 
@@ -77,6 +77,7 @@ rows = st.builds(
     image_sha256=st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),
     last_image=st.none() | texts,
     last_image_sha256=st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),
+    flow_shift=st.none() | floats,
 )
 
 

@@ -163,7 +163,10 @@ def test_empty_cells_take_each_models_own_defaults_and_the_run_wins():
     assert (rows["skyreels-v1-t2v"].guidance_scale, rows["skyreels-v1-t2v"].embedded_guidance_scale) == (6.0, 1.0)
     assert rows["hunyuanvideo"].num_inference_steps == 50 and rows["tiny-wan"].num_inference_steps == 4
     assert (rows["tiny-wan"].guidance_scale, rows["tiny-wan"].embedded_guidance_scale) == (5.0, None)
-    assert rows["tiny-wan2.2-a14b"].guidance_scale_2 is None  # the pipeline's rule: the same as guidance_scale
+    # The pipeline's rule for an empty guidance_scale_2 (the same as guidance_scale), recorded resolved.
+    assert rows["tiny-wan2.2-a14b"].guidance_scale_2 == 5.0 and rows["tiny-wan"].guidance_scale_2 is None
+    # SkyReels-V1's recipe runs true CFG against its own negative prompt; the others have none by default.
+    assert rows["skyreels-v1-t2v"].negative_prompt.startswith("Aerial view") and rows["hunyuanvideo"].negative_prompt == ""
 
     run = RunDefaults(guidance_scale=3.0, num_inference_steps=7, guidance_scale_2=2.0, embedded_guidance_scale=4.0)
     rows = {r.model: r for r in parse_manifest_text(text, run, CATALOG).rows}
@@ -171,11 +174,16 @@ def test_empty_cells_take_each_models_own_defaults_and_the_run_wins():
     # Run defaults of the optional guidances go only to models that take them.
     assert rows["tiny-wan2.2-a14b"].guidance_scale_2 == 2.0 and rows["tiny-wan"].guidance_scale_2 is None
     assert rows["tiny-hunyuan"].embedded_guidance_scale == 4.0 and rows["tiny-wan"].embedded_guidance_scale is None
+    # ... and are checked like cells.
+    bad = parse_manifest_text(text, RunDefaults(guidance_scale_2=-1.0), CATALOG)
+    assert {r.rule for r in bad.rejections} == {"negative_guidance"} and len(bad.rejections) == 5
+    assert "this is the run default" in bad.rejections[0].message
 
 
 def test_the_reference_recipe_is_resolved_per_size():
     wan14b = FAMILIES["wan2.1-t2v-14b"].defaults
-    assert (wan14b.flow_shift_for(480, 832), wan14b.flow_shift_for(720, 1280), wan14b.vae_dtype) == (3.0, 5.0, "float32")
+    assert (wan14b.flow_shift_for(480, 832), wan14b.flow_shift_for(720, 1280)) == (3.0, 5.0)
+    assert wan14b.fp32_components == ("vae",) and "image_encoder" in FAMILIES["wan2.1-i2v-14b"].defaults.fp32_components
     assert FAMILIES["skyreels-v2-t2v-14b"].defaults.flow_shift_for(544, 960) == 8.0
     assert FAMILIES["tiny-wan"].defaults.flow_shift_for(32, 32) is None  # the folder's own scheduler
 

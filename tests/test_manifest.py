@@ -123,6 +123,7 @@ def test_every_column_is_parsed():
         "plan": {"dp": 1, "cfg": 2, "ulysses": 2, "ring": 1}, "backend": "xdit", "guidance_scale_2": 3.0,
         "image": "frames/first.png", "last_image": "s3://bucket/last.png",
         "image_sha256": None, "last_image_sha256": None,  # set by intake, once it has read the images
+        "flow_shift": None,  # tiny-hunyuan keeps its folder's scheduler
     }  # fmt: skip
 
 

@@ -43,7 +43,8 @@ CELLS = {
         st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
     ),
     "negative_prompt": st.sampled_from(["", "blurry", " blurry ", "low, quality", "é" * 501]),
-    "model": st.sampled_from(["tiny-wan", "tiny-hunyuan", "", " tiny-wan", "nope"]),
+    "model": st.sampled_from(["tiny-wan", "tiny-hunyuan", "", " tiny-wan", "nope", "tiny-wan2.2-a14b",
+                              "skyreels-v1-t2v", "wan2.1-t2v-14b"]),
     "height": st.sampled_from(["32", "", "48", "33", " 32", "32.0", "+32", "abc", "0"]),
     "width": st.sampled_from(["32", "", "64", "-16", "1e3"]),
     "num_frames": st.sampled_from(["5", "", "9", "6", "5.0"]),
@@ -55,6 +56,11 @@ CELLS = {
     "sequence_batch": st.sampled_from(["", "true", "false", "maybe", "1"]),
     "plan": st.sampled_from(["", "dp=1", "dp=2", "ulysses=3", "bogus"]),
     "backend": st.sampled_from(["", "native", "xdit", "other"]),
+    "guidance_scale_2": st.sampled_from(["", "3", "-2", "1.5"]),
+    "embedded_guidance_scale": st.sampled_from(["", "6", "abc"]),
+    "image": st.sampled_from(["", "a.png", " a.png ", "s3://b/x.png", "s3://k:secret@b/x.png", "me@2x.png",
+                              "https://h/x.png?sig=1", "what?.png"]),
+    "last_image": st.sampled_from(["", "", "z.png", "s3://b/z.png?x"]),
 }
 
 
@@ -102,7 +108,7 @@ def regular_manifests(draw) -> bytes:
 
 def _read(data: bytes, columnar: bool) -> ManifestReadResult | str:
     try:
-        return parse_manifest_text(data, DEFAULTS, KNOWN_MODELS, LIMITS, columnar=columnar)
+        return parse_manifest_text(data, DEFAULTS, CATALOG, LIMITS, columnar=columnar)
     except ManifestError as error:
         return f"ManifestError: {error}"
 

@@ -96,6 +96,7 @@ def reference(pipes, b: BucketKey, prompt: str, negative: str, seed: int, given:
     family = FAMILIES[b.model]
     pipe = pipes(b.model)
     if family.kind == "hunyuan":
+        negative = negative or None  # reelbatch's empty negative prompt is the pipelines' None (no true CFG)
         guidance = {"true_cfg_scale": b.guidance_scale}
         if b.embedded_guidance_scale is not None:
             guidance["guidance_scale"] = b.embedded_guidance_scale
@@ -133,6 +134,20 @@ def test_frames_equal_the_pipelines_own_call(pipes, model, conditioning, guidanc
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert np.abs(want).max() > 0  # a real video, not an empty one
+
+
+@pytest.mark.parametrize("model", [name for name, f in FAMILIES.items() if f.builtin_tiny and f.true_cfg])
+def test_true_cfg_needs_a_negative_prompt_as_in_the_pipelines(pipes, model):
+    """Without a negative prompt the HunyuanVideo pipelines run no true CFG whatever the scale; in one batch with
+    a sample that has one, each sample still gets its own pipeline call's video."""
+    conditioning = conditioning_of(model)
+    b = bucket(model, conditioning, 4.0)
+    samples = [(PROMPT, "", 5, images_for(conditioning, 1)), ("a robot paints", NEGATIVE, 6, images_for(conditioning, 2))]
+    together = ours(pipes, b, samples)
+    for got, (prompt, negative, seed, given) in zip(together, samples):
+        np.testing.assert_allclose(got, reference(pipes, b, prompt, negative, seed, given), atol=1e-5)
+    unguided = bucket(model, conditioning, 1.0)
+    np.testing.assert_allclose(together[0], ours(pipes, unguided, samples[:1])[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("model", [name for name, f in FAMILIES.items() if f.builtin_tiny and f.experts == 2])

@@ -7,10 +7,10 @@ most of these plans earlier; this is the engine's own guard for a spec written b
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from reelbatch.models.folders import FolderProblem, read_folder
 from reelbatch.schemas import JobSpec
 
 
@@ -27,30 +27,17 @@ class TransformerFacts:
     image_condition_type: str | None = None
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 def transformer_facts(spec: JobSpec) -> TransformerFacts | None:
-    """Heads and token count from ``transformer/config.json`` and ``vae/config.json``; None if unreadable."""
-    root = Path(spec.model_path)
-    cfg, vae = _read_json(root / "transformer" / "config.json"), _read_json(root / "vae" / "config.json")
-    if "num_attention_heads" not in cfg or "patch_size" not in cfg:
+    """Heads and token count from the folder's configs (``models/folders.py``); None if unreadable."""
+    try:
+        facts = read_folder(spec.bucket.model, Path(spec.model_path))
+    except FolderProblem:
         return None
     b = spec.bucket
-    if spec.family == "wan":
-        patch_t, patch_h, patch_w = cfg["patch_size"]
-        stride_t, stride_s = vae.get("scale_factor_temporal", 4), vae.get("scale_factor_spatial", 8)
-    else:
-        patch_t, patch_h = cfg.get("patch_size_t", 1), cfg["patch_size"]
-        patch_w = patch_h
-        stride_t, stride_s = vae.get("temporal_compression_ratio", 4), vae.get("spatial_compression_ratio", 8)
-    frames = (b.num_frames - 1) // stride_t + 1
-    tokens = (frames // patch_t) * (b.height // stride_s // patch_h) * (b.width // stride_s // patch_w)
-    return TransformerFacts(int(cfg["num_attention_heads"]), tokens, cfg.get("image_condition_type"))
+    frames = (b.num_frames - 1) // facts.vae_stride_t + 1
+    side = facts.vae_stride_s * facts.patch_s
+    tokens = (frames // facts.patch_t) * (b.height // side) * (b.width // side)
+    return TransformerFacts(facts.heads, tokens, facts.image_condition_type)
 
 
 def check_runnable(spec: JobSpec, device_type: str) -> None:

@@ -2,10 +2,10 @@
 HunyuanSkyreelsImageToVideoPipeline (SkyReels-V1 I2V) and HunyuanVideoImageToVideoPipeline (HunyuanVideo-I2V).
 Each method follows the matching lines of the pipeline's ``__call__`` (diffusers 0.42).
 
-The manifest's ``guidance_scale`` is the pipelines' ``true_cfg_scale`` (classifier-free guidance against the
-negative prompt, on when > 1: reelbatch always passes a negative prompt, "" when the row has none); the
-distilled ``embedded_guidance_scale`` is their ``guidance_scale``, given to transformers with a guidance
-embedding as ``guidance * 1000``.
+The manifest's ``guidance_scale`` is the pipelines' ``true_cfg_scale``: classifier-free guidance against the
+negative prompt, on when > 1 and the sample has a negative prompt (an empty one is the pipelines' None: no true
+CFG, whatever the scale); the distilled ``embedded_guidance_scale`` is their ``guidance_scale``, given to
+transformers with a guidance embedding as ``guidance * 1000``.
 
 - SkyReels-V1 I2V: the first frame's VAE latents (sampled with the video's generator, before its noise is drawn:
   the order that keeps seed parity) are concatenated to the noisy latents on channels every step.
@@ -44,9 +44,15 @@ class HunyuanAdapter(PipelineAdapter):
         embeds, pooled, mask = self.pipe.encode_prompt(prompt=prompts, prompt_2=None, device=self.device)
         return self._conditioning(embeds, pooled, mask)
 
+    def guided(self, batch: list[SampleInputs]) -> list[bool]:
+        return [s.negative_prompt != "" for s in batch]
+
+    def _runs_cfg(self, batch: list[SampleInputs]) -> bool:
+        return self.uses_cfg and any(self.guided(batch))
+
     def encode(self, batch: list[SampleInputs]):
         cond = self._encode_text([s.prompt for s in batch])
-        return cond, (self._encode_text([s.negative_prompt for s in batch]) if self.uses_cfg else None)
+        return cond, (self._encode_text([s.negative_prompt for s in batch]) if self._runs_cfg(batch) else None)
 
     def prepare(self, batch: list[SampleInputs]) -> DenoiseState:
         b = self.bucket
@@ -124,7 +130,7 @@ class HunyuanImageAdapter(HunyuanAdapter):
         cond = [self.pipe.encode_prompt(image=s.image, prompt=[s.prompt], prompt_2=None, device=self.device,
                                         image_embed_interleave=self.interleave) for s in batch]
         uncond = None
-        if self.uses_cfg:
+        if self._runs_cfg(batch):
             black = PIL.Image.new("RGB", (b.width, b.height), 0)
             uncond = [self.pipe.encode_prompt(image=black, prompt=[s.negative_prompt], prompt_2=None,
                                               device=self.device) for s in batch]

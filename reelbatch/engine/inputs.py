@@ -32,7 +32,7 @@ def open_staged(images_dir: str | Path, sha256: str):
     """The staged image as an RGB PIL image; ``StagedImageError`` if it is missing or its bytes changed."""
     import warnings
 
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     path = staged_path(images_dir, sha256)
     try:
@@ -43,4 +43,6 @@ def open_staged(images_dir: str | Path, sha256: str):
         raise StagedImageError("image_changed", f"staged image {path} no longer matches its sha256 {sha256}")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS)).convert("RGB")
+        image = Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS))
+        # As diffusers' load_image reads a picture: a phone photo stands the way its EXIF orientation says.
+        return ImageOps.exif_transpose(image).convert("RGB")

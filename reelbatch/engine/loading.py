@@ -8,18 +8,20 @@ import torch
 
 
 def load_pipeline(model_path: str, device: torch.device, flow_shift: float | None = None,
-                  vae_dtype: str | None = None):
+                  fp32_components: tuple[str, ...] | list[str] = ()):
     """The folder's pipeline on ``device`` (bf16 on GPUs, fp32 on CPU), every module in eval mode.
 
     ``flow_shift``: the family's reference recipe when it differs from the folder's scheduler (UniPC calls it
-    ``flow_shift``, FlowMatchEuler ``shift``); ``vae_dtype`` "float32" keeps the VAE in fp32 (Wan's recipe).
+    ``flow_shift``, FlowMatchEuler ``shift``); ``fp32_components`` are read from the checkpoint in fp32 even on
+    GPUs (Wan's recipe keeps its VAE and CLIP image encoder in fp32), not rounded to bf16 and cast back.
     """
     # Weights come from a local folder only: a rank must never reach for a hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from diffusers import DiffusionPipeline
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    pipe = DiffusionPipeline.from_pretrained(model_path, torch_dtype=dtype, local_files_only=True)
+    dtypes = {"default": dtype, **dict.fromkeys(fp32_components, torch.float32)}
+    pipe = DiffusionPipeline.from_pretrained(model_path, torch_dtype=dtypes, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     for component in pipe.components.values():
         # Dropout left in training mode (UMT5's is on by default) makes two runs of one seed differ.
@@ -27,8 +29,6 @@ def load_pipeline(model_path: str, device: torch.device, flow_shift: float | Non
             component.eval()
     if flow_shift is not None:
         pipe.scheduler = with_flow_shift(pipe.scheduler, flow_shift)
-    if vae_dtype is not None:
-        pipe.vae.to(getattr(torch, vae_dtype))
     return pipe.to(device)
 
 

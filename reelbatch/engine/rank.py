@@ -62,6 +62,7 @@ def sidecar(spec: JobSpec, sample: Sample, seconds: float, frames: int) -> dict:
         "frames": frames,
         "fps": spec.fps,
         "flow_shift": spec.flow_shift,
+        "fp32_components": spec.fp32_components,
         "plan": spec.plan.as_dict(),
         "job_id": spec.job_id,
         "run_id": spec.run_id,
@@ -159,7 +160,7 @@ def run_job(spec: JobSpec, ctx: ParallelContext | None = None) -> int:
     try:
         emit("loading", rank=ctx.rank, model=spec.bucket.model, device=str(ctx.device))
         faults.on_load()
-        pipe = load_pipeline(spec.model_path, ctx.device, flow_shift=spec.flow_shift, vae_dtype=spec.vae_dtype)
+        pipe = load_pipeline(spec.model_path, ctx.device, spec.flow_shift, spec.fp32_components)
         if spec.vae_tiling:  # decodes in tiles: the peak of VAE decode, where most video OOMs happen, drops
             pipe.vae.enable_tiling()
         enable_sequence_parallel(pipe, spec.family, ctx)

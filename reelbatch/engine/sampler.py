@@ -74,6 +74,10 @@ class PipelineAdapter:
     def encode(self, batch: list[SampleInputs]) -> tuple[Conditioning, Conditioning | None]:
         raise NotImplementedError
 
+    def guided(self, batch: list[SampleInputs]) -> list[bool]:
+        """Which samples the guidance applies to (all, where CFG is on): see HunyuanAdapter."""
+        return [True] * len(batch)
+
     def prepare(self, batch: list[SampleInputs]) -> DenoiseState:
         raise NotImplementedError
 
@@ -126,6 +130,9 @@ class VideoSampler:
     def generate(self, batch: list[SampleInputs], decode: bool = True):
         adapter = self.adapter
         cond, uncond = adapter.encode(batch)
+        guided = adapter.guided(batch)
+        # Samples the guidance does not apply to keep their conditional prediction, as their pipeline call would.
+        unguided = None if all(guided) else torch.tensor(guided, device=adapter.device).view(-1, 1, 1, 1, 1)
         state = adapter.prepare(batch)
         for t in adapter.timesteps():
             model, scale = adapter.expert(t)
@@ -135,6 +142,8 @@ class VideoSampler:
             else:
                 noise_cond, noise_uncond = self._guided_pair(model, hidden, timestep, cond, uncond)
                 noise = noise_uncond + scale * (noise_cond - noise_uncond)
+                if unguided is not None:
+                    noise = torch.where(unguided, noise, noise_cond)
             adapter.step(noise, t, state)
         latents = adapter.final_latents(state)
         return adapter.decode(latents) if decode else latents

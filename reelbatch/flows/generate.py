@@ -15,6 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from reelbatch import progress
 from reelbatch.infra.dask_cluster import check_shared_storage, task_runner_for
 from reelbatch.infra.devices import local_pool
+from reelbatch.infra.images import configured_roots
 from reelbatch.infra.prefect_config import database_url
 from reelbatch.infra.storage import images_root, normalize_root
 from reelbatch.models.registry import ModelCatalog
@@ -67,7 +68,6 @@ def generate_dataset(
     limits: dict | None = None,
     dask_address: str | None = None,
     dask_local_workers: int = 0,
-    image_roots: list[str] | None = None,
 ) -> RunReport:
     """Turn a manifest of prompts into videos under `output` and rows in the database.
 
@@ -95,8 +95,9 @@ def generate_dataset(
         limits: Manifest limits (ManifestLimits fields), e.g. {"max_rows": 100000, "max_prompt_chars": 1000}.
         dask_address: Run the jobs on this Dask cluster (tcp://host:8786); workers need GPU resources.
         dask_local_workers: Run the jobs on a local Dask cluster of this many workers (0: no Dask).
-        image_roots: Folders and URL prefixes (s3://bucket/images/) that image cells may read from, besides the
-            manifest's own folder; any other place is refused.
+
+    Image cells are read only from the manifest's own folder and the places the operator configured in the
+    worker's environment (REELBATCH_IMAGE_ROOTS): never from a run parameter, which whoever starts a run sets.
     """
     output = normalize_root(output)
     db_url = database_url(db_url, db_secret)
@@ -107,7 +108,7 @@ def generate_dataset(
         "defaults": defaults.model_dump(mode="json"), "strict": strict, "model_paths": model_paths or [],
         "max_samples_per_job": max_samples_per_job, "job_timeout_s": job_timeout_s,
         "gpu_memory_gib": gpu_memory_gib, "objective": objective, "retry_policy": retry_policy, "limits": limits,
-        "packing": packing.model_dump(mode="json"), "image_roots": image_roots or [],
+        "packing": packing.model_dump(mode="json"), "image_roots": configured_roots(),
     }
     policy = RetryPolicy.from_dict(retry_policy)
     prepare_database_task(db_url)
@@ -118,7 +119,7 @@ def generate_dataset(
     check_columns(manifest_read, strict)
     for warning in manifest_read.warnings:
         get_run_logger().warning("manifest: %s", warning)
-    manifest_read = check_images_task(manifest_read, catalog, images_root(output), image_roots or [], manifest_limits)
+    manifest_read = check_images_task(manifest_read, catalog, images_root(output), configured_roots(), manifest_limits)
     done = find_done_samples_task(db_url, output, manifest_read.rows, force)
     plan = plan_run_task(
         manifest_read.rows, manifest_read.rejections, manifest_read.total_rows, catalog, gpus_per_node,

@@ -66,6 +66,8 @@ def nightly_dataset(
         settle_seconds: A file modified more recently than this may still be uploading; it waits a pass.
         reclaim_after_hours: A manifest claimed this long ago and still running belonged to a pass that died;
             it is run again. Empty: never.
+
+    Image cells are read only from each manifest's own folder and REELBATCH_IMAGE_ROOTS (the worker's environment).
     """
     logger = get_run_logger()
     url = database_url(db_url, db_secret)

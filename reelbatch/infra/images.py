@@ -24,13 +24,22 @@ import fsspec
 from fsspec.utils import get_protocol
 
 from reelbatch.engine.inputs import IMAGE_FORMATS, staged_path
-from reelbatch.infra.storage import is_local, redact_text, redact_url
+from reelbatch.infra.storage import INLINE_SOURCE, is_local, redact_text, redact_url
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
-INLINE_SOURCE = "<inline>"
 _ROOT_OPTION = "--image-root"
+
+
+# Operator configuration, never a run parameter: a manifest pasted into the UI must not widen where it may read.
+IMAGE_ROOTS_ENV = "REELBATCH_IMAGE_ROOTS"
+
+
+def configured_roots() -> list[str]:
+    """The places image cells may read from besides the manifest's folder: ``REELBATCH_IMAGE_ROOTS``, comma-separated
+    local folders and URL prefixes (``reelbatch run --image-root`` sets it for its run)."""
+    return [root.strip() for root in os.environ.get(IMAGE_ROOTS_ENV, "").split(",") if root.strip()]
 
 
 class ImageProblem(Exception):
@@ -112,7 +121,10 @@ class ImagePolicy:
                 base = os.path.realpath(os.path.dirname(os.path.abspath(local)))
             else:
                 # The manifest may be read with credentials in its URL; images never are (see _has_credentials).
-                base = _normalise_root(_strip_userinfo(manifest_source).rsplit("/", 1)[0] + "/")
+                try:
+                    base = _normalise_root(_strip_userinfo(manifest_source).rsplit("/", 1)[0] + "/")
+                except ValueError:
+                    base = None  # a location that cannot be a root (a chained URL...): only the roots given
         normalised = dict.fromkeys(([base] if base else []) + [_normalise_root(r) for r in roots])
         return cls(tuple(normalised), max_bytes=max_bytes, max_side=max_side, base=base)
 

@@ -14,6 +14,7 @@ from fsspec.utils import get_protocol
 
 
 LOCAL_PROTOCOLS = ("file", "local")
+INLINE_SOURCE = "<inline>"  # the source of a manifest given as text (pasted into the Prefect UI): no location
 
 
 def is_local(location: str) -> bool:

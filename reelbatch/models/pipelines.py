@@ -56,8 +56,8 @@ class GenerationDefaults:
     pipelines call it ``guidance_scale``), None where there is none; ``guidance_scale_2`` the low-noise expert's
     scale of two-expert models, None meaning the pipeline's rule (the same as ``guidance_scale``). ``flow_shift``
     replaces the folder scheduler's shift when the family's reference recipe differs from it, by frame size:
-    pairs (largest height*width, shift), the first that fits wins. ``vae_dtype`` "float32" keeps the VAE in fp32
-    on GPUs where the rest runs in bf16.
+    pairs (largest height*width, shift), the first that fits wins. ``fp32_components`` are loaded in fp32 on GPUs
+    where the rest runs in bf16 (Wan's VAE and CLIP image encoder). ``negative_prompt`` is the recipe's.
     """
 
     guidance_scale: float = 5.0
@@ -66,7 +66,8 @@ class GenerationDefaults:
     embedded_guidance_scale: float | None = None
     guidance_scale_2: float | None = None
     flow_shift: tuple[tuple[int, float], ...] = ()
-    vae_dtype: Literal["float32"] | None = None
+    fp32_components: tuple[str, ...] = ()
+    negative_prompt: str = ""
 
     def flow_shift_for(self, height: int, width: int) -> float | None:
         for largest, shift in self.flow_shift:

@@ -160,10 +160,16 @@ def _activation_for_width(hidden: int) -> float:
 HUNYUAN_STEP_SECONDS_100K = 29.0
 
 # --- Reference recipes that differ from a folder's scheduler (/work/shared/design/pipelines.md) ----------------
-# Wan 2.1 (Wan's generate.py and the diffusers docs): flow shift 3.0 at 480P, 5.0 at 720P, VAE kept in fp32.
+# Wan 2.1 (Wan's generate.py and the diffusers docs): flow shift 3.0 at 480P, 5.0 at 720P, VAE kept in fp32 (and
+# the I2V CLIP image encoder, as diffusers' Wan I2V example loads it).
 WAN21_SHIFT = ((480 * 832, 3.0), (10**9, 5.0))
-WAN21_RECIPE = GenerationDefaults(5.0, 50, 16, flow_shift=WAN21_SHIFT, vae_dtype="float32")
-SKYREELS_V2_RECIPE = GenerationDefaults(6.0, 50, 24, flow_shift=((10**9, 8.0),), vae_dtype="float32")
+WAN21_RECIPE = GenerationDefaults(5.0, 50, 16, flow_shift=WAN21_SHIFT, fp32_components=("vae",))
+WAN21_I2V_RECIPE = WAN21_RECIPE.with_(fp32_components=("vae", "image_encoder"))
+SKYREELS_V2_RECIPE = GenerationDefaults(6.0, 50, 24, flow_shift=((10**9, 8.0),), fp32_components=("vae",))
+# SkyReels-V1 (its README and gradio demo): true CFG 6.0 against this negative prompt, embedded guidance 1.0.
+SKYREELS_V1_NEGATIVE = ("Aerial view, aerial view, overexposed, low quality, deformation, a poor composition, "
+                        "bad hands, bad teeth, bad eyes, bad limbs, distortion")
+SKYREELS_V1_RECIPE = GenerationDefaults(6.0, 50, 24, embedded_guidance_scale=1.0, negative_prompt=SKYREELS_V1_NEGATIVE)
 
 
 def _class(pipeline_class: str, **facts) -> dict:
@@ -221,10 +227,11 @@ FAMILIES: dict[str, ModelFamily] = {
         _family("wan2.1-t2v-14b", "WanPipeline", 40, allowed_sizes=WAN_480P_720P_SIZES, defaults=WAN21_RECIPE,
                 **_WAN14B),
         _family("wan2.1-i2v-14b", "WanImageToVideoPipeline", 40, image_tokens=257, last_image="none",
-                allowed_sizes=WAN_480P_720P_SIZES, defaults=WAN21_RECIPE, **_WAN14B_I2V),
-        # First-and-last-frame: CLIP embeddings of both frames (2 x 257 tokens), 720P.
+                allowed_sizes=WAN_480P_720P_SIZES, defaults=WAN21_I2V_RECIPE, **_WAN14B_I2V),
+        # First-and-last-frame: CLIP embeddings of both frames (2 x 257 tokens), 720P; the folder's scheduler.
         _family("wan2.1-flf2v-14b", "WanImageToVideoPipeline", 40, image_tokens=514, last_image="required",
-                allowed_sizes=_both_orientations((720, 1280)), defaults=WAN21_RECIPE, **_WAN14B_I2V),
+                allowed_sizes=_both_orientations((720, 1280)),
+                defaults=GenerationDefaults(5.0, 50, 16, fp32_components=("vae", "image_encoder")), **_WAN14B_I2V),
         _family("wan2.2-t2v-a14b", "WanPipeline", 40, allowed_sizes=WAN_480P_720P_SIZES, **_WAN_A14B),
         _family("wan2.2-i2v-a14b", "WanImageToVideoPipeline", 40, allowed_sizes=WAN_480P_720P_SIZES, **_WAN_A14B),
         # VAE stride 4 x 16 x 16 and patch 2: 32 px per token; 121 frames at 24 fps is its default.
@@ -239,13 +246,14 @@ FAMILIES: dict[str, ModelFamily] = {
         _family("skyreels-v2-t2v-14b", "SkyReelsV2Pipeline", 40, allowed_sizes=frozenset({(544, 960), (720, 1280)}),
                 defaults=SKYREELS_V2_RECIPE, **_WAN14B),
         _family("skyreels-v2-i2v-14b", "SkyReelsV2ImageToVideoPipeline", 40, image_tokens=257, last_image="none",
-                allowed_sizes=frozenset({(544, 960), (720, 1280)}), **_WAN14B_I2V),
+                allowed_sizes=frozenset({(544, 960), (720, 1280)}),
+                defaults=GenerationDefaults(5.0, 50, 24, fp32_components=("vae", "image_encoder")), **_WAN14B_I2V),
         _family("hunyuanvideo", "HunyuanVideoPipeline", 24, **_HUNYUAN13B),
         # SkyReels-V1 is a HunyuanVideo fine-tune (same transformer, text encoders and VAE); its README uses
-        # 544x960x97 with true CFG 6.0 and embedded guidance 1.0; published runs also used 720x720 and 960x960.
-        _family("skyreels-v1-t2v", "HunyuanVideoPipeline", 24,
-                defaults=GenerationDefaults(6.0, 50, 24, embedded_guidance_scale=1.0), **_HUNYUAN13B),
-        _family("skyreels-v1-i2v", "HunyuanSkyreelsImageToVideoPipeline", 24, **_HUNYUAN13B),
+        # 544x960x97 (SKYREELS_V1_RECIPE); published runs also used 720x720 and 960x960.
+        _family("skyreels-v1-t2v", "HunyuanVideoPipeline", 24, defaults=SKYREELS_V1_RECIPE, **_HUNYUAN13B),
+        _family("skyreels-v1-i2v", "HunyuanSkyreelsImageToVideoPipeline", 24, defaults=SKYREELS_V1_RECIPE,
+                **_HUNYUAN13B),
         # diffusers' HunyuanVideo-I2V examples: embedded guidance 6.0 (token_replace); the 33-channel checkpoint
         # (latent_concat) has no guidance embedding and runs at guidance 1.0.
         _family("hunyuanvideo-i2v", "HunyuanVideoImageToVideoPipeline", 24, image_condition_type="token_replace",
@@ -288,6 +296,8 @@ _AGREEMENT = (
     ("experts", "experts", "experts"),
     ("expand_timesteps", "expand_timesteps", "expand_timesteps"),
     ("image_condition_type", "image_condition_type", "image_condition_type"),
+    ("image_input", "image", "image input"),
+    ("last_image", "last_image", "last image input"),
     ("heads", "heads", "attention heads"),
 )
 

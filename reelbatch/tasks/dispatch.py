@@ -71,7 +71,7 @@ def prepare_job(
         tokens=planned.tokens,
         fps=fps or recipe.fps,
         flow_shift=recipe.flow_shift_for(planned.bucket.height, planned.bucket.width),
-        vae_dtype=recipe.vae_dtype,
+        fp32_components=list(recipe.fp32_components),
         images_dir=str(images_root(output)),
         output_dir=str(folder / "staging"),
         results_path=str(folder / "results.jsonl"),

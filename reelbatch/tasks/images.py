@@ -15,11 +15,10 @@ from pathlib import Path
 
 from reelbatch.infra.images import ImagePolicy, ImageProblem, ImageStager
 from reelbatch.models.registry import ModelCatalog, UnknownModel
-from reelbatch.rows import RowTable
+from reelbatch.rows import IMAGE_COLUMNS, RowTable
 from reelbatch.schemas import ManifestRow, RowRejection
 from reelbatch.tasks.manifest import ManifestLimits, ManifestReadResult, row_cells
 
-IMAGE_COLUMNS = ("image", "last_image")
 
 
 def _names_images(row: ManifestRow) -> bool:

@@ -29,12 +29,11 @@ from typing import BinaryIO, get_args
 import fsspec
 from pydantic import BaseModel, TypeAdapter, ValidationError, ValidationInfo, create_model, field_validator
 
-from reelbatch.infra.storage import redact_text, redact_url
+from reelbatch.infra.storage import INLINE_SOURCE, redact_text, redact_url
 from reelbatch.models.pipelines import GenerationDefaults
 from reelbatch.models.registry import FAMILIES, ModelCatalog, ModelFamily, UnknownModel
 from reelbatch.schemas import Backend, ManifestRow, ParallelPlan, RowRejection, RunDefaults, many_models, trusted
 
-INLINE_SOURCE = "<inline>"
 MAX_SEED = 2**63 - 1
 
 # Far beyond any real line or cell (prompts are limited to thousands of characters), yet small enough that a
@@ -234,8 +233,10 @@ def _parse_prompt(value: object, column: str, context: _RowContext) -> str:
     return _checked_text(str(value), column, context)
 
 
-def _parse_negative_prompt(value: object, column: str, context: _RowContext) -> str:
-    return _checked_text("" if value is None else str(value), column, context)
+def _parse_negative_prompt(value: object, column: str, context: _RowContext) -> str | None:
+    if value is None:
+        return None  # the model's default, filled in once the row's model is known
+    return _checked_text(str(value), column, context)
 
 
 def _checked_text(text: str, column: str, context: _RowContext) -> str:
@@ -364,10 +365,21 @@ BACKENDS = get_args(Backend)
 
 def _parse_image(value: object, column: str, context: _RowContext) -> str | None:
     """A path or URL as written; where it may be read from and whether it is an image is intake's business
-    (tasks/images.py), which reads it before any GPU time."""
+    (tasks/images.py), which reads it before any GPU time. A URL that carries a secret (a user name or password,
+    a query string such as a signature) is refused here, so it reaches no message, database row or page."""
     if value is None:
         return None
-    return _checked_text(str(value), column, context)
+    text = _checked_text(str(value), column, context)
+    links = [link.split("://", 1)[1] for link in text.split("::") if "://" in link]
+    if any("@" in link.split("/", 1)[0] for link in links):
+        raise _CellProblem(
+            "image_credentials_in_url", f"{column}: the URL carries a user name or password",
+            "remove them: credentials come from the standard AWS variables or a profile, never from the manifest")
+    if links and "?" in text:
+        raise _CellProblem(
+            "image_url_query", f"{column}: the URL has a query string (it may carry a signature)",
+            "give the object's plain URL (s3://bucket/key) and let the storage credentials sign the read")
+    return text
 
 
 def _parse_plan(value: object, column: str, context: _RowContext) -> ParallelPlan | None:
@@ -419,33 +431,72 @@ COLUMN_PARSERS: dict[str, ColumnParser] = {
     "last_image": _parse_image,
 }
 
-# Columns whose empty cells take the model's default (after the run's, for the first two): see _fill_model_defaults.
-_MODEL_DEFAULTED = ("num_inference_steps", "guidance_scale")
-# Columns only some models take: an empty cell takes the run's default only for a model that takes it.
+# Columns whose empty cells, with no run default, take the row's model's default: see _fill_model_defaults.
+_MODEL_DEFAULTED = ("negative_prompt", "num_inference_steps", "guidance_scale")
+# Inputs only some models take: an empty cell takes the run's default only for a model that takes it.
 _MODEL_OPTIONAL = ("embedded_guidance_scale", "guidance_scale_2")
 
 
-def _fill_model_defaults(values: dict[str, object], context: _RowContext) -> None:
-    """Empty cells with no run default take the row's model's default (``reelbatch models show NAME``)."""
+def _fill_model_defaults(values: dict[str, object], context: _RowContext, empty_cells: Collection[str]) -> None:
+    """Empty cells with no run default take the row's model's default (``reelbatch models show NAME``), and the
+    model's recipe is resolved (``flow_shift``, and a two-expert model's ``guidance_scale_2`` when empty: the
+    pipeline's rule, the same as ``guidance_scale``). ``empty_cells``: which of _MODEL_OPTIONAL had an empty cell
+    (their value, if any, is the run's default). ``values`` may lack per-row columns (the columnar reader's
+    shapes): those are left alone."""
     family = context.families.get(values["model"])  # type: ignore[call-overload]
     defaults = family.defaults if family is not None else _FALLBACK_DEFAULTS
     for column in _MODEL_DEFAULTED:
-        if values[column] is None:
+        if column in values and values[column] is None:
             values[column] = getattr(defaults, column)
     takes = {
         "embedded_guidance_scale": family is not None and family.guidance_embedding,
         "guidance_scale_2": family is not None and family.experts == 2,
     }
     for column in _MODEL_OPTIONAL:
+        if column in empty_cells and not takes[column]:
+            values[column] = None  # a run default for a model without that input
         if values[column] is None:
-            run_default = getattr(context.defaults, column)
-            values[column] = run_default if run_default is not None and takes[column] else getattr(defaults, column)
+            values[column] = getattr(defaults, column)
+    if takes["guidance_scale_2"] and values["guidance_scale_2"] is None:
+        values["guidance_scale_2"] = values["guidance_scale"]
+    height, width = values["height"], values["width"]
+    sized = isinstance(height, int) and isinstance(width, int)
+    values["flow_shift"] = defaults.flow_shift_for(height, width) if sized else None  # type: ignore[arg-type]
+
+
+def _frame_problem(values: Mapping[str, object], line: int) -> RowRejection | None:
+    """A last frame needs a first one (every pipeline that takes ``last_image`` takes it after ``image``)."""
+    if values["last_image"] is not None and values["image"] is None:
+        return RowRejection(
+            row=line, column="last_image", rule="last_image_without_image",
+            message="last_image is given but image (the first frame) is empty",
+            fix="add the first frame in the image column, or leave last_image empty")
+    return None
+
+
+def raw_cells(header: _Header, record: list[str]) -> dict[str, str]:
+    """The cells of a rejected row as written (cut to RAW_CELL_CHARS), image URLs without credentials."""
+    cells = {c: header.cell(record, c)[:RAW_CELL_CHARS] for c in header.positions}
+    for column in ("image", "last_image"):
+        if column in cells:
+            cells[column] = redact_image_cell(cells[column])
+    return cells
+
+
+def redact_image_cell(cell: str) -> str:
+    """An image cell with user names, passwords and query strings of its URLs cut out."""
+    links = [redact_url(link) for link in cell.split("::")]
+    return "::".join(link.split("?", 1)[0] + ("?***" if "://" in link and "?" in link else "") for link in links)
 
 
 def row_cells(row: ManifestRow) -> dict[str, str]:
     """A row's values as the text of its cells (for the database's view of a row rejected after reading)."""
-    return {column: str(value)[:RAW_CELL_CHARS] for column in COLUMN_PARSERS
-            if (value := getattr(row, column)) is not None}
+    cells = {column: str(value)[:RAW_CELL_CHARS] for column in COLUMN_PARSERS
+             if (value := getattr(row, column)) is not None}
+    for column in ("image", "last_image"):
+        if column in cells:
+            cells[column] = redact_image_cell(cells[column])
+    return cells
 
 
 def unknown_column_warning(name: str) -> str:
@@ -478,7 +529,7 @@ _RowCells = create_model(
     __base__=_RowCellsBase,
     **{column: (_cell_type(column), ...) for column in COLUMN_PARSERS},
 )
-_COLUMNS_WITH_RUN_DEFAULT = (frozenset(COLUMN_PARSERS) & frozenset(RunDefaults.model_fields)) - set(_MODEL_OPTIONAL)
+_COLUMNS_WITH_RUN_DEFAULT = frozenset(COLUMN_PARSERS) & frozenset(RunDefaults.model_fields)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -541,9 +592,12 @@ def _check_record(
             message=f"id {_quote(row_id)} is already used by the row on line {first_line_with_id}",
             fix="give this row a different id, or leave its id cell empty",
         )
-    values = dict(cells.__dict__)
-    _fill_model_defaults(values, context)
-    return ManifestRow(row=line, **values, **dict.fromkeys(RESOLVED_FIELDS))
+    problem = _frame_problem(cells.__dict__, line)
+    if problem is not None:
+        return problem
+    values = {**cells.__dict__, **dict.fromkeys(RESOLVED_FIELDS)}
+    _fill_model_defaults(values, context, defaulted)
+    return ManifestRow(row=line, **values)
 
 
 def _rejection_from(error: ValidationError, line: int, defaulted: set[str]) -> RowRejection:
@@ -564,7 +618,7 @@ _UNREPEATED_COLUMNS = frozenset({"id", "prompt", "seed"})
 _REMEMBERED_CELLS = 10_000  # per column: bounds the memory a hostile file can make the reader hold
 _ROW_FIELDS = set(ManifestRow.model_fields)
 # ManifestRow's fields that are not columns: set by intake (tasks/images.py), absent until then.
-RESOLVED_FIELDS = ("image_sha256", "last_image_sha256")
+RESOLVED_FIELDS = ("image_sha256", "last_image_sha256", "flow_shift")
 if list(ManifestRow.model_fields) != ["row", *COLUMN_PARSERS, *RESOLVED_FIELDS]:
     raise ImportError("manifest: COLUMN_PARSERS must list ManifestRow's fields after 'row', in the same order")
 _CELL_TYPES = {column: TypeAdapter(_cell_type(column)) for column in COLUMN_PARSERS}
@@ -591,6 +645,7 @@ class _RowChecker:
             (column, header.positions.get(column, _ABSENT), None if column in _UNREPEATED_COLUMNS else {})
             for column in COLUMN_PARSERS
         ]
+        self._optional = [(column, header.positions.get(column, _ABSENT)) for column in _MODEL_OPTIONAL]
 
     def check(self, record: list[str], line: int) -> ManifestRow | RowRejection:
         cells = len(record)
@@ -609,9 +664,12 @@ class _RowChecker:
                 if value is _FAILED:
                     return self._reference(record, line)
             values[column] = value
-        _fill_model_defaults(values, self._context)
+        if values["last_image"] is not None and values["image"] is None:
+            return self._reference(record, line)
         for name in RESOLVED_FIELDS:
             values[name] = None
+        empty = [column for column, position in self._optional if position >= cells or not record[position].strip()]
+        _fill_model_defaults(values, self._context, empty)
         return trusted(ManifestRow, values, _ROW_FIELDS)
 
     def _parse(self, column: str, cell: str, seen: dict[str, object] | None) -> object:
@@ -894,7 +952,7 @@ def _validate_records(
         outcome = checker.check(record, line)
         if isinstance(outcome, RowRejection):
             rejections.append(outcome)
-            raw_rows[line] = {c: header.cell(record, c)[:RAW_CELL_CHARS] for c in header.positions}
+            raw_rows[line] = raw_cells(header, record)
         else:
             rows.append(outcome)
     return ManifestReadResult(

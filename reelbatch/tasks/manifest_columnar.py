@@ -36,13 +36,15 @@ from reelbatch.tasks.manifest import (
     _MAX_FIELD_CHARS,
     _MAX_LINE_CHARS,
     COLUMN_PARSERS,
-    RAW_CELL_CHARS,
     ManifestError,
     ManifestLimits,
     RESOLVED_FIELDS,
     ManifestReadResult,
     Models,
     Sha256Of,
+    raw_cells,
+    _FALLBACK_DEFAULTS,
+    _MODEL_OPTIONAL,
     _read_header,
     _RowChecker,
     _allow_large_csv_fields,
@@ -52,7 +54,8 @@ from reelbatch.tasks.manifest import (
 )
 
 # Cells that differ on most rows: checked with vector operations. Every other column is checked per distinct value.
-_TEXT_COLUMNS = ("id", "prompt", "negative_prompt", "image", "last_image")
+_IMAGE_COLUMNS = ("image", "last_image")
+_TEXT_COLUMNS = ("id", "prompt", "negative_prompt", *_IMAGE_COLUMNS)
 _SEED = "seed"
 _PER_ROW_COLUMNS = frozenset({*_TEXT_COLUMNS, _SEED})
 _PLAIN_SEED = r"^[0-9]{1,18}$"  # < 2**63 whatever the digits: no range check needed
@@ -222,7 +225,8 @@ class _Shapes:
         # Image hashes come later (intake); the bucket of a row with an image is decided on the row itself
         # (tasks/shard.py makes a table with images into rows), so every shape here is a text-only one.
         constant: dict[str, object] = {**dict.fromkeys(RESOLVED_FIELDS), "conditioning": "text"}
-        codes: list[tuple[str, np.ndarray, list[object]]] = []
+        empty_everywhere: set[str] = set()  # optional inputs whose cell is empty on every row
+        codes: list[tuple[str, np.ndarray, list[object], list[bool]]] = []
         for column in COLUMN_PARSERS:
             position = header.positions.get(column)
             if position is None:
@@ -230,20 +234,24 @@ class _Shapes:
                 if value is _FAILED:
                     self.failed[:] = True
                 constant[column] = value
+                empty_everywhere.add(column)
             elif column not in _PER_ROW_COLUMNS:
                 indices, cells = dictionary_codes(table.column(position))
-                values = [checker._parse(column, cell, {}) for cell in cells.to_pylist()]
+                texts = cells.to_pylist()
+                values = [checker._parse(column, cell, {}) for cell in texts]
                 bad = np.array([value is _FAILED for value in values], dtype=bool)
                 if bad.any():
                     self.failed |= bad[indices]
-                codes.append((column, indices, values))
-        for column, _, values in codes:
+                codes.append((column, indices, values, [not text.strip() for text in texts]))
+        for column, _, values, empties in codes:
             if len(values) == 1:  # the same cell on every row: part of every shape, not of the key
                 constant[column] = values[0]
+                if empties[0]:
+                    empty_everywhere.add(column)
         codes = [code for code in codes if len(code[2]) > 1]
         key = np.zeros(rows, dtype=np.int64)
         radix = 1
-        for _, indices, values in codes:
+        for _, indices, values, _ in codes:
             radix *= len(values)
             if radix >= 2**62:
                 raise OverflowError  # a hostile file with millions of distinct cells: the line reader copes
@@ -254,12 +262,24 @@ class _Shapes:
         self.shapes: list[dict[str, object]] = []
         for combined in keys.to_pylist():
             shape = dict(constant)
-            for column, _, values in reversed(codes):
+            empty = set(empty_everywhere)
+            for column, _, values, empties in reversed(codes):
                 combined, index = divmod(combined, len(values))
                 shape[column] = values[index]
+                if empties[index]:
+                    empty.add(column)
             if shape["model"] is not _FAILED:  # (a failed shape's rows are all read again by the line reader)
-                _fill_model_defaults(shape, context)
+                _fill_model_defaults(shape, context, empty & set(_MODEL_OPTIONAL))
             self.shapes.append(shape)
+
+    def model_default(self, column: str, context: _RowContext) -> pa.Array:
+        """Per row, the default of ``column`` for the row's model (a per-row column left empty)."""
+        per_shape = [
+            getattr(family.defaults if (family := context.families.get(shape["model"])) else _FALLBACK_DEFAULTS,
+                    column)
+            for shape in self.shapes
+        ]
+        return pa.array(per_shape, pa.string()).take(pa.array(self.of_row))
 
 
 def _unique(ids: pa.ChunkedArray, plain: np.ndarray, empty: np.ndarray) -> bool:
@@ -297,12 +317,19 @@ def _check_table(body: bytes, table: pa.Table, header, checker: _RowChecker, con
         else:
             empty_value = checker._parse(column, "", {})
             flagged |= ~(plain | empty) | (empty & (empty_value is _FAILED))
-            if empty.any() and empty_value != "":
+            if column in _IMAGE_COLUMNS:  # a URL with a secret in it is refused by the line reader's parser
+                flagged |= pc.match_substring_regex(cells, "[@?]").to_numpy(zero_copy_only=False)
+            if empty.any() and column == "negative_prompt" and empty_value is None:
+                cells = pc.if_else(pa.array(empty), shapes.model_default(column, context), cells)
+            elif empty.any() and empty_value != "":
                 fill = None if empty_value is _FAILED else empty_value
                 cells = pc.if_else(pa.array(empty), pa.scalar(fill, pa.string()), cells)
         if column == "id" and not _unique(cells, plain, empty):
             return None  # ids to strip or used twice: the line reader registers them line by line
         columns[column] = cells
+    if "last_image" in columns:  # a last frame without a first: the line reader writes the rejection
+        no_first = columns["image"].is_null() if "image" in columns else pa.scalar(True)
+        flagged |= pc.and_(columns["last_image"].is_valid(), no_first).to_numpy(zero_copy_only=False)
     position = header.positions.get(_SEED)
     if position is not None:
         cells = table.column(position)
@@ -335,7 +362,7 @@ def _check_table(body: bytes, table: pa.Table, header, checker: _RowChecker, con
             outcome = checker.check(record, line)
             if isinstance(outcome, RowRejection):
                 rejections.append(outcome)
-                raw_rows[line] = {c: header.cell(record, c)[:RAW_CELL_CHARS] for c in header.positions}
+                raw_rows[line] = raw_cells(header, record)
             else:
                 accepted[index] = True
                 overrides[index] = outcome

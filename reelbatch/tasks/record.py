@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 
@@ -68,12 +69,16 @@ def start_run(
     resume_run_id: str | None = None,
 ) -> str:
     """Create the run (or reopen the one being resumed) and record its rejected rows."""
+    images = images_digest(manifest.rows)
     with Database(db_url) as db:
         if resume_run_id:
-            recorded = db.run_record(resume_run_id)["manifest_sha256"]
-            if recorded != manifest.sha256:
+            record = db.run_record(resume_run_id)
+            # The images are part of the videos' identities: changed ones would be other videos, not the rest of
+            # this run's.
+            if record["manifest_sha256"] != manifest.sha256 or record["params"].get("images_sha256") != images:
+                what = "changed" if record["manifest_sha256"] != manifest.sha256 else "has images that changed"
                 raise ManifestError(
-                    f"{manifest.source} changed since run {resume_run_id} started: run it as a new run instead"
+                    f"{manifest.source} {what} since run {resume_run_id} started: run it as a new run instead"
                     " (videos already made are reused)"
                 )
             db.reopen_run(resume_run_id)
@@ -90,7 +95,7 @@ def start_run(
                 manifest_sha256=manifest.sha256,
                 output_root=output,
                 gpus_per_node=gpus_per_node,
-                params={**params, "plan": plan.summary()},
+                params={**params, "plan": plan.summary(), "images_sha256": images},
                 library_versions=library_versions(),
                 rows_total=plan.rows,
                 rows_accepted=plan.accepted,
@@ -99,6 +104,14 @@ def start_run(
             db.add_rejections(run_id, plan.rejected, rejected_cells(manifest, plan.rejected))
     progress.sink().run_planned(len(plan.jobs), plan.samples)
     return run_id
+
+
+def images_digest(rows: Sequence[ManifestRow]) -> str | None:
+    """One hash of every row's images (None without images): a resume checks they are still the same."""
+    if isinstance(rows, RowTable) and not rows.has_images():
+        return None
+    named = [f"{row.row}:{row.image_sha256}:{row.last_image_sha256}" for row in rows if row.image_sha256]
+    return hashlib.sha256("\n".join(named).encode()).hexdigest() if named else None
 
 
 def rejected_cells(manifest: ManifestReadResult, rejections: Sequence[RowRejection]) -> dict[int, dict[str, str]]:
