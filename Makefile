@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both set up .venv first (idempotent).
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-fast clean
 
 VENV := .venv
 DEMO_OUT := outputs/demo
@@ -18,6 +18,10 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
+
+# The fast lane while working: no torchrun ranks and no PostgreSQL (about 2-3 minutes); `make test` runs everything.
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q -m "not torchrun and not postgres"
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache
