@@ -40,13 +40,18 @@ TINY_BUILDERS = {
 }
 
 
-def _quiet_libraries() -> None:
-    # Building takes a fraction of a second; per-shard progress bars would only clutter the run's output.
+def _quiet_libraries() -> int:
+    """Building takes a fraction of a second: per-shard progress bars, and transformers' notice that its CLIP image
+    processor falls back to Pillow without torchvision (the tiny models name the Pillow one), only clutter a run's
+    output. Returns the transformers verbosity to restore."""
     import diffusers
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.disable_progress_bar()
+    verbosity = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_error()
+    return verbosity
 
 
 def default_cache_dir() -> Path:
@@ -70,8 +75,9 @@ def ensure_tiny_model(name: str, cache_dir: Path | None = None) -> Path:
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir))
+    verbosity = None
     try:
-        _quiet_libraries()
+        verbosity = _quiet_libraries()
         pipe = TINY_BUILDERS[name]()
         pipe.save_pretrained(staging)
         (staging / "reelbatch-tiny.json").write_text(json.dumps({"name": name, "version": TINY_MODEL_VERSION}))
@@ -82,4 +88,8 @@ def ensure_tiny_model(name: str, cache_dir: Path | None = None) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if verbosity is not None:
+            import transformers
+
+            transformers.utils.logging.set_verbosity(verbosity)
     return target

@@ -51,7 +51,7 @@ def prepare_job(
 ) -> JobSpec:
     """Write the job spec next to where its ranks will stage their files, and record the job as pending.
 
-    ``fps`` None: the model's own frame rate. The family's recipe (flow shift, VAE dtype) is resolved here.
+    ``fps`` None: the model's own frame rate. The family's recipe (flow shift, fp32 components) is resolved here.
     """
     job_id = f"{run_id[:8]}-{planned.job_id}"
     # A fresh folder per preparation: ranks of a crashed attempt may still be writing into the previous one.

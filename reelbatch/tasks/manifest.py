@@ -476,7 +476,10 @@ def _frame_problem(values: Mapping[str, object], line: int) -> RowRejection | No
 
 def raw_cells(header: _Header, record: list[str]) -> dict[str, str]:
     """The cells of a rejected row as written (cut to RAW_CELL_CHARS), image URLs without credentials."""
-    cells = {c: header.cell(record, c)[:RAW_CELL_CHARS] for c in header.positions}
+    return _without_secrets({c: header.cell(record, c)[:RAW_CELL_CHARS] for c in header.positions})
+
+
+def _without_secrets(cells: dict[str, str]) -> dict[str, str]:
     for column in ("image", "last_image"):
         if column in cells:
             cells[column] = redact_image_cell(cells[column])
@@ -491,12 +494,8 @@ def redact_image_cell(cell: str) -> str:
 
 def row_cells(row: ManifestRow) -> dict[str, str]:
     """A row's values as the text of its cells (for the database's view of a row rejected after reading)."""
-    cells = {column: str(value)[:RAW_CELL_CHARS] for column in COLUMN_PARSERS
-             if (value := getattr(row, column)) is not None}
-    for column in ("image", "last_image"):
-        if column in cells:
-            cells[column] = redact_image_cell(cells[column])
-    return cells
+    return _without_secrets({column: str(value)[:RAW_CELL_CHARS] for column in COLUMN_PARSERS
+                             if (value := getattr(row, column)) is not None})
 
 
 def unknown_column_warning(name: str) -> str:
@@ -617,7 +616,8 @@ def _rejection_from(error: ValidationError, line: int, defaulted: set[str]) -> R
 _UNREPEATED_COLUMNS = frozenset({"id", "prompt", "seed"})
 _REMEMBERED_CELLS = 10_000  # per column: bounds the memory a hostile file can make the reader hold
 _ROW_FIELDS = set(ManifestRow.model_fields)
-# ManifestRow's fields that are not columns: set by intake (tasks/images.py), absent until then.
+# ManifestRow's fields that are not columns: the images' hashes (set by intake, tasks/images.py) and the recipe's
+# flow shift (resolved with the model's defaults).
 RESOLVED_FIELDS = ("image_sha256", "last_image_sha256", "flow_shift")
 if list(ManifestRow.model_fields) != ["row", *COLUMN_PARSERS, *RESOLVED_FIELDS]:
     raise ImportError("manifest: COLUMN_PARSERS must list ManifestRow's fields after 'row', in the same order")
