@@ -525,11 +525,16 @@ def run(
 
 def _use_image_roots(roots: list[str]) -> None:
     """Where image cells may be read from, for this process's run (operator configuration, not a run parameter)."""
-    from reelbatch.infra.images import IMAGE_ROOTS_ENV, configured_roots
+    from reelbatch.infra.images import IMAGE_ROOTS_ENV, ImagePolicy, configured_roots
 
     if any("," in root for root in roots):
         _fail("--image-root: a path or URL with a comma cannot be a root")
-    os.environ[IMAGE_ROOTS_ENV] = ",".join(dict.fromkeys([*configured_roots(), *roots]))
+    allowed = list(dict.fromkeys([*configured_roots(), *roots]))
+    try:
+        ImagePolicy.for_manifest(None, allowed)
+    except ValueError as exc:
+        _fail(str(exc))
+    os.environ[IMAGE_ROOTS_ENV] = ",".join(allowed)
 
 
 def _absolute(manifest: str) -> str:

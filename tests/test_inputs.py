@@ -79,9 +79,12 @@ def test_a_custom_name_takes_its_family_and_defaults_from_the_folder(tiny_models
     family = catalog.family("my-i2v")
     assert (family.pipeline_class, family.image_input, family.kind) == (
         "HunyuanSkyreelsImageToVideoPipeline", "required", "hunyuan")
-    # Left at defaults, its rows get what the pipeline's __call__ uses: true CFG 6.0, embedded guidance 1.0, 50 steps.
-    [row] = parse_manifest_text("prompt,model\na cat,my-i2v\n", RunDefaults(), catalog).rows
-    assert (row.guidance_scale, row.embedded_guidance_scale, row.num_inference_steps) == (6.0, 1.0, 50)
+    # Left at defaults, its rows get what the pipeline's __call__ uses: true CFG 6.0 (which runs only against a
+    # negative prompt), embedded guidance 1.0, 50 steps.
+    with_negative, without = parse_manifest_text(
+        "prompt,model,negative_prompt\na cat,my-i2v,blurry\na dog,my-i2v,\n", RunDefaults(), catalog).rows
+    assert (with_negative.guidance_scale, with_negative.embedded_guidance_scale) == (6.0, 1.0)
+    assert (without.guidance_scale, without.num_inference_steps) == (1.0, 50)
 
 
 def test_a_class_the_engine_does_not_run_is_refused_with_the_classes_it_runs(tmp_path, tiny_models):
@@ -170,7 +173,10 @@ def test_empty_cells_take_each_models_own_defaults_and_the_run_wins():
 
     run = RunDefaults(guidance_scale=3.0, num_inference_steps=7, guidance_scale_2=2.0, embedded_guidance_scale=4.0)
     rows = {r.model: r for r in parse_manifest_text(text, run, CATALOG).rows}
-    assert {r.guidance_scale for r in rows.values()} == {3.0} and {r.num_inference_steps for r in rows.values()} == {7}
+    assert {r.num_inference_steps for r in rows.values()} == {7}
+    # (HunyuanVideo-family rows without a negative prompt run no true CFG: guidance 1; SkyReels-V1 has its own.)
+    assert {m: r.guidance_scale for m, r in rows.items()} == {
+        "hunyuanvideo": 1.0, "skyreels-v1-t2v": 3.0, "tiny-wan": 3.0, "tiny-wan2.2-a14b": 3.0, "tiny-hunyuan": 1.0}
     # Run defaults of the optional guidances go only to models that take them.
     assert rows["tiny-wan2.2-a14b"].guidance_scale_2 == 2.0 and rows["tiny-wan"].guidance_scale_2 is None
     assert rows["tiny-hunyuan"].embedded_guidance_scale == 4.0 and rows["tiny-wan"].embedded_guidance_scale is None
@@ -251,3 +257,54 @@ def test_reelbatch_models_show_prints_defaults_inputs_and_parallel_support():
     assert facts["defaults (empty cells)"]["guidance_scale"] == 6.0
     assert facts["defaults (empty cells)"]["embedded_guidance_scale"] == 1.0
     assert facts["parallel (native)"]["ulysses"] == "yes" and facts["parallel (native)"]["ring"] == "no"
+
+
+def test_true_cfg_without_a_negative_prompt_runs_and_is_planned_at_guidance_1():
+    text = "prompt,model,guidance_scale,negative_prompt\na,tiny-hunyuan,6,\nb,tiny-hunyuan,6,ugly\nc,tiny-wan,6,\n"
+    for columnar in (True, False):
+        rows = {r.prompt: r for r in parse_manifest_text(text, RunDefaults(), CATALOG, columnar=columnar).rows}
+        assert (rows["a"].guidance_scale, rows["b"].guidance_scale, rows["c"].guidance_scale) == (1.0, 6.0, 6.0)
+    # So the planner gives the row no CFG pair: HunyuanVideo's pipeline would not run the second pass.
+    run_plan = plan_text("prompt,model,guidance_scale\na,tiny-hunyuan,6\n")
+    assert [j.plan.cfg for j in run_plan.jobs] == [1] and run_plan.jobs[0].bucket.guidance_scale == 1.0
+
+
+def test_secrets_of_urls_reach_no_message_and_no_kept_cell():
+    secret = "s3://AKIAKEY:TOPSECRET@bucket/frame.png"
+    signed = "https://host/frame.png?X-Amz-Signature=SIGSECRET"
+    text = (
+        "prompt,model,image\n"
+        f"a,tiny-wan2.1-i2v,{secret}\n"
+        f"b,tiny-wan2.1-i2v,{signed}\n"
+        f"c,tiny-wan2.1-i2v,{secret + 'x' * 3000}\n"
+        f"d,{secret},frames/a.png\n"
+        f"e,tiny-wan2.1-i2v,frames/a.png,{secret}\n"
+    )
+    for columnar in (True, False):
+        read = parse_manifest_text(text, RunDefaults(), CATALOG, columnar=columnar)
+        rules = {r.row: r.rule for r in read.rejections}
+        assert rules == {2: "image_credentials_in_url", 3: "image_url_query", 4: "image_credentials_in_url",
+                         5: "unknown_model", 6: "extra_cells"}
+        shown = json.dumps([r.model_dump() for r in read.rejections]) + json.dumps(read.raw_rows)
+        assert "TOPSECRET" not in shown and "AKIAKEY" not in shown and "SIGSECRET" not in shown
+        assert read.raw_rows[2]["image"] == "s3://***@bucket/frame.png"
+
+
+def test_a_broken_model_folder_fails_its_own_rows_not_the_manifest(tmp_path, tiny_models):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_models["tiny-wan"], broken)
+    config = json.loads((broken / "transformer" / "config.json").read_text())
+    del config["num_attention_heads"]
+    (broken / "transformer" / "config.json").write_text(json.dumps(config))
+    catalog = ModelCatalog.from_config([f"broken={broken}"])
+    run_plan = plan_text("prompt,model\na,tiny-wan\nb,broken\n", catalog)
+    assert [r.rule for r in run_plan.rejected] == ["model_unavailable"] and "config.json" in run_plan.rejected[0].message
+    assert [j.bucket.model for j in run_plan.jobs] == ["tiny-wan"]
+
+
+def test_an_image_root_with_credentials_is_a_usage_error(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "reelbatch.cli", "run", "missing.csv", "--image-root", "s3://key:secret@bucket/x/",
+         "--db", f"sqlite:///{tmp_path / 'r.db'}"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2 and "must be a plain URL prefix" in done.stderr
+    assert "secret" not in done.stderr and "Traceback" not in done.stderr

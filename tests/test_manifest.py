@@ -92,8 +92,9 @@ def test_valid_file_round_trip_applies_run_defaults(tmp_path):
     first, second = result.rows
     assert first == ManifestRow(
         row=2, id="cat", prompt="a cat walks", model="tiny-hunyuan", height=480, width=832, num_frames=81,
-        num_inference_steps=4, guidance_scale=6.5, seed=7, num_videos=2, sequence_batch=True,
+        num_inference_steps=4, seed=7, num_videos=2, sequence_batch=True,
         embedded_guidance_scale=6.0,  # tiny-hunyuan's own default: the run gives none
+        guidance_scale=1.0,  # the run's 6.5 is true CFG, which HunyuanVideo runs only against a negative prompt
     )  # fmt: skip
     assert second == ManifestRow(
         row=3, id=None, prompt="a dog runs", model="tiny-wan", height=48, width=64, num_frames=9,

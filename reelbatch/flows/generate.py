@@ -15,7 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from reelbatch import progress
 from reelbatch.infra.dask_cluster import check_shared_storage, task_runner_for
 from reelbatch.infra.devices import local_pool
-from reelbatch.infra.images import configured_roots
+from reelbatch.infra.images import ImagePolicy, configured_roots
 from reelbatch.infra.prefect_config import database_url
 from reelbatch.infra.storage import images_root, normalize_root
 from reelbatch.models.registry import ModelCatalog
@@ -104,11 +104,13 @@ def generate_dataset(
     runner = task_runner_for(dask_address, dask_local_workers, gpus_per_node)
     if dask_address:
         check_shared_storage(output, db_url, dask_address)
+    image_roots = configured_roots()
+    ImagePolicy.for_manifest(None, image_roots)  # a root that cannot be one (credentials in it...) stops here
     resumable = {  # what `reelbatch resume` needs to run this again
         "defaults": defaults.model_dump(mode="json"), "strict": strict, "model_paths": model_paths or [],
         "max_samples_per_job": max_samples_per_job, "job_timeout_s": job_timeout_s,
         "gpu_memory_gib": gpu_memory_gib, "objective": objective, "retry_policy": retry_policy, "limits": limits,
-        "packing": packing.model_dump(mode="json"), "image_roots": configured_roots(),
+        "packing": packing.model_dump(mode="json"), "image_roots": image_roots,
     }
     policy = RetryPolicy.from_dict(retry_policy)
     prepare_database_task(db_url)
@@ -119,7 +121,7 @@ def generate_dataset(
     check_columns(manifest_read, strict)
     for warning in manifest_read.warnings:
         get_run_logger().warning("manifest: %s", warning)
-    manifest_read = check_images_task(manifest_read, catalog, images_root(output), configured_roots(), manifest_limits)
+    manifest_read = check_images_task(manifest_read, catalog, images_root(output), image_roots, manifest_limits)
     done = find_done_samples_task(db_url, output, manifest_read.rows, force)
     plan = plan_run_task(
         manifest_read.rows, manifest_read.rejections, manifest_read.total_rows, catalog, gpus_per_node,

@@ -7,6 +7,7 @@ Ranks always write to local staging; ``OutputStore.publish`` moves a finished fi
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import fsspec
@@ -31,6 +32,18 @@ def redact_url(url: str) -> str:
     if "@" in authority:
         authority = "***@" + authority.rsplit("@", 1)[1]
     return f"{scheme}://{authority}{slash}{path}"
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@?#]*@")
+_QUERY = re.compile(r"(?P<url>[A-Za-z][A-Za-z0-9+.-]*://[^\s?#]*)[?#]\S*")
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with every URL's user name, password and query string (a signature) replaced by ``***``: for any
+    cell a message quotes or the database keeps, wherever in the cell the URL is."""
+    if "://" not in text:
+        return text
+    return _QUERY.sub(r"\g<url>?***", _USERINFO.sub(r"\g<scheme>***@", text))
 
 
 def redact_text(text: str, url: str) -> str:

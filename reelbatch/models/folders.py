@@ -139,6 +139,13 @@ def read_folder(name: str, folder: Path) -> FolderFacts:
         vae = _read_json(folder / "vae" / "config.json")
     except (OSError, ValueError):
         vae = {}
+    try:
+        return _facts(folder, class_name, index, expert, transformer, vae)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise FolderProblem(f"{name}: {folder}/{expert}/config.json is not a config the engine can read ({exc!r})")
+
+
+def _facts(folder: Path, class_name: str, index: dict, expert: str, transformer: dict, vae: dict) -> FolderFacts:
     patch = transformer.get("patch_size", 2)
     patch_s = patch[-1] if isinstance(patch, list) else patch
     patch_t = patch[0] if isinstance(patch, list) else transformer.get("patch_size_t", 1)

@@ -298,6 +298,7 @@ _AGREEMENT = (
     ("image_condition_type", "image_condition_type", "image_condition_type"),
     ("image_input", "image", "image input"),
     ("last_image", "last_image", "last image input"),
+    ("guidance_embedding", "guidance_embeds", "guidance embedding"),
     ("heads", "heads", "attention heads"),
 )
 

@@ -29,7 +29,7 @@ from typing import BinaryIO, get_args
 import fsspec
 from pydantic import BaseModel, TypeAdapter, ValidationError, ValidationInfo, create_model, field_validator
 
-from reelbatch.infra.storage import INLINE_SOURCE, redact_text, redact_url
+from reelbatch.infra.storage import INLINE_SOURCE, redact_secrets, redact_text, redact_url
 from reelbatch.models.pipelines import GenerationDefaults
 from reelbatch.models.registry import FAMILIES, ModelCatalog, ModelFamily, UnknownModel
 from reelbatch.schemas import Backend, ManifestRow, ParallelPlan, RowRejection, RunDefaults, many_models, trusted
@@ -157,8 +157,8 @@ _FALLBACK_EXAMPLES: dict[str, object] = {"seed": 42, "embedded_guidance_scale": 
 
 
 def _quote(value: object) -> str:
-    """The value as the user wrote it, shortened and kept on one line, in double quotes."""
-    text = str(value)
+    """The value as the user wrote it (but the secrets of URLs in it), shortened and kept on one line, quoted."""
+    text = redact_secrets(str(value))
     if len(text) > _QUOTED_VALUE_CHARS:
         text = text[: _QUOTED_VALUE_CHARS - 3] + "..."
     text = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
@@ -369,7 +369,7 @@ def _parse_image(value: object, column: str, context: _RowContext) -> str | None
     a query string such as a signature) is refused here, so it reaches no message, database row or page."""
     if value is None:
         return None
-    text = _checked_text(str(value), column, context)
+    text = str(value)
     links = [link.split("://", 1)[1] for link in text.split("::") if "://" in link]
     if any("@" in link.split("/", 1)[0] for link in links):
         raise _CellProblem(
@@ -379,7 +379,7 @@ def _parse_image(value: object, column: str, context: _RowContext) -> str | None
         raise _CellProblem(
             "image_url_query", f"{column}: the URL has a query string (it may carry a signature)",
             "give the object's plain URL (s3://bucket/key) and let the storage credentials sign the read")
-    return text
+    return _checked_text(text, column, context)
 
 
 def _parse_plan(value: object, column: str, context: _RowContext) -> ParallelPlan | None:
@@ -459,9 +459,18 @@ def _fill_model_defaults(values: dict[str, object], context: _RowContext, empty_
             values[column] = getattr(defaults, column)
     if takes["guidance_scale_2"] and values["guidance_scale_2"] is None:
         values["guidance_scale_2"] = values["guidance_scale"]
+    if values.get("negative_prompt") == "" and drops_true_cfg(family, values["guidance_scale"]):
+        values["guidance_scale"] = 1.0
     height, width = values["height"], values["width"]
     sized = isinstance(height, int) and isinstance(width, int)
     values["flow_shift"] = defaults.flow_shift_for(height, width) if sized else None  # type: ignore[arg-type]
+
+
+def drops_true_cfg(family: ModelFamily | None, guidance: object) -> bool:
+    """Whether a row's guidance is true CFG that its pipeline skips for want of a negative prompt (HunyuanVideo
+    pipelines run true CFG only against one): such a row runs, and is recorded, at guidance 1 (the same video, so
+    the same identity, and planned without a CFG pass)."""
+    return family is not None and family.true_cfg and isinstance(guidance, float) and guidance > 1.0
 
 
 def _frame_problem(values: Mapping[str, object], line: int) -> RowRejection | None:
@@ -475,27 +484,14 @@ def _frame_problem(values: Mapping[str, object], line: int) -> RowRejection | No
 
 
 def raw_cells(header: _Header, record: list[str]) -> dict[str, str]:
-    """The cells of a rejected row as written (cut to RAW_CELL_CHARS), image URLs without credentials."""
-    return _without_secrets({c: header.cell(record, c)[:RAW_CELL_CHARS] for c in header.positions})
-
-
-def _without_secrets(cells: dict[str, str]) -> dict[str, str]:
-    for column in ("image", "last_image"):
-        if column in cells:
-            cells[column] = redact_image_cell(cells[column])
-    return cells
-
-
-def redact_image_cell(cell: str) -> str:
-    """An image cell with user names, passwords and query strings of its URLs cut out."""
-    links = [redact_url(link) for link in cell.split("::")]
-    return "::".join(link.split("?", 1)[0] + ("?***" if "://" in link and "?" in link else "") for link in links)
+    """The cells of a rejected row as written (cut to RAW_CELL_CHARS), the secrets of URLs in them cut out."""
+    return {c: redact_secrets(header.cell(record, c))[:RAW_CELL_CHARS] for c in header.positions}
 
 
 def row_cells(row: ManifestRow) -> dict[str, str]:
     """A row's values as the text of its cells (for the database's view of a row rejected after reading)."""
-    return _without_secrets({column: str(value)[:RAW_CELL_CHARS] for column in COLUMN_PARSERS
-                             if (value := getattr(row, column)) is not None})
+    return {column: redact_secrets(str(value))[:RAW_CELL_CHARS] for column in COLUMN_PARSERS
+            if (value := getattr(row, column)) is not None}
 
 
 def unknown_column_warning(name: str) -> str:

@@ -42,6 +42,7 @@ from reelbatch.tasks.manifest import (
     ManifestReadResult,
     Models,
     Sha256Of,
+    drops_true_cfg,
     raw_cells,
     _FALLBACK_DEFAULTS,
     _MODEL_OPTIONAL,
@@ -327,6 +328,13 @@ def _check_table(body: bytes, table: pa.Table, header, checker: _RowChecker, con
         if column == "id" and not _unique(cells, plain, empty):
             return None  # ids to strip or used twice: the line reader registers them line by line
         columns[column] = cells
+    if "negative_prompt" in columns:  # true CFG without a negative prompt: the row itself says what runs
+        skips = np.array([shape["model"] is not _FAILED and drops_true_cfg(context.families.get(shape["model"]),
+                                                                           shape["guidance_scale"])
+                          for shape in shapes.shapes], dtype=bool)
+        if skips.any():
+            no_negative = pc.fill_null(pc.equal(columns["negative_prompt"], ""), False)
+            flagged |= skips[shapes.of_row] & no_negative.to_numpy(zero_copy_only=False)
     if "last_image" in columns:  # a last frame without a first: the line reader writes the rejection
         no_first = columns["image"].is_null() if "image" in columns else pa.scalar(True)
         flagged |= pc.and_(columns["last_image"].is_valid(), no_first).to_numpy(zero_copy_only=False)
