@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from reelbatch.engine.rank import run_job
 from reelbatch.identity import expand_row
 from reelbatch.infra.launcher import launch
 from reelbatch.models.registry import ModelCatalog
@@ -34,9 +35,8 @@ def rows(draw):
     )
 
 
-@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(row=rows(), data=st.data())
-def test_accepted_plans_run_and_refused_plans_say_why(row, data, tiny_models, tmp_path_factory):
+def _accepted_plan(row: ManifestRow, data) -> tuple[ParallelPlan, object]:
+    """Checks every plan of one and two ranks; returns one accepted plan to launch (multi-rank when there is one)."""
     bucket = bucket_key(row)
     family = CATALOG.family(row.model)
     accepted = []
@@ -47,17 +47,36 @@ def test_accepted_plans_run_and_refused_plans_say_why(row, data, tiny_models, tm
         else:
             assert all(p.rule and p.message and p.fix for p in check.problems)
     multi_rank = [plan for plan in accepted if plan.world_size > 1]
-    plan = data.draw(st.sampled_from(multi_rank or accepted))  # the launches go to multi-rank plans
+    return data.draw(st.sampled_from(multi_rank or accepted)), family  # the launches go to multi-rank plans
 
-    folder = Path(tmp_path_factory.mktemp("plan"))
-    samples = expand_row(row.model_copy(update={"num_videos": 2}))
-    spec = JobSpec(
-        job_id="property", bucket=bucket, model_path=str(tiny_models[row.model]), family=family.kind,
-        plan=plan, samples=samples, padded_slots=-len(samples) % plan.dp,
-        output_dir=str(folder / "staging"), results_path=str(folder / "results.jsonl"),
-    )
-    (folder / "job.json").write_text(spec.model_dump_json())
-    result = launch(RANK_ENTRY, [str(folder / "job.json")], nproc_per_node=plan.world_size,
+
+def test_accepted_plans_run_and_refused_plans_say_why(tiny_models, tmp_path_factory):
+    """Six drawn rows, each with an accepted plan; every one of them really runs. The two-rank ones run in one
+    launch (the rank entry takes several jobs of one world size), the single-rank ones in this process."""
+    specs: list[JobSpec] = []
+
+    @settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(row=rows(), data=st.data())
+    def draw_jobs(row, data):
+        plan, family = _accepted_plan(row, data)
+        folder = Path(tmp_path_factory.mktemp("plan"))
+        samples = expand_row(row.model_copy(update={"num_videos": 2}))
+        spec = JobSpec(
+            job_id=f"property-{len(specs)}", bucket=bucket_key(row), model_path=str(tiny_models[row.model]),
+            family=family.kind, plan=plan, samples=samples, padded_slots=-len(samples) % plan.dp,
+            output_dir=str(folder / "staging"), results_path=str(folder / "results.jsonl"),
+        )
+        (folder / "job.json").write_text(spec.model_dump_json())
+        specs.append(spec)
+
+    draw_jobs()
+    pairs = [spec for spec in specs if spec.plan.world_size == 2]
+    assert pairs, "the drawn rows should give some two-rank plans"
+    folder = Path(tmp_path_factory.mktemp("launch"))
+    result = launch(RANK_ENTRY, [str(Path(s.results_path).parent / "job.json") for s in pairs], nproc_per_node=2,
                     log_path=folder / "ranks.log", timeout_s=300)
-    assert result.returncode == 0, f"{plan} on {bucket}: " + "\n".join(result.tail[-15:])
-    assert sorted(r.status for r in read_results(spec.results_path)) == ["done", "done"]
+    assert result.returncode == 0, f"{[str(s.plan) for s in pairs]}: " + "\n".join(result.tail[-15:])
+    for spec in specs:
+        if spec.plan.world_size == 1:
+            assert run_job(spec) == 0
+        assert sorted(r.status for r in read_results(spec.results_path)) == ["done", "done"], (spec.plan, spec.bucket)
