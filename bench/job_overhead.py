@@ -203,7 +203,7 @@ def _reelbatch_run(n: int, model_path: Path, settings: Settings, ranks: int, max
                    folder: Path) -> dict:
     from reelbatch.infra.db import Database
     from reelbatch.infra.failures import RetryPolicy
-    from reelbatch.models.registry import ModelCatalog
+    from reelbatch.models.catalog import ModelCatalog
     from reelbatch.schemas import RunDefaults
     from reelbatch.tasks.dispatch import prepare_job
     from reelbatch.tasks.execute import execute_job

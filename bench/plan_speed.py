@@ -34,7 +34,7 @@ TARGET_PEAK_MB = 300.0
 
 
 def validate_and_plan(path: Path, packed: bool, columnar: bool = True):
-    from reelbatch.models.registry import ModelCatalog
+    from reelbatch.models.catalog import ModelCatalog
     from reelbatch.planning.packing import PackingOptions
     from reelbatch.schemas import RunDefaults
     from reelbatch.tasks.manifest import read_manifest

@@ -183,7 +183,7 @@ def _db_url(db: str | None) -> str:
 
 
 def _catalog(model_path, models_file):
-    from reelbatch.models.registry import ModelCatalog
+    from reelbatch.models.catalog import ModelCatalog
 
     try:
         return ModelCatalog.from_config(model_path or [], models_file)

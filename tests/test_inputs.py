@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from reelbatch.engine.inputs import open_staged
-from reelbatch.models.registry import FAMILIES, ModelCatalog, UnknownModel
+from reelbatch.models.catalog import ModelCatalog, UnknownModel
+from reelbatch.models.registry import FAMILIES
 from reelbatch.schemas import RunDefaults
 from reelbatch.tasks.images import check_images
 from reelbatch.tasks.manifest import ManifestError, check_columns, parse_manifest_text, read_manifest

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reelbatch.models.registry import ModelCatalog
+from reelbatch.models.catalog import ModelCatalog
 from reelbatch.planning.packing import PackingOptions
 from reelbatch.rows import RowTable, SampleRefs
 from reelbatch.schemas import RunDefaults

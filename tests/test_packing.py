@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reelbatch.models.registry import ModelCatalog
+from reelbatch.models.catalog import ModelCatalog
 from reelbatch.planning.cost import DEFAULT_COST_MODEL
 from reelbatch.planning.packing import (
     Cut,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from reelbatch.engine.rank import run_job
 from reelbatch.identity import expand_row
 from reelbatch.infra.launcher import launch
-from reelbatch.models.registry import ModelCatalog
+from reelbatch.models.catalog import ModelCatalog
 from reelbatch.planning import validate_plan
 from reelbatch.schemas import JobSpec, ManifestRow, ParallelPlan
 from reelbatch.tasks.collect import read_results

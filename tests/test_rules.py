@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reelbatch.models.registry import FAMILIES, ModelCatalog, SequenceParallelSupport, UnknownModel
+from reelbatch.models.catalog import ModelCatalog, UnknownModel
+from reelbatch.models.registry import FAMILIES, SequenceParallelSupport
 from reelbatch.planning import candidate_plans, choose_plan, plan_efficiency, validate_plan
 from reelbatch.planning.chooser import rank_plans
 from reelbatch.planning.rules import bucket_problems, plan_violations

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reelbatch.identity import expand_row
-from reelbatch.models.registry import ModelCatalog
+from reelbatch.models.catalog import ModelCatalog
 from reelbatch.schemas import ManifestRow, ParallelPlan
 from reelbatch import planning
 from reelbatch.tasks.shard import bucket_key, choose_plan, cut_jobs, plan_run

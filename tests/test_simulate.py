@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from reelbatch.models.registry import FAMILIES, ModelCatalog
+from reelbatch.models.catalog import ModelCatalog
+from reelbatch.models.registry import FAMILIES
 from reelbatch.planning import choose_plan
 from reelbatch.planning.cost import (
     DEFAULT_COST_MODEL,

@@ -18,7 +18,7 @@ from reelbatch.infra.devices import local_pool
 from reelbatch.infra.images import ImagePolicy, configured_roots
 from reelbatch.infra.prefect_config import database_url
 from reelbatch.infra.storage import images_root, normalize_root
-from reelbatch.models.registry import ModelCatalog
+from reelbatch.models.catalog import ModelCatalog
 from reelbatch.planning.packing import Packing
 from reelbatch.schemas import RunDefaults
 from reelbatch.settings import DEFAULT_DB_URL, DEFAULT_OUTPUT

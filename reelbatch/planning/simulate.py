@@ -27,7 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from reelbatch.models.registry import ModelCatalog, ModelFamily
+from reelbatch.models.catalog import ModelCatalog
+from reelbatch.models.registry import ModelFamily
 from reelbatch.planning.chooser import choose_plan, memory_gib_per_gpu
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel, StorageKind
 from reelbatch.planning.packing import (

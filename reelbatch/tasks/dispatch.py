@@ -24,7 +24,7 @@ from reelbatch.infra.devices import DeviceGroup
 from reelbatch.infra.launcher import launch, new_launch_id
 from reelbatch.testing import crash_point
 from reelbatch.infra.storage import images_root, work_root
-from reelbatch.models.registry import ModelCatalog
+from reelbatch.models.catalog import ModelCatalog
 from reelbatch.schemas import JobSpec
 from reelbatch.tasks.shard import PlannedJob
 

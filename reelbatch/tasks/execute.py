@@ -26,7 +26,7 @@ from reelbatch.infra.db import Database
 from reelbatch.infra.devices import DeviceGroup, DevicePool, local_pool
 from reelbatch.infra.failures import Failure, RetryPolicy
 from reelbatch.infra.prefect_config import holding_gpus
-from reelbatch.models.registry import ModelCatalog, UnknownModel, family_from_folder
+from reelbatch.models.catalog import ModelCatalog, UnknownModel, family_from_folder
 from reelbatch.planning import validate_plan
 from reelbatch.schemas import JobSpec, ParallelPlan
 from reelbatch.tasks.collect import collect_attempt

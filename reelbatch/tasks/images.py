@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from reelbatch.infra.images import ImagePolicy, ImageProblem, ImageStager
-from reelbatch.models.registry import ModelCatalog, UnknownModel
+from reelbatch.models.catalog import ModelCatalog, UnknownModel
 from reelbatch.rows import IMAGE_COLUMNS, RowTable
 from reelbatch.schemas import ManifestRow, RowRejection
 from reelbatch.tasks.manifest import ManifestLimits, ManifestReadResult, row_cells

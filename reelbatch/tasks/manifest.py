@@ -31,7 +31,8 @@ from pydantic import BaseModel, TypeAdapter, ValidationError, ValidationInfo, cr
 
 from reelbatch.infra.storage import INLINE_SOURCE, redact_secrets, redact_text, redact_url
 from reelbatch.models.pipelines import GenerationDefaults
-from reelbatch.models.registry import FAMILIES, ModelCatalog, ModelFamily, UnknownModel
+from reelbatch.models.catalog import ModelCatalog, UnknownModel
+from reelbatch.models.registry import FAMILIES, ModelFamily
 from reelbatch.schemas import Backend, ManifestRow, ParallelPlan, RowRejection, RunDefaults, many_models, trusted
 
 MAX_SEED = 2**63 - 1

@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 from reelbatch import planning
 from reelbatch.identity import expand_row
 from reelbatch.infra.cluster import visible_gpus
-from reelbatch.models.registry import ModelCatalog, ModelFamily, UnknownModel
+from reelbatch.models.catalog import ModelCatalog, UnknownModel
+from reelbatch.models.registry import ModelFamily
 from reelbatch.planning import DEFAULT_GPU_MEMORY_GIB, Objective, PlanProblem
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel
 from reelbatch.planning.packing import PackingOptions, job_id, pack_plan
