@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reelbatch.engine.rank import run_job as run_rank_job
 from reelbatch.engine.video import read_mp4
 from reelbatch.identity import expand_row
 from reelbatch.infra.launcher import launch
@@ -48,6 +49,9 @@ def run_job(tmp: Path, name: str, manifest_rows, plan: ParallelPlan, model_path:
     )
     folder.mkdir(parents=True)
     (folder / "job.json").write_text(spec.model_dump_json())
+    if plan.world_size == 1:  # the reference: the same rank code, in this process (no launch to pay for)
+        assert run_rank_job(spec) == 0
+        return spec
     result = launch(
         RANK_ENTRY, [str(folder / "job.json")], nproc_per_node=plan.world_size,
         log_path=folder / "ranks.log", timeout_s=300,

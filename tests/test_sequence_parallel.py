@@ -17,6 +17,7 @@ import torch
 from reelbatch.engine.checks import PlanNotRunnable, check_runnable, transformer_facts
 from reelbatch.engine.events import EVENT_PREFIX
 from reelbatch.engine.parallel import _coordinates, _rank_of, mesh_layout
+from reelbatch.engine.rank import run_job
 from reelbatch.identity import expand_row
 from reelbatch.infra.launcher import launch
 from reelbatch.schemas import JobSpec, ManifestRow, ParallelPlan
@@ -116,7 +117,9 @@ def single_rank(tiny_models, tmp_path_factory):
     def get(model: str) -> JobSpec:
         if model not in cache:
             folder = tmp_path_factory.mktemp("reference") / model
-            cache[model] = run_ok(make_spec(folder, rows(model), ParallelPlan(), tiny_models[model]))
+            spec = make_spec(folder, rows(model), ParallelPlan(), tiny_models[model])
+            assert run_job(spec) == 0  # the same rank code, in this process (no launch to pay for)
+            cache[model] = spec
         return cache[model]
 
     return get

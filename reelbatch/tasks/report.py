@@ -101,8 +101,9 @@ class ArtifactProgress:
             if now - self._last_update < PROGRESS_UPDATE_S and self.finished < self.total:
                 return
             self._last_update = now
-            value = 100.0 * self.finished / self.total
-        update_progress_artifact(self.artifact_id, value)
+            # Sent under the lock: jobs finish on several threads, and an earlier, lower value sent last would
+            # leave the bar short of where the run is.
+            update_progress_artifact(self.artifact_id, 100.0 * self.finished / self.total)
 
     def job_finished(self, job_id, status):
         self.inner.job_finished(job_id, status)
@@ -111,8 +112,7 @@ class ArtifactProgress:
         """Jobs that ran elsewhere (Dask workers) report when they end: move the bar to what the database says."""
         with self._lock:
             self.finished = max(self.finished, finished)
-            value = 100.0 * self.finished / self.total
-        update_progress_artifact(self.artifact_id, value)
+            update_progress_artifact(self.artifact_id, 100.0 * self.finished / self.total)
 
 
 def start_progress(total_samples: int) -> ArtifactProgress | None:
