@@ -207,16 +207,26 @@ def test_keyboard_interrupt_kills_the_job_and_propagates(tmp_path):
         """
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    orchestrator = subprocess.Popen([sys.executable, "-c", driver, str(tmp_path), str(RANK_SCRIPTS_PARENT)], env=env)
+    # -X faulthandler: if the orchestrator is stuck, SIGABRT makes it print where.
+    orchestrator = subprocess.Popen(
+        [sys.executable, "-X", "faulthandler", "-c", driver, str(tmp_path), str(RANK_SCRIPTS_PARENT)],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while len(recorded_pids(tmp_path)) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert len(recorded_pids(tmp_path)) == 2, "ranks never started"
 
+        interrupted = time.monotonic()
         orchestrator.send_signal(signal.SIGINT)
-
-        assert orchestrator.wait(timeout=15) == 42
+        try:
+            _, stderr = orchestrator.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            orchestrator.send_signal(signal.SIGABRT)
+            _, stderr = orchestrator.communicate(timeout=10)
+            pytest.fail(f"orchestrator still running {time.monotonic() - interrupted:.1f} s after SIGINT:\n{stderr}")
+        assert orchestrator.returncode == 42, stderr
     finally:
         orchestrator.kill()
     assert not any(is_running(pid) for pid in recorded_pids(tmp_path).values())
