@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both set up .venv first (idempotent).
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast lint clean
 
 VENV := .venv
 DEMO_OUT := outputs/demo
@@ -22,6 +22,12 @@ test: setup
 # The fast lane while working: no torchrun ranks and no PostgreSQL (about 2-3 minutes); `make test` runs everything.
 test-fast: setup
 	$(VENV)/bin/python -m pytest -q -m "not torchrun and not postgres"
+
+# Style, import order and formatting (ruff), then types (mypy, settings in pyproject.toml).
+lint: setup
+	$(VENV)/bin/ruff check reelbatch tests bench scripts
+	$(VENV)/bin/ruff format --check reelbatch tests bench scripts
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -22,5 +22,5 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     fi
 fi
 
-pip install -q -c constraints.txt -e ".[test]"
+pip install -q -c constraints.txt -e ".[test,lint]"
 .venv/bin/python -c "import torch, diffusers, prefect; print(f'torch {torch.__version__}, diffusers {diffusers.__version__}, prefect {prefect.__version__}: ready')"
