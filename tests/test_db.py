@@ -146,7 +146,6 @@ def test_url_for_display_masks_the_password() -> None:
     assert database.url_for_display == "postgresql+psycopg://reel:***@db.example:5432/reelbatch"
 
 
-@pytest.mark.postgres
 def test_database_pickles_as_its_url(database_url: str, database: Database) -> None:
     """A Database goes to a Dask worker or Prefect task runner as its URL; the copy opens its own engine there."""
     run_id = create_run(database)
@@ -163,6 +162,7 @@ def test_database_pickles_as_its_url(database_url: str, database: Database) -> N
     assert pickle.loads(pickle.dumps(Database(password_url))).engine.url.password == "hunter2@x"
 
 
+@pytest.mark.postgres
 def test_schema_out_of_date_message_masks_the_password(postgres_database_url: str) -> None:
     # The test server trusts every connection, so any password gets in.
     with_password = make_url(postgres_database_url).set(password="hunter2").render_as_string(hide_password=False)
