@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 import threading
@@ -16,6 +17,8 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
 from reelbatch.infra import db as db_module
+from reelbatch.infra.db import runs as db_runs
+from reelbatch.infra.db import sessions as db_sessions
 from reelbatch.infra.db import Base, Database, SchemaOutOfDate, head_revision, library_versions
 from reelbatch.schemas import BucketKey, JobSpec, ParallelPlan, RowRejection, Sample, SampleResult
 
@@ -141,6 +144,22 @@ def test_url_for_display_masks_the_password() -> None:
     assert "hunter2" not in database.url_for_display
     assert "hunter2" not in repr(database)
     assert database.url_for_display == "postgresql+psycopg://reel:***@db.example:5432/reelbatch"
+
+
+def test_database_pickles_as_its_url(database_url: str, database: Database) -> None:
+    """A Database goes to a Dask worker or Prefect task runner as its URL; the copy opens its own engine there."""
+    run_id = create_run(database)
+    copied = pickle.loads(pickle.dumps(database))
+    try:
+        assert copied.engine is not database.engine
+        assert copied.engine.url.render_as_string(hide_password=False) == (
+            make_url(database_url).render_as_string(hide_password=False)
+        )
+        assert copied.run_summary(run_id).status == "running"
+    finally:
+        copied.close()
+    password_url = "postgresql+psycopg://reel:hunter2%40x@db.example:5432/reelbatch"
+    assert pickle.loads(pickle.dumps(Database(password_url))).engine.url.password == "hunter2@x"
 
 
 @pytest.mark.postgres
@@ -343,7 +362,7 @@ def test_add_job_rejects_a_job_of_another_run(database: Database) -> None:
 
 def test_run_summary_and_reads_accept_a_unique_id_prefix(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     run_ids = iter(["abc1" + "0" * 28, "abc2" + "0" * 28, "ff%_" + "0" * 28])
-    monkeypatch.setattr(db_module, "_new_run_id", lambda: next(run_ids))
+    monkeypatch.setattr(db_runs, "_new_run_id", lambda: next(run_ids))
     first, second, odd = (create_run(database) for _ in range(3))
 
     assert database.run_summary("abc1").id == first
@@ -616,7 +635,7 @@ def test_done_outputs_finds_the_newest_done_sample_under_the_same_output_root(
     new = finished_run("/out", "job-new", [done("s2"), failed("s3")])
     finished_run("/elsewhere", "job-else", [done("s2"), done("s3"), done("s4")])
     unrelated = [f"x{index}" for index in range(1200)]
-    monkeypatch.setattr(db_module, "QUERY_CHUNK", 7)  # many chunks, the found ids in different ones
+    monkeypatch.setattr(db_sessions, "QUERY_CHUNK", 7)  # many chunks, the found ids in different ones
 
     found = database.done_outputs("/out", ["s2", "s3", "s4", *unrelated])
     assert found == {
@@ -695,7 +714,7 @@ def test_only_reused_samples_make_a_done_run(database: Database) -> None:
 
 def test_reopen_run_and_run_record(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     run_ids = iter(["abc1" + "0" * 28, "abc2" + "0" * 28])
-    monkeypatch.setattr(db_module, "_new_run_id", lambda: next(run_ids))
+    monkeypatch.setattr(db_runs, "_new_run_id", lambda: next(run_ids))
     run_id = create_run(database, params={"defaults": {"fps": 8}, "plan": None})
     create_run(database)
     database.add_job(run_id, make_job("job", run_id, rows=[2]))

@@ -9,7 +9,8 @@ from alembic import context
 from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
 
-from reelbatch.infra.db import Base, Database
+from reelbatch.infra.db.database import Database
+from reelbatch.infra.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata

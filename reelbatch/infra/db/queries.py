@@ -1,0 +1,181 @@
+"""Reads: run summaries and listings, the rows of a run for status and export, and outputs a new run can reuse."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from reelbatch.infra.db.models import SAMPLE_STATUSES, JobAttemptRecord, JobRecord, RunRecord, SampleRecord
+from reelbatch.infra.db.sessions import SessionSource, chunks
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    id: str
+    created_at: datetime
+    finished_at: datetime | None
+    status: str
+    manifest_source: str
+    output_root: str
+    counts: dict[str, int]
+    jobs: int
+    reused: int = 0  # sample rows (all done) that reuse the output of an earlier run; included in counts["done"]
+
+
+@dataclass(frozen=True)
+class DoneOutput:
+    """Where a finished sample's video is, and which run's row says so."""
+
+    output_path: str
+    run_id: str
+
+
+def status_counts(session: Session, run_ids: list[str]) -> dict[str, dict[str, int]]:
+    """Sample rows per status of each run (every status present, 0 when none)."""
+    counts = {run_id: dict.fromkeys(SAMPLE_STATUSES, 0) for run_id in run_ids}
+    rows = session.execute(
+        select(SampleRecord.run_id, SampleRecord.status, func.count())
+        .where(SampleRecord.run_id.in_(run_ids))
+        .group_by(SampleRecord.run_id, SampleRecord.status)
+    )
+    for run_id, status, count in rows:
+        counts[run_id][status] = count
+    return counts
+
+
+def _resolve_run_id(session: Session, run_id_or_prefix: str) -> str:
+    if not run_id_or_prefix:
+        raise KeyError("empty run id")
+    matches = session.scalars(
+        select(RunRecord.id).where(RunRecord.id.startswith(run_id_or_prefix, autoescape=True)).limit(2)
+    ).all()
+    if not matches:
+        raise KeyError(f"no run {run_id_or_prefix!r}")
+    if len(matches) > 1:
+        raise KeyError(f"run id prefix {run_id_or_prefix!r} is ambiguous")
+    return matches[0]
+
+
+def _summaries(session: Session, runs: list[RunRecord]) -> list[RunSummary]:
+    run_ids = [run.id for run in runs]
+    counts = status_counts(session, run_ids)
+    job_counts = dict(
+        session.execute(
+            select(JobRecord.run_id, func.count()).where(JobRecord.run_id.in_(run_ids)).group_by(JobRecord.run_id)
+        ).all()
+    )
+    reused_counts = dict(
+        session.execute(
+            select(SampleRecord.run_id, func.count())
+            .where(SampleRecord.run_id.in_(run_ids), SampleRecord.reused_from_run.is_not(None))
+            .group_by(SampleRecord.run_id)
+        ).all()
+    )
+    return [
+        RunSummary(
+            id=run.id,
+            created_at=run.created_at,
+            finished_at=run.finished_at,
+            status=run.status,
+            manifest_source=run.manifest_source,
+            output_root=run.output_root,
+            counts=counts[run.id],
+            jobs=job_counts.get(run.id, 0),
+            reused=reused_counts.get(run.id, 0),
+        )
+        for run in runs
+    ]
+
+
+def list_runs(database: SessionSource, limit: int = 20) -> list[RunSummary]:
+    """The newest runs first."""
+    with database.read_session() as session:
+        runs = session.scalars(
+            select(RunRecord).order_by(RunRecord.created_at.desc(), RunRecord.id).limit(limit)
+        ).all()
+        return _summaries(session, list(runs))
+
+
+def run_summary(database: SessionSource, run_id: str) -> RunSummary:
+    """Summary of a run given its id or a unique prefix of it; ``KeyError`` if none or several match."""
+    with database.read_session() as session:
+        run = session.get_one(RunRecord, _resolve_run_id(session, run_id))
+        return _summaries(session, [run])[0]
+
+
+def run_record(database: SessionSource, run_id: str) -> dict[str, Any]:
+    """Every column of a run's row given its id or a unique prefix of it; ``KeyError`` if none or several match."""
+    table = RunRecord.__table__
+    with database.read_session() as session:
+        resolved = _resolve_run_id(session, run_id)
+        return dict(session.execute(select(table).where(table.c.id == resolved)).mappings().one())
+
+
+def done_outputs(database: SessionSource, output_root: str, sample_ids: Collection[str]) -> dict[str, DoneOutput]:
+    """For each of these sample ids (identity hashes) with a ``done`` row that has an output path in any run
+    written to exactly this ``output_root``: where the video is, from the newest such row."""
+    wanted = sorted(set(sample_ids))
+    newest_first = func.coalesce(SampleRecord.finished_at, SampleRecord.created_at).desc()
+    found: dict[str, DoneOutput] = {}
+    with database.read_session() as session:
+        for chunk in chunks(wanted):
+            rows = session.execute(
+                select(SampleRecord.sample_id, SampleRecord.output_path, SampleRecord.run_id)
+                .join(RunRecord, RunRecord.id == SampleRecord.run_id)
+                .where(
+                    RunRecord.output_root == output_root,
+                    SampleRecord.sample_id.in_(chunk),
+                    SampleRecord.status == "done",
+                    SampleRecord.output_path.is_not(None),
+                )
+                .order_by(newest_first, SampleRecord.id.desc())
+            )
+            for sample_id, output_path, run_id in rows:
+                found.setdefault(sample_id, DoneOutput(output_path=output_path, run_id=run_id))
+    return found
+
+
+def running_launches(database: SessionSource) -> list[tuple[str, str]]:
+    """(job id, launch id) of every job, of any run, recorded as ``running`` under a launch."""
+    with database.read_session() as session:
+        rows = session.execute(
+            select(JobRecord.id, JobRecord.launch_id)
+            .where(JobRecord.status == "running", JobRecord.launch_id.is_not(None))
+            .order_by(JobRecord.id)
+        )
+        return [(job_id, launch_id) for job_id, launch_id in rows]
+
+
+def samples(database: SessionSource, run_id: str) -> list[dict[str, Any]]:
+    """Every column of every sample row of a run (id or unique prefix), in manifest order."""
+    table = SampleRecord.__table__
+    with database.read_session() as session:
+        resolved = _resolve_run_id(session, run_id)
+        rows = session.execute(
+            select(table).where(table.c.run_id == resolved).order_by(table.c.row, table.c.video_index, table.c.id)
+        )
+        return [dict(row) for row in rows.mappings()]
+
+
+def jobs(database: SessionSource, run_id: str) -> list[dict[str, Any]]:
+    """Every column of every job of a run (id or unique prefix), in the order they were added."""
+    table = JobRecord.__table__
+    with database.read_session() as session:
+        resolved = _resolve_run_id(session, run_id)
+        rows = session.execute(
+            select(table).where(table.c.run_id == resolved).order_by(table.c.created_at, table.c.id)
+        )
+        return [dict(row) for row in rows.mappings()]
+
+
+def attempts(database: SessionSource, job_id: str) -> list[dict[str, Any]]:
+    """Every launch of a job, first to last."""
+    table = JobAttemptRecord.__table__
+    with database.read_session() as session:
+        rows = session.execute(select(table).where(table.c.job_id == job_id).order_by(table.c.attempt))
+        return [dict(row) for row in rows.mappings()]

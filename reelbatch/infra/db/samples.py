@@ -1,0 +1,148 @@
+"""Writes of sample rows: rejected manifest rows, samples an earlier run already made, and the results of a job."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from reelbatch.infra.db.models import SampleRecord, utcnow
+from reelbatch.infra.db.rejected_rows import _rejected_row_values
+from reelbatch.infra.db.sessions import SessionSource, upsert_insert
+from reelbatch.schemas import BucketKey, RowRejection, Sample, SampleResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReusedSample:
+    """A sample of this run whose video an earlier run already made (``from_run``) under the same output root."""
+
+    sample: Sample
+    bucket: BucketKey
+    output_path: str
+    from_run: str
+
+
+def generation_values(bucket: BucketKey) -> dict[str, Any]:
+    # Every bucket field has a column of the same name, except how it runs (plan and backend live on the job).
+    return bucket.model_dump(exclude={"plan", "backend"})
+
+
+def sample_identity_values(sample: Sample) -> dict[str, Any]:
+    # Every Sample field has a samples column of the same name, except the output key (the path replaces it).
+    return sample.model_dump(exclude={"output_key"})
+
+
+def add_rejections(
+    database: SessionSource,
+    run_id: str,
+    rejections: list[RowRejection],
+    raw_rows: Mapping[int, Mapping[str, Any]] | None = None,
+) -> None:
+    """One ``rejected`` sample row per rejection, with whatever of the raw manifest row could be parsed."""
+    raw_rows = raw_rows or {}
+    records = [
+        SampleRecord(
+            run_id=run_id,
+            row=rejection.row,
+            status="rejected",
+            error=rejection.message,
+            reject_rule=rejection.rule,
+            reject_column=rejection.column,
+            reject_fix=rejection.fix,
+            **_rejected_row_values(raw_rows.get(rejection.row, {})),
+        )
+        for rejection in rejections
+    ]
+    with database.write_session() as session:
+        session.add_all(records)
+
+
+def add_reused_samples(database: SessionSource, run_id: str, reused: list[ReusedSample]) -> None:
+    """Record samples whose video an earlier run made as ``done`` without a job (``reused_from_run`` says which
+    run). A sample row of this run already ``done`` is left alone; one not done becomes this reused done row
+    (attempts kept). Idempotent."""
+    if not reused:
+        return
+    now = utcnow()
+    rows = [
+        {
+            "run_id": run_id,
+            "job_id": None,
+            **sample_identity_values(item.sample),
+            **generation_values(item.bucket),
+            "status": "done",
+            "error": None,
+            "output_path": item.output_path,
+            "reused_from_run": item.from_run,
+            "seconds": None,
+            "frames": None,
+            "finished_at": now,
+        }
+        for item in reused
+    ]
+    samples = SampleRecord.__table__
+    with database.write_session() as session:
+        insert_samples = upsert_insert(session, samples)
+        session.execute(
+            insert_samples.on_conflict_do_update(
+                index_elements=[samples.c.run_id, samples.c.sample_id],
+                set_={
+                    **{column: insert_samples.excluded[column] for column in rows[0] if column != "run_id"},
+                    "updated_at": now,
+                },
+                where=samples.c.status != "done",
+            ),
+            rows,
+        )
+
+
+def record_sample_results(
+    database: SessionSource, job_id: str, results: list[SampleResult], output_paths: Mapping[str, str]
+) -> None:
+    """Store the results of samples of this job. Idempotent: a result already stored changes nothing, not even
+    timestamps. A ``done`` sample stays done (its mp4 exists), whatever a later result says."""
+    if not results:
+        return
+    results_by_sample_id = {result.sample_id: result for result in results}
+    now = utcnow()
+    with database.write_session() as session:
+        records = session.scalars(
+            select(SampleRecord).where(
+                SampleRecord.job_id == job_id, SampleRecord.sample_id.in_(list(results_by_sample_id))
+            )
+        ).all()
+        for record in records:
+            result = results_by_sample_id[record.sample_id]
+            if record.status == "done" and result.status != "done":
+                log.warning(
+                    "job %s: ignoring %s result for sample %s, already done",
+                    job_id,
+                    result.status,
+                    record.sample_id,
+                )
+                continue
+            new_values = {
+                "status": result.status,
+                "seconds": result.seconds,
+                "frames": result.frames,
+                "error": result.error,
+                "output_path": output_paths.get(result.sample_id),
+            }
+            if all(getattr(record, column) == value for column, value in new_values.items()):
+                continue
+            for column, value in new_values.items():
+                setattr(record, column, value)
+            record.finished_at = now
+        unknown = set(results_by_sample_id) - {record.sample_id for record in records}
+        if unknown:
+            log.warning(
+                "job %s: ignoring results for %d samples not in this job: %s",
+                job_id,
+                len(unknown),
+                sorted(unknown)[:5],
+            )
