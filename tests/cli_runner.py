@@ -26,4 +26,4 @@ def reelbatch(*args: str) -> subprocess.CompletedProcess:
 
 def console_script(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """`reelbatch ARGS` through the installed entry point (pyproject's `reelbatch.cli:main`), in a fresh process."""
-    return subprocess.run([CONSOLE_SCRIPT, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run([CONSOLE_SCRIPT, *args], capture_output=True, text=True, cwd=cwd, timeout=300, check=False)

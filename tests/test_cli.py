@@ -131,9 +131,8 @@ def test_simulate_reports_the_fleet_figures(tmp_path):
 
 
 def test_storage_help_offers_only_the_kinds_the_cost_model_knows():
-    from reelbatch.planning.cost import STORAGE_KINDS
-
     from reelbatch.cli.options import STORAGE_HELP
+    from reelbatch.planning.cost import STORAGE_KINDS
 
     assert STORAGE_HELP.endswith(f"{' or '.join(STORAGE_KINDS)}.")
     example = str(Path(__file__).resolve().parent.parent / "examples" / "prompts.csv")

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-import reelbatch.cli.values as values
+import reelbatch.cli.values as values  # noqa: PLR0402 - `from reelbatch.cli import` would import the package: a cycle
 from reelbatch.cli.app import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, app
 from reelbatch.cli.render import console, out
 

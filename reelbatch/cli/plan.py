@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
+import reelbatch.cli.values as values  # noqa: PLR0402 - `from reelbatch.cli import` would import the package: a cycle
 from reelbatch import defaults as default
-import reelbatch.cli.values as values
 from reelbatch.cli.app import EXIT_OK, EXIT_PARTIAL, app
 from reelbatch.cli.options import (
     PACKING,
@@ -16,8 +16,8 @@ from reelbatch.cli.options import (
     ROW_DEFAULTS,
     STORAGE_HELP,
     GpusOpt,
-    MaxSamplesOpt,
     ManifestArg,
+    MaxSamplesOpt,
     ModelPathOpt,
     ModelsFileOpt,
     ObjectiveOpt,

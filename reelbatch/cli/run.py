@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-import reelbatch.cli.values as values
+import reelbatch.cli.values as values  # noqa: PLR0402 - `from reelbatch.cli import` would import the package: a cycle
 from reelbatch import defaults as default
 from reelbatch.cli.app import app
 from reelbatch.cli.options import (
@@ -17,8 +17,8 @@ from reelbatch.cli.options import (
     DbOpt,
     FpsOpt,
     GpusOpt,
-    MaxSamplesOpt,
     ManifestArg,
+    MaxSamplesOpt,
     ModelPathOpt,
     ModelsFileOpt,
     RetryOpt,

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-import reelbatch.cli.values as values
+import reelbatch.cli.values as values  # noqa: PLR0402 - `from reelbatch.cli import` would import the package: a cycle
 from reelbatch.cli.app import app, db_app
 from reelbatch.cli.options import DbOpt, RunIdArg
 from reelbatch.cli.render import console, print_runs, print_status
