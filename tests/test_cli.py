@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cli_runner import console_script, reelbatch
+
 HEADER = "id,prompt,model,height,width,num_frames,guidance_scale,sequence_batch\n"
-
-
-def reelbatch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "reelbatch.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
-    )
 
 
 def write(tmp_path: Path, text: str | bytes, name: str = "m.csv") -> str:
@@ -103,7 +97,7 @@ def test_missing_file_is_a_usage_error(tmp_path):
 
 
 def test_help_teaches_the_commands():
-    done = reelbatch("--help")
+    done = console_script("--help")  # the installed entry point, in a fresh process: every command registered
     assert done.returncode == 0
     for command in ("run", "plan", "runs", "db", "models"):
         assert command in done.stdout
@@ -134,3 +128,13 @@ def test_simulate_reports_the_fleet_figures(tmp_path):
     assert keys <= set(doc) and keys <= set(doc["naive"])
     assert doc["makespan_s"] >= doc["lower_bound_s"] > 0 and doc["ratio"] >= 1.0
     assert 0 < doc["gpu_utilization"] <= 1.0
+
+
+def test_storage_help_offers_only_the_kinds_the_cost_model_knows():
+    from reelbatch.cli.options import STORAGE_HELP
+    from reelbatch.planning.cost import STORAGE_KINDS
+
+    assert STORAGE_HELP.endswith(f"{' or '.join(STORAGE_KINDS)}.")
+    example = str(Path(__file__).resolve().parent.parent / "examples" / "prompts.csv")
+    refused = reelbatch("plan", example, "--storage", "nfs")
+    assert refused.returncode == 2 and "use one of local, s3" in refused.stderr

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from reelbatch.schemas import RunDefaults
 from reelbatch.tasks.images import check_images
 from reelbatch.tasks.manifest import ManifestError, check_columns, parse_manifest_text, read_manifest
 from reelbatch.tasks.shard import plan_run
+from tests.cli_runner import reelbatch
 
 CATALOG = ModelCatalog.from_config()
 
@@ -250,8 +249,7 @@ def test_an_image_root_allows_another_place(tmp_path):
 
 
 def test_reelbatch_models_show_prints_defaults_inputs_and_parallel_support():
-    shown = subprocess.run([sys.executable, "-m", "reelbatch.cli", "models", "show", "skyreels-v1-i2v", "--json"],
-                           capture_output=True, text=True, timeout=120)
+    shown = reelbatch("models", "show", "skyreels-v1-i2v", "--json")
     assert shown.returncode == 0, shown.stderr
     facts = json.loads(shown.stdout)
     assert facts["pipeline"] == "HunyuanSkyreelsImageToVideoPipeline" and facts["inputs"] == "text + image"
@@ -303,9 +301,10 @@ def test_a_broken_model_folder_fails_its_own_rows_not_the_manifest(tmp_path, tin
     assert [j.bucket.model for j in run_plan.jobs] == ["tiny-wan"]
 
 
-def test_an_image_root_with_credentials_is_a_usage_error(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "reelbatch.cli", "run", "missing.csv", "--image-root", "s3://key:secret@bucket/x/",
-         "--db", f"sqlite:///{tmp_path / 'r.db'}"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+def test_an_image_root_with_credentials_is_a_usage_error(tmp_path, monkeypatch):
+    # In this process: the root is refused before the flow starts or any environment variable is set.
+    monkeypatch.chdir(tmp_path)
+    done = reelbatch("run", "missing.csv", "--image-root", "s3://key:secret@bucket/x/",
+                     "--db", f"sqlite:///{tmp_path / 'r.db'}")
     assert done.returncode == 2 and "must be a plain URL prefix" in done.stderr
     assert "secret" not in done.stderr and "Traceback" not in done.stderr

@@ -21,6 +21,7 @@ from reelbatch.infra.storage import images_root, normalize_root
 from reelbatch.models.catalog import ModelCatalog
 from reelbatch.planning.packing import Packing
 from reelbatch.schemas import RunDefaults
+from reelbatch.defaults import GPU_MEMORY_GIB, OBJECTIVE
 from reelbatch.settings import DEFAULT_DB_URL, DEFAULT_OUTPUT
 from reelbatch.infra.failures import RetryPolicy
 from reelbatch.tasks.dispatch import prepare_job_task
@@ -61,8 +62,8 @@ def generate_dataset(
     model_paths: list[str] | None = None,
     max_samples_per_job: int = DEFAULT_MAX_SAMPLES_PER_JOB,
     job_timeout_s: float | None = None,
-    gpu_memory_gib: float = 80.0,
-    objective: Literal["throughput", "latency"] = "throughput",
+    gpu_memory_gib: float = GPU_MEMORY_GIB,
+    objective: Literal["throughput", "latency"] = OBJECTIVE,
     resume_run_id: str | None = None,
     retry_policy: dict | None = None,
     limits: dict | None = None,

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
+from reelbatch.defaults import GPU_MEMORY_GIB
 from reelbatch.models.registry import ModelFamily
 from reelbatch.planning.cost import REFERENCE_TOKENS, TOKENS_EXPONENT  # noqa: F401 (were defined here)
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel
@@ -46,7 +47,7 @@ from reelbatch.schemas import Backend, BucketKey, ParallelPlan
 Objective = Literal["throughput", "latency"]
 OBJECTIVES: tuple[Objective, ...] = ("throughput", "latency")
 
-DEFAULT_GPU_MEMORY_GIB = 80.0
+DEFAULT_GPU_MEMORY_GIB = GPU_MEMORY_GIB
 LARGEST_GPU_COUNT_TO_SUGGEST = 64
 
 

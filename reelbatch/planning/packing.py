@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
+from reelbatch.defaults import JOB_MINUTES
 from reelbatch.identity import output_key, sample_id, sample_seed
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel, StorageKind
 from reelbatch.rows import concat_samples
@@ -50,7 +51,7 @@ if TYPE_CHECKING:  # tasks.shard imports Prefect; packing must stay light
 PaddingPolicy = Literal["pad", "fill"]
 JobWidth = Literal["group", "node"]
 PADDING_POLICIES: tuple[PaddingPolicy, ...] = ("pad", "fill")
-DEFAULT_TARGET_SECONDS = 1800.0
+DEFAULT_TARGET_SECONDS = JOB_MINUTES * 60
 FLEET_SEARCH_JOBS = 100  # work per GPU below this many target-length jobs: search the target on the fleet
 SHORTER_TARGETS = (1.0, 0.75, 0.5, 0.33)  # fractions of target_seconds tried by the search
 

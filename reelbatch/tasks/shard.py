@@ -34,9 +34,8 @@ from reelbatch.schemas import (
     Sample,
     many_models,
 )
+from reelbatch.defaults import MAX_SAMPLES_PER_JOB as DEFAULT_MAX_SAMPLES_PER_JOB
 from reelbatch.settings import JOB_TIMEOUT_FLOOR_S, JOB_TIMEOUT_MARGIN
-
-DEFAULT_MAX_SAMPLES_PER_JOB = 32
 
 __all__ = [  # PlanProblem is re-exported: it used to live here
     "DEFAULT_MAX_SAMPLES_PER_JOB", "PlanProblem", "PlanRefused", "PlannedJob", "RunPlan", "bucket_key",

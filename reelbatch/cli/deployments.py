@@ -15,6 +15,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+import reelbatch.cli.values as values  # noqa: PLR0402 - `from reelbatch.cli import` would import the package: a cycle
+from reelbatch.cli.app import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, app
+from reelbatch.cli.render import console, out
+
 DEFAULT_DEPLOYMENT = "generate-dataset/generate-dataset"
 DEFAULT_DB_SECRET = "reelbatch-database-url"
 NIGHTLY_CRON = "0 2 * * *"
@@ -203,84 +207,81 @@ def replace_pool_deployments(names: list[str]) -> list[str]:
     return deleted
 
 
-def register(app: typer.Typer) -> None:
-    """Add `submit` and `serve` to the reelbatch command line."""
-    from reelbatch.cli import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, _gpus, _prefect_environment, console, out
+@app.command()
+def submit(
+    manifest: Annotated[Path, typer.Argument(help="Manifest file (CSV, JSONL or Parquet) on this machine.")],
+    deployment: Annotated[str, typer.Option("--deployment", "-d", help="Deployment to run: FLOW/DEPLOYMENT, or one name when both are the same.")] = "generate-dataset",
+    store: Annotated[Optional[str], typer.Option("--store", help=f"Manifest store the workers can read: a shared folder or s3://bucket/prefix. Env: {STORE_ENV}. Default: <output>/.reelbatch/manifests.")] = None,
+    output: Annotated[Optional[str], typer.Option("--out", help="Output of this run (default: the deployment's).")] = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="KEY=VALUE flow parameter (VALUE as JSON, else text), e.g. gpus_per_node=8 or strict=true. Repeatable.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the run to finish; exit 0 when it completed, 1 otherwise.")] = False,
+) -> None:
+    """Upload a manifest and start a deployment on it (the UI takes files only as pasted text, up to 512 KB).
 
-    @app.command()
-    def submit(
-        manifest: Annotated[Path, typer.Argument(help="Manifest file (CSV, JSONL or Parquet) on this machine.")],
-        deployment: Annotated[str, typer.Option("--deployment", "-d", help="Deployment to run: FLOW/DEPLOYMENT, or one name when both are the same.")] = "generate-dataset",
-        store: Annotated[Optional[str], typer.Option("--store", help=f"Manifest store the workers can read: a shared folder or s3://bucket/prefix. Env: {STORE_ENV}. Default: <output>/.reelbatch/manifests.")] = None,
-        output: Annotated[Optional[str], typer.Option("--out", help="Output of this run (default: the deployment's).")] = None,
-        param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="KEY=VALUE flow parameter (VALUE as JSON, else text), e.g. gpus_per_node=8 or strict=true. Repeatable.")] = None,
-        wait: Annotated[bool, typer.Option("--wait", help="Wait for the run to finish; exit 0 when it completed, 1 otherwise.")] = False,
-    ) -> None:
-        """Upload a manifest and start a deployment on it (the UI takes files only as pasted text, up to 512 KB).
+    Needs a Prefect server (PREFECT_API_URL) with the deployment registered. Prints the run id and its page.
+    """
+    try:
+        flow_run, uri, link = submit_manifest(manifest, deployment, store, output, _parse_params(param))
+    except SubmitError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE)
+    console.print(f"manifest stored at {uri}", highlight=False, soft_wrap=True)
+    out.print(f"flow run {flow_run.id} ({flow_run.name})", highlight=False)
+    out.print(link, highlight=False, soft_wrap=True)
+    if wait:
+        final = _wait(flow_run.id)
+        console.print(f"flow run {final.name}: {final.state.name}", highlight=False)
+        raise typer.Exit(EXIT_OK if final.state.is_completed() else EXIT_PARTIAL)
 
-        Needs a Prefect server (PREFECT_API_URL) with the deployment registered. Prints the run id and its page.
-        """
-        try:
-            flow_run, uri, link = submit_manifest(manifest, deployment, store, output, _parse_params(param))
-        except SubmitError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_USAGE)
-        console.print(f"manifest stored at {uri}", highlight=False, soft_wrap=True)
-        out.print(f"flow run {flow_run.id} ({flow_run.name})", highlight=False)
-        out.print(link, highlight=False, soft_wrap=True)
-        if wait:
-            final = _wait(flow_run.id)
-            console.print(f"flow run {final.name}: {final.state.name}", highlight=False)
-            raise typer.Exit(EXIT_OK if final.state.is_completed() else EXIT_PARTIAL)
 
-    @app.command()
-    def serve(
-        output: Annotated[str, typer.Option("--out", help="Default output of the served runs.")] = "outputs/dataset",
-        db: Annotated[Optional[str], typer.Option("--db", help="Database URL; saved into the Secret block --db-secret, so run parameters never show it. Env: REELBATCH_DB_URL.")] = None,
-        db_secret: Annotated[str, typer.Option("--db-secret", help="Prefect Secret block holding the database URL.")] = DEFAULT_DB_SECRET,
-        gpus: Annotated[Optional[int], typer.Option("--gpus-per-node", "--gpus", min=1, help="Ranks per node.")] = None,
-        inbox: Annotated[Optional[str], typer.Option("--inbox", help="Also serve nightly-dataset on this inbox (folder or s3:// prefix).")] = None,
-        cron: Annotated[str, typer.Option("--cron", help="Schedule of nightly-dataset.")] = NIGHTLY_CRON,
-        timezone: Annotated[str, typer.Option("--timezone", help="Time zone of --cron (IANA name).")] = NIGHTLY_TIMEZONE,
-    ) -> None:
-        """Run the deployments from this process, on this machine, without a work pool or worker (Ctrl-C stops).
+@app.command()
+def serve(
+    output: Annotated[str, typer.Option("--out", help="Default output of the served runs.")] = "outputs/dataset",
+    db: Annotated[Optional[str], typer.Option("--db", help="Database URL; saved into the Secret block --db-secret, so run parameters never show it. Env: REELBATCH_DB_URL.")] = None,
+    db_secret: Annotated[str, typer.Option("--db-secret", help="Prefect Secret block holding the database URL.")] = DEFAULT_DB_SECRET,
+    gpus: Annotated[Optional[int], typer.Option("--gpus-per-node", "--gpus", min=1, help="Ranks per node.")] = None,
+    inbox: Annotated[Optional[str], typer.Option("--inbox", help="Also serve nightly-dataset on this inbox (folder or s3:// prefix).")] = None,
+    cron: Annotated[str, typer.Option("--cron", help="Schedule of nightly-dataset.")] = NIGHTLY_CRON,
+    timezone: Annotated[str, typer.Option("--timezone", help="Time zone of --cron (IANA name).")] = NIGHTLY_TIMEZONE,
+) -> None:
+    """Run the deployments from this process, on this machine, without a work pool or worker (Ctrl-C stops).
 
-        Registers generate-dataset (and nightly-dataset with --inbox) on the Prefect server at PREFECT_API_URL
-        and executes their runs here: trigger them from the UI, `prefect deployment run` or `reelbatch submit`.
-        """
-        # A long-lived server process: its flow runs' INFO lines are what the operator watches.
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
-        _prefect_environment()
-        from prefect.client.schemas.schedules import CronSchedule
+    Registers generate-dataset (and nightly-dataset with --inbox) on the Prefect server at PREFECT_API_URL
+    and executes their runs here: trigger them from the UI, `prefect deployment run` or `reelbatch submit`.
+    """
+    # A long-lived server process: its flow runs' INFO lines are what the operator watches.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    values.prefect_environment()
+    from prefect.client.schemas.schedules import CronSchedule
 
-        try:
-            _api_url()
-            CronSchedule(cron=cron, timezone=timezone)  # a bad schedule is a usage error, before anything starts
-        except SubmitError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_USAGE)
-        except ValueError as exc:
-            console.print(f"[bold red]error:[/] --cron/--timezone: {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_USAGE)
-        from prefect import serve as prefect_serve
-        from prefect.blocks.system import Secret
+    try:
+        _api_url()
+        CronSchedule(cron=cron, timezone=timezone)  # a bad schedule is a usage error, before anything starts
+    except SubmitError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE)
+    except ValueError as exc:
+        console.print(f"[bold red]error:[/] --cron/--timezone: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE)
+    from prefect import serve as prefect_serve
+    from prefect.blocks.system import Secret
 
-        from reelbatch.infra.prefect_config import database_url
+    from reelbatch.infra.prefect_config import database_url
 
-        url = db or os.environ.get("REELBATCH_DB_URL")
-        if url:
-            Secret(value=url).save(db_secret, overwrite=True)
-        try:
-            url = database_url("", db_secret)
-        except ValueError as exc:
-            console.print(f"[bold red]error:[/] {exc} (or pass --db URL)", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_USAGE)
-        from reelbatch.infra.db import Database
+    url = db or os.environ.get("REELBATCH_DB_URL")
+    if url:
+        Secret(value=url).save(db_secret, overwrite=True)
+    try:
+        url = database_url("", db_secret)
+    except ValueError as exc:
+        console.print(f"[bold red]error:[/] {exc} (or pass --db URL)", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE)
+    from reelbatch.infra.db import Database
 
-        with Database(url) as database:
-            database.ensure_schema(auto_upgrade=True)
-        deployments = serve_deployments(output, db_secret, _gpus(gpus), inbox, cron, timezone)
-        for name in replace_pool_deployments([f"{d.flow_name}/{d.name}" for d in deployments]):
-            console.print(f"replacing {name} by the served deployment; `prefect deploy --all` brings it back",
-                          highlight=False, soft_wrap=True)
-        prefect_serve(*deployments)
+    with Database(url) as database:
+        database.ensure_schema(auto_upgrade=True)
+    deployments = serve_deployments(output, db_secret, values.gpus(gpus), inbox, cron, timezone)
+    for name in replace_pool_deployments([f"{d.flow_name}/{d.name}" for d in deployments]):
+        console.print(f"replacing {name} by the served deployment; `prefect deploy --all` brings it back",
+                      highlight=False, soft_wrap=True)
+    prefect_serve(*deployments)
