@@ -8,7 +8,8 @@ import torch
 
 from reelbatch.engine.loading import load_pipeline
 from reelbatch.engine.rank import slots_for_rank
-from reelbatch.engine.sampler import VideoSampler, adapter_for
+from reelbatch.engine.adapters import adapter_for
+from reelbatch.engine.sampler import VideoSampler
 from reelbatch.schemas import BucketKey, JobSpec, ParallelPlan, Sample
 
 CPU = torch.device("cpu")

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from reelbatch.engine.adapters import adapter_for
 from reelbatch.engine.checks import PlanNotRunnable, check_runnable
 from reelbatch.engine.context_parallel import enable_sequence_parallel
 from reelbatch.engine.events import emit
@@ -43,7 +44,7 @@ from reelbatch.engine.parallel import (
     join_process_group,
     shutdown,
 )
-from reelbatch.engine.sampler import SampleInputs, VideoSampler, adapter_for
+from reelbatch.engine.sampler import SampleInputs, VideoSampler
 from reelbatch.engine.video import write_json, write_mp4, write_npy
 from reelbatch.schemas import JobSpec, Sample, SampleResult
 
