@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from reelbatch.contract import JobSpec
 from reelbatch.models.folders import FolderProblem, read_folder
-from reelbatch.schemas import JobSpec
 
 
 class PlanNotRunnable(RuntimeError):

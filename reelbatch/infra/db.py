@@ -52,7 +52,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from reelbatch.schemas import BucketKey, JobSpec, RowRejection, Sample, SampleResult
+from reelbatch.contract import JobSpec, SampleResult
+from reelbatch.schemas import BucketKey, RowRejection, Sample
 
 log = logging.getLogger(__name__)
 
