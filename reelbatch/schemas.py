@@ -1,7 +1,7 @@
-"""The data that crosses module and process boundaries.
+"""The data that crosses module boundaries: run defaults, manifest rows, samples, buckets and plans.
 
-``JobSpec`` and ``SampleResult`` are the only contract between the orchestrator and the torchrun ranks; both are
-versioned. Nothing here imports torch, diffusers, Prefect or the database, so every side can use it.
+The job spec and the rank results, the orchestrator's contract with the torchrun ranks, are in
+``reelbatch.contract``. Nothing here imports torch, diffusers, Prefect or the database, so every side can use it.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from contextlib import contextmanager
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
-
-JOB_SPEC_VERSION = 2
 
 # What a video is conditioned on besides its prompt (models/pipelines.py says which models take which).
 Conditioning = Literal["text", "first_frame", "first_last_frame"]
@@ -186,45 +184,6 @@ class BucketKey(BaseModel):
     @property
     def uses_cfg(self) -> bool:
         return self.guidance_scale > 1.0
-
-
-class JobSpec(BaseModel):
-    """A job as the ranks see it: one model, one shape, one plan, a list of samples."""
-
-    schema_version: Literal[2] = JOB_SPEC_VERSION
-    job_id: str
-    run_id: str = ""
-    bucket: BucketKey
-    model_path: str = Field(description="Local diffusers folder loaded with from_pretrained.")
-    family: Literal["wan", "hunyuan"]
-    plan: ParallelPlan
-    backend: Backend = "native"
-    samples: list[Sample]
-    padded_slots: int = Field(0, description="Slots added so the sample count divides by dp; computed, never written.")
-    tokens: int = Field(0, description="Video tokens per sample in the transformer (latent T*h*w / patch).")
-    fps: int = 8
-    output_dir: str = Field(description="Local folder the ranks write mp4 and sidecar files into.")
-    results_path: str = Field(description="JSONL file rank 0 appends one SampleResult per sample to.")
-    micro_batch: int = Field(1, ge=1, description="Samples one rank pushes through the transformer at once.")
-    timeout_s: float | None = Field(None, description="The planner's wall-clock limit for the job (orchestrator side).")
-    vae_tiling: bool = Field(False, description="Decode in tiles (less memory; set by the out-of-memory retry).")
-    collective_timeout_s: float = Field(1800.0, description="Process-group timeout; outlasts single-rank phases.")
-    keep_frames: bool = Field(False, description="Also save the float frames as .npy (verification only).")
-    images_dir: str = Field("", description="Local folder of the staged input images, <sha[:2]>/<sha256>.")
-    flow_shift: float | None = Field(None, description="Scheduler shift of the family's recipe; None: the folder's.")
-    fp32_components: list[str] = Field(default_factory=list, description="Components loaded in fp32 on GPUs.")
-
-
-class SampleResult(BaseModel):
-    sample_id: str
-    status: Literal["done", "failed"]
-    seconds: float = 0.0
-    frames: int = 0
-    height: int = 0
-    width: int = 0
-    file: str | None = Field(None, description="Output key of the mp4, relative to the job's output_dir.")
-    error: str | None = None
-    rank: int = 0
 
 
 FrozenModel = TypeVar("FrozenModel", bound=BaseModel)

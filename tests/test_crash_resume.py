@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from reelbatch.contract import CRASH_ENV
 from reelbatch.infra.launcher import _tagged_pids
-from reelbatch.testing import CRASH_ENV
 
 pytestmark = pytest.mark.torchrun
 

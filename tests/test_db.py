@@ -20,7 +20,8 @@ from reelbatch.infra import db as db_module
 from reelbatch.infra.db import runs as db_runs
 from reelbatch.infra.db import sessions as db_sessions
 from reelbatch.infra.db import Base, Database, SchemaOutOfDate, head_revision, library_versions
-from reelbatch.schemas import BucketKey, JobSpec, ParallelPlan, RowRejection, Sample, SampleResult
+from reelbatch.contract import JobSpec, SampleResult
+from reelbatch.schemas import BucketKey, ParallelPlan, RowRejection, Sample
 
 
 HOSTILE_PROMPTS = [

@@ -8,8 +8,10 @@ import torch
 
 from reelbatch.engine.loading import load_pipeline
 from reelbatch.engine.rank import slots_for_rank
-from reelbatch.engine.sampler import VideoSampler, adapter_for
-from reelbatch.schemas import BucketKey, JobSpec, ParallelPlan, Sample
+from reelbatch.engine.adapters import adapter_for
+from reelbatch.engine.sampler import VideoSampler
+from reelbatch.contract import JobSpec
+from reelbatch.schemas import BucketKey, ParallelPlan, Sample
 
 CPU = torch.device("cpu")
 FAMILY = {"tiny-wan": "wan", "tiny-hunyuan": "hunyuan"}

@@ -19,7 +19,8 @@ FORMULA = '=HYPERLINK("http://evil","x")'
 @pytest.fixture
 def finished_run(database, tmp_path):
     """A run with two done samples (real mp4 files), one failed sample and one rejected row."""
-    from reelbatch.schemas import RowRejection, SampleResult
+    from reelbatch.contract import SampleResult
+    from reelbatch.schemas import RowRejection
 
     run_id = create_run(database)
     job = make_job("job-a", run_id, rows=[2, 3, 4], prompt=FORMULA)

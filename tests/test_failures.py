@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from reelbatch.contract import RANK_ENTRY, JobSpec, read_results
 from reelbatch.engine.faults import Fault, FaultInjector, FaultSpecError, parse_faults
 from reelbatch.identity import expand_row
 from reelbatch.infra.failures import Failure, RetryPolicy, RetryRule, classify, verify_video
@@ -29,9 +30,7 @@ from reelbatch.infra.launcher import (
     new_launch_id,
     torchrun_command,
 )
-from reelbatch.schemas import JobSpec, ManifestRow, ParallelPlan
-from reelbatch.tasks.collect import read_results
-from reelbatch.tasks.dispatch import RANK_ENTRY
+from reelbatch.schemas import ManifestRow, ParallelPlan
 from reelbatch.tasks.shard import bucket_key
 
 # --- canned logs, in the exact shapes torchrun 2.x and the ranks print ---------------------------------------

@@ -16,16 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reelbatch.engine.events import EVENT_PREFIX
+from reelbatch.contract import EVENT_PREFIX, RANK_ENTRY, JobSpec, read_results
 from reelbatch.engine.rank import run_job
 from reelbatch.identity import expand_row
 from reelbatch.infra.images import ImagePolicy, ImageStager
 from reelbatch.infra.launcher import launch
 from reelbatch.models.registry import FAMILIES
 from reelbatch.models.tiny_facts import TINY_FAMILIES
-from reelbatch.schemas import JobSpec, ManifestRow, ParallelPlan
-from reelbatch.tasks.collect import read_results
-from reelbatch.tasks.dispatch import RANK_ENTRY
+from reelbatch.schemas import ManifestRow, ParallelPlan
 from reelbatch.tasks.shard import bucket_key
 
 pytestmark = pytest.mark.torchrun

@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reelbatch.contract import RANK_ENTRY, JobSpec, read_results
 from reelbatch.engine.rank import run_job as run_rank_job
 from reelbatch.engine.video import read_mp4
 from reelbatch.identity import expand_row
 from reelbatch.infra.launcher import launch
-from reelbatch.schemas import JobSpec, ManifestRow, ParallelPlan
-from reelbatch.tasks.collect import read_results
-from reelbatch.tasks.dispatch import RANK_ENTRY
+from reelbatch.schemas import ManifestRow, ParallelPlan
 from reelbatch.tasks.shard import bucket_key, choose_plan
 
 pytestmark = pytest.mark.torchrun

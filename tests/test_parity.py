@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from reelbatch.engine.loading import load_pipeline
-from reelbatch.engine.sampler import VideoSampler, adapter_for
+from reelbatch.engine.adapters import adapter_for
+from reelbatch.engine.sampler import VideoSampler
 from reelbatch.models.registry import FAMILIES
 from reelbatch.models.tiny_facts import TINY_FAMILIES
 from reelbatch.schemas import BucketKey

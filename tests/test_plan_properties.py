@@ -9,14 +9,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from reelbatch.contract import RANK_ENTRY, JobSpec, read_results
 from reelbatch.engine.rank import run_job
 from reelbatch.identity import expand_row
 from reelbatch.infra.launcher import launch
 from reelbatch.models.catalog import ModelCatalog
 from reelbatch.planning import validate_plan
-from reelbatch.schemas import JobSpec, ManifestRow, ParallelPlan
-from reelbatch.tasks.collect import read_results
-from reelbatch.tasks.dispatch import RANK_ENTRY
+from reelbatch.schemas import ManifestRow, ParallelPlan
 from reelbatch.tasks.shard import bucket_key
 
 pytestmark = pytest.mark.torchrun

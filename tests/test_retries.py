@@ -79,7 +79,8 @@ def test_oom_retries_with_sequence_batch_and_no_cfg_parallel(tmp_path):
 
 
 def test_out_of_memory_steps_down_to_leaner_plans(tiny_models, tmp_path):
-    from reelbatch.schemas import BucketKey, JobSpec, ParallelPlan, Sample
+    from reelbatch.contract import JobSpec
+    from reelbatch.schemas import BucketKey, ParallelPlan, Sample
     from reelbatch.tasks.execute import lower_memory_variant
 
     spec = JobSpec(

@@ -14,15 +14,13 @@ import numpy as np
 import pytest
 import torch
 
+from reelbatch.contract import EVENT_PREFIX, RANK_ENTRY, JobSpec, read_results
 from reelbatch.engine.checks import PlanNotRunnable, check_runnable, transformer_facts
-from reelbatch.engine.events import EVENT_PREFIX
 from reelbatch.engine.parallel import _coordinates, _rank_of, mesh_layout
 from reelbatch.engine.rank import run_job
 from reelbatch.identity import expand_row
 from reelbatch.infra.launcher import launch
-from reelbatch.schemas import JobSpec, ManifestRow, ParallelPlan
-from reelbatch.tasks.collect import read_results
-from reelbatch.tasks.dispatch import RANK_ENTRY
+from reelbatch.schemas import ManifestRow, ParallelPlan
 from reelbatch.tasks.shard import bucket_key
 
 PROMPTS = ["a cat walks on a sunny street", "waves crash on a rocky shore"]

@@ -15,7 +15,8 @@ import pytest
 from prefect import flow, task
 
 from reelbatch.infra.devices import DeviceGroup, DevicePool, local_pool
-from reelbatch.schemas import BucketKey, JobSpec, ParallelPlan
+from reelbatch.contract import JobSpec
+from reelbatch.schemas import BucketKey, ParallelPlan
 from reelbatch.tasks.execute import execute_jobs
 from tests.test_end_to_end import reelbatch
 

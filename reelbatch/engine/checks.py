@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from reelbatch.contract import JobSpec
 from reelbatch.models.folders import FolderProblem, read_folder
-from reelbatch.schemas import JobSpec
 
 
 class PlanNotRunnable(RuntimeError):
@@ -46,10 +46,6 @@ def check_runnable(spec: JobSpec, device_type: str) -> None:
     where = f"job {spec.job_id} (plan {plan}, backend {spec.backend}, model {spec.bucket.model})"
 
     if spec.backend == "xdit":
-        from reelbatch.engine.xdit import (
-            check_xdit,  # never imports xfuser on a machine without CUDA
-        )
-
         check_xdit(spec, device_type)
         return
 
@@ -94,3 +90,19 @@ def check_runnable(spec: JobSpec, device_type: str) -> None:
             f"{where}: HunyuanVideo-I2V (token_replace) treats the first frame's tokens apart, which a split "
             "sequence breaks; use dp/cfg, or backend xdit on CUDA"
         )
+
+
+def check_xdit(spec: JobSpec, device_type: str) -> None:
+    """Raise :class:`PlanNotRunnable` unless this machine and engine can run ``spec`` with xfuser."""
+    if device_type != "cuda":  # never imports xfuser on a machine without CUDA
+        raise PlanNotRunnable(
+            f"job {spec.job_id}: backend xdit needs CUDA: xfuser cannot be imported without a GPU; "
+            "use backend native (dp, cfg and ulysses run on CPU)"
+        )
+    from reelbatch.engine.xdit import import_xfuser
+
+    xfuser = import_xfuser()
+    raise PlanNotRunnable(
+        f"job {spec.job_id}: backend xdit (xfuser {getattr(xfuser, '__version__', '?')}) is not wired into "
+        "reelbatch's engine yet; use backend native (diffusers context parallelism: ulysses, and ring on CUDA)"
+    )

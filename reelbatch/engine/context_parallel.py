@@ -16,7 +16,7 @@ import contextlib
 
 import torch
 
-from reelbatch.engine.events import emit
+from reelbatch.contract import emit
 from reelbatch.engine.parallel import ParallelContext
 
 # diffusers' ring attention needs a kernel that returns the log-sum-exp; torch's SDPA ("native") does not.

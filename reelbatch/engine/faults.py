@@ -49,8 +49,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-FAULT_ENV = "REELBATCH_FAULT"
-ATTEMPT_ENV = "REELBATCH_ATTEMPT"
+from reelbatch.contract import ATTEMPT_ENV, FAULT_ENV
+
 KINDS = ("crash", "hang", "oom", "corrupt", "collective", "load")
 COLLECTIVE_STALL_S = 2.0
 OOM_TEXT = (

@@ -11,7 +11,8 @@ Every rank loads the pipeline once and walks the job's samples in lock-step with
    so a crash loses at most the samples in flight.
 
 This module is the only code that runs inside the ranks with ``reelbatch.engine``; it never imports Prefect or
-the database. The job spec and the results file are its whole contract with the orchestrator. A plan the engine
+the database. The job spec and the results file are its whole contract with the orchestrator
+(``reelbatch/contract.py``). A plan the engine
 cannot run here (ring on CPU, backend xdit without CUDA, heads or tokens not divisible) fails at rank start,
 before the process group and the weights (``engine/checks.py``).
 """
@@ -29,9 +30,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from reelbatch.contract import JobSpec, ResultsFile, SampleResult, emit, read_job_spec
+from reelbatch.engine.adapters import adapter_for
 from reelbatch.engine.checks import PlanNotRunnable, check_runnable
 from reelbatch.engine.context_parallel import enable_sequence_parallel
-from reelbatch.engine.events import emit
 from reelbatch.engine.faults import FaultInjector
 from reelbatch.engine.inputs import StagedImageError, open_staged
 from reelbatch.engine.loading import load_pipeline
@@ -43,9 +45,9 @@ from reelbatch.engine.parallel import (
     join_process_group,
     shutdown,
 )
-from reelbatch.engine.sampler import SampleInputs, VideoSampler, adapter_for
+from reelbatch.engine.sampler import SampleInputs, VideoSampler
 from reelbatch.engine.video import write_json, write_mp4, write_npy
-from reelbatch.schemas import JobSpec, Sample, SampleResult
+from reelbatch.schemas import Sample
 
 
 def slots_for_rank(spec: JobSpec, dp_rank: int) -> list[list[Sample | None]]:
@@ -130,22 +132,6 @@ def gather_to_rank0(results: list[SampleResult], ctx: ParallelContext) -> list[S
     if ctx.rank != 0:
         return []
     return [SampleResult.model_validate(r) for part in gathered for r in part]
-
-
-class ResultsFile:
-    """Append-only JSONL, flushed and fsynced per line: the collector may read it while the job runs."""
-
-    def __init__(self, path: str):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "a", encoding="utf-8")
-
-    def append(self, result: SampleResult) -> None:
-        self._fh.write(result.model_dump_json() + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        self._fh.close()
 
 
 def run_job(spec: JobSpec, ctx: ParallelContext | None = None) -> int:
@@ -250,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("jobs", nargs="+", help="job spec JSON files, run one after another in one process group")
     args = parser.parse_args(argv)
     exit_with_agent()
-    specs = [JobSpec.model_validate_json(Path(job).read_text(encoding="utf-8")) for job in args.jobs]
+    specs = [read_job_spec(job) for job in args.jobs]
     return run_jobs(specs)
 
 

@@ -6,7 +6,7 @@ batch orchestrator needs three ways to run them: batched in one forward (fast, m
 ``engine/hunyuan.py``) follow their pipeline's ``__call__`` step by step and expose its pieces: text (and image)
 encoding, latents, which expert denoises each step, the transformer input, one forward, the scheduler step,
 decode. ``VideoSampler`` runs the loop; everything a pipeline does beyond the loop stays in its adapter, and
-every piece the pipeline has a method for is that method.
+every piece the pipeline has a method for is that method. ``engine/adapters.py`` picks a pipeline's adapter.
 
 Every sample gets its own ``torch.Generator`` seeded from the sample's seed, and its latents are prepared one
 sample at a time, so its video does not depend on the batch it lands in, the world size or the padding.
@@ -162,14 +162,3 @@ class VideoSampler:
         doubled = adapter.predict(model, torch.cat([hidden, hidden]), torch.cat([timestep, timestep]), both)
         return doubled.chunk(2)
 
-
-def adapter_for(pipe, bucket: BucketKey, device: torch.device) -> PipelineAdapter:
-    """The adapter of the pipeline's class (model_index.json's ``_class_name``)."""
-    from reelbatch.engine.hunyuan import HUNYUAN_ADAPTERS
-    from reelbatch.engine.wan import WAN_ADAPTERS
-
-    adapters = {**WAN_ADAPTERS, **HUNYUAN_ADAPTERS}
-    name = type(pipe).__name__
-    if name not in adapters:
-        raise RuntimeError(f"{name}: the engine runs {', '.join(sorted(adapters))}")
-    return adapters[name](pipe, bucket, device)

@@ -3,12 +3,11 @@
 xfuser cannot even be imported without a GPU (it needs triton and raises "No Accelerators available" at import),
 so nothing here imports it at module level, and nothing imports it at all unless a job asks for ``backend xdit``
 on a CUDA machine. This engine does not drive xfuser's pipelines yet: on CUDA the check confirms xfuser imports and
-then refuses the job with a clear message, rather than silently running it on the native backend.
+then refuses the job with a clear message (``engine/checks.py``), rather than silently running it on the native
+backend.
 """
 
 from __future__ import annotations
-
-from reelbatch.schemas import JobSpec
 
 
 def import_xfuser():
@@ -22,18 +21,3 @@ def import_xfuser():
         ) from exc
     return xfuser
 
-
-def check_xdit(spec: JobSpec, device_type: str) -> None:
-    """Raise RuntimeError unless this machine and engine can run ``spec`` with xfuser."""
-    from reelbatch.engine.checks import PlanNotRunnable
-
-    if device_type != "cuda":
-        raise PlanNotRunnable(
-            f"job {spec.job_id}: backend xdit needs CUDA: xfuser cannot be imported without a GPU; "
-            "use backend native (dp, cfg and ulysses run on CPU)"
-        )
-    xfuser = import_xfuser()
-    raise PlanNotRunnable(
-        f"job {spec.job_id}: backend xdit (xfuser {getattr(xfuser, '__version__', '?')}) is not wired into "
-        "reelbatch's engine yet; use backend native (diffusers context parallelism: ulysses, and ring on CUDA)"
-    )

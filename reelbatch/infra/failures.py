@@ -28,14 +28,13 @@ The log must hold one launch only: give every attempt its own log file (the laun
 
 from __future__ import annotations
 
-import json
 import re
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from reelbatch.engine.events import EVENT_PREFIX
+from reelbatch.contract import FailureReport, parse_event, split_output
 from reelbatch.infra.launcher import LaunchResult
 
 KINDS = ("bad_input", "oom", "model_load", "rank_crash", "collective_timeout", "timeout", "unknown")
@@ -57,18 +56,8 @@ _COLLECTIVE = re.compile(
     r"|DistBackendError|DistNetworkError|DistStoreError|Rendezvous\w*Error|Timed out waiting \d+ ?ms"
     r"|Socket Timeout|[Hh]eartbeat monitor timed out|watchdog got stuck|gloo.*(?:[Tt]imed out|Broken pipe)"
 )
-# "[rank1]:" from torchrun, then (on stderr) torch's own "[rank1]: ".
-_RANK_LINE = re.compile(r"^\[rank(\d+)\]:(?:\[rank\d+\]: ?)?(.*)$")
-# A progress bar ends its text with "\r", not "\n": torchrun's copy then glues the next line of any rank onto it
-# ("[rank0]:Loading ...it/s][rank1]:REELBATCH_EVENT ..."). Such a line is cut again before each glued prefix.
-_GLUED_PREFIX = re.compile(r"(?<=.)(?<!\]:)(?=\[rank\d+\]:)")
 # The last line of a Python traceback: "RuntimeError: ...", "torch.OutOfMemoryError: ...", "KeyboardInterrupt".
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?::\s|:$|$)")
-# torchrun's failure report (lines without a rank prefix; rank output cannot fake them).
-_REPORT_START = ("Failures:", "Root Cause (first observed failure):")
-_REPORT_RANK = re.compile(r"^\s+rank\s+:\s+(\d+)")
-_REPORT_EXIT = re.compile(r"^\s+exitcode\s+:\s+(-?\d+)\s+\(pid:\s+(\d+)\)")
-_AGENT_SIGTERM = re.compile(r"Sending process (\d+) closing signal (SIG\w+)")
 _SIGNALS = {1: "SIGHUP", 2: "SIGINT", 4: "SIGILL", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL",
             11: "SIGSEGV", 13: "SIGPIPE", 15: "SIGTERM"}  # fmt: skip
 
@@ -92,8 +81,6 @@ class _Rank:
     in_traceback: bool = False
     loading: bool = False
     loaded: bool = False
-    exitcode: int | None = None  # from torchrun's report
-    pid: int | None = None
 
     def note(self, attr: str, text: str, line_no: int) -> None:
         if getattr(self, attr) is None:
@@ -107,37 +94,36 @@ class _LogReader:
 
     def __init__(self) -> None:
         self.ranks: dict[int, _Rank] = {}
+        self.report = FailureReport()
         self.agent_tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.agent_collective: str | None = None
         self.agent_signalled: str | None = None
-        self.root_cause: int | None = None
-        self.sigtermed_pids: set[int] = set()
-        self._report: str | None = None  # None, "failures" or "root"
-        self._report_rank: int | None = None
 
     def rank(self, number: int) -> _Rank:
         return self.ranks.setdefault(number, _Rank())
 
+    def exitcode(self, number: int) -> int | None:
+        """The rank's exit code in torchrun's report."""
+        return self.report.exits.get(number, (None, None))[0]
+
     def feed(self, lines: Iterable[str]) -> None:
         line_no = 0
         for raw in lines:
-            for line in _GLUED_PREFIX.split(raw.rstrip("\r\n")):
+            for line in split_output(raw):
                 line_no += 1
-                if sigterm := _AGENT_SIGTERM.search(line):  # wherever it landed
-                    self.sigtermed_pids.add(int(sigterm.group(1)))
-                match = _RANK_LINE.match(line)
-                if match:
-                    self._rank_line(self.rank(int(match.group(1))), match.group(2), line_no)
+                reported = self.report.read(line)
+                if line.rank is not None:
+                    self._rank_line(self.rank(line.rank), line.text, line_no)
                 else:
-                    self._agent_line(line)
+                    self._agent_line(line.text, reported)
+        for number in self.report.exits:  # a rank that died without printing a line is known from the report only
+            self.rank(number)
 
     def _rank_line(self, rank: _Rank, text: str, line_no: int) -> None:
         rank.tail.append(text)
-        if text.startswith(EVENT_PREFIX):
-            try:
-                event = json.loads(text[len(EVENT_PREFIX) :]).get("event")
-            except ValueError:
-                return
+        parsed = parse_event(text)
+        if parsed is not None:
+            event = parsed.get("event")
             rank.loading |= event == "loading"
             rank.loaded |= event not in ("loading", None)  # any later event means the weights were loaded
             return
@@ -156,33 +142,20 @@ class _LogReader:
             if not rank.first_seen:
                 rank.first_seen = line_no
 
-    def _agent_line(self, line: str) -> None:
+    def _agent_line(self, line: str, reported: bool) -> None:
         if line.strip():
             self.agent_tail.append(line)
-        if _AGENT_SIGTERM.search(line):
-            return
-        if line.startswith(_REPORT_START):
-            self._report = "root" if line.startswith("Root Cause") else "failures"
-            return
-        if self._report:
-            if line.startswith("====="):
-                self._report = None
-            elif match := _REPORT_RANK.match(line):
-                self._report_rank = int(match.group(1))
-                if self._report == "root" and self.root_cause is None:
-                    self.root_cause = self._report_rank
-            elif (match := _REPORT_EXIT.match(line)) and self._report_rank is not None:
-                rank = self.rank(self._report_rank)
-                rank.exitcode, rank.pid = int(match.group(1)), int(match.group(2))
+        if reported:  # torchrun's report and SIGTERM notices (read by FailureReport) are no evidence of their own
             return
         if "SignalException" in line and "got signal" in line:
             self.agent_signalled = line.strip()
         elif self.agent_collective is None and _COLLECTIVE.search(line):
             self.agent_collective = line.strip()[:_MAX_MESSAGE]
 
-    def victim(self, rank: _Rank) -> bool:
+    def victim(self, number: int) -> bool:
         """SIGTERMed by the agent because another rank failed first."""
-        return rank.pid is not None and rank.pid in self.sigtermed_pids and rank.exitcode == -15
+        code, pid = self.report.exits.get(number, (None, None))
+        return pid is not None and pid in self.report.sigtermed_pids and code == -15
 
 
 def _read_lines(result: LaunchResult) -> Iterator[str]:
@@ -213,7 +186,7 @@ def classify(result: LaunchResult, log_lines: Iterable[str] | None = None) -> Fa
         return None
     log = _LogReader()
     log.feed(log_lines if log_lines is not None else _read_lines(result))
-    root = result.first_failed_rank if result.first_failed_rank is not None else log.root_cause
+    root = result.first_failed_rank if result.first_failed_rank is not None else log.report.root_cause
 
     def tail_of(rank: int | None) -> list[str]:
         if rank is not None and rank in log.ranks and log.ranks[rank].tail:
@@ -234,8 +207,9 @@ def classify(result: LaunchResult, log_lines: Iterable[str] | None = None) -> Fa
     # first, then the rank whose error came first in the log. Rank -1 stands for torchrun itself.
     candidates: list[tuple[int, bool, int, int, str, str]] = []  # (priority, not root, first_seen, rank, kind, message)
     for number, rank in log.ranks.items():
+        exitcode = log.exitcode(number)
         silent_death = (
-            rank.exitcode not in (None, 0) and not log.victim(rank) and rank.exception is None and not rank.collective
+            exitcode not in (None, 0) and not log.victim(number) and rank.exception is None and not rank.collective
         )
         own_error = rank.exception if rank.exception and not _COLLECTIVE.search(rank.exception) else None
         loading = rank.loading and not rank.loaded
@@ -244,12 +218,12 @@ def classify(result: LaunchResult, log_lines: Iterable[str] | None = None) -> Fa
         elif rank.oom:
             found = (1, "oom", f"rank {number} ran out of memory: {rank.oom}")
         elif loading and (own_error or silent_death):
-            what = own_error or f"it {_describe_exit(rank.exitcode)} without an error message"
+            what = own_error or f"it {_describe_exit(exitcode)} without an error message"
             found = (2, "model_load", f"rank {number} failed while loading the pipeline: {what}")
         elif own_error:
             found = (3, "rank_crash", f"rank {number} crashed: {own_error}")
         elif silent_death:
-            found = (3, "rank_crash", f"rank {number} {_describe_exit(rank.exitcode)} without an error message")
+            found = (3, "rank_crash", f"rank {number} {_describe_exit(exitcode)} without an error message")
         elif rank.collective:
             found = (4, "collective_timeout", f"rank {number} failed in a collective: {rank.collective}")
         else:
@@ -267,7 +241,7 @@ def classify(result: LaunchResult, log_lines: Iterable[str] | None = None) -> Fa
                 message += f" (then rank {', '.join(map(str, peers))} lost the connection to it in a collective)"
         return failure(kind, rank_number, message)
     if root is not None:
-        code = log.ranks[root].exitcode if root in log.ranks else None
+        code = log.exitcode(root)
         return failure("rank_crash", root, f"rank {root} {_describe_exit(code)} (torchrun's root cause)")
     if log.agent_signalled:
         return failure("unknown", None, f"torchrun was stopped from outside: {log.agent_signalled}")

@@ -12,7 +12,8 @@ writes (stdout or stderr) is prefixed with its global rank, with no space after 
     [rank0]:rank 0 sum 3
     [rank1]:[rank1]: Traceback (most recent call last):   <- torch adds its own "[rank1]: "
 
-Lines from torchrun itself (its warnings and the final failure report) carry no prefix.
+Lines from torchrun itself (its warnings and the final failure report) carry no prefix; the
+prefixes and the report are read by ``reelbatch.contract`` (``split_output``, ``FailureReport``).
 torchrun copies rank output by polling per-rank files every 0.1 s, so lines from different
 ranks, and a rank's stdout against its stderr, are not strictly ordered. Because torchrun
 runs ranks with ``python -u``, ``print()`` writes the text and its newline in two separate
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -46,15 +46,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from reelbatch.contract import (
+    LAUNCH_ID_ENV,
+    RANK_LINE_PREFIX_ENV,
+    RANK_LINE_PREFIX_TEMPLATE,
+    FailureReport,
+    split_output,
+)
+
 logger = logging.getLogger(__name__)
 
-LAUNCH_ID_ENV = "REELBATCH_LAUNCH_ID"
-# torchrun substitutes ${rank} (global), ${local_rank} and ${role_name}; its default is "[${role_name}${local_rank}]:".
-RANK_LINE_PREFIX_TEMPLATE = "[rank${rank}]:"
 TAIL_LINES = 50
-
-_ROOT_CAUSE_HEADER = "Root Cause (first observed failure):"
-_REPORT_RANK_LINE = re.compile(r"^\s+rank\s+:\s+(\d+)")
 _POLL_S = 0.1
 
 
@@ -212,7 +214,7 @@ def _job_environment(overrides: Mapping[str, str] | None, launch_id: str) -> dic
     job_env["PYTHONUNBUFFERED"] = "1"
     job_env.setdefault("OMP_NUM_THREADS", "1")  # a value the user set wins
     job_env.update(overrides or {})
-    job_env["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] = RANK_LINE_PREFIX_TEMPLATE
+    job_env[RANK_LINE_PREFIX_ENV] = RANK_LINE_PREFIX_TEMPLATE
     job_env[LAUNCH_ID_ENV] = launch_id
     return job_env
 
@@ -223,9 +225,12 @@ class _OutputCollector:
     def __init__(self, log_path: Path, on_line: Callable[[str], None] | None):
         self._log_path = log_path
         self._on_line = on_line
-        self._in_root_cause_report = False
+        self._report = FailureReport()
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
-        self.first_failed_rank: int | None = None
+
+    @property
+    def first_failed_rank(self) -> int | None:
+        return self._report.root_cause
 
     def consume(self, stream: TextIO) -> None:
         try:
@@ -242,25 +247,13 @@ class _OutputCollector:
 
     def _handle(self, line: str) -> None:
         self.tail.append(line)
-        self._note_root_cause(line)
+        for piece in split_output(line):
+            self._report.read(piece)  # torchrun's closing report names the first rank that failed
         if self._on_line is not None:
             try:
                 self._on_line(line)
             except Exception:
                 logger.exception("on_line callback failed")
-
-    def _note_root_cause(self, line: str) -> None:
-        # torchrun's report ends with:
-        #   Root Cause (first observed failure):
-        #   [0]:
-        #     time      : ...
-        #     rank      : 1 (local_rank: 1)
-        # Rank output cannot fake it: rank lines start with the "[rankN]:" prefix.
-        if line.startswith(_ROOT_CAUSE_HEADER):
-            self._in_root_cause_report = True
-        elif self._in_root_cause_report and (match := _REPORT_RANK_LINE.match(line)):
-            self.first_failed_rank = int(match.group(1))
-            self._in_root_cause_report = False
 
 
 def _terminate(proc: subprocess.Popen, launch_id: str, grace_s: float) -> None:

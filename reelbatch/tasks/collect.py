@@ -7,17 +7,13 @@ error), so no sample is left running.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import ValidationError
-
+from reelbatch.contract import JobSpec, SampleResult, crash_point, read_results
 from reelbatch.infra.db import Database
 from reelbatch.infra.failures import verify_video
 from reelbatch.infra.storage import OutputStore
-from reelbatch.schemas import JobSpec, SampleResult
-from reelbatch.testing import crash_point
 
 
 @dataclass
@@ -25,21 +21,6 @@ class Collected:
     done: list[str] = field(default_factory=list)  # sample ids published and recorded done
     remaining: list[str] = field(default_factory=list)  # sample ids still to make, in job order
     problems: dict[str, str] = field(default_factory=dict)  # sample id -> why its output was not accepted
-
-
-def read_results(path: str | Path) -> list[SampleResult]:
-    """Every complete line of a results file; a line cut short by a crash is ignored."""
-    results = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return []
-    for line in lines:
-        try:
-            results.append(SampleResult.model_validate(json.loads(line)))
-        except (ValueError, ValidationError):
-            continue
-    return results
 
 
 def publish_sample(spec: JobSpec, result: SampleResult, store: OutputStore) -> str | None:

@@ -1,13 +1,11 @@
 """Turn a planned job into a job spec on disk and run it as torchrun ranks.
 
-The spec file is the whole input of the ranks (``reelbatch.engine.rank``); their stdout carries progress events
-that become progress bars and log lines here.
+The spec file is the whole input of the ranks (``reelbatch.engine.rank``; the folder and the events are in
+``reelbatch.contract``); their stdout carries progress events that become progress bars and log lines here.
 """
 
 from __future__ import annotations
 
-import json
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,19 +14,26 @@ from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
 
 from reelbatch import progress
-from reelbatch.engine.events import EVENT_PREFIX
+from reelbatch.contract import (
+    ATTEMPT_ENV,
+    RANK_ENTRY,
+    JobSpec,
+    crash_point,
+    folder_fields,
+    new_attempt_folder,
+    parse_event,
+    rank_log_path,
+    spec_path,
+    split_output,
+    write_job_spec,
+)
 from reelbatch.infra.db import Database
-from reelbatch.engine.faults import ATTEMPT_ENV
 from reelbatch.infra.failures import Failure, classify
 from reelbatch.infra.devices import DeviceGroup
 from reelbatch.infra.launcher import launch, new_launch_id
-from reelbatch.testing import crash_point
 from reelbatch.infra.storage import images_root, work_root
 from reelbatch.models.catalog import ModelCatalog
-from reelbatch.schemas import JobSpec
 from reelbatch.tasks.shard import PlannedJob
-
-RANK_ENTRY = "reelbatch.engine.rank"
 
 
 @dataclass
@@ -54,9 +59,7 @@ def prepare_job(
     ``fps`` None: the model's own frame rate. The family's recipe (flow shift, fp32 components) is resolved here.
     """
     job_id = f"{run_id[:8]}-{planned.job_id}"
-    # A fresh folder per preparation: ranks of a crashed attempt may still be writing into the previous one.
-    folder = job_dir(output, run_id, job_id) / uuid.uuid4().hex[:8]
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = new_attempt_folder(job_dir(output, run_id, job_id))
     recipe = planned.family.defaults
     spec = JobSpec(
         job_id=job_id,
@@ -73,18 +76,13 @@ def prepare_job(
         flow_shift=recipe.flow_shift_for(planned.bucket.height, planned.bucket.width),
         fp32_components=list(recipe.fp32_components),
         images_dir=str(images_root(output)),
-        output_dir=str(folder / "staging"),
-        results_path=str(folder / "results.jsonl"),
         timeout_s=planned.timeout_s,
+        **folder_fields(folder),
     )
-    (folder / "job.json").write_text(spec.model_dump_json(indent=2), encoding="utf-8")
+    write_job_spec(spec)
     with Database(db_url) as db:
-        db.add_job(run_id, spec, backend=spec.backend, log_path=str(folder / "ranks.log"))
+        db.add_job(run_id, spec, backend=spec.backend, log_path=str(rank_log_path(spec)))
     return spec
-
-
-def spec_path(spec: JobSpec) -> Path:
-    return Path(spec.results_path).parent / "job.json"
 
 
 def run_job(
@@ -109,29 +107,25 @@ def run_job(
     b = spec.bucket
     sink.job_started(spec.job_id, len(spec.samples), f"{b.model} {b.height}x{b.width}x{b.num_frames} [{spec.plan}]")
 
-    def on_line(line: str) -> None:
+    def on_line(raw: str) -> None:
         # Runs on the launcher's reader thread; the logger was captured in the task's context above.
-        rank, text = None, line
-        if line.startswith("[rank") and "]:" in line:
-            rank, text = line[len("[rank"):].split("]:", 1)
-        if text.startswith(EVENT_PREFIX):
-            event = json.loads(text[len(EVENT_PREFIX) :])
-            if event.get("event") == "sample":
-                sink.sample_finished(spec.job_id, event["sample_id"], event["status"])
-                crash_point("mid_job")
-            return
-        if rank is None:  # torchrun's own lines
-            logger.info("%s torchrun | %s", spec.job_id, text)
-        else:
-            logger.info("%s rank %s | %s", spec.job_id, rank, text)
+        for line in split_output(raw):
+            event = parse_event(line.text)
+            if event is not None:
+                if event.get("event") == "sample":
+                    sink.sample_finished(spec.job_id, event["sample_id"], event["status"])
+                    crash_point("mid_job")
+            elif line.rank is None:  # torchrun's own lines
+                logger.info("%s torchrun | %s", spec.job_id, line.text)
+            else:
+                logger.info("%s rank %s | %s", spec.job_id, line.rank, line.text)
 
-    folder = Path(spec.results_path).parent
     started_at = datetime.now(timezone.utc)
     result = launch(
         RANK_ENTRY,
         [str(spec_path(spec))],
         nproc_per_node=spec.plan.world_size,
-        log_path=folder / "ranks.log",
+        log_path=rank_log_path(spec),
         timeout_s=timeout_s,
         on_line=on_line,
         launch_id=launch_id,

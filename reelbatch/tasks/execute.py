@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,15 @@ from prefect import task
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import TaskRunner
 
+from reelbatch.contract import (
+    JobSpec,
+    attempt_folder,
+    folder_fields,
+    new_attempt_folder,
+    rank_log_path,
+    spec_path,
+    write_job_spec,
+)
 from reelbatch.engine.inputs import staged_path
 from reelbatch.infra.cluster import visible_gpus
 from reelbatch.infra.db import Database
@@ -28,9 +36,9 @@ from reelbatch.infra.failures import Failure, RetryPolicy
 from reelbatch.infra.prefect_config import holding_gpus
 from reelbatch.models.catalog import ModelCatalog, UnknownModel, family_from_folder
 from reelbatch.planning import validate_plan
-from reelbatch.schemas import JobSpec, ParallelPlan
+from reelbatch.schemas import ParallelPlan
 from reelbatch.tasks.collect import collect_attempt
-from reelbatch.tasks.dispatch import JobOutcome, run_job, spec_path
+from reelbatch.tasks.dispatch import JobOutcome, run_job
 from reelbatch.tasks.shard import PlannedJob
 
 
@@ -74,17 +82,11 @@ def next_attempt(spec: JobSpec, remaining: list[str], lower_memory: bool) -> Job
             return None
     keep = set(remaining)
     samples = [s for s in spec.samples if s.sample_id in keep]
-    folder = Path(spec.results_path).parent.parent / uuid.uuid4().hex[:8]
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = new_attempt_folder(attempt_folder(spec).parent)
     spec = spec.model_copy(
-        update={
-            "samples": samples,
-            "padded_slots": -len(samples) % spec.plan.dp,
-            "output_dir": str(folder / "staging"),
-            "results_path": str(folder / "results.jsonl"),
-        }
+        update={"samples": samples, "padded_slots": -len(samples) % spec.plan.dp, **folder_fields(folder)}
     )
-    (folder / "job.json").write_text(spec.model_dump_json(indent=2), encoding="utf-8")
+    write_job_spec(spec)
     return spec
 
 
@@ -103,8 +105,7 @@ def ensure_job_files(spec: JobSpec) -> None:
     from code; a model folder given by --model-path must already be there (shared storage or the same image).
     """
     if not spec_path(spec).exists():
-        spec_path(spec).parent.mkdir(parents=True, exist_ok=True)
-        spec_path(spec).write_text(spec.model_dump_json(indent=2), encoding="utf-8")
+        write_job_spec(spec)
     missing = sorted({digest for s in spec.samples for digest in (s.image_sha256, s.last_image_sha256)
                       if digest and not staged_path(spec.images_dir, digest).exists()})
     if missing:
@@ -198,8 +199,7 @@ def execute_job(
         time.sleep(decision.delay_s)
         if retry_spec.plan != spec.plan or retry_spec.bucket != spec.bucket:
             with Database(db_url) as db:  # the job row records the plan that runs now
-                db.add_job(spec.run_id, retry_spec, backend=retry_spec.backend, log_path=str(
-                    Path(retry_spec.results_path).parent / "ranks.log"))
+                db.add_job(spec.run_id, retry_spec, backend=retry_spec.backend, log_path=str(rank_log_path(retry_spec)))
         spec, attempt = retry_spec, attempt + 1
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 from reelbatch.infra.db.models import JobAttemptRecord, JobRecord, SampleRecord, utcnow
 from reelbatch.infra.db.samples import generation_values, sample_identity_values
 from reelbatch.infra.db.sessions import SessionSource, chunks, upsert_insert
-from reelbatch.schemas import JobSpec
+from reelbatch.contract import JobSpec
 
 NO_RESULT_ERROR = "job ended without a result for this sample"
 

@@ -12,7 +12,8 @@ from sqlalchemy import select
 from reelbatch.infra.db.models import SampleRecord, utcnow
 from reelbatch.infra.db.rejected_rows import _rejected_row_values
 from reelbatch.infra.db.sessions import SessionSource, upsert_insert
-from reelbatch.schemas import BucketKey, RowRejection, Sample, SampleResult
+from reelbatch.contract import SampleResult
+from reelbatch.schemas import BucketKey, RowRejection, Sample
 
 log = logging.getLogger(__name__)
 
