@@ -145,7 +145,7 @@ def _defaults(**overrides):
 def _limits(entries: list[str] | None) -> dict[str, int]:
     from dataclasses import fields
 
-    from reelbatch.tasks.manifest import ManifestLimits
+    from reelbatch.manifest import ManifestLimits
 
     known = {f.name for f in fields(ManifestLimits)}
     limits = {}
@@ -314,7 +314,7 @@ def simulate(
     (one job per prompt, ulysses = GPUs per node), as single-prompt scripts do. No GPU is needed.
     """
     from reelbatch.planning.simulate import simulate as run_simulation
-    from reelbatch.tasks.manifest import ManifestError, read_manifest
+    from reelbatch.manifest import ManifestError, read_manifest
 
     catalog = _catalog(model_path, models_file)
     try:
@@ -340,7 +340,7 @@ def _read_for_planning(manifest: str, defaults, catalog, limits: dict, image_roo
 
     from reelbatch.infra.images import configured_roots
     from reelbatch.tasks.images import check_images
-    from reelbatch.tasks.manifest import ManifestError, ManifestLimits, check_columns, read_manifest
+    from reelbatch.manifest import ManifestError, ManifestLimits, check_columns, read_manifest
 
     manifest_limits = ManifestLimits(**limits)
     try:
@@ -548,7 +548,7 @@ def _run_flow(image_roots: list[str] = (), **parameters) -> None:
     from reelbatch.cli_progress import RichProgressSink
     from reelbatch.flows.generate import generate_dataset
     from reelbatch.progress import reporting_to
-    from reelbatch.tasks.manifest import ManifestError
+    from reelbatch.manifest import ManifestError
 
     _use_image_roots(list(image_roots))
     try:

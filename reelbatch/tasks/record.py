@@ -16,7 +16,7 @@ from reelbatch.infra.db import Database, DoneOutput, ReusedSample, library_versi
 from reelbatch.infra.launcher import kill_launch
 from reelbatch.rows import RowTable
 from reelbatch.schemas import ManifestRow, RowRejection
-from reelbatch.tasks.manifest import ManifestError, ManifestReadResult, row_cells
+from reelbatch.manifest import ManifestError, ManifestReadResult, row_cells
 from reelbatch.tasks.shard import RunPlan
 
 INTERRUPTED = "the orchestrator stopped before this job finished (crash or kill); resumed"
