@@ -248,6 +248,7 @@ class RowChecker:
 
 
 def read_header(record: list[str], subject: str) -> Header:
+    """Where each known column is; a ManifestError when there is no prompt column or a name comes twice."""
     names = [cell.strip().lower() for cell in record]
     if "prompt" not in names:
         raise ManifestError(f"{subject} has no 'prompt' column: the header row has {_list_names(names)}")
@@ -265,6 +266,7 @@ def _list_names(names: list[str], shown: int = 10) -> str:
 
 
 def subject_of(source: str) -> str:
+    """How messages name the manifest: by its (redacted) location, or as "The manifest" when it was pasted."""
     return "The manifest" if source == INLINE_SOURCE else f"Manifest {source}"
 
 
