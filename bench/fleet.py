@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> dict:
     from reelbatch.models.catalog import ModelCatalog
     from reelbatch.planning.simulate import simulate
     from reelbatch.schemas import RunDefaults
-    from reelbatch.tasks.manifest import read_manifest
+    from reelbatch.manifest import read_manifest
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "fleet.csv"

@@ -208,7 +208,7 @@ def _reelbatch_run(n: int, model_path: Path, settings: Settings, ranks: int, max
     from reelbatch.tasks.dispatch import prepare_job
     from reelbatch.tasks.execute import execute_job
     from reelbatch.tasks.export import write_dataset_index
-    from reelbatch.tasks.manifest import read_manifest
+    from reelbatch.manifest import read_manifest
     from reelbatch.tasks.record import finish_run, start_run
     from reelbatch.tasks.shard import plan_run
 

@@ -1,6 +1,6 @@
 """Accepted manifest rows kept as columns, and a job's samples kept as (row, video index) references.
 
-A big manifest is validated column by column (``tasks.manifest_columnar``). Building a pydantic object per row
+A big manifest is validated column by column (``manifest.columnar``). Building a pydantic object per row
 and a hashed ``Sample`` per video up front cost more than reading the file itself, and planning needs neither:
 it needs each row's bucket and video count. ``RowTable`` keeps the accepted rows in the columns they were read
 into and builds a ``ManifestRow`` when one is asked for; ``SampleRefs`` is a run of a bucket's samples as
@@ -100,7 +100,7 @@ class RowTable(Sequence[ManifestRow]):
             name: int(self.lines[index]) if name == "row" else lists[name][position] if name in lists else shape[name]
             for name in _ROW_FIELDS
         }
-        # Every value passed the checks ManifestRow's schema makes (tasks.manifest_columnar), so none is repeated.
+        # Every value passed the checks ManifestRow's schema makes (manifest.columnar), so none is repeated.
         return trusted(ManifestRow, values, _ROW_FIELD_SET)
 
     def has_images(self) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from reelbatch.schemas import RunDefaults
-from reelbatch.tasks.manifest import ManifestError, ManifestLimits, parse_manifest_text
+from reelbatch.manifest import ManifestError, ManifestLimits, parse_manifest_text
 
 COLUMNS = ["id", "prompt", "negative_prompt", "model", "height", "width", "num_frames", "num_inference_steps",
            "guidance_scale", "embedded_guidance_scale", "seed", "num_videos", "sequence_batch", "plan", "backend"]

@@ -21,6 +21,7 @@ from reelbatch.infra.db import runs as db_runs
 from reelbatch.infra.db import sessions as db_sessions
 from reelbatch.infra.db import Base, Database, SchemaOutOfDate, head_revision, library_versions
 from reelbatch.contract import JobSpec, SampleResult
+from reelbatch.manifest import rejected_row_values
 from reelbatch.schemas import BucketKey, ParallelPlan, RowRejection, Sample
 
 
@@ -213,8 +214,8 @@ def test_full_lifecycle(database: Database) -> None:
                          fix="use 32 or 48"),
             RowRejection(row=7, column=None, rule="bucket_too_big", message="bucket needs 9 GPUs", fix="use fewer"),
         ],
-        raw_rows={6: {"id": "r6", "prompt": "a dog", "height": "33", "width": "wide", "seed": "12",
-                      "sequence_batch": "true"}},
+        row_values={6: rejected_row_values({"id": "r6", "prompt": "a dog", "height": "33", "width": "wide",
+                                            "seed": "12", "sequence_batch": "true"})},
     )
     database.add_job(run_id, make_job("job-a", run_id, rows=[2, 3]), backend="xdit", log_path="/logs/job-a.log")
     database.add_job(run_id, make_job("job-b", run_id, rows=[4, 5]))
@@ -392,7 +393,7 @@ def test_prompts_are_stored_verbatim(database: Database) -> None:
     database.add_rejections(
         run_id,
         [RowRejection(row=9, column="prompt", rule="r'; --", message=HOSTILE_PROMPTS[1], fix=HOSTILE_PROMPTS[0])],
-        raw_rows={9: {"prompt": HOSTILE_PROMPTS[1], "id": HOSTILE_PROMPTS[0]}},
+        row_values={9: rejected_row_values({"prompt": HOSTILE_PROMPTS[1], "id": HOSTILE_PROMPTS[0]})},
     )
     samples = database.samples(run_id)
     assert [sample["prompt"] for sample in samples] == [*HOSTILE_PROMPTS, HOSTILE_PROMPTS[1]]

@@ -16,7 +16,7 @@ from reelbatch.models.catalog import ModelCatalog, UnknownModel
 from reelbatch.models.registry import FAMILIES
 from reelbatch.schemas import RunDefaults
 from reelbatch.tasks.images import check_images
-from reelbatch.tasks.manifest import ManifestError, check_columns, parse_manifest_text, read_manifest
+from reelbatch.manifest import ManifestError, check_columns, parse_manifest_text, read_manifest
 from reelbatch.tasks.shard import plan_run
 from tests.cli_runner import reelbatch
 

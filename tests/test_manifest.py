@@ -13,19 +13,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reelbatch.schemas import ManifestRow, RowRejection, RunDefaults
-from reelbatch.tasks.manifest import (
+from reelbatch.manifest import (
     MAX_SEED,
     ManifestError,
     ManifestLimits,
     ManifestReadResult,
-    _check_record,
-    _read_header,
-    _RowChecker,
-    _RowContext,
     parse_manifest_text,
     read_manifest,
-    read_manifest_task,
+    rejected_row_values,
 )
+from reelbatch.manifest.cells import RowContext as _RowContext
+from reelbatch.manifest.checks import RowChecker as _RowChecker
+from reelbatch.manifest.checks import check_record as _check_record
+from reelbatch.manifest.checks import read_header as _read_header
+from reelbatch.tasks.manifest import read_manifest_task
 
 KNOWN_MODELS = {"tiny-wan", "tiny-hunyuan"}
 DEFAULTS = RunDefaults()
@@ -616,3 +617,30 @@ def test_fast_row_checks_match_the_reference_row_by_row(manifest, defaults):
         if isinstance(fast, ManifestRow):
             assert fast.model_fields_set == reference.model_fields_set
         assert fast_ids == reference_ids
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rejected rows' cells, read back for the database
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_rejected_row_values_keep_what_parses_and_drop_what_does_not():
+    values = rejected_row_values({"id": "r6", "prompt": "a dog", "height": "33", "width": "wide", "seed": " 12 ",
+                                  "sequence_batch": "y", "guidance_scale": "5", "model": "tiny-wan", "extra": "x"})
+    assert values == {
+        "model": "tiny-wan", "height": 33, "width": None, "num_frames": None, "num_inference_steps": None,
+        "guidance_scale": 5.0, "embedded_guidance_scale": None, "guidance_scale_2": None, "seed": 12,
+        "sequence_batch": True, "prompt": "a dog", "negative_prompt": "", "row_id": "r6", "image": None,
+        "last_image": None,
+    }
+    empty = rejected_row_values({})
+    assert (empty["prompt"], empty["row_id"], empty["model"], empty["sequence_batch"]) == ("", None, None, None)
+    assert rejected_row_values({"sequence_batch": "maybe", "seed": "1.5"})["sequence_batch"] is None
+
+
+def test_rejected_row_values_read_the_cells_a_reading_kept():
+    read = parse(csv_text(["id", "prompt", "height", "seed", "image"], ["a", "a cat", "33", "7", "frame.png"]))
+    assert [r.rule for r in read.rejections] == ["size_not_multiple_of_16"]
+    values = rejected_row_values(read.raw_rows[2])
+    assert (values["row_id"], values["prompt"], values["height"], values["seed"], values["image"]) == (
+        "a", "a cat", 33, 7, "frame.png")

@@ -1,4 +1,4 @@
-"""The columnar fast path (tasks.manifest_columnar, rows.RowTable, plan_run over a table) against the line reader.
+"""The columnar fast path (manifest.columnar, rows.RowTable, plan_run over a table) against the line reader.
 
 The line reader and the list form of ``plan_run`` are the reference: for any manifest the fast path must return
 the same rows, rejections (rule, message, fix, line), row counts, raw cells and digest, or raise the same
@@ -24,7 +24,7 @@ from reelbatch.models.catalog import ModelCatalog
 from reelbatch.planning.packing import PackingOptions
 from reelbatch.rows import RowTable, SampleRefs
 from reelbatch.schemas import RunDefaults
-from reelbatch.tasks.manifest import (
+from reelbatch.manifest import (
     ManifestError,
     ManifestReadResult,
     parse_manifest_text,
@@ -235,7 +235,7 @@ def test_a_row_table_survives_pickling_with_its_rows():
 
 
 def test_a_manifest_over_the_size_limit_is_streamed_with_the_same_result(monkeypatch, tmp_path):
-    import reelbatch.tasks.manifest as manifest
+    import reelbatch.manifest.read as manifest
 
     path = tmp_path / "big.csv"
     path.write_bytes(_manifest([[f"p{i}", f"prompt {i}", i, 1] for i in range(300)] + [["x", "", 1, 1]]))
@@ -251,7 +251,7 @@ def test_a_cell_over_the_csv_field_limit_is_rejected_in_a_fresh_process():
     # csv's per-process field limit is raised by whichever reader runs first: here only the fast path runs.
     script = (
         "from reelbatch.schemas import RunDefaults\n"
-        "from reelbatch.tasks.manifest import parse_manifest_text\n"
+        "from reelbatch.manifest import parse_manifest_text\n"
         "data = b'prompt,seed\\nok,1\\n' + b'x' * 200_000 + b',2\\n'\n"
         "read = parse_manifest_text(data, RunDefaults(), {'tiny-wan'})\n"
         "print(type(read.rows).__name__, [r.rule for r in read.rejections])\n"

@@ -26,7 +26,7 @@ from reelbatch.flows.generate import generate_dataset
 from reelbatch.infra.devices import DeviceGroup
 from reelbatch.infra.prefect_config import database_url, gpu_limit_name, holding_gpus
 from reelbatch.tasks.intake import MAX_INLINE_MANIFEST_BYTES, resolve_manifest
-from reelbatch.tasks.manifest import ManifestError
+from reelbatch.manifest import ManifestError
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from reelbatch.tasks.intake import MAX_INLINE_MANIFEST_BYTES, resolve_manifest
-from reelbatch.tasks.manifest import ManifestError
+from reelbatch.manifest import ManifestError
 
 REPO = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).with_name("prefect"))

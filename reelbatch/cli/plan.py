@@ -95,7 +95,7 @@ def simulate(
     (one job per prompt, ulysses = GPUs per node), as single-prompt scripts do. No GPU is needed.
     """
     from reelbatch.planning.simulate import simulate as run_simulation
-    from reelbatch.tasks.manifest import ManifestError, read_manifest
+    from reelbatch.manifest import ManifestError, read_manifest
 
     catalog = values.catalog(model_path, models_file)
     try:
@@ -121,7 +121,7 @@ def read_for_planning(manifest: str, run_defaults, catalog, limits: dict, image_
 
     from reelbatch.infra.images import configured_roots
     from reelbatch.tasks.images import check_images
-    from reelbatch.tasks.manifest import ManifestError, ManifestLimits, check_columns, read_manifest
+    from reelbatch.manifest import ManifestError, ManifestLimits, check_columns, read_manifest
 
     manifest_limits = ManifestLimits(**limits)
     try:

@@ -61,7 +61,7 @@ def run(
     """
     values.prefect_environment()
     from reelbatch.infra.db import Database, SchemaOutOfDate
-    from reelbatch.infra.storage import redact_url
+    from reelbatch.redact import redact_url
 
     run_defaults = values.run_defaults(**row, fps=fps)
     objective = values.objective(planner["objective"])
@@ -165,7 +165,7 @@ def run_flow(image_roots: list[str] = (), **parameters) -> None:
     from reelbatch.cli.progress import RichProgressSink
     from reelbatch.flows.generate import generate_dataset
     from reelbatch.progress import reporting_to
-    from reelbatch.tasks.manifest import ManifestError
+    from reelbatch.manifest import ManifestError
 
     use_image_roots(list(image_roots))
     try:

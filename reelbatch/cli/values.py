@@ -47,7 +47,7 @@ def run_defaults(**overrides):
 def limits(entries: list[str] | None) -> dict[str, int]:
     from dataclasses import fields
 
-    from reelbatch.tasks.manifest import ManifestLimits
+    from reelbatch.manifest import ManifestLimits
 
     known = {f.name for f in fields(ManifestLimits)}
     parsed = {}

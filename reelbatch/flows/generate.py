@@ -29,7 +29,8 @@ from reelbatch.tasks.execute import execute_job_task, execute_jobs, execute_jobs
 from reelbatch.tasks.intake import resolve_manifest_task
 from reelbatch.tasks.export import write_dataset_index_task
 from reelbatch.tasks.images import check_images_task
-from reelbatch.tasks.manifest import ManifestLimits, check_columns, read_manifest_task
+from reelbatch.manifest import ManifestLimits, check_columns
+from reelbatch.tasks.manifest import read_manifest_task
 from reelbatch.tasks.record import (
     RunReport,
     find_done_samples_task,

@@ -214,7 +214,7 @@ def _output_problem(output: str) -> str | None:
 def _database_problem(db_url: str, address: str) -> str | None:
     from sqlalchemy.engine import make_url
 
-    from reelbatch.infra.storage import redact_url
+    from reelbatch.redact import redact_url
 
     url = make_url(db_url)
     shown = redact_url(db_url)

@@ -24,7 +24,8 @@ import fsspec
 from fsspec.utils import get_protocol
 
 from reelbatch.engine.inputs import IMAGE_FORMATS, staged_path
-from reelbatch.infra.storage import INLINE_SOURCE, is_local, redact_text, redact_url
+from reelbatch.infra.storage import is_local
+from reelbatch.redact import INLINE_SOURCE, redact_text, redact_url
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage

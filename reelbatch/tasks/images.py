@@ -17,7 +17,7 @@ from reelbatch.infra.images import ImagePolicy, ImageProblem, ImageStager
 from reelbatch.models.catalog import ModelCatalog, UnknownModel
 from reelbatch.rows import IMAGE_COLUMNS, RowTable
 from reelbatch.schemas import ManifestRow, RowRejection
-from reelbatch.tasks.manifest import ManifestLimits, ManifestReadResult, row_cells
+from reelbatch.manifest import ManifestLimits, ManifestReadResult, row_cells
 
 
 

@@ -16,9 +16,10 @@ from typing import Any
 import fsspec
 
 from reelbatch.infra.db import Database
-from reelbatch.infra.storage import is_local, normalize_root, redact_text, redact_url
+from reelbatch.infra.storage import is_local, normalize_root
+from reelbatch.redact import redact_text, redact_url
 from reelbatch.markdown import cell
-from reelbatch.tasks.manifest import MANIFEST_FORMATS
+from reelbatch.manifest import MANIFEST_FORMATS
 
 # A fingerprint column holds 128 characters; longer ones (odd ETags) are hashed down.
 _FINGERPRINT_CHARS = 128

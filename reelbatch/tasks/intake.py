@@ -14,7 +14,7 @@ import fsspec
 from prefect import task
 
 from reelbatch.infra.storage import is_local
-from reelbatch.tasks.manifest import ManifestError
+from reelbatch.manifest import ManifestError
 
 # The Prefect API refuses larger parameter payloads (PREFECT_SERVER_API_MAX_PARAMETER_SIZE, 512 KB by default).
 MAX_INLINE_MANIFEST_BYTES = 512 * 1024

@@ -16,7 +16,7 @@ from reelbatch.infra.db import Database, DoneOutput, ReusedSample, library_versi
 from reelbatch.infra.launcher import kill_launch
 from reelbatch.rows import RowTable
 from reelbatch.schemas import ManifestRow, RowRejection
-from reelbatch.tasks.manifest import ManifestError, ManifestReadResult, row_cells
+from reelbatch.manifest import ManifestError, ManifestReadResult, rejected_row_values, row_cells
 from reelbatch.tasks.shard import RunPlan
 
 INTERRUPTED = "the orchestrator stopped before this job finished (crash or kill); resumed"
@@ -101,7 +101,8 @@ def start_run(
                 rows_accepted=plan.accepted,
                 rows_rejected=len({r.row for r in plan.rejected}),
             )
-            db.add_rejections(run_id, plan.rejected, rejected_cells(manifest, plan.rejected))
+            cells = rejected_cells(manifest, plan.rejected)
+            db.add_rejections(run_id, plan.rejected, {row: rejected_row_values(raw) for row, raw in cells.items()})
     progress.sink().run_planned(len(plan.jobs), plan.samples)
     return run_id
 

@@ -10,7 +10,6 @@ from typing import Any
 from sqlalchemy import select
 
 from reelbatch.infra.db.models import SampleRecord, utcnow
-from reelbatch.infra.db.rejected_rows import _rejected_row_values
 from reelbatch.infra.db.sessions import SessionSource, upsert_insert
 from reelbatch.contract import SampleResult
 from reelbatch.schemas import BucketKey, RowRejection, Sample
@@ -42,10 +41,11 @@ def add_rejections(
     database: SessionSource,
     run_id: str,
     rejections: list[RowRejection],
-    raw_rows: Mapping[int, Mapping[str, Any]] | None = None,
+    row_values: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> None:
-    """One ``rejected`` sample row per rejection, with whatever of the raw manifest row could be parsed."""
-    raw_rows = raw_rows or {}
+    """One ``rejected`` sample row per rejection, with the sample columns its manifest row still gave
+    (``row_values``: row -> column values, read by the manifest package; empty prompts where none)."""
+    row_values = row_values or {}
     records = [
         SampleRecord(
             run_id=run_id,
@@ -55,7 +55,7 @@ def add_rejections(
             reject_rule=rejection.rule,
             reject_column=rejection.column,
             reject_fix=rejection.fix,
-            **_rejected_row_values(raw_rows.get(rejection.row, {})),
+            **{"prompt": "", "negative_prompt": "", **row_values.get(rejection.row, {})},
         )
         for rejection in rejections
     ]

@@ -1,17 +1,17 @@
 """The CSV reader's fast path: a regular manifest parsed by Arrow and checked column by column.
 
-``tasks.manifest`` reads CSV line by line with Python's csv module, which alone takes several times as long as
+The line reader (``lines``) reads CSV with Python's csv module, which alone takes several times as long as
 pandas takes for a whole 100,000-row file. Most manifests are regular: one record per line, no blank lines,
 every row as wide as the header, UTF-8. Such a file is parsed here by pyarrow's CSV reader into string columns
 and checked per column:
 
 * cells that repeat (model, sizes, steps, guidance, flags, plan, backend, num_videos) are checked once per
-  distinct value, by the parsers the line reader uses (``_RowChecker._parse``), and each row gets the index of
+  distinct value, by the parsers the line reader uses (``RowChecker.parse_cell``), and each row gets the index of
   its combination of them (a "shape", ``rows.RowTable``);
 * prompts, negative prompts and ids are accepted as written when they are within the length limit and have no
   space to strip; seeds when they are plain digits;
 * a row with any cell these checks do not accept as written is read again from its own line and checked by the
-  line reader's ``_RowChecker``, so its rejection (rule, message, fix) or its row is exactly the line reader's.
+  line reader's ``RowChecker``, so its rejection (rule, message, fix) or its row is exactly the line reader's.
 
 Anything irregular about the file as a whole (a quoted header, line breaks inside cells, blank lines, rows of
 another width, bytes that are not UTF-8, ids that repeat, ...) returns None, and the line reader reads the file:
@@ -29,30 +29,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from reelbatch.rows import RowTable, dictionary_codes
-from reelbatch.schemas import ManifestRow, RowRejection, RunDefaults, many_models
-from reelbatch.tasks.manifest import (
-    _FAILED,
-    _MAX_FIELD_CHARS,
-    _MAX_LINE_CHARS,
-    COLUMN_PARSERS,
+from reelbatch.manifest.cells import COLUMN_PARSERS, FALLBACK_DEFAULTS, RowContext
+from reelbatch.manifest.checks import FAILED, RowChecker, drops_true_cfg, fill_model_defaults, read_header, subject_of
+from reelbatch.manifest.lines import allow_large_csv_fields
+from reelbatch.manifest.rejected import raw_cells
+from reelbatch.manifest.types import (
+    MAX_FIELD_CHARS,
+    MAX_LINE_CHARS,
+    MODEL_OPTIONAL,
+    RESOLVED_FIELDS,
     ManifestError,
     ManifestLimits,
-    RESOLVED_FIELDS,
     ManifestReadResult,
     Models,
     Sha256Of,
-    drops_true_cfg,
-    raw_cells,
-    _FALLBACK_DEFAULTS,
-    _MODEL_OPTIONAL,
-    _read_header,
-    _RowChecker,
-    _allow_large_csv_fields,
-    _fill_model_defaults,
-    _RowContext,
-    _subject,
 )
+from reelbatch.rows import RowTable, dictionary_codes
+from reelbatch.schemas import ManifestRow, RowRejection, RunDefaults, many_models
 
 # Cells that differ on most rows: checked with vector operations. Every other column is checked per distinct value.
 _IMAGE_COLUMNS = ("image", "last_image")
@@ -70,23 +63,23 @@ def read_columnar(
     source: str,
     sha256: str | Sha256Of,
 ) -> ManifestReadResult | None:
-    """The manifest in ``data`` read like ``tasks.manifest`` reads it, or None when the file is not regular."""
+    """The manifest in ``data`` read like the line reader (``lines``) reads it, or None when the file is not regular."""
     body = data.removeprefix(codecs.BOM_UTF8)
     names = _plain_header(body)
     if names is None:
         return None
-    subject = _subject(source)
+    subject = subject_of(source)
     try:
-        header = _read_header(names, subject)
+        header = read_header(names, subject)
     except ManifestError:
         return None  # the line reader says so, or first names a problem it meets earlier (bytes that are not UTF-8)
     repeating = {position for column, position in header.positions.items() if column not in _PER_ROW_COLUMNS}
     table = _parse(body, len(names), repeating)
     if table is None:
         return None
-    _allow_large_csv_fields()  # rows that fail a check are read again with csv, like the line reader reads them
-    context = _RowContext.of(defaults, limits, known_models)
-    checker = _RowChecker(header, context, first_line_of_id={})
+    allow_large_csv_fields()  # rows that fail a check are read again with csv, like the line reader reads them
+    context = RowContext.of(defaults, limits, known_models)
+    checker = RowChecker(header, context, first_line_of_id={})
     return _check_table(body, table, header, checker, context, source, sha256)
 
 
@@ -134,7 +127,7 @@ def _parse(body: bytes, width: int, repeating: set[int]) -> pa.Table | None:
         return None
     table = table.unify_dictionaries()  # each block of the file was encoded with a dictionary of its own
     longest = sum(2 * _longest_cell(column) + 3 for column in table.columns)
-    if longest > min(_MAX_LINE_CHARS, _MAX_FIELD_CHARS):
+    if longest > min(MAX_LINE_CHARS, MAX_FIELD_CHARS):
         return None  # a line may be over the line reader's limit: let it say so
     return table
 
@@ -220,7 +213,7 @@ def _plain_seeds(column: pa.ChunkedArray) -> np.ndarray:
 class _Shapes:
     """The repeating columns: each distinct cell parsed once, each row's combination of them numbered."""
 
-    def __init__(self, table: pa.Table, header, checker: _RowChecker, context: _RowContext) -> None:
+    def __init__(self, table: pa.Table, header, checker: RowChecker, context: RowContext) -> None:
         rows = table.num_rows
         self.failed = np.zeros(rows, dtype=bool)
         # Image hashes come later (intake); the bucket of a row with an image is decided on the row itself
@@ -231,16 +224,16 @@ class _Shapes:
         for column in COLUMN_PARSERS:
             position = header.positions.get(column)
             if position is None:
-                value = checker._parse(column, "", {})
-                if value is _FAILED:
+                value = checker.parse_cell(column, "", {})
+                if value is FAILED:
                     self.failed[:] = True
                 constant[column] = value
                 empty_everywhere.add(column)
             elif column not in _PER_ROW_COLUMNS:
                 indices, cells = dictionary_codes(table.column(position))
                 texts = cells.to_pylist()
-                values = [checker._parse(column, cell, {}) for cell in texts]
-                bad = np.array([value is _FAILED for value in values], dtype=bool)
+                values = [checker.parse_cell(column, cell, {}) for cell in texts]
+                bad = np.array([value is FAILED for value in values], dtype=bool)
                 if bad.any():
                     self.failed |= bad[indices]
                 codes.append((column, indices, values, [not text.strip() for text in texts]))
@@ -269,14 +262,14 @@ class _Shapes:
                 shape[column] = values[index]
                 if empties[index]:
                     empty.add(column)
-            if shape["model"] is not _FAILED:  # (a failed shape's rows are all read again by the line reader)
-                _fill_model_defaults(shape, context, empty & set(_MODEL_OPTIONAL))
+            if shape["model"] is not FAILED:  # (a failed shape's rows are all read again by the line reader)
+                fill_model_defaults(shape, context, empty & set(MODEL_OPTIONAL))
             self.shapes.append(shape)
 
-    def model_default(self, column: str, context: _RowContext) -> pa.Array:
+    def model_default(self, column: str, context: RowContext) -> pa.Array:
         """Per row, the default of ``column`` for the row's model (a per-row column left empty)."""
         per_shape = [
-            getattr(family.defaults if (family := context.families.get(shape["model"])) else _FALLBACK_DEFAULTS,
+            getattr(family.defaults if (family := context.families.get(shape["model"])) else FALLBACK_DEFAULTS,
                     column)
             for shape in self.shapes
         ]
@@ -297,7 +290,7 @@ def _unique(ids: pa.ChunkedArray, plain: np.ndarray, empty: np.ndarray) -> bool:
 
 
 @many_models()
-def _check_table(body: bytes, table: pa.Table, header, checker: _RowChecker, context: _RowContext, source: str,
+def _check_table(body: bytes, table: pa.Table, header, checker: RowChecker, context: RowContext, source: str,
                  sha256: str | Sha256Of) -> ManifestReadResult | None:
     rows = table.num_rows
     limits = context.limits
@@ -316,20 +309,20 @@ def _check_table(body: bytes, table: pa.Table, header, checker: _RowChecker, con
         if column == "prompt":
             flagged |= ~plain
         else:
-            empty_value = checker._parse(column, "", {})
-            flagged |= ~(plain | empty) | (empty & (empty_value is _FAILED))
+            empty_value = checker.parse_cell(column, "", {})
+            flagged |= ~(plain | empty) | (empty & (empty_value is FAILED))
             if column in _IMAGE_COLUMNS:  # a URL with a secret in it is refused by the line reader's parser
                 flagged |= pc.match_substring_regex(cells, "[@?]").to_numpy(zero_copy_only=False)
             if empty.any() and column == "negative_prompt" and empty_value is None:
                 cells = pc.if_else(pa.array(empty), shapes.model_default(column, context), cells)
             elif empty.any() and empty_value != "":
-                fill = None if empty_value is _FAILED else empty_value
+                fill = None if empty_value is FAILED else empty_value
                 cells = pc.if_else(pa.array(empty), pa.scalar(fill, pa.string()), cells)
         if column == "id" and not _unique(cells, plain, empty):
             return None  # ids to strip or used twice: the line reader registers them line by line
         columns[column] = cells
     if "negative_prompt" in columns:  # true CFG without a negative prompt: the row itself says what runs
-        skips = np.array([shape["model"] is not _FAILED and drops_true_cfg(context.families.get(shape["model"]),
+        skips = np.array([shape["model"] is not FAILED and drops_true_cfg(context.families.get(shape["model"]),
                                                                            shape["guidance_scale"])
                           for shape in shapes.shapes], dtype=bool)
         if skips.any():
@@ -343,11 +336,11 @@ def _check_table(body: bytes, table: pa.Table, header, checker: _RowChecker, con
         cells = table.column(position)
         empty = pc.equal(pc.binary_length(cells), 0).to_numpy()
         plain = _plain_seeds(cells)
-        empty_value = checker._parse(_SEED, "", {})
-        flagged |= ~(plain | empty) | (empty & (empty_value is _FAILED))
+        empty_value = checker.parse_cell(_SEED, "", {})
+        flagged |= ~(plain | empty) | (empty & (empty_value is FAILED))
         seeds = pc.cast(pc.if_else(pa.array(plain), cells, "0"), pa.int64())
         if empty.any():
-            fill = None if empty_value is _FAILED else empty_value
+            fill = None if empty_value is FAILED else empty_value
             seeds = pc.if_else(pa.array(empty), pa.scalar(fill, pa.int64()), seeds)
         columns[_SEED] = seeds
 
@@ -376,7 +369,7 @@ def _check_table(body: bytes, table: pa.Table, header, checker: _RowChecker, con
                 overrides[index] = outcome
     total_rows = rows - blank
     if total_rows > limits.max_rows:
-        raise ManifestError(f"{_subject(source)} has more than {limits.max_rows:,} rows: split it into smaller manifests")
+        raise ManifestError(f"{subject_of(source)} has more than {limits.max_rows:,} rows: split it into smaller manifests")
     positions = np.flatnonzero(accepted)
     row_of_position = {int(np.searchsorted(positions, index)): row for index, row in overrides.items()}
     table_rows = RowTable(
