@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both set up .venv first (idempotent).
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast test-nightly clean
 
 VENV := .venv
 DEMO_OUT := outputs/demo
@@ -22,6 +22,10 @@ test: setup
 # The fast lane while working: no torchrun ranks and no PostgreSQL (about 2-3 minutes); `make test` runs everything.
 test-fast: setup
 	$(VENV)/bin/python -m pytest -q -m "not torchrun and not postgres"
+
+# The property-based tests with the `nightly` Hypothesis profile: twenty times the examples of `make test`.
+test-nightly: setup
+	HYPOTHESIS_PROFILE=nightly $(VENV)/bin/python -m pytest -q -m "hypothesis and not postgres"
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

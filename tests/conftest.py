@@ -18,11 +18,19 @@ os.environ.setdefault("REELBATCH_CACHE_DIR", str(_SESSION_HOME / "cache"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
+from hypothesis import settings as hypothesis_settings  # noqa: E402
 from sqlalchemy import create_engine  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 POSTGRES_ADMIN_URL = os.environ.get("REELBATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REPO = Path(__file__).resolve().parent.parent
+
+# Hypothesis budgets. `ci`, the default, keeps `make test` fast; `nightly` (`make test-nightly`, or
+# HYPOTHESIS_PROFILE=nightly) draws twenty times as many examples. Tests leave max_examples to the profile, or
+# pass a deliberate cap of their own through tests.hypothesis_budget.scaled.
+hypothesis_settings.register_profile("ci", max_examples=100, deadline=None, print_blob=True)
+hypothesis_settings.register_profile("nightly", max_examples=2000, deadline=None, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))  # --hypothesis-profile overrides
 
 
 @pytest.fixture(scope="session")
