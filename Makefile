@@ -19,9 +19,10 @@ demo: setup
 test: setup
 	$(VENV)/bin/python -m pytest -q
 
-# The fast lane while working: no torchrun ranks and no PostgreSQL (about 2-3 minutes); `make test` runs everything.
+# The fast lane while working: no torchrun ranks, no PostgreSQL and no servers of a test's own (S3, Prefect, Dask):
+# under 3 minutes on two cores; `make test` runs everything.
 test-fast: setup
-	$(VENV)/bin/python -m pytest -q -m "not torchrun and not postgres"
+	$(VENV)/bin/python -m pytest -q -m "not torchrun and not postgres and not server"
 
 # The property-based tests with the `nightly` Hypothesis profile: twenty times the examples of `make test`.
 test-nightly: setup

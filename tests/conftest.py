@@ -33,6 +33,13 @@ hypothesis_settings.register_profile("nightly", max_examples=2000, deadline=None
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))  # --hypothesis-profile overrides
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test on the loopback S3 server is a `server` test (out of `make test-fast`) whichever fixture brings it."""
+    for item in items:
+        if "s3_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.server)
+
+
 @pytest.fixture(scope="session")
 def tiny_models() -> dict[str, Path]:
     """The built-in tiny pipelines, built once per test session."""
