@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -31,6 +32,18 @@ REPO = Path(__file__).resolve().parent.parent
 hypothesis_settings.register_profile("ci", max_examples=100, deadline=None, print_blob=True)
 hypothesis_settings.register_profile("nightly", max_examples=2000, deadline=None, print_blob=True)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))  # --hypothesis-profile overrides
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """One torch thread in the test process unless OMP_NUM_THREADS says otherwise.
+
+    The tiny models are too small to gain from threads, and on a shared two-core machine OpenMP threads spin
+    against the other processes: the parity and engine tests ran twice as fast on one thread under load. Set here,
+    not through the environment, so torchrun ranks and CLI subprocesses still get what the launcher gives them.
+    """
+    torch = sys.modules.get("torch")  # imported by the collected modules that need it
+    if torch is not None and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
