@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both set up .venv first (idempotent).
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast test-nightly lint clean
 
 VENV := .venv
 DEMO_OUT := outputs/demo
@@ -19,9 +19,14 @@ demo: setup
 test: setup
 	$(VENV)/bin/python -m pytest -q
 
-# The fast lane while working: no torchrun ranks and no PostgreSQL (about 2-3 minutes); `make test` runs everything.
+# The fast lane while working: no torchrun ranks, no PostgreSQL and no servers of a test's own (S3, Prefect, Dask):
+# under 3 minutes on two cores; `make test` runs everything.
 test-fast: setup
-	$(VENV)/bin/python -m pytest -q -m "not torchrun and not postgres"
+	$(VENV)/bin/python -m pytest -q -m "not torchrun and not postgres and not server"
+
+# The property-based tests with the `nightly` Hypothesis profile: twenty times the examples of `make test`.
+test-nightly: setup
+	HYPOTHESIS_PROFILE=nightly $(VENV)/bin/python -m pytest -q -m "hypothesis and not postgres"
 
 # Style, import order and formatting (ruff), then types (mypy, settings in pyproject.toml).
 lint: setup

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -18,11 +19,38 @@ os.environ.setdefault("REELBATCH_CACHE_DIR", str(_SESSION_HOME / "cache"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
+from hypothesis import settings as hypothesis_settings  # noqa: E402
 from sqlalchemy import create_engine  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 POSTGRES_ADMIN_URL = os.environ.get("REELBATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REPO = Path(__file__).resolve().parent.parent
+
+# Hypothesis budgets. `ci`, the default, keeps `make test` fast; `nightly` (`make test-nightly`, or
+# HYPOTHESIS_PROFILE=nightly) draws twenty times as many examples. Tests leave max_examples to the profile, or
+# pass a deliberate cap of their own through tests.hypothesis_budget.scaled.
+hypothesis_settings.register_profile("ci", max_examples=100, deadline=None, print_blob=True)
+hypothesis_settings.register_profile("nightly", max_examples=2000, deadline=None, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))  # --hypothesis-profile overrides
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """One torch thread in the test process unless OMP_NUM_THREADS says otherwise.
+
+    The tiny models are too small to gain from threads, and on a shared two-core machine OpenMP threads spin
+    against the other processes: the parity and engine tests ran twice as fast on one thread under load. Set here,
+    not through the environment, so torchrun ranks and CLI subprocesses still get what the launcher gives them.
+    """
+    torch = sys.modules.get("torch")  # imported by the collected modules that need it
+    if torch is not None and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test on the loopback S3 server is a `server` test (out of `make test-fast`) whichever fixture brings it."""
+    for item in items:
+        if "s3_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.server)
 
 
 @pytest.fixture(scope="session")

@@ -136,7 +136,8 @@ def test_the_worker_hook_makes_prefect_read_the_environment_again(monkeypatch):
     assert PREFECT_API_URL.value() == before
 
 
-def test_local_workers_report_to_the_flows_prefect_api():
+@pytest.mark.server
+def test_local_workers_report_to_the_flows_prefect_api(tmp_path):
     """Task runs on the workers use the flow's (here: ephemeral) API, so their logs land next to the flow's."""
     import time
 
@@ -147,10 +148,17 @@ def test_local_workers_report_to_the_flows_prefect_api():
     from prefect.context import get_run_context
     from prefect.settings import PREFECT_API_URL
 
+    started = tmp_path / "started"
+    started.mkdir()
+
     @task
-    def probe(index: int) -> tuple[str | None, str | None]:
+    def probe(index: int, started: str) -> tuple[str | None, str | None]:
         get_run_logger().warning("probe %d on %s", index, worker_host())
-        time.sleep(0.5)  # so the second probe finds this worker busy and goes to the other
+        # Each probe stays on its worker (GPU=1) until both have started, so the second has to go to the other one.
+        (Path(started) / str(index)).touch()
+        deadline = time.monotonic() + 60
+        while len(list(Path(started).iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
         return worker_host(), PREFECT_API_URL.value()
 
     @flow
@@ -158,7 +166,7 @@ def test_local_workers_report_to_the_flows_prefect_api():
         context = get_run_context()
         with task_runner_for(None, 2, 1) as runner:
             with dask.annotate(resources={"GPU": 1}):
-                futures = [runner.submit(probe, {"index": index}) for index in range(2)]
+                futures = [runner.submit(probe, {"index": index, "started": str(started)}) for index in range(2)]
             results = [future.result() for future in futures]
         return str(context.flow_run.id), str(context.client.api_url).rstrip("/"), results
 
@@ -174,6 +182,7 @@ def test_local_workers_report_to_the_flows_prefect_api():
 # --- a real run --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.server
 @pytest.mark.torchrun
 def test_a_run_on_a_local_dask_cluster_never_oversubscribes_a_worker(tmp_path: Path):
     """Two workers with GPU=2 each and jobs wanting 5 ranks: both workers work, neither runs more than 2 ranks.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -16,8 +18,16 @@ from tests.test_db import create_run, make_job
 FORMULA = '=HYPERLINK("http://evil","x")'
 
 
+@pytest.fixture(scope="module")
+def grey_mp4(tmp_path_factory) -> Path:
+    """One real mp4 (5 grey frames), encoded once: the done samples' files are copies of it."""
+    path = tmp_path_factory.mktemp("video") / "grey.mp4"
+    write_mp4(path, np.full((5, 32, 48, 3), 0.5, dtype=np.float32), fps=8)
+    return path
+
+
 @pytest.fixture
-def finished_run(database, tmp_path):
+def finished_run(database, tmp_path, grey_mp4):
     """A run with two done samples (real mp4 files), one failed sample and one rejected row."""
     from reelbatch.contract import SampleResult
     from reelbatch.schemas import RowRejection
@@ -31,7 +41,7 @@ def finished_run(database, tmp_path):
     for sample in job.samples[:2]:
         path = out / sample.output_key
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_mp4(path, np.full((5, 32, 48, 3), 0.5, dtype=np.float32), fps=8)
+        shutil.copyfile(grey_mp4, path)
         paths[sample.sample_id] = str(path)
     results = [SampleResult(sample_id=s.sample_id, status="done", seconds=1.0, frames=5) for s in job.samples[:2]]
     results.append(SampleResult(sample_id=job.samples[2].sample_id, status="failed", error="decode: boom"))

@@ -81,7 +81,7 @@ rows = st.builds(
 )
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(deadline=None)
 @given(rows)
 def test_samples_are_those_of_the_canonical_json_dumps(row):
     fast, reference = expand_row(row), reference_samples(row)
@@ -90,14 +90,14 @@ def test_samples_are_those_of_the_canonical_json_dumps(row):
     assert [s.model_dump_json() for s in fast] == [s.model_dump_json() for s in reference]
 
 
-@settings(max_examples=500, deadline=None)
+@settings(deadline=None)
 @given(rows, st.integers(0, 200), st.one_of(st.integers(0, SEED_RANGE - 1), st.booleans()))
 def test_public_seed_and_id_functions_match_json_dumps_for_any_index_and_seed(row, video_index, seed):
     assert sample_seed(row, video_index) == reference_seed(row, video_index)
     assert sample_id(row, video_index, seed) == reference_id(row, video_index, seed)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(
     guidance=st.one_of(st.integers(-5, 5), st.booleans(), st.floats(), st.text(max_size=5)),
     height=st.one_of(st.integers(0, 64), st.booleans(), st.floats(allow_nan=False, allow_infinity=False)),

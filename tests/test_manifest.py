@@ -464,7 +464,7 @@ manifest_inputs = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(manifest_inputs)
 def test_any_input_gives_a_result_or_a_manifest_error(data):
     try:
@@ -592,7 +592,7 @@ def mostly_valid_manifests(draw) -> tuple[list[str], list[list[str]]]:
     return columns, records
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     mostly_valid_manifests(),
     st.sampled_from([

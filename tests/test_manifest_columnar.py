@@ -142,19 +142,19 @@ def assert_same_plan(read: ManifestReadResult, **options) -> None:
     assert _plan_doc(fast) == _plan_doc(reference)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(regular_manifests())
 def test_the_fast_path_reads_regular_manifests_like_the_line_reader(data):
     assert_same_reading(data)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hostile_manifests)
 def test_the_fast_path_reads_hostile_bytes_like_the_line_reader(data):
     assert_same_reading(data)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(regular_manifests(), st.sampled_from([None, "pad", "fill"]))
 def test_plans_from_a_row_table_equal_plans_from_the_rows(data, packing):
     read = _read(data, True)

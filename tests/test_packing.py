@@ -25,6 +25,7 @@ from reelbatch.planning.packing import (
 )
 from reelbatch.schemas import ManifestRow, ParallelPlan
 from reelbatch.tasks.shard import plan_run
+from tests.hypothesis_budget import scaled
 
 CATALOG = ModelCatalog.from_config()
 WAN13 = dict(model="wan2.1-t2v-1.3b", height=480, width=832, num_frames=81, num_inference_steps=50)
@@ -38,7 +39,7 @@ def row(line: int, **overrides) -> ManifestRow:
 # --- Cutting one bucket -----------------------------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(count=st.integers(0, 300), dp=st.integers(1, 8), per_replica=st.integers(1, 40),
        cap=st.one_of(st.none(), st.integers(1, 64)), tail=st.booleans())
 def test_cut_bucket_keeps_every_sample_and_pads_only_the_last_job(count, dp, per_replica, cap, tail):
@@ -96,7 +97,7 @@ def _plan(rows, gpus, **options):
                     packing=PackingOptions(gpus_per_node=gpus, **options))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=scaled(60), deadline=None)
 @given(case=manifests(), width=st.sampled_from(["group", "node"]), target=st.sampled_from([60.0, 900.0, 1800.0]),
        nodes=st.integers(1, 3))
 def test_pad_packing_loses_nothing_and_pads_at_most_once_per_bucket(case, width, target, nodes):
@@ -121,7 +122,7 @@ def test_pad_packing_loses_nothing_and_pads_at_most_once_per_bucket(case, width,
     assert len({job.job_id for job in packed.jobs}) == len(packed.jobs)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=scaled(60), deadline=None)
 @given(case=manifests(), width=st.sampled_from(["group", "node"]))
 def test_fill_packing_turns_padding_into_new_videos_of_the_same_prompts(case, width):
     rows, gpus = case
@@ -233,7 +234,7 @@ def test_the_schedule_runs_longest_first_and_fills_holes_with_short_jobs():
     assert {p.cuda_visible_devices for p in schedule.placements if p.job_id == "wide"} == {"0,1,2,3,4,5,6,7"}
 
 
-@settings(max_examples=150, deadline=None)
+@settings(deadline=None)
 @given(jobs=st.lists(st.tuples(st.sampled_from([1, 1, 2, 2, 3, 4, 8]), st.floats(1.0, 1000.0)), max_size=60),
        nodes=st.integers(1, 4), gpus_per_node=st.sampled_from([4, 8]))
 def test_gpu_groups_are_disjoint_on_every_node_at_every_moment(jobs, nodes, gpus_per_node):

@@ -17,8 +17,9 @@ from reelbatch.models.catalog import ModelCatalog
 from reelbatch.planning import validate_plan
 from reelbatch.schemas import ManifestRow, ParallelPlan
 from reelbatch.tasks.shard import bucket_key
+from tests.hypothesis_budget import scaled
 
-pytestmark = pytest.mark.torchrun
+pytestmark = [pytest.mark.torchrun, pytest.mark.hypothesis]  # hypothesis: make test-nightly draws more
 CATALOG = ModelCatalog.from_config()
 PLANS_OF_TWO = [  # every plan of two ranks; ring is refused on CPU
     ParallelPlan(dp=2), ParallelPlan(cfg=2), ParallelPlan(ulysses=2), ParallelPlan(ring=2)]
@@ -54,7 +55,7 @@ def test_accepted_plans_run_and_refused_plans_say_why(tiny_models, tmp_path_fact
     launch (the rank entry takes several jobs of one world size), the single-rank ones in this process."""
     specs: list[JobSpec] = []
 
-    @settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=scaled(6, most=24), deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(row=rows(), data=st.data())
     def draw_jobs(row, data):
         plan, family = _accepted_plan(row, data)

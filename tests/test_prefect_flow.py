@@ -58,6 +58,7 @@ def test_pasted_text_is_stored_once_under_the_output_and_capped(tmp_path: Path):
         resolve_manifest(None, "  ", str(tmp_path / "out"))
 
 
+@pytest.mark.server
 @pytest.mark.torchrun
 def test_flow_run_publishes_artifacts_and_streams_rank_logs(prefect_server, tmp_path: Path):
     from prefect.blocks.system import Secret
@@ -135,6 +136,7 @@ class Captured(logging.Handler):
         self.records.append(record)
 
 
+@pytest.mark.server
 def test_cuda_jobs_hold_slots_of_the_hosts_gpu_limit(prefect_server):
     group = DeviceGroup(("2", "3"), cuda=True, host="gpu-node", machine_devices=8)
     name = gpu_limit_name(socket.gethostname())

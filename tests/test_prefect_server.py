@@ -127,6 +127,7 @@ def api(deployed):
         yield deployed
 
 
+@pytest.mark.server
 def test_nightly_cron_schedule_is_registered(api):
     from prefect.client.orchestration import get_client
 
@@ -145,6 +146,7 @@ def test_nightly_cron_schedule_is_registered(api):
     assert not generate.schedules
 
 
+@pytest.mark.server
 @pytest.mark.torchrun
 @pytest.mark.timeout(RUN_S + 300)
 def test_generate_dataset_runs_on_a_worker_from_pasted_csv(api, tmp_path, tiny_models):

@@ -464,7 +464,7 @@ def cases(draw) -> tuple[BucketKey, int]:
     return bucket_, gpus
 
 
-@settings(max_examples=500, deadline=None)
+@settings(deadline=None)
 @given(case=cases(), device=st.sampled_from(["cuda", "cpu"]), memory=st.sampled_from([24.0, 48.0, 80.0, 141.0]),
        objective=st.sampled_from(["throughput", "latency"]))
 def test_chosen_plans_pass_and_every_refusal_has_a_fix(case, device, memory, objective):

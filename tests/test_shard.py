@@ -122,7 +122,7 @@ def test_a_row_asking_for_an_existing_video_is_rejected_not_duplicated():
     assert (rejection.row, rejection.rule) == (3, "duplicate_sample") and "row 2" in rejection.message
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(n=st.integers(0, 200), dp=st.integers(1, 8), max_per_job=st.integers(1, 64))
 def test_cut_jobs_never_loses_or_duplicates_and_pads_at_most_once(n, dp, max_per_job):
     samples = list(range(n))

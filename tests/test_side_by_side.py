@@ -35,6 +35,13 @@ def peak_width(intervals: list[tuple[float, float, int]]) -> int:
     return peak
 
 
+def wait_until(condition, timeout_s: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; past the deadline the test's own assertions say what went wrong."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 # --- the pool -------------------------------------------------------------------------------------------------
 
 
@@ -101,20 +108,23 @@ def test_waiting_jobs_go_by_priority_and_narrow_ones_back_fill():
     started: list[str] = []
     blocker = pool.try_take(4)
     lock = threading.Lock()
+    release = threading.Event()  # the jobs hold their devices until the test has seen who could start
 
     def job(name: str, width: int, priority: int) -> None:
         with pool.group(width, priority):
             with lock:
                 started.append(name)
-            time.sleep(0.3)
+            release.wait(10)
 
     threads = [threading.Thread(target=job, args=args) for args in
                [("wide", 4, 1), ("narrow-late", 2, 2), ("narrow-first", 2, 0)]]
-    for thread in threads:
+    for arrived, thread in enumerate(threads, 1):
         thread.start()
-        time.sleep(0.05)  # all three wait, in this order of arrival
+        wait_until(lambda: len(pool._waiting) == arrived)  # all three wait, in this order of arrival
     assert started == []
     pool.give_back(blocker)
+    wait_until(lambda: len(started) == 2)  # the two pairs are lent; the wide job cannot start beside them
+    release.set()
     for thread in threads:
         thread.join(timeout=10)
     # narrow-first has the best priority; the wide job cannot fit beside it, so narrow-late back-fills the other
@@ -136,12 +146,23 @@ def spec(name: str, plan: ParallelPlan) -> JobSpec:
 def test_execute_jobs_never_oversubscribes_and_starts_longest_first():
     widths = {"j0": 4, "j1": 2, "j2": 2, "j3": 1, "j4": 1, "j5": 1, "j6": 2, "j7": 1}
     log: list[tuple[str, float, float, tuple[str, ...]]] = []
+    running: set[str] = set()
+    overlapped: set[str] = set()
+    changed = threading.Condition()
 
     @task
     def hold(name: str, devices: DeviceGroup) -> str:
         begin = time.monotonic()
-        time.sleep(0.3)
-        log.append((name, begin, time.monotonic(), devices.devices))
+        with changed:  # a narrow job holds its devices until another job ran beside it, or none is left to start
+            running.add(name)
+            if len(running) > 1:
+                overlapped.update(running)
+            changed.notify_all()
+            changed.wait_for(lambda: widths[name] == 4 or name in overlapped or len(log) + len(running) == len(widths),
+                             timeout=10)
+            running.discard(name)
+            log.append((name, begin, time.monotonic(), devices.devices))
+            changed.notify_all()
         return name
 
     @flow
