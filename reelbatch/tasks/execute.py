@@ -21,7 +21,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import TaskRunner
 
 from reelbatch.engine.inputs import staged_path
-from reelbatch.infra.cluster import visible_gpus
+from reelbatch.gpus import visible_gpus
 from reelbatch.infra.db import Database
 from reelbatch.infra.devices import DeviceGroup, DevicePool, local_pool
 from reelbatch.infra.failures import Failure, RetryPolicy

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from reelbatch import planning
 from reelbatch.identity import expand_row
-from reelbatch.infra.cluster import visible_gpus
+from reelbatch.gpus import visible_gpus
 from reelbatch.models.catalog import ModelCatalog, UnknownModel
 from reelbatch.models.registry import ModelFamily
 from reelbatch.planning import DEFAULT_GPU_MEMORY_GIB, Objective, PlanProblem
