@@ -32,7 +32,7 @@ from reelbatch.infra.launcher import (
 from reelbatch.schemas import JobSpec, ManifestRow, ParallelPlan
 from reelbatch.tasks.collect import read_results
 from reelbatch.tasks.dispatch import RANK_ENTRY
-from reelbatch.tasks.shard import bucket_key
+from reelbatch.planning.buckets import bucket_key
 
 # --- canned logs, in the exact shapes torchrun 2.x and the ranks print ---------------------------------------
 

@@ -26,7 +26,7 @@ from reelbatch.models.tiny_facts import TINY_FAMILIES
 from reelbatch.schemas import JobSpec, ManifestRow, ParallelPlan
 from reelbatch.tasks.collect import read_results
 from reelbatch.tasks.dispatch import RANK_ENTRY
-from reelbatch.tasks.shard import bucket_key
+from reelbatch.planning.buckets import bucket_key
 
 pytestmark = pytest.mark.torchrun
 

@@ -14,7 +14,8 @@ from reelbatch.infra.launcher import launch
 from reelbatch.schemas import JobSpec, ManifestRow, ParallelPlan
 from reelbatch.tasks.collect import read_results
 from reelbatch.tasks.dispatch import RANK_ENTRY
-from reelbatch.tasks.shard import bucket_key, choose_plan
+from reelbatch.planning.buckets import bucket_key
+from reelbatch.planning.planner import choose_plan
 
 pytestmark = pytest.mark.torchrun
 

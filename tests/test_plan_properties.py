@@ -17,7 +17,7 @@ from reelbatch.planning import validate_plan
 from reelbatch.schemas import JobSpec, ManifestRow, ParallelPlan
 from reelbatch.tasks.collect import read_results
 from reelbatch.tasks.dispatch import RANK_ENTRY
-from reelbatch.tasks.shard import bucket_key
+from reelbatch.planning.buckets import bucket_key
 
 pytestmark = pytest.mark.torchrun
 CATALOG = ModelCatalog.from_config()

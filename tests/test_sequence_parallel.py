@@ -23,7 +23,7 @@ from reelbatch.infra.launcher import launch
 from reelbatch.schemas import JobSpec, ManifestRow, ParallelPlan
 from reelbatch.tasks.collect import read_results
 from reelbatch.tasks.dispatch import RANK_ENTRY
-from reelbatch.tasks.shard import bucket_key
+from reelbatch.planning.buckets import bucket_key
 
 PROMPTS = ["a cat walks on a sunny street", "waves crash on a rocky shore"]
 FAMILY = {"tiny-wan": "wan", "tiny-hunyuan": "hunyuan"}

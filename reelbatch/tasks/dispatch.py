@@ -25,8 +25,8 @@ from reelbatch.infra.launcher import launch, new_launch_id
 from reelbatch.testing import crash_point
 from reelbatch.infra.storage import images_root, work_root
 from reelbatch.models.catalog import ModelCatalog
+from reelbatch.planning.jobs import PlannedJob
 from reelbatch.schemas import JobSpec
-from reelbatch.tasks.shard import PlannedJob
 
 RANK_ENTRY = "reelbatch.engine.rank"
 

@@ -28,10 +28,10 @@ from reelbatch.infra.failures import Failure, RetryPolicy
 from reelbatch.infra.prefect_config import holding_gpus
 from reelbatch.models.catalog import ModelCatalog, UnknownModel, family_from_folder
 from reelbatch.planning import validate_plan
+from reelbatch.planning.jobs import PlannedJob
 from reelbatch.schemas import JobSpec, ParallelPlan
 from reelbatch.tasks.collect import collect_attempt
 from reelbatch.tasks.dispatch import JobOutcome, run_job, spec_path
-from reelbatch.tasks.shard import PlannedJob
 
 
 @dataclass
