@@ -65,7 +65,7 @@ def write_mixed_manifest(path: str | os.PathLike[str], prompts: int, seed: int =
 
 def run(args: argparse.Namespace) -> dict:
     from reelbatch.models.catalog import ModelCatalog
-    from reelbatch.planning.simulate import simulate
+    from reelbatch.planning.fleet.simulation import simulate
     from reelbatch.schemas import RunDefaults
     from reelbatch.manifest import read_manifest
 

@@ -210,7 +210,7 @@ def _reelbatch_run(n: int, model_path: Path, settings: Settings, ranks: int, max
     from reelbatch.tasks.export import write_dataset_index
     from reelbatch.manifest import read_manifest
     from reelbatch.tasks.record import finish_run, start_run
-    from reelbatch.tasks.shard import plan_run
+    from reelbatch.planning.planner import plan_run
 
     manifest, output = folder / "prompts.csv", str(folder / "out")
     db_url = f"sqlite:///{folder / 'reelbatch.db'}"

@@ -3,8 +3,8 @@
     .venv/bin/python bench/plan_speed.py                  # 100,000 rows, best of 3
     .venv/bin/python bench/plan_speed.py --rows 20000 --repeat 1 --profile 25
 
-Times ``reelbatch.manifest.read_manifest`` + ``reelbatch.tasks.shard.plan_run`` (8 GPUs per node, CUDA
-rules, no packing; ``--packed`` adds ``planning.packing`` on 4 nodes) against ``pandas.read_csv`` in one process,
+Times ``reelbatch.manifest.read_manifest`` + ``reelbatch.planning.planner.plan_run`` (8 GPUs per node, CUDA
+rules, no packing; ``--packed`` packs for 4 nodes (``planning.packing``)) against ``pandas.read_csv`` in one process,
 each the best of ``--repeat`` runs, then measures the peak Python memory of validate + plan with tracemalloc (a
 separate run: tracemalloc slows it down) and the process's peak RSS. Targets: ratio <= 3, peak <= 300 MB.
 
@@ -36,9 +36,9 @@ TARGET_PEAK_MB = 300.0
 def validate_and_plan(path: Path, packed: bool, columnar: bool = True):
     from reelbatch.models.catalog import ModelCatalog
     from reelbatch.planning.packing import PackingOptions
+    from reelbatch.planning.planner import plan_run
     from reelbatch.schemas import RunDefaults
     from reelbatch.manifest import read_manifest
-    from reelbatch.tasks.shard import plan_run
 
     catalog = ModelCatalog.from_config()
     read = read_manifest(path, RunDefaults(), catalog.names(), columnar=columnar)
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas  # imported before timing, like reelbatch's modules below
 
     import reelbatch.manifest
-    import reelbatch.tasks.shard  # noqa: F401
+    import reelbatch.planning.planner  # noqa: F401
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "manifest.csv"

@@ -31,7 +31,7 @@ from reelbatch.infra.launcher import (
     torchrun_command,
 )
 from reelbatch.schemas import ManifestRow, ParallelPlan
-from reelbatch.tasks.shard import bucket_key
+from reelbatch.planning.buckets import bucket_key
 
 # --- canned logs, in the exact shapes torchrun 2.x and the ranks print ---------------------------------------
 

@@ -14,10 +14,11 @@ from PIL import Image
 from reelbatch.engine.inputs import open_staged
 from reelbatch.models.catalog import ModelCatalog, UnknownModel
 from reelbatch.models.registry import FAMILIES
+from reelbatch.planning.planner import plan_run
 from reelbatch.schemas import RunDefaults
 from reelbatch.tasks.images import check_images
 from reelbatch.manifest import ManifestError, check_columns, parse_manifest_text, read_manifest
-from reelbatch.tasks.shard import plan_run
+from reelbatch.planning.planner import plan_run
 from tests.cli_runner import reelbatch
 
 CATALOG = ModelCatalog.from_config()

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from reelbatch.models.catalog import ModelCatalog
 from reelbatch.planning.packing import PackingOptions
+from reelbatch.planning.planner import plan_run
 from reelbatch.rows import RowTable, SampleRefs
 from reelbatch.schemas import RunDefaults
 from reelbatch.manifest import (
@@ -29,7 +30,6 @@ from reelbatch.manifest import (
     ManifestReadResult,
     parse_manifest_text,
 )
-from reelbatch.tasks.shard import plan_run
 from tests.manifest_fuzz import KNOWN_MODELS, LIMITS, hostile_manifests
 
 DEFAULTS = RunDefaults()

@@ -8,23 +8,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reelbatch.gpus import GpuAllocator, partition_node
 from reelbatch.models.catalog import ModelCatalog
 from reelbatch.planning.cost import DEFAULT_COST_MODEL
+from reelbatch.planning.fleet.schedule import FleetJob, makespan_seconds, schedule_jobs
 from reelbatch.planning.packing import (
     Cut,
-    FleetJob,
-    GpuAllocator,
     PackingOptions,
     cut_bucket,
     extra_samples,
-    makespan_seconds,
     pack_plan,
-    partition_node,
     samples_per_replica,
-    schedule_jobs,
 )
+from reelbatch.planning.planner import plan_run
 from reelbatch.schemas import ManifestRow, ParallelPlan
-from reelbatch.tasks.shard import plan_run
 from tests.hypothesis_budget import scaled
 
 CATALOG = ModelCatalog.from_config()

@@ -24,7 +24,7 @@ from reelbatch.infra.launcher import launch
 from reelbatch.models.registry import FAMILIES
 from reelbatch.models.tiny_facts import TINY_FAMILIES
 from reelbatch.schemas import ManifestRow, ParallelPlan
-from reelbatch.tasks.shard import bucket_key
+from reelbatch.planning.buckets import bucket_key
 
 pytestmark = pytest.mark.torchrun
 

@@ -13,7 +13,8 @@ from reelbatch.engine.video import read_mp4
 from reelbatch.identity import expand_row
 from reelbatch.infra.launcher import launch
 from reelbatch.schemas import ManifestRow, ParallelPlan
-from reelbatch.tasks.shard import bucket_key, choose_plan
+from reelbatch.planning.buckets import bucket_key
+from reelbatch.planning.planner import choose_plan
 
 pytestmark = pytest.mark.torchrun
 

@@ -16,7 +16,7 @@ from reelbatch.infra.launcher import launch
 from reelbatch.models.catalog import ModelCatalog
 from reelbatch.planning import validate_plan
 from reelbatch.schemas import ManifestRow, ParallelPlan
-from reelbatch.tasks.shard import bucket_key
+from reelbatch.planning.buckets import bucket_key
 from tests.hypothesis_budget import scaled
 
 pytestmark = [pytest.mark.torchrun, pytest.mark.hypothesis]  # hypothesis: make test-nightly draws more

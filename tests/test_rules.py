@@ -16,7 +16,8 @@ from reelbatch.planning import candidate_plans, choose_plan, plan_efficiency, va
 from reelbatch.planning.chooser import rank_plans
 from reelbatch.planning.rules import bucket_problems, plan_violations
 from reelbatch.schemas import BucketKey, ManifestRow, ParallelPlan
-from reelbatch.tasks.shard import bucket_key, plan_run
+from reelbatch.planning.buckets import bucket_key
+from reelbatch.planning.planner import plan_run
 
 CATALOG = ModelCatalog.from_config()
 HUNYUAN = FAMILIES["hunyuanvideo"]

@@ -21,7 +21,7 @@ from reelbatch.engine.rank import run_job
 from reelbatch.identity import expand_row
 from reelbatch.infra.launcher import launch
 from reelbatch.schemas import ManifestRow, ParallelPlan
-from reelbatch.tasks.shard import bucket_key
+from reelbatch.planning.buckets import bucket_key
 
 PROMPTS = ["a cat walks on a sunny street", "waves crash on a rocky shore"]
 FAMILY = {"tiny-wan": "wan", "tiny-hunyuan": "hunyuan"}

@@ -10,7 +10,9 @@ from reelbatch.identity import expand_row
 from reelbatch.models.catalog import ModelCatalog
 from reelbatch.schemas import ManifestRow, ParallelPlan
 from reelbatch import planning
-from reelbatch.tasks.shard import bucket_key, choose_plan, cut_jobs, plan_run
+from reelbatch.planning.buckets import bucket_key
+from reelbatch.planning.packing import cut_jobs
+from reelbatch.planning.planner import choose_plan, plan_run
 
 
 def validate_plan(bucket, family, plan, world_size):

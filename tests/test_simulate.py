@@ -10,16 +10,11 @@ import pytest
 from reelbatch.models.catalog import ModelCatalog
 from reelbatch.models.registry import FAMILIES
 from reelbatch.planning import choose_plan
-from reelbatch.planning.cost import (
-    DEFAULT_COST_MODEL,
-    CostModel,
-    calibration_rows,
-    fit_timings,
-    gpu_name,
-)
-from reelbatch.planning.simulate import naive_plan, simulate, simulate_plan
+from reelbatch.planning.calibration import calibration_rows, fit_timings
+from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel, gpu_name
+from reelbatch.planning.fleet.simulation import naive_plan, simulate, simulate_plan
+from reelbatch.planning.planner import plan_run
 from reelbatch.schemas import BucketKey, ManifestRow, ParallelPlan
-from reelbatch.tasks.shard import plan_run
 
 CATALOG = ModelCatalog.from_config()
 REPORT_KEYS = {"makespan_s", "lower_bound_s", "ratio", "gpu_utilization", "padding_ratio", "gpu_hours"}

@@ -51,7 +51,7 @@ def plan(
 
     Exit 0 when every row is accepted, 1 when some rows are rejected, 2 for usage or file errors.
     """
-    from reelbatch.tasks.shard import plan_run
+    from reelbatch.planning.planner import plan_run
 
     run_defaults = values.run_defaults(**row)
     objective = values.objective(planner["objective"])
@@ -94,7 +94,7 @@ def simulate(
     Prints makespan, its lower bound, GPU utilisation, padding and GPU-hours, and the same for the naive policy
     (one job per prompt, ulysses = GPUs per node), as single-prompt scripts do. No GPU is needed.
     """
-    from reelbatch.planning.simulate import simulate as run_simulation
+    from reelbatch.planning.fleet.simulation import simulate as run_simulation
     from reelbatch.manifest import ManifestError, read_manifest
 
     catalog = values.catalog(model_path, models_file)
@@ -140,7 +140,7 @@ def read_for_planning(manifest: str, run_defaults, catalog, limits: dict, image_
 
 def fleet_estimate(run_plan, nodes: int, gpus_per_node: int, gpu: str, storage: str) -> dict:
     """The plan's jobs played on the fleet by the simulator: wall time, GPU-hours, utilisation."""
-    from reelbatch.planning.simulate import simulate_plan
+    from reelbatch.planning.fleet.simulation import simulate_plan
 
     report = simulate_plan(run_plan, nodes=nodes, gpus_per_node=gpus_per_node, gpu=gpu, storage=storage)
     return {"nodes": nodes, "gpus_per_node": gpus_per_node, "gpu": report.gpu, "storage": storage,

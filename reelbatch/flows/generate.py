@@ -20,6 +20,7 @@ from reelbatch.infra.prefect_config import database_url
 from reelbatch.infra.storage import images_root, normalize_root
 from reelbatch.models.catalog import ModelCatalog
 from reelbatch.planning.packing import Packing
+from reelbatch.planning.planner import DEFAULT_MAX_SAMPLES_PER_JOB
 from reelbatch.schemas import RunDefaults
 from reelbatch.defaults import GPU_MEMORY_GIB, OBJECTIVE
 from reelbatch.settings import DEFAULT_DB_URL, DEFAULT_OUTPUT
@@ -41,7 +42,7 @@ from reelbatch.tasks.record import (
     start_run_task,
 )
 from reelbatch.tasks.report import publish_run_report_task, start_progress
-from reelbatch.tasks.shard import DEFAULT_MAX_SAMPLES_PER_JOB, plan_run_task
+from reelbatch.tasks.shard import plan_run_task
 
 
 # execute_jobs submits a job only once it has devices, so threads beyond the devices of a big node are never used.

@@ -100,7 +100,7 @@ def local_gpu_cluster(n_workers: int, gpus_per_worker: int) -> LocalCluster:
 def gpu_slices(n_workers: int, gpus_per_worker: int) -> list[dict[str, str]]:
     """Per worker, the ``CUDA_VISIBLE_DEVICES`` it must see: disjoint slices of this process's visible GPUs, or
     nothing on a machine without CUDA (workers then count CPU rank slots)."""
-    from reelbatch.infra.cluster import visible_gpu_names
+    from reelbatch.gpus import visible_gpu_names
 
     names = visible_gpu_names()
     if not names:

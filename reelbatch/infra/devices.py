@@ -3,7 +3,7 @@
 On a GPU machine a device is a CUDA index and a job's group becomes its ``CUDA_VISIBLE_DEVICES``; on a CPU-only
 machine a device is a rank slot (ranks are processes with gloo), so groups still bound how many ranks run at once.
 A job asks for as many devices as it has ranks and waits until a group that large is free: the machine is never
-oversubscribed. Groups are buddy-aligned (``planning.packing.GpuAllocator``), so 2-GPU jobs get 0-1, 2-3, ... and
+oversubscribed. Groups are buddy-aligned (``reelbatch.gpus.GpuAllocator``), so 2-GPU jobs get 0-1, 2-3, ... and
 an 8-GPU node stays splittable.
 
 Two ways to use it. The flow's scheduler (``tasks.execute.execute_jobs``) takes groups with ``try_take`` in the
@@ -27,9 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from reelbatch.infra.cluster import visible_gpu_names, visible_gpus
+from reelbatch.gpus import GpuAllocator, visible_gpu_names, visible_gpus
 from reelbatch.infra.dask_cluster import worker_host
-from reelbatch.planning.packing import GpuAllocator
 
 
 @dataclass(frozen=True)

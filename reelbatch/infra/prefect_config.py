@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import httpx
 
-from reelbatch.infra.cluster import machine_gpus
+from reelbatch.gpus import machine_gpus
 from reelbatch.infra.devices import DeviceGroup
 
 log = logging.getLogger(__name__)

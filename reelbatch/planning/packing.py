@@ -1,52 +1,42 @@
-"""Packing: a bucket's samples into jobs of a target wall time, jobs onto disjoint GPU groups of a fleet.
+"""Cutting: every bucket's samples into jobs, in one pass, and how the run's jobs are sized for a fleet.
 
-Three pieces, all pure Python (no torch, no Prefect):
+Without ``PackingOptions`` a bucket is cut by ``cut_jobs``: jobs of at most ``max_samples_per_job`` samples, the
+plan's dp on every job. With them (packing, the flow's default):
 
 * ``cut_bucket``: one bucket's samples -> job sizes. A job of ``dp`` replicas holds a multiple of dp samples; only
   the last job of a bucket may be short of one, and that is the bucket's only padding. The number of samples per
   replica is chosen so a job lasts about ``target_seconds`` of wall time, model load included (cost.py); the
   sizes within a bucket differ by at most one replica row, except the last job, which ``tail`` splits in halves.
-* ``pack_plan``: a ``RunPlan`` (from ``tasks.shard.plan_run``) re-cut with ``PackingOptions``: every bucket cut as
-  above, padded slots kept (``pad``: computed and thrown away) or turned into extra videos of the bucket's own
-  prompts (``fill``: new seeds, recorded as samples), and the jobs ordered longest first.
+* padded slots are kept (``pad``: computed and thrown away) or turned into extra videos of the bucket's own
+  prompts (``fill``: new seeds, recorded as samples), and the jobs are ordered longest first.
   ``width="group"`` (default) gives each unpinned bucket jobs of dp=1: one sample's GPU group (1 GPU for a video
   that fits, 2 for CFG parallel, ...), so several jobs share a node (8 GPUs -> 4 jobs of 2) and no job pads;
   ``width="node"`` keeps the plan's dp (one job spans the node, as ``cut_jobs`` does). A pinned plan keeps its dp.
-* ``GpuAllocator`` and ``schedule_jobs``: which node and which GPUs (``CUDA_VISIBLE_DEVICES``) each job gets, and
-  when. Jobs wait in one queue, longest first; whenever GPUs free up, the longest waiting job that fits starts
-  (shorter jobs fill groups a long one cannot use). A job gets an aligned block of GPUs (buddy style: a 2-GPU job
-  on GPUs 0-1, 2-3, ...), taken where it splits the smallest free block, so wide jobs still find room later. GPU
-  sets of jobs on a node are disjoint at every moment (``Schedule.check``). There are no reservations: a wide job
-  that is the longest waiting one but does not fit yet lets shorter narrow jobs start before it.
 
 Job sizing is fleet-aware (``fit_to_fleet``): when the fleet's work per GPU is less than ``FLEET_SEARCH_JOBS``
 target-length jobs, the target is the one of a few candidates (``target_seconds`` times 1, 3/4, 1/2, 1/3, and the
-work per GPU divided by 1..16 where that is shorter) whose schedule on the fleet ends first, so a small manifest is
-spread over the fleet instead of queueing behind a few 30-minute jobs, and is not cut into more model loads than
-it needs. Above that, the tail is a small fraction of the makespan and the target stands. The last job of every
-bucket is split in halves (``tail_split``), which gives the end of the run short jobs to fill idle GPUs with.
+work per GPU divided by 1..16 where that is shorter) whose schedule on the fleet (``fleet.schedule``) ends first,
+so a small manifest is spread over the fleet instead of queueing behind a few 30-minute jobs, and is not cut into
+more model loads than it needs. Above that, the tail is a small fraction of the makespan and the target stands.
+The last job of every bucket is split in halves (``tail_split``), which gives the end of the run short jobs to
+fill idle GPUs with.
 """
 
 from __future__ import annotations
 
-import hashlib
-import heapq
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from itertools import pairwise
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from reelbatch.defaults import JOB_MINUTES
 from reelbatch.identity import output_key, sample_id, sample_seed
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel, StorageKind
-from reelbatch.rows import concat_samples
+from reelbatch.planning.fleet.schedule import FleetJob, schedule_jobs
+from reelbatch.planning.jobs import BucketPlan, PlannedJob, RunPlan
+from reelbatch.rows import SampleRefs, concat_samples
 from reelbatch.schemas import BucketKey, ManifestRow, ParallelPlan, Sample
-
-if TYPE_CHECKING:  # tasks.shard imports Prefect; packing must stay light
-    from reelbatch.tasks.shard import PlannedJob, RunPlan
 
 PaddingPolicy = Literal["pad", "fill"]
 JobWidth = Literal["group", "node"]
@@ -107,7 +97,23 @@ class Packing(BaseModel):
         )
 
 
-# --- Cutting one bucket -----------------------------------------------------------------------------------------
+# --- Cutting one bucket -----------------------------------------------------------------------------------------------
+
+
+def cut_jobs(samples: Sequence[Sample], dp: int, max_samples_per_job: int) -> list[tuple[Sequence[Sample], int]]:
+    """Cut a bucket into chunks that are multiples of dp; only the last chunk may need padding."""
+    return [(part, padded) for part, _, padded in _cuts(samples, dp, max_samples_per_job)]
+
+
+def _cuts(samples: Sequence[Sample], dp: int, max_samples_per_job: int) -> list[tuple[Sequence[Sample], int, int]]:
+    """``cut_jobs`` with each part's size: (part, samples, padded slots)."""
+    chunk = max(dp, (max_samples_per_job // dp) * dp)
+    count = len(samples)
+    sizes = [(start, min(chunk, count - start)) for start in range(0, count, chunk)]
+    if isinstance(samples, SampleRefs):  # thousands of parts of a big manifest: no per-part checks
+        table, rows, videos = samples.table, samples.rows, samples.videos
+        return [(SampleRefs(table, rows, videos, start, start + size), size, -size % dp) for start, size in sizes]
+    return [(samples[start:start + size], size, -size % dp) for start, size in sizes]
 
 
 @dataclass(frozen=True)
@@ -168,7 +174,7 @@ def cut_bucket(count: int, dp: int, per_replica: int, max_samples_per_job: int |
     return cuts
 
 
-# --- Fill: padded slots become extra videos of the bucket's prompts -----------------------------------------------
+# --- Fill: padded slots become extra videos of the bucket's prompts ---------------------------------------------------
 
 
 def extra_samples(rows: Sequence[ManifestRow], count: int, taken: set[str], next_index: dict[int, int]) -> list[Sample]:
@@ -196,21 +202,7 @@ def extra_samples(rows: Sequence[ManifestRow], count: int, taken: set[str], next
     return made
 
 
-# --- Packing a run plan -------------------------------------------------------------------------------------------
-
-
-def job_id(index: int, bucket: BucketKey, samples: Iterable[Sample]) -> str:
-    """The id scheme of ``tasks.shard``: position, then a hash of the bucket and the sample ids."""
-    digest = hashlib.sha256(bucket.model_dump_json().encode())
-    for sample in samples:
-        digest.update(sample.sample_id.encode())
-    return f"job-{index:04d}-{digest.hexdigest()[:8]}"
-
-
-@dataclass
-class _Bucket:
-    template: PlannedJob
-    parts: list[Sequence[Sample]] = field(default_factory=list)
+# --- Job length for the fleet -----------------------------------------------------------------------------------------
 
 
 def _group(plan: ParallelPlan) -> int:
@@ -251,54 +243,78 @@ def fleet_target_seconds(shapes: Sequence[tuple], counts: Sequence[int], options
     return -best, not whole
 
 
-def pack_plan(
-    run_plan: RunPlan,
-    options: PackingOptions = PackingOptions(),
+# --- The one cutting pass ---------------------------------------------------------------------------------------------
+
+
+def cut_buckets(
+    buckets: Sequence[BucketPlan],
+    *,
+    max_samples_per_job: int,
+    cost: CostModel,
+    packing: PackingOptions | None = None,
+    gpus_per_node: int | None = None,
+    rows: Sequence[ManifestRow] | None = None,
+    skipped: Sequence[tuple[Sample, BucketKey]] = (),
+) -> list[PlannedJob]:
+    """Every bucket cut into jobs: by ``cut_jobs`` in bucket order, or packed by ``packing`` (see ``pack_buckets``)."""
+    if packing is not None:
+        return pack_buckets(buckets, packing, gpus_per_node=gpus_per_node, rows=rows, skipped=skipped)
+    jobs: list[PlannedJob] = []
+    for work in buckets:
+        estimates: dict[int, tuple[float, float]] = {}  # a bucket's full jobs all have the same number of slots
+        for part, size, padded in _cuts(work.samples, work.plan.dp, max_samples_per_job):
+            slots = size + padded
+            estimate = estimates.get(slots)
+            if estimate is None:
+                estimate = estimates[slots] = (round(work.gpu_seconds_per_sample * slots, 6),
+                                               round(cost.job_seconds(work.bucket, work.family, work.plan, slots), 3))
+            jobs.append(work.job(len(jobs), work.plan, part, padded, estimated_gpu_seconds=estimate[0],
+                                 estimated_seconds=estimate[1]))
+    return jobs
+
+
+def pack_buckets(
+    buckets: Sequence[BucketPlan],
+    options: PackingOptions,
     *,
     gpus_per_node: int | None = None,
     rows: Sequence[ManifestRow] | None = None,
-) -> RunPlan:
-    """``run_plan`` with every bucket re-cut by ``options`` and the jobs ordered longest first.
+    skipped: Sequence[tuple[Sample, BucketKey]] = (),
+) -> list[PlannedJob]:
+    """Every bucket cut by ``options``, the jobs ordered longest first and numbered in that order.
 
-    ``gpus_per_node`` is what ``plan_run`` planned for (default: options.gpus_per_node, else the widest plan).
-    ``rows`` (the accepted manifest rows) are needed for ``padding="fill"``. Job ids are reassigned in the new
-    order (``job-0000`` is the longest). Every job gets ``estimated_seconds`` (wall time, load included),
+    ``gpus_per_node`` is what the buckets were planned for (default: options.gpus_per_node, else the widest plan).
+    ``rows`` (the accepted manifest rows) are needed for ``padding="fill"``; extra videos never repeat a planned
+    sample or a ``skipped`` one. Every job gets ``estimated_seconds`` (wall time, load included),
     ``estimated_gpu_seconds`` (compute of its slots) and, with fill, ``filled_slots``.
     """
     cost = options.cost
     node_gpus = options.gpus_per_node or gpus_per_node or max(
-        (job.plan.world_size for job in run_plan.jobs), default=1)
-    buckets: dict[BucketKey, _Bucket] = {}
-    for job in run_plan.jobs:
-        buckets.setdefault(job.bucket, _Bucket(job)).parts.append(job.samples)
-    bucket_samples = [concat_samples(entry.parts) for entry in buckets.values()]
-
+        (work.plan.world_size for work in buckets), default=1)
     shapes = []  # (bucket, plan of its jobs, seconds per sample, load seconds)
-    for bucket, entry in buckets.items():
-        template = entry.template
-        plan = template.plan
-        if options.width == "group" and bucket.plan is None:
+    for work in buckets:
+        plan = work.plan
+        if options.width == "group" and work.bucket.plan is None:
             plan = ParallelPlan(dp=1, cfg=plan.cfg, ulysses=plan.ulysses, ring=plan.ring)
-        seconds = cost.sample_seconds(bucket, template.family, plan)
-        load = cost.load_seconds(template.family, options.storage)
-        shapes.append((bucket, plan, seconds, load))
-    counts = [len(samples) for samples in bucket_samples]
+        seconds = cost.sample_seconds(work.bucket, work.family, plan)
+        load = cost.load_seconds(work.family, options.storage)
+        shapes.append((work.bucket, plan, seconds, load))
+    counts = [len(work.samples) for work in buckets]
     target, tail = fleet_target_seconds(shapes, counts, options, node_gpus)
     all_cuts = _cut_all(shapes, counts, target, options, tail)
 
     fills = options.padding == "fill" and any(cut.padded for cuts in all_cuts for cut in cuts)
     row_of = {row.row: row for row in rows or ()} if fills else {}
     # Extra videos must not repeat a planned or finished one: only then are the planned samples' ids needed.
-    taken = {s.sample_id for samples in bucket_samples for s in samples} if fills else set()
-    taken.update(sample.sample_id for sample, _ in run_plan.skipped)
+    taken = {s.sample_id for work in buckets for s in work.samples} if fills else set()
+    taken.update(sample.sample_id for sample, _ in skipped)
     next_index: dict[int, int] = {}
     packed: list[PlannedJob] = []
-    for (bucket, plan, seconds, load), entry, samples, cuts in zip(shapes, buckets.values(), bucket_samples, all_cuts):
-        template = entry.template
-        gpu_seconds_per_sample = cost.sample_gpu_seconds(bucket, template.family, plan)
+    for (bucket, plan, seconds, load), work, cuts in zip(shapes, buckets, all_cuts):
+        gpu_seconds_per_sample = cost.sample_gpu_seconds(bucket, work.family, plan)
         start = 0
         for cut in cuts:
-            part = samples[start:start + cut.samples]
+            part = work.samples[start:start + cut.samples]
             start += cut.samples
             padded, filled = cut.padded, 0
             if padded and options.padding == "fill":
@@ -308,206 +324,32 @@ def pack_plan(
                     raise ValueError(f"padding=fill needs the manifest rows (rows {missing[:3]} not given)")
                 part = [*part, *extra_samples([row_of[r] for r in sources], padded, taken, next_index)]
                 padded, filled = 0, cut.padded
-            packed.append(replace(
-                template, plan=plan, samples=part, padded_slots=padded,
-                estimated_gpu_seconds=round(gpu_seconds_per_sample * cut.slots, 6),
+            packed.append(work.job(
+                len(packed), plan, part, padded, estimated_gpu_seconds=round(gpu_seconds_per_sample * cut.slots, 6),
                 estimated_seconds=round(load + cut.rounds * seconds, 3), filled_slots=filled,
-                notes=list(template.notes), warnings=list(template.warnings),
             ))
     order = sorted(range(len(packed)), key=lambda i: (-packed[i].estimated_seconds, i))
-    jobs = [replace(packed[i], index=n) for n, i in enumerate(order)]
-    return replace(run_plan, jobs=jobs)
+    return [replace(packed[i], index=n) for n, i in enumerate(order)]
 
 
-# --- GPU groups on nodes ------------------------------------------------------------------------------------------
+def pack_plan(
+    run_plan: RunPlan,
+    options: PackingOptions = PackingOptions(),
+    *,
+    gpus_per_node: int | None = None,
+    rows: Sequence[ManifestRow] | None = None,
+) -> RunPlan:
+    """An existing plan's buckets re-cut by ``options`` (``pack_buckets``); ``plan_run(packing=...)`` cuts once.
 
-
-class GpuAllocator:
-    """Free GPUs of ``nodes`` nodes of ``gpus_per_node``; hands out disjoint groups (buddy-aligned when possible)."""
-
-    def __init__(self, nodes: int, gpus_per_node: int) -> None:
-        if nodes < 1 or gpus_per_node < 1:
-            raise ValueError("nodes and gpus_per_node must be at least 1")
-        self.nodes = nodes
-        self.gpus_per_node = gpus_per_node
-        self.free = [[True] * gpus_per_node for _ in range(nodes)]
-        self.free_count = [gpus_per_node] * nodes
-
-    def max_free(self) -> int:
-        return max(self.free_count)
-
-    def _enclosing_free(self, node: int, start: int, width: int) -> int:
-        """Size of the largest fully free aligned block holding [start, start + width): what taking it would split."""
-        size, g, free = width, self.gpus_per_node, self.free[node]
-        while size * 2 <= g and g % (size * 2) == 0:
-            parent = start - start % (size * 2)
-            if not all(free[parent:parent + size * 2]):
-                break
-            size, start = size * 2, parent
-        return size
-
-    def allocate(self, width: int) -> tuple[int, tuple[int, ...]] | None:
-        """A node and ``width`` free GPUs on it, or None when no node has that many free."""
-        g = self.gpus_per_node
-        if width < 1 or width > g:
-            raise ValueError(f"a job of {width} GPUs does not fit a node of {g}")
-        best: tuple | None = None
-        for node in range(self.nodes):
-            if self.free_count[node] < width:
-                continue
-            free = self.free[node]
-            for start in range(0, g - width + 1, width):  # aligned blocks
-                if all(free[start:start + width]):
-                    key = (0, self._enclosing_free(node, start, width), self.free_count[node], node, start)
-                    if best is None or key < best[0]:
-                        best = (key, node, tuple(range(start, start + width)))
-            if best is not None and best[1] == node:
-                continue
-            run = 0
-            for index in range(g):  # any contiguous run, then any free GPUs
-                run = run + 1 if free[index] else 0
-                if run == width:
-                    key = (1, 0, self.free_count[node], node, index)
-                    if best is None or key < best[0]:
-                        best = (key, node, tuple(range(index - width + 1, index + 1)))
-                    break
-            else:
-                gpus = tuple(i for i in range(g) if free[i])[:width]
-                key = (2, 0, self.free_count[node], node, 0)
-                if best is None or key < best[0]:
-                    best = (key, node, gpus)
-        if best is None:
-            return None
-        _, node, gpus = best
-        for index in gpus:
-            self.free[node][index] = False
-        self.free_count[node] -= width
-        return node, gpus
-
-    def release(self, node: int, gpus: Iterable[int]) -> None:
-        for index in gpus:
-            if self.free[node][index]:
-                raise ValueError(f"GPU {index} of node {node} is already free")
-            self.free[node][index] = True
-            self.free_count[node] += 1
-
-
-def partition_node(widths: Sequence[int], gpus_per_node: int) -> list[tuple[int, ...]]:
-    """Disjoint GPU groups of one node for jobs of ``widths`` GPUs that run side by side (e.g. 4 x 2 on 8).
-
-    Raises ValueError when they do not fit together. Widest first, buddy-aligned, in the order of ``widths``.
+    Job ids are reassigned in the new order (``job-0000`` is the longest).
     """
-    if sum(widths) > gpus_per_node:
-        raise ValueError(f"jobs of {sum(widths)} GPUs in all do not fit a node of {gpus_per_node}")
-    allocator = GpuAllocator(1, gpus_per_node)
-    groups: dict[int, tuple[int, ...]] = {}
-    for index in sorted(range(len(widths)), key=lambda i: -widths[i]):
-        got = allocator.allocate(widths[index])
-        if got is None:  # cannot happen when the sum fits: the fallback takes any free GPUs
-            raise ValueError("no room")
-        groups[index] = got[1]
-    return [groups[i] for i in range(len(widths))]
-
-
-# --- A fleet schedule ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FleetJob:
-    job_id: str
-    gpus: int  # GPUs the job holds (its world size; a whole node for single-prompt scripts)
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Placement:
-    job_id: str
-    node: int
-    gpus: tuple[int, ...]
-    start: float
-    end: float
-
-    @property
-    def cuda_visible_devices(self) -> str:
-        return ",".join(map(str, self.gpus))
-
-
-@dataclass
-class Schedule:
-    nodes: int
-    gpus_per_node: int
-    placements: list[Placement]
-
-    @property
-    def makespan(self) -> float:
-        return max((p.end for p in self.placements), default=0.0)
-
-    @property
-    def busy_gpu_seconds(self) -> float:
-        return sum((p.end - p.start) * len(p.gpus) for p in self.placements)
-
-    def utilization(self) -> float:
-        total = self.makespan * self.nodes * self.gpus_per_node
-        return self.busy_gpu_seconds / total if total else 0.0
-
-    def check(self) -> None:
-        """Raise AssertionError unless every job's GPUs exist and no GPU runs two jobs at once."""
-        by_gpu: dict[tuple[int, int], list[tuple[float, float, str]]] = {}
-        for p in self.placements:
-            assert 0 <= p.node < self.nodes and len(set(p.gpus)) == len(p.gpus), p
-            for gpu in p.gpus:
-                assert 0 <= gpu < self.gpus_per_node, p
-                by_gpu.setdefault((p.node, gpu), []).append((p.start, p.end, p.job_id))
-        for (node, gpu), spans in by_gpu.items():
-            spans.sort()
-            for (_, end, first), (start, _, second) in pairwise(spans):
-                assert start >= end - 1e-9, f"node {node} GPU {gpu}: {first} and {second} overlap"
-
-
-def schedule_jobs(jobs: Sequence[FleetJob], nodes: int, gpus_per_node: int,
-                  on_start: Callable[[Placement], None] | None = None) -> Schedule:
-    """Event simulation: longest waiting job that fits starts whenever GPUs are free; returns every placement."""
-    allocator = GpuAllocator(nodes, gpus_per_node)
-    queues: dict[int, deque[tuple[float, int, FleetJob]]] = {}
-    for index, job in sorted(enumerate(jobs), key=lambda item: (-item[1].seconds, item[0])):
-        if job.gpus > gpus_per_node:
-            raise ValueError(f"job {job.job_id} needs {job.gpus} GPUs; a node has {gpus_per_node}")
-        queues.setdefault(job.gpus, deque()).append((job.seconds, index, job))
-    running: list[tuple[float, int, int, tuple[int, ...]]] = []
-    placements: list[Placement] = []
-    now = 0.0
-    sequence = 0
-    while queues or running:
-        while queues:
-            room = allocator.max_free()
-            heads = [(q[0][0], -q[0][1], width) for width, q in queues.items() if width <= room]
-            if not heads:
-                break
-            _, _, width = max(heads)
-            got = allocator.allocate(width)
-            if got is None:
-                break
-            seconds, _, job = queues[width].popleft()
-            if not queues[width]:
-                del queues[width]
-            node, gpus = got
-            placement = Placement(job.job_id, node, gpus, now, now + seconds)
-            placements.append(placement)
-            if on_start:
-                on_start(placement)
-            heapq.heappush(running, (placement.end, sequence, node, gpus))
-            sequence += 1
-        if not running:
-            break
-        now, _, node, gpus = heapq.heappop(running)
-        allocator.release(node, gpus)
-        while running and running[0][0] <= now:
-            _, _, node, gpus = heapq.heappop(running)
-            allocator.release(node, gpus)
-    return Schedule(nodes, gpus_per_node, placements)
-
-
-def makespan_seconds(run_plan: RunPlan, nodes: int, gpus_per_node: int) -> float:
-    """Expected makespan of a packed plan's jobs (their ``estimated_seconds``) on the fleet."""
-    jobs = [FleetJob(j.job_id, j.plan.world_size, j.estimated_seconds) for j in run_plan.jobs]
-    return schedule_jobs(jobs, nodes, gpus_per_node).makespan
+    parts: dict[BucketKey, tuple[PlannedJob, list[Sequence[Sample]]]] = {}
+    for job in run_plan.jobs:
+        parts.setdefault(job.bucket, (job, []))[1].append(job.samples)
+    buckets = [
+        BucketPlan(bucket, first.family, first.plan, concat_samples(samples), first.tokens, first.notes,
+                   first.refused, first.memory_gib_per_gpu, first.warnings, backend=first.backend)
+        for bucket, (first, samples) in parts.items()
+    ]
+    jobs = pack_buckets(buckets, options, gpus_per_node=gpus_per_node, rows=rows, skipped=run_plan.skipped)
+    return replace(run_plan, jobs=jobs)

@@ -33,7 +33,7 @@ from reelbatch.infra.devices import DeviceGroup
 from reelbatch.infra.launcher import launch, new_launch_id
 from reelbatch.infra.storage import images_root, work_root
 from reelbatch.models.catalog import ModelCatalog
-from reelbatch.tasks.shard import PlannedJob
+from reelbatch.planning.jobs import PlannedJob
 
 
 @dataclass

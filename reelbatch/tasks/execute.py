@@ -29,17 +29,17 @@ from reelbatch.contract import (
     write_job_spec,
 )
 from reelbatch.engine.inputs import staged_path
-from reelbatch.infra.cluster import visible_gpus
+from reelbatch.gpus import visible_gpus
 from reelbatch.infra.db import Database
 from reelbatch.infra.devices import DeviceGroup, DevicePool, local_pool
 from reelbatch.infra.failures import Failure, RetryPolicy
 from reelbatch.infra.prefect_config import holding_gpus
 from reelbatch.models.catalog import ModelCatalog, UnknownModel, family_from_folder
 from reelbatch.planning import validate_plan
+from reelbatch.planning.jobs import PlannedJob
 from reelbatch.schemas import ParallelPlan
 from reelbatch.tasks.collect import collect_attempt
 from reelbatch.tasks.dispatch import JobOutcome, run_job
-from reelbatch.tasks.shard import PlannedJob
 
 
 @dataclass

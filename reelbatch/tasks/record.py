@@ -14,10 +14,10 @@ from reelbatch import progress
 from reelbatch.identity import expand_row
 from reelbatch.infra.db import Database, DoneOutput, ReusedSample, library_versions
 from reelbatch.infra.launcher import kill_launch
+from reelbatch.planning.jobs import RunPlan
 from reelbatch.rows import RowTable
 from reelbatch.schemas import ManifestRow, RowRejection
 from reelbatch.manifest import ManifestError, ManifestReadResult, rejected_row_values, row_cells
-from reelbatch.tasks.shard import RunPlan
 
 INTERRUPTED = "the orchestrator stopped before this job finished (crash or kill); resumed"
 

@@ -1,8 +1,8 @@
 """Fleet simulation: plan and pack a manifest with the real planner, then play its jobs on K nodes of G GPUs.
 
-``simulate(rows, nodes=K, gpus_per_node=G, gpu="h100")`` runs ``tasks.shard.plan_run`` with packing
-(``planning.packing``), plays the jobs on the fleet with ``packing.schedule_jobs`` (longest waiting job that fits
-starts whenever GPUs free up) and reports, for that policy and for a naive one:
+``simulate(rows, nodes=K, gpus_per_node=G, gpu="h100")`` runs ``planning.planner.plan_run`` with packing
+(``planning.packing``), plays the jobs on the fleet with ``fleet.schedule.schedule_jobs`` (longest waiting job
+that fits starts whenever GPUs free up) and reports, for that policy and for a naive one:
 
 * ``makespan_s``: when the last job ends;
 * ``lower_bound_s``: the manifest's samples at the best GPU-seconds per sample any plan of a node's GPUs reaches
@@ -18,33 +18,25 @@ sequence-parallel degree sp <= G is used, Ulysses first then ring (what Wan's sc
 ulysses 4 x ring 2); a row that no sp = G plan fits still holds the whole node. ``SimulationReport.naive_notes``
 lists every such fallback.
 
-Pure Python; ``simulate`` imports ``tasks.shard`` (and so Prefect) when it runs.
+Pure Python.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from reelbatch.models.catalog import ModelCatalog
 from reelbatch.models.registry import ModelFamily
 from reelbatch.planning.chooser import choose_plan, memory_gib_per_gpu
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel, StorageKind
-from reelbatch.planning.packing import (
-    DEFAULT_TARGET_SECONDS,
-    FleetJob,
-    JobWidth,
-    PackingOptions,
-    PaddingPolicy,
-    Schedule,
-    schedule_jobs,
-)
+from reelbatch.planning.fleet.schedule import FleetJob, Schedule, schedule_jobs
+from reelbatch.planning.jobs import PlannedJob, RunPlan
+from reelbatch.planning.packing import DEFAULT_TARGET_SECONDS, JobWidth, PackingOptions, PaddingPolicy
+from reelbatch.planning.planner import plan_run
 from reelbatch.planning.rules import divisors, plan_violations
 from reelbatch.schemas import BucketKey, ManifestRow, ParallelPlan, RowRejection
-
-if TYPE_CHECKING:
-    from reelbatch.tasks.shard import PlannedJob, RunPlan
 
 SIMULATION_DEVICE = "cuda"  # the fleet has GPUs, whatever machine plans it
 
@@ -251,12 +243,10 @@ def simulate(
 ) -> SimulationReport:
     """Plan ``rows`` (``ManifestRow``s, or a ``ManifestReadResult``) for the fleet, pack, and simulate both policies.
 
-    The plan is ``tasks.shard.plan_run`` on ``gpus_per_node`` ranks for CUDA devices with ``gpu_memory_gib``
+    The plan is ``planner.plan_run`` on ``gpus_per_node`` ranks for CUDA devices with ``gpu_memory_gib``
     (default: the GPU type's memory), packed by ``PackingOptions(target_seconds, padding, width, storage, nodes)``.
     The report's ``run_plan`` is that plan (its jobs ordered longest first).
     """
-    from reelbatch.tasks.shard import plan_run
-
     if hasattr(rows, "rows") and hasattr(rows, "rejections"):  # a ManifestReadResult
         rejected, total_rows, rows = rows.rejections, rows.total_rows, rows.rows
     cost = (cost_model or DEFAULT_COST_MODEL).on(gpu)

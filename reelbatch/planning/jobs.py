@@ -1,0 +1,146 @@
+"""What a plan is made of: a bucket's planned work (``BucketPlan``), the jobs it is cut into (``PlannedJob``) and
+the whole run (``RunPlan``, the ``plan --json`` document). Plain data: no planning decisions are taken here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from reelbatch.models.registry import ModelFamily
+from reelbatch.schemas import Backend, BucketKey, ParallelPlan, RowRejection, Sample
+from reelbatch.settings import JOB_TIMEOUT_FLOOR_S, JOB_TIMEOUT_MARGIN
+
+
+def job_id(index: int, bucket: BucketKey, samples: Iterable[Sample]) -> str:
+    """Position, then a hash of the bucket and the sample ids: the same work gets the same id on a rerun."""
+    digest = hashlib.sha256(bucket.model_dump_json().encode())
+    for sample in samples:
+        digest.update(sample.sample_id.encode())
+    return f"job-{index:04d}-{digest.hexdigest()[:8]}"
+
+
+@dataclass
+class PlannedJob:
+    index: int  # position in the plan; the id is ``job-<index>-<hash of the bucket and the sample ids>``
+    bucket: BucketKey
+    family: ModelFamily
+    plan: ParallelPlan
+    samples: Sequence[Sample]  # a list, or rows.SampleRefs (made into Samples when first read)
+    padded_slots: int
+    tokens: int
+    notes: list[str] = field(default_factory=list)
+    backend: Backend = "native"
+    refused: list[dict] = field(default_factory=list)  # better-ranked plans and why not: RefusedPlan.to_json()
+    estimated_gpu_seconds: float = 0.0  # the whole job, padded slots included (H100 estimate)
+    memory_gib_per_gpu: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    estimated_seconds: float = 0.0  # wall time incl. one model load from local disk (planning.cost)
+    filled_slots: int = 0  # padded slots turned into extra videos (padding="fill"); they are in ``samples``
+    # Not an init field: dataclasses.replace() makes a job with new samples or a new index compute its own id.
+    _job_id: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def job_id(self) -> str:
+        """Made when first asked for: it hashes the sample ids, which planning itself never needs."""
+        if self._job_id is None:
+            self._job_id = job_id(self.index, self.bucket, self.samples)
+        return self._job_id
+
+    @property
+    def timeout_s(self) -> float:
+        """Wall-clock limit for the job: the estimate with a margin, at least the floor."""
+        wall = self.estimated_gpu_seconds / self.plan.world_size
+        return max(JOB_TIMEOUT_FLOOR_S, JOB_TIMEOUT_MARGIN * wall)
+
+    def to_json(self) -> dict:
+        return {
+            "job_id": self.job_id,
+            "model": self.bucket.model,
+            "height": self.bucket.height,
+            "width": self.bucket.width,
+            "num_frames": self.bucket.num_frames,
+            "num_inference_steps": self.bucket.num_inference_steps,
+            "guidance_scale": self.bucket.guidance_scale,
+            "guidance_scale_2": self.bucket.guidance_scale_2,
+            "embedded_guidance_scale": self.bucket.embedded_guidance_scale,
+            "conditioning": self.bucket.conditioning,
+            "sequence_batch": self.bucket.sequence_batch,
+            "plan": self.plan.as_dict(),
+            "samples": len(self.samples),
+            "padded_slots": self.padded_slots,
+            "tokens": self.tokens,
+            "notes": self.notes,
+            "backend": self.backend,
+            "refused_plans": self.refused,
+            "estimated_gpu_seconds": self.estimated_gpu_seconds,
+            "memory_gib_per_gpu": self.memory_gib_per_gpu,
+            "warnings": self.warnings,
+            "estimated_seconds": self.estimated_seconds,
+            "filled_slots": self.filled_slots,
+        }
+
+
+@dataclass
+class BucketPlan:
+    """One bucket's work before it is cut into jobs: every sample it runs, under the plan chosen for it."""
+
+    bucket: BucketKey
+    family: ModelFamily
+    plan: ParallelPlan
+    samples: Sequence[Sample]
+    tokens: int
+    notes: list[str] = field(default_factory=list)
+    refused: list[dict] = field(default_factory=list)
+    memory_gib_per_gpu: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    gpu_seconds_per_sample: float = 0.0  # under ``plan`` (the chooser's estimate)
+    backend: Backend = "native"
+
+    def job(self, index: int, plan: ParallelPlan, samples: Sequence[Sample], padded_slots: int, *,
+            estimated_gpu_seconds: float, estimated_seconds: float, filled_slots: int = 0) -> PlannedJob:
+        """A job of this bucket; every job gets its own copy of the notes and warnings, and shares ``refused``."""
+        return PlannedJob(
+            index, self.bucket, self.family, plan, samples, padded_slots, self.tokens, list(self.notes),
+            backend=self.backend, refused=self.refused, estimated_gpu_seconds=estimated_gpu_seconds,
+            memory_gib_per_gpu=self.memory_gib_per_gpu, warnings=list(self.warnings),
+            estimated_seconds=estimated_seconds, filled_slots=filled_slots,
+        )
+
+
+@dataclass
+class RunPlan:
+    rows: int
+    accepted: int
+    rejected: list[RowRejection]
+    jobs: list[PlannedJob]
+    skipped: list[tuple[Sample, BucketKey]] = field(default_factory=list)  # already made (``skip``): no job
+
+    @property
+    def samples(self) -> int:
+        return sum(len(job.samples) for job in self.jobs)
+
+    @property
+    def padded_slots(self) -> int:
+        return sum(job.padded_slots for job in self.jobs)
+
+    def summary(self) -> dict:
+        slots = self.samples + self.padded_slots
+        return {
+            "jobs": len(self.jobs),
+            "samples": self.samples,
+            "padded_slots": self.padded_slots,
+            "padding_ratio": round(self.padded_slots / slots, 6) if slots else 0.0,
+            "estimated_gpu_seconds": round(sum(job.estimated_gpu_seconds for job in self.jobs), 6),
+        }
+
+    def to_json(self) -> dict:
+        """The ``plan --json`` document (schema in README.md)."""
+        return {
+            "rows": self.rows,
+            "accepted": self.accepted,
+            "rejected": [r.model_dump() for r in sorted(self.rejected, key=lambda r: r.row)],
+            "jobs": [job.to_json() for job in self.jobs],
+            "summary": self.summary(),
+        }
