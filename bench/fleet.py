@@ -34,16 +34,52 @@ SHAPES = [
     (8, "wan2.2-ti2v-5b", 704, 1280, 121, 50, 5.0, None, False),
     (5, "wan2.2-t2v-a14b", 480, 832, 81, 40, 4.0, None, False),  # two resident experts: CFG parallel
 ]
-SUBJECTS = ["a red fox", "an old lighthouse", "a street market", "a paper boat", "two dancers", "a glacier",
-            "a robot arm", "a koi pond", "a desert storm", "a night train", "a bakery", "a hummingbird"]
-ACTIONS = ["at dawn", "in slow motion", "under neon lights", "seen from a drone", "in heavy rain", "at golden hour",
-           "in a snowstorm", "through fog", "close up", "time-lapse"]
-COLUMNS = ["id", "prompt", "negative_prompt", "model", "height", "width", "num_frames", "num_inference_steps",
-           "guidance_scale", "embedded_guidance_scale", "seed", "num_videos", "sequence_batch"]
+SUBJECTS = [
+    "a red fox",
+    "an old lighthouse",
+    "a street market",
+    "a paper boat",
+    "two dancers",
+    "a glacier",
+    "a robot arm",
+    "a koi pond",
+    "a desert storm",
+    "a night train",
+    "a bakery",
+    "a hummingbird",
+]
+ACTIONS = [
+    "at dawn",
+    "in slow motion",
+    "under neon lights",
+    "seen from a drone",
+    "in heavy rain",
+    "at golden hour",
+    "in a snowstorm",
+    "through fog",
+    "close up",
+    "time-lapse",
+]
+COLUMNS = [
+    "id",
+    "prompt",
+    "negative_prompt",
+    "model",
+    "height",
+    "width",
+    "num_frames",
+    "num_inference_steps",
+    "guidance_scale",
+    "embedded_guidance_scale",
+    "seed",
+    "num_videos",
+    "sequence_batch",
+]
 
 
-def write_mixed_manifest(path: str | os.PathLike[str], prompts: int, seed: int = 0,
-                         shapes: list[tuple] = SHAPES) -> None:
+def write_mixed_manifest(
+    path: str | os.PathLike[str], prompts: int, seed: int = 0, shapes: list[tuple] = SHAPES
+) -> None:
     """A CSV of ``prompts`` rows over ``shapes`` (weights), some with several videos and negative prompts."""
     rng = random.Random(seed)
     weights = [s[0] for s in shapes]
@@ -51,23 +87,35 @@ def write_mixed_manifest(path: str | os.PathLike[str], prompts: int, seed: int =
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
         for index in range(prompts):
-            _, model, height, width, frames, steps, guidance, embedded, sequence_batch = rng.choices(
-                shapes, weights)[0]
+            _, model, height, width, frames, steps, guidance, embedded, sequence_batch = rng.choices(shapes, weights)[0]
             prompt = f"{rng.choice(SUBJECTS)} {rng.choice(ACTIONS)}, shot {index}, " + " ".join(
                 rng.choice(["cinematic", "detailed", "soft light", "35mm", "wide angle", "handheld"])
-                for _ in range(rng.randint(3, 12)))
-            writer.writerow([
-                f"p{index:06d}", prompt, rng.choice(["", "", "blurry, low quality"]), model, height, width, frames,
-                steps, guidance, "" if embedded is None else embedded, index,
-                rng.choice([1, 1, 1, 1, 2, 3, 4]), "true" if sequence_batch else "",
-            ])
+                for _ in range(rng.randint(3, 12))
+            )
+            writer.writerow(
+                [
+                    f"p{index:06d}",
+                    prompt,
+                    rng.choice(["", "", "blurry, low quality"]),
+                    model,
+                    height,
+                    width,
+                    frames,
+                    steps,
+                    guidance,
+                    "" if embedded is None else embedded,
+                    index,
+                    rng.choice([1, 1, 1, 1, 2, 3, 4]),
+                    "true" if sequence_batch else "",
+                ]
+            )
 
 
 def run(args: argparse.Namespace) -> dict:
+    from reelbatch.manifest import read_manifest
     from reelbatch.models.catalog import ModelCatalog
     from reelbatch.planning.fleet.simulation import simulate
     from reelbatch.schemas import RunDefaults
-    from reelbatch.manifest import read_manifest
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "fleet.csv"
@@ -75,18 +123,26 @@ def run(args: argparse.Namespace) -> dict:
         catalog = ModelCatalog.from_config()
         started = time.perf_counter()
         read = read_manifest(path, RunDefaults(), catalog.names())
-        report = simulate(read, nodes=args.nodes, gpus_per_node=args.gpus_per_node, gpu=args.gpu, catalog=catalog,
-                          storage=args.storage, target_seconds=args.target_seconds, padding=args.padding,
-                          width=args.width)
+        report = simulate(
+            read,
+            nodes=args.nodes,
+            gpus_per_node=args.gpus_per_node,
+            gpu=args.gpu,
+            catalog=catalog,
+            storage=args.storage,
+            target_seconds=args.target_seconds,
+            padding=args.padding,
+            width=args.width,
+        )
         elapsed = time.perf_counter() - started
     doc = report.to_json()
     doc["bench"] = {
-        "prompts": args.prompts, "rows_accepted": read.total_rows - len(read.rejections),
+        "prompts": args.prompts,
+        "rows_accepted": read.total_rows - len(read.rejections),
         "shapes": len({j.bucket for j in report.run_plan.jobs}),
         "families": len({j.bucket.model for j in report.run_plan.jobs}),
         "seconds_to_plan_and_simulate": round(elapsed, 2),
-        "targets": {name: {"target": value, "met": _met(name, value, doc, report)}
-                    for name, value in TARGETS.items()},
+        "targets": {name: {"target": value, "met": _met(name, value, doc, report)} for name, value in TARGETS.items()},
     }
     return doc
 
@@ -116,13 +172,23 @@ def main(argv: list[str] | None = None) -> int:
     else:
         bench, naive = doc["bench"], doc["naive"]
         fleet = doc["fleet"]
-        print(f"manifest: {bench['prompts']:,} prompts ({bench['rows_accepted']:,} accepted), {doc['samples']:,} "
-              f"videos, {bench['shapes']} shapes, {bench['families']} families; fleet {fleet['nodes']} x "
-              f"{fleet['gpus_per_node']} {fleet['gpu']}, weights from {fleet['storage']}; planned and simulated in "
-              f"{bench['seconds_to_plan_and_simulate']} s")
+        print(
+            f"manifest: {bench['prompts']:,} prompts ({bench['rows_accepted']:,} accepted), {doc['samples']:,} "
+            f"videos, {bench['shapes']} shapes, {bench['families']} families; fleet {fleet['nodes']} x "
+            f"{fleet['gpus_per_node']} {fleet['gpu']}, weights from {fleet['storage']}; planned and simulated in "
+            f"{bench['seconds_to_plan_and_simulate']} s"
+        )
         print(f"{'':24}{'packed':>14}{'naive':>14}")
-        for key, unit in (("makespan_s", "s"), ("lower_bound_s", "s"), ("ratio", ""), ("gpu_utilization", ""),
-                          ("padding_ratio", ""), ("gpu_hours", "h"), ("jobs", ""), ("load_gpu_hours", "h")):
+        for key, unit in (
+            ("makespan_s", "s"),
+            ("lower_bound_s", "s"),
+            ("ratio", ""),
+            ("gpu_utilization", ""),
+            ("padding_ratio", ""),
+            ("gpu_hours", "h"),
+            ("jobs", ""),
+            ("load_gpu_hours", "h"),
+        ):
             print(f"{key:24}{doc[key]:>14,}{naive[key]:>14,}")
         print(f"{'speedup_vs_naive':24}{doc['speedup_vs_naive']:>14}")
         for name, result in bench["targets"].items():

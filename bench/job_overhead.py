@@ -62,10 +62,26 @@ WAN13B_TRANSFORMER = {
     "rope_max_seq_len": 1024,
 }
 
-SUBJECTS = ["a red fox", "an old lighthouse", "a street market", "a paper boat", "two dancers", "a glacier",
-            "a robot arm", "a koi pond"]
-ACTIONS = ["at dawn", "in slow motion", "under neon lights", "seen from a drone", "in heavy rain", "close up",
-           "through fog", "time-lapse"]
+SUBJECTS = [
+    "a red fox",
+    "an old lighthouse",
+    "a street market",
+    "a paper boat",
+    "two dancers",
+    "a glacier",
+    "a robot arm",
+    "a koi pond",
+]
+ACTIONS = [
+    "at dawn",
+    "in slow motion",
+    "under neon lights",
+    "seen from a drone",
+    "in heavy rain",
+    "close up",
+    "through fog",
+    "time-lapse",
+]
 
 
 @dataclass(frozen=True)
@@ -111,17 +127,31 @@ def bare_worker(job_path: str) -> int:
     write_seconds = 0.0
     for index, prompt in enumerate(job["prompts"]):
         frames = pipe(
-            prompt=prompt, negative_prompt="", height=s.height, width=s.width, num_frames=s.num_frames,
-            num_inference_steps=s.steps, guidance_scale=s.guidance,
-            generator=torch.Generator("cpu").manual_seed(index), output_type="np",
+            prompt=prompt,
+            negative_prompt="",
+            height=s.height,
+            width=s.width,
+            num_frames=s.num_frames,
+            num_inference_steps=s.steps,
+            guidance_scale=s.guidance,
+            generator=torch.Generator("cpu").manual_seed(index),
+            output_type="np",
         ).frames[0]
         if job["writes"] == "mp4":
             wrote = time.perf_counter()
             _write_mp4(out / f"{index:05d}.mp4", frames, s.fps)
             write_seconds += time.perf_counter() - wrote
     done = time.perf_counter()
-    print(json.dumps({"import_s": imported - started, "load_s": loaded - imported, "loop_s": done - loaded,
-                      "write_s": write_seconds}))
+    print(
+        json.dumps(
+            {
+                "import_s": imported - started,
+                "load_s": loaded - imported,
+                "loop_s": done - loaded,
+                "write_s": write_seconds,
+            }
+        )
+    )
     return 0
 
 
@@ -137,15 +167,25 @@ def _write_mp4(path: Path, frames, fps: int) -> None:
 def run_bare(n: int, model_path: Path, settings: Settings, writes: str, threads: int, work: Path) -> dict:
     folder = Path(tempfile.mkdtemp(prefix=f"bare-{n}-", dir=work))
     (folder / "out").mkdir()
-    job = {"model_path": str(model_path), "settings": asdict(settings), "prompts": prompts(n), "writes": writes,
-           "out": str(folder / "out")}
+    job = {
+        "model_path": str(model_path),
+        "settings": asdict(settings),
+        "prompts": prompts(n),
+        "writes": writes,
+        "out": str(folder / "out"),
+    }
     (folder / "job.json").write_text(json.dumps(job))
     started = time.perf_counter()
     # reelbatch's launcher gives every rank OMP_NUM_THREADS=1; on a few shared cores the thread count alone
     # moves the per-prompt time several-fold, so the bare loop gets the same unless told otherwise.
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.run([sys.executable, __file__, "--bare-worker", str(folder / "job.json")],
-                          capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--bare-worker", str(folder / "job.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     total = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"bare loop failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -164,24 +204,47 @@ def write_manifest(path: Path, n: int, settings: Settings) -> None:
 
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["id", "prompt", "model", "height", "width", "num_frames", "num_inference_steps",
-                         "guidance_scale", "seed"])
+        writer.writerow(
+            ["id", "prompt", "model", "height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed"]
+        )
         for index, prompt in enumerate(prompts(n)):
-            writer.writerow([f"p{index:05d}", prompt, MODEL_NAME, settings.height, settings.width,
-                             settings.num_frames, settings.steps, settings.guidance, index])
+            writer.writerow(
+                [
+                    f"p{index:05d}",
+                    prompt,
+                    MODEL_NAME,
+                    settings.height,
+                    settings.width,
+                    settings.num_frames,
+                    settings.steps,
+                    settings.guidance,
+                    index,
+                ]
+            )
 
 
-def run_reelbatch(n: int, model_path: Path, settings: Settings, ranks: int, max_per_job: int | None,
-                  work: Path) -> dict:
+def run_reelbatch(
+    n: int, model_path: Path, settings: Settings, ranks: int, max_per_job: int | None, work: Path
+) -> dict:
     """One run in a fresh orchestrator process, as ``reelbatch run`` would be: its imports and first-use costs
     (Prefect, pandas, pyarrow for the index) land in every N alike, as the bare process's do."""
     folder = Path(tempfile.mkdtemp(prefix=f"reelbatch-{n}-", dir=work))
-    job = {"n": n, "model_path": str(model_path), "settings": asdict(settings), "ranks": ranks,
-           "max_per_job": max_per_job, "folder": str(folder)}
+    job = {
+        "n": n,
+        "model_path": str(model_path),
+        "settings": asdict(settings),
+        "ranks": ranks,
+        "max_per_job": max_per_job,
+        "folder": str(folder),
+    }
     (folder / "bench.json").write_text(json.dumps(job))
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--reelbatch-worker", str(folder / "bench.json")],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--reelbatch-worker", str(folder / "bench.json")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     total = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"reelbatch run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -191,26 +254,33 @@ def run_reelbatch(n: int, model_path: Path, settings: Settings, ranks: int, max_
 def reelbatch_worker(job_path: str) -> int:
     job = json.loads(Path(job_path).read_text())
     started = time.perf_counter()
-    result = _reelbatch_run(job["n"], Path(job["model_path"]), Settings(**job["settings"]), job["ranks"],
-                            job["max_per_job"], Path(job["folder"]))
+    result = _reelbatch_run(
+        job["n"],
+        Path(job["model_path"]),
+        Settings(**job["settings"]),
+        job["ranks"],
+        job["max_per_job"],
+        Path(job["folder"]),
+    )
     result["run_s"] = result.pop("total_s")
     result["setup_s"] = time.perf_counter() - started - result["run_s"]  # imports + schema creation
     print(json.dumps(result))
     return 0
 
 
-def _reelbatch_run(n: int, model_path: Path, settings: Settings, ranks: int, max_per_job: int | None,
-                   folder: Path) -> dict:
+def _reelbatch_run(
+    n: int, model_path: Path, settings: Settings, ranks: int, max_per_job: int | None, folder: Path
+) -> dict:
     from reelbatch.infra.db import Database
     from reelbatch.infra.failures import RetryPolicy
+    from reelbatch.manifest import read_manifest
     from reelbatch.models.catalog import ModelCatalog
+    from reelbatch.planning.planner import plan_run
     from reelbatch.schemas import RunDefaults
     from reelbatch.tasks.dispatch import prepare_job
     from reelbatch.tasks.execute import execute_job
     from reelbatch.tasks.export import write_dataset_index
-    from reelbatch.manifest import read_manifest
     from reelbatch.tasks.record import finish_run, start_run
-    from reelbatch.planning.planner import plan_run
 
     manifest, output = folder / "prompts.csv", str(folder / "out")
     db_url = f"sqlite:///{folder / 'reelbatch.db'}"
@@ -295,16 +365,27 @@ def build_real_size(folder: Path, layers: int, device: str) -> dict:
     # Random init of 1.3B parameters takes minutes on a CPU; on the GPU it takes seconds.
     with torch.device(device):
         transformer = WanTransformer3DModel(**config)
-        text_encoder = UMT5EncoderModel(UMT5Config(
-            vocab_size=len(tokenizer), d_model=4096, d_kv=64, d_ff=256, num_layers=1, num_heads=4,
-            relative_attention_num_buckets=32, dropout_rate=0.0, pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        ))
-        vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                               temperal_downsample=[False, True, True])
+        text_encoder = UMT5EncoderModel(
+            UMT5Config(
+                vocab_size=len(tokenizer),
+                d_model=4096,
+                d_kv=64,
+                d_ff=256,
+                num_layers=1,
+                num_heads=4,
+                relative_attention_num_buckets=32,
+                dropout_rate=0.0,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        )
+        vae = AutoencoderKLWan(
+            base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        )
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
-                       scheduler=scheduler)
+    pipe = WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
+    )
     if device == "cuda":
         pipe.to(torch.bfloat16)  # what a published checkpoint stores and what the ranks load on CUDA
     pipe.save_pretrained(folder)
@@ -344,7 +425,7 @@ def measure(args: argparse.Namespace, model_path: Path, settings: Settings, coun
     for repeat in range(args.repeat):
         for n in counts:
             # Interleaved, so load from other work on a shared machine falls on both paths alike.
-            for path in (("reelbatch", "bare") if repeat % 2 == 0 else ("bare", "reelbatch")):
+            for path in ("reelbatch", "bare") if repeat % 2 == 0 else ("bare", "reelbatch"):
                 cpu = _cpu_seconds()
                 if path == "reelbatch":
                     result = run_reelbatch(n, model_path, settings, args.ranks, args.max_samples_per_job, work)
@@ -352,8 +433,11 @@ def measure(args: argparse.Namespace, model_path: Path, settings: Settings, coun
                     result = run_bare(n, model_path, settings, args.bare_writes, args.bare_threads, work)
                 result["cpu_s"] = _cpu_seconds() - cpu
                 raw[path][n].append(result)
-                print(f"  [{repeat + 1}/{args.repeat}] {path:9} N={n:<3} {result['total_s']:8.2f} s wall "
-                      f"{result['cpu_s']:8.2f} s cpu", flush=True)
+                print(
+                    f"  [{repeat + 1}/{args.repeat}] {path:9} N={n:<3} {result['total_s']:8.2f} s wall "
+                    f"{result['cpu_s']:8.2f} s cpu",
+                    flush=True,
+                )
     best = {path: {n: min(runs, key=lambda r: r["total_s"]) for n, runs in by_n.items()} for path, by_n in raw.items()}
     return {"raw": raw, "best": best}
 
@@ -364,25 +448,35 @@ def report(args: argparse.Namespace, results: dict, counts: list[int], settings:
     marginal = {path: (best[path][big]["total_s"] - best[path][small]["total_s"]) / (big - small) for path in best}
     rb, bare = best["reelbatch"], best["bare"]
     print()
-    print(f"model {args.model_label}; {settings.height}x{settings.width}x{settings.num_frames}, {settings.steps} "
-          f"steps, guidance {settings.guidance}; device {device}; reelbatch: {args.ranks} rank(s), plan "
-          f"{rb[big]['plan']}, {rb[big]['jobs']} job(s) for N={big}; bare: one process, pipeline __call__ per "
-          f"prompt, {'writes the same mp4s' if args.bare_writes == 'mp4' else 'writes nothing'}; OMP_NUM_THREADS "
-          f"ranks 1 (reelbatch's launcher), bare {args.bare_threads}")
+    print(
+        f"model {args.model_label}; {settings.height}x{settings.width}x{settings.num_frames}, {settings.steps} "
+        f"steps, guidance {settings.guidance}; device {device}; reelbatch: {args.ranks} rank(s), plan "
+        f"{rb[big]['plan']}, {rb[big]['jobs']} job(s) for N={big}; bare: one process, pipeline __call__ per "
+        f"prompt, {'writes the same mp4s' if args.bare_writes == 'mp4' else 'writes nothing'}; OMP_NUM_THREADS "
+        f"ranks 1 (reelbatch's launcher), bare {args.bare_threads}"
+    )
     print(f"timing: each N is a cold start of both paths (no warm-up excluded from either); best of {args.repeat}")
     print(f"{'':28}{'reelbatch':>12}{'bare':>12}{'ratio':>9}")
     for n in counts:
-        print(f"{f'total N={n} (s)':28}{rb[n]['total_s']:>12.2f}{bare[n]['total_s']:>12.2f}"
-              f"{rb[n]['total_s'] / bare[n]['total_s']:>9.2f}")
-    print(f"{f'marginal s/prompt ({big}-{small})':28}{marginal['reelbatch']:>12.4f}{marginal['bare']:>12.4f}"
-          f"{marginal['reelbatch'] / marginal['bare']:>9.3f}")
+        print(
+            f"{f'total N={n} (s)':28}{rb[n]['total_s']:>12.2f}{bare[n]['total_s']:>12.2f}"
+            f"{rb[n]['total_s'] / bare[n]['total_s']:>9.2f}"
+        )
+    print(
+        f"{f'marginal s/prompt ({big}-{small})':28}{marginal['reelbatch']:>12.4f}{marginal['bare']:>12.4f}"
+        f"{marginal['reelbatch'] / marginal['bare']:>9.3f}"
+    )
     print(f"{'diff per prompt (ms)':28}{1000 * (marginal['reelbatch'] - marginal['bare']):>12.1f}")
     cpu = {path: (best[path][big]["cpu_s"] - best[path][small]["cpu_s"]) / (big - small) for path in best}
     for n in counts:
-        print(f"{f'cpu N={n} (s)':28}{rb[n]['cpu_s']:>12.2f}{bare[n]['cpu_s']:>12.2f}"
-              f"{rb[n]['cpu_s'] / bare[n]['cpu_s']:>9.2f}")
-    print(f"{'cpu marginal s/prompt':28}{cpu['reelbatch']:>12.4f}{cpu['bare']:>12.4f}"
-          f"{cpu['reelbatch'] / cpu['bare']:>9.3f}")
+        print(
+            f"{f'cpu N={n} (s)':28}{rb[n]['cpu_s']:>12.2f}{bare[n]['cpu_s']:>12.2f}"
+            f"{rb[n]['cpu_s'] / bare[n]['cpu_s']:>9.2f}"
+        )
+    print(
+        f"{'cpu marginal s/prompt':28}{cpu['reelbatch']:>12.4f}{cpu['bare']:>12.4f}"
+        f"{cpu['reelbatch'] / cpu['bare']:>9.3f}"
+    )
     print("reelbatch phases (s):")
     for key in ("setup_s", "run_s", "plan_record_s", "launch_s", "collect_s", "finish_index_s"):
         per = (rb[big][key] - rb[small][key]) / (big - small)
@@ -393,21 +487,29 @@ def report(args: argparse.Namespace, results: dict, counts: list[int], settings:
         print(f"  {key:16}" + "".join(f"  N={n}: {bare[n][key]:7.2f}" for n in counts) + f"   marginal {per:.4f}")
     limit = MARGINAL_RATIO * marginal["bare"] + MARGINAL_SLACK_S
     met = marginal["reelbatch"] <= limit
-    print(f"target reelbatch marginal <= {MARGINAL_RATIO} x bare + {MARGINAL_SLACK_S * 1000:.0f} ms: "
-          f"{marginal['reelbatch']:.4f} <= {limit:.4f} s -> {'met' if met else 'missed'}")
+    print(
+        f"target reelbatch marginal <= {MARGINAL_RATIO} x bare + {MARGINAL_SLACK_S * 1000:.0f} ms: "
+        f"{marginal['reelbatch']:.4f} <= {limit:.4f} s -> {'met' if met else 'missed'}"
+    )
     cpu_limit = MARGINAL_RATIO * cpu["bare"] + MARGINAL_SLACK_S
-    print(f"(the same on cpu seconds, for reference: {cpu['reelbatch']:.4f} <= {cpu_limit:.4f} s -> "
-          f"{'met' if cpu['reelbatch'] <= cpu_limit else 'missed'})")
+    print(
+        f"(the same on cpu seconds, for reference: {cpu['reelbatch']:.4f} <= {cpu_limit:.4f} s -> "
+        f"{'met' if cpu['reelbatch'] <= cpu_limit else 'missed'})"
+    )
     if args.real_size:
         steady = {path: 1.0 / marginal[path] if marginal[path] > 0 else float("inf") for path in marginal}
         whole = {path: big / best[path][big]["total_s"] for path in best}
         ratio = steady["reelbatch"] / steady["bare"]
-        print(f"throughput samples/s: steady state (1 / marginal) reelbatch {steady['reelbatch']:.4f}, bare "
-              f"{steady['bare']:.4f}; whole run at N={big} reelbatch {whole['reelbatch']:.4f}, bare "
-              f"{whole['bare']:.4f}")
+        print(
+            f"throughput samples/s: steady state (1 / marginal) reelbatch {steady['reelbatch']:.4f}, bare "
+            f"{steady['bare']:.4f}; whole run at N={big} reelbatch {whole['reelbatch']:.4f}, bare "
+            f"{whole['bare']:.4f}"
+        )
         met_tp = ratio >= REAL_SIZE_THROUGHPUT_RATIO
-        print(f"target steady-state throughput >= {REAL_SIZE_THROUGHPUT_RATIO} x bare: {ratio:.3f} -> "
-              f"{'met' if met_tp else 'missed'}")
+        print(
+            f"target steady-state throughput >= {REAL_SIZE_THROUGHPUT_RATIO} x bare: {ratio:.3f} -> "
+            f"{'met' if met_tp else 'missed'}"
+        )
         met = met and met_tp
     if args.dry_check:
         print("dry check: wiring only (few layers, tiny shape, tiny N); these figures are not throughput")
@@ -420,8 +522,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--reelbatch-worker":
         return reelbatch_worker(sys.argv[2])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--counts", type=int, nargs=2, metavar=("SMALL", "BIG"), default=None,
-                        help="the two N (default 8 64; --real-size 4 16; --dry-check 1 2)")
+    parser.add_argument(
+        "--counts",
+        type=int,
+        nargs=2,
+        metavar=("SMALL", "BIG"),
+        default=None,
+        help="the two N (default 8 64; --real-size 4 16; --dry-check 1 2)",
+    )
     parser.add_argument("--model", default="tiny-wan", help="built-in tiny model (ignored with --real-size)")
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
@@ -429,15 +537,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--ranks", type=int, default=1, help="torchrun ranks of the reelbatch job")
-    parser.add_argument("--max-samples-per-job", type=int, default=None,
-                        help="default: N, so each N is one job and one torchrun launch")
+    parser.add_argument(
+        "--max-samples-per-job", type=int, default=None, help="default: N, so each N is one job and one torchrun launch"
+    )
     parser.add_argument("--bare-writes", choices=["mp4", "none"], default="mp4")
-    parser.add_argument("--bare-threads", type=int, default=1,
-                        help="OMP_NUM_THREADS of the bare process (default 1: what reelbatch's launcher gives a rank)")
+    parser.add_argument(
+        "--bare-threads",
+        type=int,
+        default=1,
+        help="OMP_NUM_THREADS of the bare process (default 1: what reelbatch's launcher gives a rank)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per (path, N); the best is reported")
     parser.add_argument("--real-size", action="store_true", help="Wan2.1-1.3B-sized transformer (CUDA only)")
-    parser.add_argument("--dry-check", action="store_true",
-                        help="with --real-size, on any machine: build the config with --layers and run tiny N")
+    parser.add_argument(
+        "--dry-check",
+        action="store_true",
+        help="with --real-size, on any machine: build the config with --layers and run tiny N",
+    )
     parser.add_argument("--layers", type=int, default=None, help="transformer layers (default 30; dry check 2)")
     parser.add_argument("--workdir", help="keep the temporary folders here (default: a deleted temp dir)")
     parser.add_argument("--json", action="store_true", help="also print every measurement as JSON")
@@ -451,8 +567,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.layers is not None and not args.dry_check:
         parser.error("--layers is for --dry-check only: the real-size figures must come from 30 layers")
     if args.real_size and not args.dry_check and not cuda:
-        print("--real-size needs a CUDA GPU (a 1.3B transformer at 480x832 takes minutes per sample on a CPU); "
-              "use --real-size --dry-check to check the build and wiring here", file=sys.stderr)
+        print(
+            "--real-size needs a CUDA GPU (a 1.3B transformer at 480x832 takes minutes per sample on a CPU); "
+            "use --real-size --dry-check to check the build and wiring here",
+            file=sys.stderr,
+        )
         return 2
     if args.real_size and not args.dry_check:
         shape = (480, 832, 17, 10)  # a real size; 17 frames and 10 steps keep N=16 well inside a 10-minute window
@@ -463,8 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         shape = (32, 32, 5, 4)
         counts = args.counts or [8, 64]
-    settings = Settings(args.height or shape[0], args.width or shape[1], args.frames or shape[2],
-                        args.steps or shape[3], args.guidance)
+    settings = Settings(
+        args.height or shape[0], args.width or shape[1], args.frames or shape[2], args.steps or shape[3], args.guidance
+    )
     if counts[1] <= counts[0]:
         parser.error("--counts: BIG must be larger than SMALL")
     device = "cuda" if cuda else "cpu"
@@ -477,9 +597,11 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             built = build_real_size(model_path, layers, device)
             problems = check_real_size_config(model_path, layers)
-            print(f"built {model_path.name}: {layers} layers, {built['params'] / 1e9:.3f} B transformer parameters "
-                  f"(30 layers: {built['full_params'] / 1e9:.3f} B) in {time.perf_counter() - started:.1f} s; "
-                  f"config vs Wan2.1-1.3B: {'; '.join(problems) or 'matches'}")
+            print(
+                f"built {model_path.name}: {layers} layers, {built['params'] / 1e9:.3f} B transformer parameters "
+                f"(30 layers: {built['full_params'] / 1e9:.3f} B) in {time.perf_counter() - started:.1f} s; "
+                f"config vs Wan2.1-1.3B: {'; '.join(problems) or 'matches'}"
+            )
             if problems:
                 return 1
             args.model_label = f"Wan2.1-1.3B-sized random transformer ({layers} layers), tiny text encoder + VAE"

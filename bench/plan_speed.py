@@ -34,11 +34,11 @@ TARGET_PEAK_MB = 300.0
 
 
 def validate_and_plan(path: Path, packed: bool, columnar: bool = True):
+    from reelbatch.manifest import read_manifest
     from reelbatch.models.catalog import ModelCatalog
     from reelbatch.planning.packing import PackingOptions
     from reelbatch.planning.planner import plan_run
     from reelbatch.schemas import RunDefaults
-    from reelbatch.manifest import read_manifest
 
     catalog = ModelCatalog.from_config()
     read = read_manifest(path, RunDefaults(), catalog.names(), columnar=columnar)
@@ -109,16 +109,24 @@ def main(argv: list[str] | None = None) -> int:
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
     ratio = ours_s / pandas_s
     peak_mb = peak / 1e6
-    print(f"manifest: {args.rows:,} rows, {size_mb:.1f} MB CSV; {accepted:,} accepted, {jobs:,} jobs"
-          f"{' (packed for 4 x 8 GPUs)' if args.packed else ''}; rows held as {reader}")
+    print(
+        f"manifest: {args.rows:,} rows, {size_mb:.1f} MB CSV; {accepted:,} accepted, {jobs:,} jobs"
+        f"{' (packed for 4 x 8 GPUs)' if args.packed else ''}; rows held as {reader}"
+    )
     print(f"pandas.read_csv            {pandas_s:8.3f} s")
-    print(f"read_manifest + plan_run   {ours_s:8.3f} s   ratio {ratio:.1f}x (target <= {TARGET_RATIO:g}x): "
-          f"{'met' if ratio <= TARGET_RATIO else 'MISSED'}")
-    print(f"+ sample ids, job ids, digest {with_ids_s:5.3f} s   ratio {with_ids_s / pandas_s:.1f}x (no target: what a run "
-          f"computes before its first job; {result['ids'][1]:,} samples hashed)")
-    print(f"peak Python memory of validate + plan (tracemalloc) {peak_mb:.0f} MB (target <= {TARGET_PEAK_MB:g} MB): "
-          f"{'met' if peak_mb <= TARGET_PEAK_MB else 'MISSED'}; process peak RSS {rss_mb:.0f} MB (pandas, "
-          "Prefect and every import included)")
+    print(
+        f"read_manifest + plan_run   {ours_s:8.3f} s   ratio {ratio:.1f}x (target <= {TARGET_RATIO:g}x): "
+        f"{'met' if ratio <= TARGET_RATIO else 'MISSED'}"
+    )
+    print(
+        f"+ sample ids, job ids, digest {with_ids_s:5.3f} s   ratio {with_ids_s / pandas_s:.1f}x (no target: what a run "
+        f"computes before its first job; {result['ids'][1]:,} samples hashed)"
+    )
+    print(
+        f"peak Python memory of validate + plan (tracemalloc) {peak_mb:.0f} MB (target <= {TARGET_PEAK_MB:g} MB): "
+        f"{'met' if peak_mb <= TARGET_PEAK_MB else 'MISSED'}; process peak RSS {rss_mb:.0f} MB (pandas, "
+        "Prefect and every import included)"
+    )
     return 0 if ratio <= TARGET_RATIO and peak_mb <= TARGET_PEAK_MB else 1
 
 

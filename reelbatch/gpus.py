@@ -50,7 +50,7 @@ class GpuAllocator:
         size, g, free = width, self.gpus_per_node, self.free[node]
         while size * 2 <= g and g % (size * 2) == 0:
             parent = start - start % (size * 2)
-            if not all(free[parent:parent + size * 2]):
+            if not all(free[parent : parent + size * 2]):
                 break
             size, start = size * 2, parent
         return size
@@ -66,7 +66,7 @@ class GpuAllocator:
                 continue
             free = self.free[node]
             for start in range(0, g - width + 1, width):  # aligned blocks
-                if all(free[start:start + width]):
+                if all(free[start : start + width]):
                     key = (0, self._enclosing_free(node, start, width), self.free_count[node], node, start)
                     if best is None or key < best[0]:
                         best = (key, node, tuple(range(start, start + width)))

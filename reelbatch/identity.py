@@ -103,18 +103,24 @@ def expand_row(row: ManifestRow) -> list[Sample]:
         seed = _seed(row, content, video_index)
         identity = _sample_id(content, video_index, seed)
         # Every value comes from a validated row or is computed here, so the Sample is not validated again.
-        samples.append(trusted(Sample, {
-            "sample_id": identity,
-            "row": row.row,
-            "row_id": row.id,
-            "video_index": video_index,
-            "prompt": row.prompt,
-            "negative_prompt": row.negative_prompt,
-            "seed": seed,
-            "output_key": output_key(identity),
-            "image": row.image,
-            "image_sha256": row.image_sha256,
-            "last_image": row.last_image,
-            "last_image_sha256": row.last_image_sha256,
-        }, _SAMPLE_FIELDS))
+        samples.append(
+            trusted(
+                Sample,
+                {
+                    "sample_id": identity,
+                    "row": row.row,
+                    "row_id": row.id,
+                    "video_index": video_index,
+                    "prompt": row.prompt,
+                    "negative_prompt": row.negative_prompt,
+                    "seed": seed,
+                    "output_key": output_key(identity),
+                    "image": row.image,
+                    "image_sha256": row.image_sha256,
+                    "last_image": row.last_image,
+                    "last_image_sha256": row.last_image_sha256,
+                },
+                _SAMPLE_FIELDS,
+            )
+        )
     return samples

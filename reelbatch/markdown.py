@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-_ESCAPES = str.maketrans({
-    "\\": "\\\\", "|": "\\|", "[": "\\[", "]": "\\]", "`": "\\`", "*": "\\*", "_": "\\_",
-    "<": "&lt;", ">": "&gt;", "\r": " ", "\n": " ",
-})
+_ESCAPES = str.maketrans(
+    {
+        "\\": "\\\\",
+        "|": "\\|",
+        "[": "\\[",
+        "]": "\\]",
+        "`": "\\`",
+        "*": "\\*",
+        "_": "\\_",
+        "<": "&lt;",
+        ">": "&gt;",
+        "\r": " ",
+        "\n": " ",
+    }
+)
 
 
 def cell(text: object, limit: int = 300) -> str:

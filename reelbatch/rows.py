@@ -111,8 +111,9 @@ class RowTable(Sequence[ManifestRow]):
 
     def videos_per_row(self) -> np.ndarray:
         """``num_videos`` of every row, as integers."""
-        per_shape = np.array([v if isinstance(v := shape["num_videos"], int) else 0 for shape in self.shapes],
-                             dtype=np.int64)
+        per_shape = np.array(
+            [v if isinstance(v := shape["num_videos"], int) else 0 for shape in self.shapes], dtype=np.int64
+        )
         videos = per_shape[self.shape_of_row] if len(self.shapes) else np.zeros(len(self), dtype=np.int64)
         for index, row in self.overrides.items():
             videos[index] = row.num_videos
@@ -138,8 +139,9 @@ class SampleRefs(Sequence[Sample]):
     ``videos[start:stop]`` (a job keeps its bucket's arrays and two numbers). Made into ``Sample``s when read;
     pickled as those samples, so a job sent to another process carries its samples, not the manifest."""
 
-    def __init__(self, table: RowTable, rows: np.ndarray, videos: np.ndarray, start: int = 0,
-                 stop: int | None = None) -> None:
+    def __init__(
+        self, table: RowTable, rows: np.ndarray, videos: np.ndarray, start: int = 0, stop: int | None = None
+    ) -> None:
         self.table = table
         self._rows = rows
         self._videos = videos
@@ -149,11 +151,11 @@ class SampleRefs(Sequence[Sample]):
 
     @property
     def rows(self) -> np.ndarray:
-        return self._rows[self._start:self._stop]
+        return self._rows[self._start : self._stop]
 
     @property
     def videos(self) -> np.ndarray:
-        return self._videos[self._start:self._stop]
+        return self._videos[self._start : self._stop]
 
     def __len__(self) -> int:
         return self._stop - self._start
@@ -163,8 +165,7 @@ class SampleRefs(Sequence[Sample]):
             start, stop, step = index.indices(len(self))
             if step != 1:
                 return self.samples()[index]
-            return SampleRefs(self.table, self._rows, self._videos, self._start + start,
-                              self._start + max(start, stop))
+            return SampleRefs(self.table, self._rows, self._videos, self._start + start, self._start + max(start, stop))
         return self.samples()[index]
 
     def __iter__(self) -> Iterator[Sample]:
@@ -203,6 +204,7 @@ class SampleRefs(Sequence[Sample]):
 def concat_samples(parts: Sequence[Sequence[Sample]]) -> Sequence[Sample]:
     """The parts one after another: still references when every part refers to the same table, else a list."""
     if parts and all(isinstance(p, SampleRefs) for p in parts) and len({id(p.table) for p in parts}) == 1:
-        return SampleRefs(parts[0].table, np.concatenate([p.rows for p in parts]),
-                          np.concatenate([p.videos for p in parts]))
+        return SampleRefs(
+            parts[0].table, np.concatenate([p.rows for p in parts]), np.concatenate([p.videos for p in parts])
+        )
     return [sample for part in parts for sample in part]

@@ -39,12 +39,14 @@ class RunDefaults(BaseModel):
         None, description="Classifier-free guidance; <= 1 turns CFG off; empty: the model's default."
     )
     embedded_guidance_scale: float | None = Field(
-        None, description="HunyuanVideo-family distilled guidance (the pipeline's own guidance_scale); empty: the "
-        "model's default. Used only by models with a guidance embedding."
+        None,
+        description="HunyuanVideo-family distilled guidance (the pipeline's own guidance_scale); empty: the "
+        "model's default. Used only by models with a guidance embedding.",
     )
     guidance_scale_2: float | None = Field(
-        None, description="Two-expert models (Wan 2.2 A14B): guidance of the low-noise expert; empty: the same as "
-        "guidance_scale. Used only by two-expert models."
+        None,
+        description="Two-expert models (Wan 2.2 A14B): guidance of the low-noise expert; empty: the same as "
+        "guidance_scale. Used only by two-expert models.",
     )
     negative_prompt: str | None = Field(None, description="Negative prompt; empty: the model's default (mostly none).")
     num_videos: int = Field(1, description="Videos per row, each with its own seed.")

@@ -101,8 +101,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("postgres_database_url")
 
 
-
-
 @pytest.fixture
 def database(database_url: str):
     """An upgraded, empty database on each backend."""

@@ -8,19 +8,61 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from reelbatch.schemas import RunDefaults
 from reelbatch.manifest import ManifestError, ManifestLimits, parse_manifest_text
+from reelbatch.schemas import RunDefaults
 
-COLUMNS = ["id", "prompt", "negative_prompt", "model", "height", "width", "num_frames", "num_inference_steps",
-           "guidance_scale", "embedded_guidance_scale", "seed", "num_videos", "sequence_batch", "plan", "backend"]
+COLUMNS = [
+    "id",
+    "prompt",
+    "negative_prompt",
+    "model",
+    "height",
+    "width",
+    "num_frames",
+    "num_inference_steps",
+    "guidance_scale",
+    "embedded_guidance_scale",
+    "seed",
+    "num_videos",
+    "sequence_batch",
+    "plan",
+    "backend",
+]
 KNOWN_MODELS = {"tiny-wan", "tiny-hunyuan"}
 LIMITS = ManifestLimits(max_prompt_chars=500, max_rows=2000)
 
 nasty_text = st.one_of(
     st.text(max_size=40),  # unicode of every kind, in every column
-    st.sampled_from(["=1+1", "+cmd", "-2", "@SUM(A1)", "\x00", "\ufeff", '"', '""', "\r\n", "\u2028", "NaN", "inf",
-                     "1e400", "-0", "0x10", "１６", "32.0", " 32 ", "true", "dp=2,cfg=2", "ulysses=3", "xdit",
-                     "tiny-wan", "../../etc/passwd", "$(rm -rf /)", "'; DROP TABLE samples;--"]),
+    st.sampled_from(
+        [
+            "=1+1",
+            "+cmd",
+            "-2",
+            "@SUM(A1)",
+            "\x00",
+            "\ufeff",
+            '"',
+            '""',
+            "\r\n",
+            "\u2028",
+            "NaN",
+            "inf",
+            "1e400",
+            "-0",
+            "0x10",
+            "１６",
+            "32.0",
+            " 32 ",
+            "true",
+            "dp=2,cfg=2",
+            "ulysses=3",
+            "xdit",
+            "tiny-wan",
+            "../../etc/passwd",
+            "$(rm -rf /)",
+            "'; DROP TABLE samples;--",
+        ]
+    ),
     st.integers(-(2**70), 2**70).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.text(min_size=400, max_size=700),  # around the prompt length limit
@@ -48,7 +90,7 @@ def csv_manifests(draw) -> bytes:
     data = text.encode(encoding, errors="replace")
     if draw(st.booleans()):  # chaos: cut, splice, or inject raw bytes
         position = draw(st.integers(0, len(data)))
-        data = data[:position] + draw(st.binary(max_size=8)) + data[position + draw(st.integers(0, 4)):]
+        data = data[:position] + draw(st.binary(max_size=8)) + data[position + draw(st.integers(0, 4)) :]
     return data
 
 

@@ -48,7 +48,9 @@ def test_plan_json_follows_the_documented_schema(tmp_path):
     assert summary == {"jobs": 3, "samples": 4, "padded_slots": 2, "padding_ratio": round(2 / 6, 6)}
     fleet = doc["fleet"]
     assert (fleet["nodes"], fleet["gpus_per_node"], fleet["gpu"]) == (1, 2, "h100")
-    assert fleet["makespan_s"] > 0 and fleet["makespan_s"] >= fleet["lower_bound_s"] and 0 < fleet["gpu_utilization"] <= 1
+    assert (
+        fleet["makespan_s"] > 0 and fleet["makespan_s"] >= fleet["lower_bound_s"] and 0 < fleet["gpu_utilization"] <= 1
+    )
 
 
 def test_plan_packs_by_default_and_estimates_the_fleet(tmp_path):

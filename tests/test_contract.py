@@ -43,7 +43,7 @@ def test_job_spec_and_results_round_trip_through_the_attempt_folder(tmp_path):
 def test_events_round_trip_and_a_cut_event_is_no_known_kind():
     assert parse_event(format_event("sample", sample_id="s1", status="done")) == {
         "event": "sample", "sample_id": "s1", "status": "done"}  # fmt: skip
-    assert parse_event("REELBATCH_EVENT {\"event\": \"sam") == {}
+    assert parse_event('REELBATCH_EVENT {"event": "sam') == {}
     assert parse_event("step 3") is None
 
 

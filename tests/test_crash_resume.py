@@ -39,7 +39,11 @@ def reelbatch(tmp_path: Path, *args: str, crash_at: str | None = None) -> subpro
     with open(stdout_path, "w") as stdout, open(stderr_path, "w") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "reelbatch.cli", *args, "--db", f"sqlite:///{tmp_path / 'state.db'}"],
-            stdout=stdout, stderr=stderr, cwd=tmp_path, env=env, start_new_session=True,
+            stdout=stdout,
+            stderr=stderr,
+            cwd=tmp_path,
+            env=env,
+            start_new_session=True,
         )
         try:
             returncode = process.wait(timeout=600)

@@ -193,14 +193,26 @@ def test_a_run_on_a_local_dask_cluster_never_oversubscribes_a_worker(tmp_path: P
     path = tmp_path / "prompts.csv"
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["prompt", "model", "height", "width", "num_frames", "num_inference_steps", "guidance_scale",
-                         "plan"])
+        writer.writerow(
+            ["prompt", "model", "height", "width", "num_frames", "num_inference_steps", "guidance_scale", "plan"]
+        )
         writer.writerow(["a pinned pair", "tiny-wan", 32, 32, 5, 2, 5.0, "dp=2"])
         for steps in (2, 3, 4):
             writer.writerow([f"a boat, {steps} steps", "tiny-wan", 32, 32, 5, steps, 5.0, ""])
     db_file = tmp_path / "state.db"
-    done = reelbatch("run", str(path), "--gpus", "2", "--dask-local", "2", "--out", "videos",
-                     "--db", f"sqlite:///{db_file}", cwd=tmp_path)
+    done = reelbatch(
+        "run",
+        str(path),
+        "--gpus",
+        "2",
+        "--dask-local",
+        "2",
+        "--out",
+        "videos",
+        "--db",
+        f"sqlite:///{db_file}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
     db = sqlite3.connect(db_file)
@@ -217,7 +229,7 @@ def test_a_run_on_a_local_dask_cluster_never_oversubscribes_a_worker(tmp_path: P
     for host, runs in by_worker.items():
         assert peak_width([run[:3] for run in runs]) <= 2, (host, runs)
         for i, a in enumerate(runs):  # jobs side by side on one worker hold different devices
-            for b in runs[i + 1:]:
+            for b in runs[i + 1 :]:
                 if a[0] < b[1] and b[0] < a[1]:
                     assert not set(a[3].split(":")[1].split(",")) & set(b[3].split(":")[1].split(",")), (a, b)
     assert db.execute("select count(*) from samples where status = 'done'").fetchone()[0] == 4

@@ -6,7 +6,7 @@ import pickle
 import subprocess
 import sys
 import threading
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -16,22 +16,19 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
+from reelbatch.contract import JobSpec, SampleResult
 from reelbatch.infra import db as db_module
+from reelbatch.infra.db import Base, Database, SchemaOutOfDate, head_revision, library_versions
 from reelbatch.infra.db import runs as db_runs
 from reelbatch.infra.db import sessions as db_sessions
-from reelbatch.infra.db import Base, Database, SchemaOutOfDate, head_revision, library_versions
-from reelbatch.contract import JobSpec, SampleResult
 from reelbatch.manifest import rejected_row_values
 from reelbatch.schemas import BucketKey, ParallelPlan, RowRejection, Sample
 
-
 HOSTILE_PROMPTS = [
-    "it's a \"quoted\" prompt; with semicolons;",
+    'it\'s a "quoted" prompt; with semicolons;',
     "'); DROP TABLE samples;--",
     "\\ backslash % percent _ underscore \n newline \t tab — ünïcödé 🎬",
 ]
-
-
 
 
 # --- helpers ---
@@ -210,12 +207,20 @@ def test_full_lifecycle(database: Database) -> None:
     database.add_rejections(
         run_id,
         [
-            RowRejection(row=6, column="height", rule="multiple_of_16", message="height 33 is not a multiple of 16",
-                         fix="use 32 or 48"),
+            RowRejection(
+                row=6,
+                column="height",
+                rule="multiple_of_16",
+                message="height 33 is not a multiple of 16",
+                fix="use 32 or 48",
+            ),
             RowRejection(row=7, column=None, rule="bucket_too_big", message="bucket needs 9 GPUs", fix="use fewer"),
         ],
-        row_values={6: rejected_row_values({"id": "r6", "prompt": "a dog", "height": "33", "width": "wide",
-                                            "seed": "12", "sequence_batch": "true"})},
+        row_values={
+            6: rejected_row_values(
+                {"id": "r6", "prompt": "a dog", "height": "33", "width": "wide", "seed": "12", "sequence_batch": "true"}
+            )
+        },
     )
     database.add_job(run_id, make_job("job-a", run_id, rows=[2, 3]), backend="xdit", log_path="/logs/job-a.log")
     database.add_job(run_id, make_job("job-b", run_id, rows=[4, 5]))
@@ -229,8 +234,11 @@ def test_full_lifecycle(database: Database) -> None:
     database.mark_job_running("job-b")
     assert database.run_summary(run_id).counts["running"] == 4
 
-    database.record_sample_results("job-a", [done("job-a-s2"), done("job-a-s3")],
-                                   {"job-a-s2": "/data/videos/a2.mp4", "job-a-s3": "/data/videos/a3.mp4"})
+    database.record_sample_results(
+        "job-a",
+        [done("job-a-s2"), done("job-a-s3")],
+        {"job-a-s2": "/data/videos/a2.mp4", "job-a-s3": "/data/videos/a3.mp4"},
+    )
     database.record_sample_results("job-b", [done("job-b-s4"), failed("job-b-s5")], {"job-b-s4": "/data/b4.mp4"})
     database.finish_job("job-a", status="done", returncode=0, seconds=12.5)
     database.finish_job("job-b", status="failed", returncode=1, seconds=3.0, error="rank 1 died")
@@ -238,19 +246,24 @@ def test_full_lifecycle(database: Database) -> None:
     assert database.finish_run(run_id) == "partial"
     summary = database.run_summary(run_id)
     assert summary.status == "partial"
-    assert summary.finished_at is not None and summary.finished_at.tzinfo == timezone.utc
+    assert summary.finished_at is not None and summary.finished_at.tzinfo == UTC
     assert summary.counts == {"pending": 0, "running": 0, "done": 3, "failed": 1, "rejected": 2}
 
     samples = database.samples(run_id)
     assert [(sample["row"], sample["status"]) for sample in samples] == [
-        (2, "done"), (3, "done"), (4, "done"), (5, "failed"), (6, "rejected"), (7, "rejected"),
+        (2, "done"),
+        (3, "done"),
+        (4, "done"),
+        (5, "failed"),
+        (6, "rejected"),
+        (7, "rejected"),
     ]
     a2 = samples[0]
     assert a2["output_path"] == "/data/videos/a2.mp4"
     assert (a2["seconds"], a2["frames"], a2["attempts"], a2["seed"]) == (1.5, 5, 1, 9)
     assert (a2["model"], a2["height"], a2["width"], a2["guidance_scale"]) == ("tiny-wan", 32, 48, 5.0)
     assert a2["prompt"] == "a cat surfing 2" and a2["negative_prompt"] == "blurry" and a2["row_id"] == "id2"
-    assert all(a2[column].tzinfo == timezone.utc for column in ("created_at", "started_at", "finished_at"))
+    assert all(a2[column].tzinfo == UTC for column in ("created_at", "started_at", "finished_at"))
     assert samples[3]["error"] == "CUDA out of memory"  # its own error, not the job's
 
     rejected_with_raw_row, rejected_without = samples[4], samples[5]
@@ -384,11 +397,16 @@ def test_run_summary_and_reads_accept_a_unique_id_prefix(database: Database, mon
 def test_prompts_are_stored_verbatim(database: Database) -> None:
     run_id = create_run(database)
     job = make_job("job", run_id, rows=[2])
-    job = job.model_copy(update={"samples": [
-        sample.model_copy(update={"sample_id": f"s{index}", "row": index + 2, "prompt": prompt,
-                                  "negative_prompt": prompt})
-        for index, (sample, prompt) in enumerate(zip(job.samples * 3, HOSTILE_PROMPTS, strict=True))
-    ]})
+    job = job.model_copy(
+        update={
+            "samples": [
+                sample.model_copy(
+                    update={"sample_id": f"s{index}", "row": index + 2, "prompt": prompt, "negative_prompt": prompt}
+                )
+                for index, (sample, prompt) in enumerate(zip(job.samples * 3, HOSTILE_PROMPTS, strict=True))
+            ]
+        }
+    )
     database.add_job(run_id, job)
     database.add_rejections(
         run_id,
@@ -399,7 +417,9 @@ def test_prompts_are_stored_verbatim(database: Database) -> None:
     assert [sample["prompt"] for sample in samples] == [*HOSTILE_PROMPTS, HOSTILE_PROMPTS[1]]
     assert [sample["negative_prompt"] for sample in samples[:3]] == HOSTILE_PROMPTS
     assert (samples[3]["row_id"], samples[3]["error"], samples[3]["reject_fix"]) == (
-        HOSTILE_PROMPTS[0], HOSTILE_PROMPTS[1], HOSTILE_PROMPTS[0]
+        HOSTILE_PROMPTS[0],
+        HOSTILE_PROMPTS[1],
+        HOSTILE_PROMPTS[0],
     )
     assert database.run_summary(run_id).counts["pending"] == 3
 
@@ -482,8 +502,14 @@ def _fill_revision_0001(database: Database) -> None:
                     " VALUES ('r' || :pad, :job_id, :sample_id, 2, 0, 'a cat', '', :status, :output_path, 1,"
                     " :now, :now)"
                 ),
-                {"pad": "0" * 31, "job_id": job_id, "sample_id": sample_id, "status": status,
-                 "output_path": output_path, "now": "2025-11-30 12:00:00+00:00"},
+                {
+                    "pad": "0" * 31,
+                    "job_id": job_id,
+                    "sample_id": sample_id,
+                    "status": status,
+                    "output_path": output_path,
+                    "now": "2025-11-30 12:00:00+00:00",
+                },
             )
 
 
@@ -502,11 +528,18 @@ def test_upgrade_from_0001_keeps_every_row(database_url: str) -> None:
         assert [row.pop("launch_id") for row in after["jobs"]] == [None]
         assert [row.pop("reused_from_run") for row in after["samples"]] == [None] * 3
         # Revision 0005: an old job was text-to-video; nothing else is known about old rows.
-        assert [{name: row.pop(name) for name in ("guidance_scale_2", "conditioning", "fps", "flow_shift")}
-                for row in after["jobs"]] == [{"guidance_scale_2": None, "conditioning": "text", "fps": None,
-                                               "flow_shift": None}]
-        new_sample_columns = ("guidance_scale_2", "conditioning", "image", "image_sha256", "last_image",
-                              "last_image_sha256")
+        assert [
+            {name: row.pop(name) for name in ("guidance_scale_2", "conditioning", "fps", "flow_shift")}
+            for row in after["jobs"]
+        ] == [{"guidance_scale_2": None, "conditioning": "text", "fps": None, "flow_shift": None}]
+        new_sample_columns = (
+            "guidance_scale_2",
+            "conditioning",
+            "image",
+            "image_sha256",
+            "last_image",
+            "last_image_sha256",
+        )
         assert [[row.pop(name) for name in new_sample_columns] for row in after["samples"]] == [[None] * 6] * 3
         assert after == before
 
@@ -577,7 +610,7 @@ def test_add_job_again_replans_the_job_and_its_unfinished_samples(database: Data
         assert (sample["error"], sample["finished_at"], sample["output_path"]) == (None, None, None)
         assert sample["id"] == before[sample_id]["id"] and sample["created_at"] == before[sample_id]["created_at"]
         assert sample["updated_at"] > before[sample_id]["updated_at"]
-        assert sample["updated_at"].tzinfo == timezone.utc
+        assert sample["updated_at"].tzinfo == UTC
     assert (after["job-s5"]["status"], after["job-s5"]["attempts"]) == ("pending", 0)
     assert database.run_summary(run_id).counts == {"pending": 3, "running": 0, "done": 1, "failed": 0, "rejected": 0}
 
@@ -622,9 +655,9 @@ def test_done_outputs_finds_the_newest_done_sample_under_the_same_output_root(
     def finished_run(output_root: str, job_id: str, results: list[SampleResult]) -> str:
         run_id = create_run(database, output_root=output_root)
         job = make_job(job_id, run_id, rows=[2, 3, 4])
-        job = job.model_copy(update={"samples": [
-            sample.model_copy(update={"sample_id": f"s{sample.row}"}) for sample in job.samples
-        ]})
+        job = job.model_copy(
+            update={"samples": [sample.model_copy(update={"sample_id": f"s{sample.row}"}) for sample in job.samples]}
+        )
         database.add_job(run_id, job)
         database.mark_job_running(job_id)
         database.record_sample_results(
@@ -657,8 +690,9 @@ def test_done_outputs_skips_done_rows_without_an_output_path(database: Database)
 
 
 def _reused(job: JobSpec, sample: Sample, from_run: str) -> db_module.ReusedSample:
-    return db_module.ReusedSample(sample=sample, bucket=job.bucket, output_path=f"/v/{sample.sample_id}.mp4",
-                                  from_run=from_run)
+    return db_module.ReusedSample(
+        sample=sample, bucket=job.bucket, output_path=f"/v/{sample.sample_id}.mp4", from_run=from_run
+    )
 
 
 def test_add_reused_samples(database: Database) -> None:
@@ -685,12 +719,18 @@ def test_add_reused_samples(database: Database) -> None:
         row = samples[sample.sample_id]
         assert (row["status"], row["job_id"], row["reused_from_run"]) == ("done", None, earlier)
         assert (row["output_path"], row["seconds"], row["error"], row["attempts"]) == (
-            f"/v/{sample.sample_id}.mp4", None, None, attempts
+            f"/v/{sample.sample_id}.mp4",
+            None,
+            None,
+            attempts,
         )
-        assert row["finished_at"].tzinfo == timezone.utc
+        assert row["finished_at"].tzinfo == UTC
         assert (row["model"], row["height"], row["num_frames"], row["guidance_scale"]) == ("tiny-wan", 32, 5, 5.0)
         assert (row["prompt"], row["seed"], row["row"], row["row_id"]) == (
-            sample.prompt, sample.seed, sample.row, sample.row_id
+            sample.prompt,
+            sample.seed,
+            sample.row,
+            sample.row_id,
         )
 
     summary = database.run_summary(run_id)
@@ -728,7 +768,7 @@ def test_reopen_run_and_run_record(database: Database, monkeypatch: pytest.Monke
     assert set(record) == {column.name for column in db_module.RunRecord.__table__.columns}
     assert (record["id"], record["status"], record["output_root"]) == (run_id, "failed", "/data/videos")
     assert record["params"] == {"defaults": {"fps": 8}, "plan": None}
-    assert record["finished_at"].tzinfo == timezone.utc and record["created_at"].tzinfo == timezone.utc
+    assert record["finished_at"].tzinfo == UTC and record["created_at"].tzinfo == UTC
     for not_one_run in ("abc", "abc3", ""):
         with pytest.raises(KeyError):
             database.run_record(not_one_run)
@@ -770,12 +810,16 @@ def test_launches_and_interrupting_the_jobs_of_a_crashed_run(database: Database)
     assert database.running_launches() == [("o", "launch-o")]
     jobs = {job["id"]: job for job in database.jobs(crashed)}
     assert {job_id: (job["status"], job["error"]) for job_id, job in jobs.items()} == {
-        "a": ("failed", "orchestrator gone"), "b": ("done", None), "c": ("failed", "orchestrator gone"),
+        "a": ("failed", "orchestrator gone"),
+        "b": ("done", None),
+        "c": ("failed", "orchestrator gone"),
     }
     assert jobs["a"]["finished_at"] is not None and jobs["a"]["launch_id"] == "L" * 32
     samples = samples_by_id(database, crashed)
     assert {sample_id: (s["status"], s["error"]) for sample_id, s in samples.items()} == {
-        "a-s2": ("done", None), "a-s3": ("failed", "orchestrator gone"), "b-s4": ("done", None),
+        "a-s2": ("done", None),
+        "a-s3": ("failed", "orchestrator gone"),
+        "b-s4": ("done", None),
         "c-s5": ("failed", "orchestrator gone"),
     }
     assert samples_by_id(database, other)["o-s2"]["status"] == "running"
@@ -785,9 +829,10 @@ def test_launches_and_interrupting_the_jobs_of_a_crashed_run(database: Database)
 def test_a_crash_then_a_resume_loses_and_duplicates_no_sample(database: Database) -> None:
     """The whole resume path: crash mid-run, find the orphan launch, interrupt, reopen, reuse, re-plan, finish."""
     earlier = create_run(database)  # same output root: made one of this run's videos already
-    database.add_job(earlier, make_job("e", earlier, rows=[9]).model_copy(update={"samples": [
-        make_job("j1", "", rows=[5]).samples[0]
-    ]}))
+    database.add_job(
+        earlier,
+        make_job("e", earlier, rows=[9]).model_copy(update={"samples": [make_job("j1", "", rows=[5]).samples[0]]}),
+    )
     database.mark_job_running("e")
     database.record_sample_results("e", [done("j1-s5")], {"j1-s5": "/data/videos/j1-s5.mp4"})
     database.finish_job("e", status="done", returncode=0, seconds=1.0)
@@ -810,9 +855,14 @@ def test_a_crash_then_a_resume_loses_and_duplicates_no_sample(database: Database
     assert set(found) == {"j0-s2", "j1-s5"}
     assert found["j1-s5"].run_id == earlier and found["j0-s2"].run_id == run_id
     reused = [
-        db_module.ReusedSample(sample=sample, bucket=job.bucket, output_path=found[sample.sample_id].output_path,
-                               from_run=found[sample.sample_id].run_id)
-        for job in plan for sample in job.samples
+        db_module.ReusedSample(
+            sample=sample,
+            bucket=job.bucket,
+            output_path=found[sample.sample_id].output_path,
+            from_run=found[sample.sample_id].run_id,
+        )
+        for job in plan
+        for sample in job.samples
         if sample.sample_id in found and found[sample.sample_id].run_id != run_id
     ]
     database.add_reused_samples(run_id, reused)
@@ -829,7 +879,10 @@ def test_a_crash_then_a_resume_loses_and_duplicates_no_sample(database: Database
     assert sorted(sample["sample_id"] for sample in samples) == sorted(all_ids)
     by_id = {sample["sample_id"]: sample for sample in samples}
     assert {sample_id: (s["attempts"], s["reused_from_run"]) for sample_id, s in by_id.items()} == {
-        "j0-s2": (1, None), "j0-s3": (2, None), "j1-s4": (1, None), "j1-s5": (0, earlier),
+        "j0-s2": (1, None),
+        "j0-s3": (2, None),
+        "j1-s4": (1, None),
+        "j1-s5": (0, earlier),
     }
     assert all(sample["output_path"] == f"/data/videos/{sample['sample_id']}.mp4" for sample in samples)
     assert database.run_summary(run_id).reused == 1
@@ -893,10 +946,21 @@ def test_each_attempt_of_a_job_is_kept_with_its_plan(database: Database) -> None
     run_id = create_run(database)
     job = make_job("job-retry", run_id, rows=[2, 3])
     database.add_job(run_id, job)
-    database.record_attempt(job, 1, launch_id="a" * 32, returncode=1, seconds=2.5, failure_kind="oom",
-                            failed_rank=1, message="CUDA out of memory", tail="...", retry_delay_s=0.0)
-    lower = job.model_copy(update={"plan": ParallelPlan(dp=4), "bucket": job.bucket.model_copy(
-        update={"sequence_batch": True})})
+    database.record_attempt(
+        job,
+        1,
+        launch_id="a" * 32,
+        returncode=1,
+        seconds=2.5,
+        failure_kind="oom",
+        failed_rank=1,
+        message="CUDA out of memory",
+        tail="...",
+        retry_delay_s=0.0,
+    )
+    lower = job.model_copy(
+        update={"plan": ParallelPlan(dp=4), "bucket": job.bucket.model_copy(update={"sequence_batch": True})}
+    )
     database.record_attempt(lower, 2, launch_id="b" * 32, returncode=0, seconds=3.0)
     first, second = database.attempts(job.job_id)
     assert (first["attempt"], first["failure_kind"], first["failed_rank"], first["cfg"]) == (1, "oom", 1, 2)

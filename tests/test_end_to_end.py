@@ -17,7 +17,7 @@ from reelbatch.engine.video import read_mp4
 
 pytestmark = pytest.mark.torchrun
 
-HOSTILE = 'line one\nline two "quoted" \'single\' $(touch PWNED); `touch PWNED2` | rm -rf / ; DROP TABLE samples;--'
+HOSTILE = "line one\nline two \"quoted\" 'single' $(touch PWNED); `touch PWNED2` | rm -rf / ; DROP TABLE samples;--"
 
 ROWS = [
     # id, prompt, negative, model, height, width, frames, guidance, num_videos, plan (pinned or chosen)
@@ -32,8 +32,21 @@ ROWS = [
 def manifest(tmp_path: Path) -> Path:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["id", "prompt", "negative_prompt", "model", "height", "width", "num_frames", "guidance_scale",
-                     "num_videos", "plan", "num_inference_steps"])
+    writer.writerow(
+        [
+            "id",
+            "prompt",
+            "negative_prompt",
+            "model",
+            "height",
+            "width",
+            "num_frames",
+            "guidance_scale",
+            "num_videos",
+            "plan",
+            "num_inference_steps",
+        ]
+    )
     for r in ROWS:
         writer.writerow([*r, 2])
     path = tmp_path / "prompts.csv"

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from reelbatch.contract import JobSpec
+from reelbatch.engine.adapters import adapter_for
 from reelbatch.engine.loading import load_pipeline
 from reelbatch.engine.rank import slots_for_rank
-from reelbatch.engine.adapters import adapter_for
 from reelbatch.engine.sampler import VideoSampler
-from reelbatch.contract import JobSpec
 from reelbatch.schemas import BucketKey, ParallelPlan, Sample
 
 CPU = torch.device("cpu")
@@ -19,8 +19,13 @@ FAMILY = {"tiny-wan": "wan", "tiny-hunyuan": "hunyuan"}
 
 def bucket(model: str, guidance: float = 5.0, sequence_batch: bool = False) -> BucketKey:
     return BucketKey(
-        model=model, height=32, width=48, num_frames=5, num_inference_steps=3,
-        guidance_scale=guidance, sequence_batch=sequence_batch,
+        model=model,
+        height=32,
+        width=48,
+        num_frames=5,
+        num_inference_steps=3,
+        guidance_scale=guidance,
+        sequence_batch=sequence_batch,
     )
 
 
@@ -39,8 +44,15 @@ def diffusers_reference(pipe, model: str, prompt: str, negative: str, seed: int,
     cfg = {"guidance_scale": guidance} if model == "tiny-wan" else {"true_cfg_scale": guidance, "guidance_scale": 6.0}
     return np.asarray(
         pipe(
-            prompt, negative_prompt=negative, height=32, width=48, num_frames=5, num_inference_steps=3,
-            generator=torch.Generator().manual_seed(seed), output_type="np", **cfg,
+            prompt,
+            negative_prompt=negative,
+            height=32,
+            width=48,
+            num_frames=5,
+            num_inference_steps=3,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="np",
+            **cfg,
         ).frames
     )[0]
 

@@ -91,7 +91,9 @@ def test_exports_carry_every_sample_column(database, finished_run, tmp_path, fmt
     assert len(rows) == 4 and set(rows[0]) == set(samples[0])
 
 
-@pytest.mark.parametrize("value,expected", [("=1+1", "'=1+1"), ("+x", "'+x"), ("-y", "'-y"), ("@z", "'@z"),
-                                            ("a=b", "a=b"), (-3, -3), (None, None)])
+@pytest.mark.parametrize(
+    "value,expected",
+    [("=1+1", "'=1+1"), ("+x", "'+x"), ("-y", "'-y"), ("@z", "'@z"), ("a=b", "a=b"), (-3, -3), (None, None)],
+)
 def test_formula_neutralisation(value, expected):
     assert neutralise_formula(value) == expected

@@ -30,8 +30,8 @@ from reelbatch.infra.launcher import (
     new_launch_id,
     torchrun_command,
 )
-from reelbatch.schemas import ManifestRow, ParallelPlan
 from reelbatch.planning.buckets import bucket_key
+from reelbatch.schemas import ManifestRow, ParallelPlan
 
 # --- canned logs, in the exact shapes torchrun 2.x and the ranks print ---------------------------------------
 

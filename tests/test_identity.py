@@ -25,12 +25,22 @@ def reference_digest(payload: dict) -> str:
 
 
 def reference_content(row: ManifestRow) -> dict:
-    names = ("model", "prompt", "negative_prompt", "height", "width", "num_frames", "num_inference_steps",
-             "guidance_scale", "embedded_guidance_scale")
+    names = (
+        "model",
+        "prompt",
+        "negative_prompt",
+        "height",
+        "width",
+        "num_frames",
+        "num_inference_steps",
+        "guidance_scale",
+        "embedded_guidance_scale",
+    )
     # Members added with image-to-video and two-expert models are part of the payload only when set.
     optional = ("guidance_scale_2", "image_sha256", "last_image_sha256", "flow_shift")
     return {name: getattr(row, name) for name in names} | {
-        name: getattr(row, name) for name in optional if getattr(row, name, None) is not None}
+        name: getattr(row, name) for name in optional if getattr(row, name, None) is not None
+    }
 
 
 def reference_seed(row: ManifestRow, video_index: int) -> int:
@@ -48,10 +58,22 @@ def reference_samples(row: ManifestRow) -> list[Sample]:
     for index in range(row.num_videos):
         seed = reference_seed(row, index)
         identity = reference_id(row, index, seed)
-        samples.append(Sample(sample_id=identity, row=row.row, row_id=row.id, video_index=index, prompt=row.prompt,
-                              negative_prompt=row.negative_prompt, seed=seed, output_key=output_key(identity),
-                              image=row.image, image_sha256=row.image_sha256, last_image=row.last_image,
-                              last_image_sha256=row.last_image_sha256))
+        samples.append(
+            Sample(
+                sample_id=identity,
+                row=row.row,
+                row_id=row.id,
+                video_index=index,
+                prompt=row.prompt,
+                negative_prompt=row.negative_prompt,
+                seed=seed,
+                output_key=output_key(identity),
+                image=row.image,
+                image_sha256=row.image_sha256,
+                last_image=row.last_image,
+                last_image_sha256=row.last_image_sha256,
+            )
+        )
     return samples
 
 
@@ -105,22 +127,53 @@ def test_public_seed_and_id_functions_match_json_dumps_for_any_index_and_seed(ro
 )
 def test_unvalidated_rows_hash_as_json_dumps_writes_their_values(guidance, height, prompt):
     # Rows built with model_construct keep whatever types they were given; json.dumps decides how they read.
-    row = ManifestRow.model_construct(row=2, prompt=prompt, model="m", height=height, width=32, num_frames=5,
-                                      num_inference_steps=4, guidance_scale=guidance, seed=None, num_videos=2)
+    row = ManifestRow.model_construct(
+        row=2,
+        prompt=prompt,
+        model="m",
+        height=height,
+        width=32,
+        num_frames=5,
+        num_inference_steps=4,
+        guidance_scale=guidance,
+        seed=None,
+        num_videos=2,
+    )
     assert expand_row(row) == reference_samples(row)
 
 
 def test_ids_of_a_known_row_never_change():
-    row = ManifestRow(row=2, prompt="a red fox", model="tiny-wan", height=32, width=32, num_frames=5,
-                      num_inference_steps=4, guidance_scale=5.0, seed=7, num_videos=2)
+    row = ManifestRow(
+        row=2,
+        prompt="a red fox",
+        model="tiny-wan",
+        height=32,
+        width=32,
+        num_frames=5,
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        seed=7,
+        num_videos=2,
+    )
     assert [s.sample_id for s in expand_row(row)] == [reference_id(row, 0, 7), reference_id(row, 1, 8)]
-    unseeded = row.model_copy(update={"seed": None, "prompt": "é \"quoted\" 東京"})
+    unseeded = row.model_copy(update={"seed": None, "prompt": 'é "quoted" 東京'})
     assert [s.seed for s in expand_row(unseeded)] == [reference_seed(unseeded, 0), reference_seed(unseeded, 1)]
 
 
 def test_an_image_is_its_content_not_its_name():
-    row = ManifestRow(row=2, prompt="a red fox", model="tiny-wan2.1-i2v", height=32, width=32, num_frames=5,
-                      num_inference_steps=4, guidance_scale=5.0, seed=7, image="a.png", image_sha256="ab" * 32)
+    row = ManifestRow(
+        row=2,
+        prompt="a red fox",
+        model="tiny-wan2.1-i2v",
+        height=32,
+        width=32,
+        num_frames=5,
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        seed=7,
+        image="a.png",
+        image_sha256="ab" * 32,
+    )
     [first] = expand_row(row)
     [renamed] = expand_row(row.model_copy(update={"image": "s3://bucket/b.png"}))
     [other] = expand_row(row.model_copy(update={"image_sha256": "cd" * 32}))
@@ -131,15 +184,28 @@ def test_an_image_is_its_content_not_its_name():
 
 
 def test_trusted_models_are_indistinguishable_from_validated_ones():
-    values = {"sample_id": "ab" * 16, "row": 3, "row_id": None, "video_index": 1, "prompt": "p",
-              "negative_prompt": "", "seed": 9, "output_key": output_key("ab" * 16), "image": "frames/a.png",
-              "image_sha256": "cd" * 32, "last_image": None, "last_image_sha256": None}
+    values = {
+        "sample_id": "ab" * 16,
+        "row": 3,
+        "row_id": None,
+        "video_index": 1,
+        "prompt": "p",
+        "negative_prompt": "",
+        "seed": 9,
+        "output_key": output_key("ab" * 16),
+        "image": "frames/a.png",
+        "image_sha256": "cd" * 32,
+        "last_image": None,
+        "last_image_sha256": None,
+    }
     shared = set(Sample.model_fields)
     fast, validated = trusted(Sample, dict(values), shared), Sample(**values)
     assert fast == validated and hash(fast) == hash(validated) and repr(fast) == repr(validated)
     assert fast.model_fields_set == validated.model_fields_set
     assert fast.model_dump() == validated.model_dump() and fast.model_dump_json() == validated.model_dump_json()
     assert (fast.__pydantic_extra__, fast.__pydantic_private__) == (
-        validated.__pydantic_extra__, validated.__pydantic_private__)
+        validated.__pydantic_extra__,
+        validated.__pydantic_private__,
+    )
     copied = fast.model_copy(update={"seed": 10})
     assert copied.seed == 10 and fast.seed == 9 and shared == set(Sample.model_fields)

@@ -60,9 +60,25 @@ def test_text_and_image_rows_from_disk_and_s3(tmp_path, s3_bucket):
         writer.writerows(rows)
     db_file = tmp_path / "state.db"
     done = subprocess.run(
-        [sys.executable, "-m", "reelbatch.cli", "run", str(manifest), "--gpus", "2", "--out", "dataset",
-         "--db", f"sqlite:///{db_file}", "--image-root", f"s3://{s3_bucket}/images/"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "reelbatch.cli",
+            "run",
+            str(manifest),
+            "--gpus",
+            "2",
+            "--out",
+            "dataset",
+            "--db",
+            f"sqlite:///{db_file}",
+            "--image-root",
+            f"s3://{s3_bucket}/images/",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 1, output[-3000:]  # three rows rejected, the rest done
@@ -73,8 +89,11 @@ def test_text_and_image_rows_from_disk_and_s3(tmp_path, s3_bucket):
     samples = {s["row_id"]: s for s in db.execute("select * from samples")}
     assert {k for k, s in samples.items() if s["status"] == "done"} == {"text", "red", "blue", "s3"}
     rejected = {k: (s["reject_column"], s["reject_rule"]) for k, s in samples.items() if s["status"] == "rejected"}
-    assert rejected == {"missing": ("image", "image_missing"), "text-only": ("image", "image_not_supported"),
-                        "outside": ("image", "image_not_allowed")}
+    assert rejected == {
+        "missing": ("image", "image_missing"),
+        "text-only": ("image", "image_not_supported"),
+        "outside": ("image", "image_not_allowed"),
+    }
     assert samples["missing"]["image"] == "frames/none.png"  # the cells of rejected rows are kept
 
     # The image is part of the identity and is recorded with its location.
@@ -89,7 +108,10 @@ def test_text_and_image_rows_from_disk_and_s3(tmp_path, s3_bucket):
     assert np.abs(videos["red"].astype(int) - videos["blue"].astype(int)).max() > 10  # another image, another video
     sidecar = json.loads(Path(samples["blue"]["output_path"]).with_suffix(".json").read_text())
     assert (sidecar["image"], sidecar["image_sha256"], sidecar["conditioning"]) == (
-        "frames/blue.png", sha["blue"], "first_frame")
+        "frames/blue.png",
+        sha["blue"],
+        "first_frame",
+    )
 
     out = tmp_path / "dataset"
     metadata = {m["row_id"]: m for m in csv.DictReader((out / "metadata.csv").open())}

@@ -45,8 +45,7 @@ def layout(tmp_path: Path) -> dict[str, Path]:
     write_png(manifest_dir / "sub" / "b.jpg.png", size=(10, 4), color=(1, 2, 3))
     outside = tmp_path / "data" / "outside.png"
     write_png(outside, color=(9, 9, 9))
-    return {"manifest": manifest_dir / "run.csv", "dir": manifest_dir, "outside": outside,
-            "store": tmp_path / "store"}
+    return {"manifest": manifest_dir / "run.csv", "dir": manifest_dir, "outside": outside, "store": tmp_path / "store"}
 
 
 def stager_for(layout, roots=(), **limits) -> ImageStager:
@@ -154,16 +153,20 @@ def test_outside_png_would_be_accepted_if_allowed(layout):
     assert stager_for(layout, roots=[str(layout["outside"].parent)]).stage(str(layout["outside"])).format == "PNG"
 
 
-@pytest.mark.parametrize("make_cell", [
-    lambda lay: "/etc/passwd",
-    lambda lay: str(lay["outside"]),
-    lambda lay: "../outside.png",
-    lambda lay: "sub/../../outside.png",
-    lambda lay: f"file://{lay['outside']}",
-    lambda lay: "escape.png",  # a symlink inside the root that points outside it
-    lambda lay: "escape-dir/outside.png",  # a folder symlink inside the root that points outside it
-    lambda lay: str(lay["dir"]) + "2/sibling.png",  # /data/m2 shares the prefix of /data/m, but is not inside it
-], ids=["etc-passwd", "absolute-outside", "dotdot", "dotdot-via-sub", "file-url", "symlink", "dir-symlink", "sibling"])
+@pytest.mark.parametrize(
+    "make_cell",
+    [
+        lambda lay: "/etc/passwd",
+        lambda lay: str(lay["outside"]),
+        lambda lay: "../outside.png",
+        lambda lay: "sub/../../outside.png",
+        lambda lay: f"file://{lay['outside']}",
+        lambda lay: "escape.png",  # a symlink inside the root that points outside it
+        lambda lay: "escape-dir/outside.png",  # a folder symlink inside the root that points outside it
+        lambda lay: str(lay["dir"]) + "2/sibling.png",  # /data/m2 shares the prefix of /data/m, but is not inside it
+    ],
+    ids=["etc-passwd", "absolute-outside", "dotdot", "dotdot-via-sub", "file-url", "symlink", "dir-symlink", "sibling"],
+)
 def test_local_escapes_are_refused_and_never_opened(layout, opened, make_cell):
     (layout["dir"] / "escape.png").symlink_to(layout["outside"])
     (layout["dir"] / "escape-dir").symlink_to(layout["outside"].parent)
@@ -176,8 +179,9 @@ def test_local_escapes_are_refused_and_never_opened(layout, opened, make_cell):
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd (Linux)")
-@pytest.mark.parametrize("cell, rule", [("escape-dir/outside.png", "image_not_allowed"),
-                                        ("escape.png", "image_missing")])
+@pytest.mark.parametrize(
+    "cell, rule", [("escape-dir/outside.png", "image_not_allowed"), ("escape.png", "image_missing")]
+)
 def test_symlink_swapped_in_after_the_check_is_caught(layout, monkeypatch, cell, rule):
     """The race between realpath() and open(): simulated by a realpath that misses the symlinks, as if they were
     swapped in right after the check. The kernel's view of the opened file (or O_NOFOLLOW) still refuses it."""
@@ -189,15 +193,18 @@ def test_symlink_swapped_in_after_the_check_is_caught(layout, monkeypatch, cell,
     assert not layout["store"].exists()
 
 
-@pytest.mark.parametrize("cell, rule", [
-    ("http://example.com/a.png", "image_scheme_not_allowed"),
-    ("https://example.com/a.png", "image_scheme_not_allowed"),
-    ("memory://a.png", "image_scheme_not_allowed"),
-    ("simplecache::s3://bucket/images/a.png", "image_scheme_not_allowed"),
-    ("simplecache::/etc/passwd", "image_scheme_not_allowed"),
-    ("zip://a.png::file:///tmp/x.zip", "image_scheme_not_allowed"),
-    ("s3://bucket/images/a.png::memory://a.png", "image_scheme_not_allowed"),
-])
+@pytest.mark.parametrize(
+    "cell, rule",
+    [
+        ("http://example.com/a.png", "image_scheme_not_allowed"),
+        ("https://example.com/a.png", "image_scheme_not_allowed"),
+        ("memory://a.png", "image_scheme_not_allowed"),
+        ("simplecache::s3://bucket/images/a.png", "image_scheme_not_allowed"),
+        ("simplecache::/etc/passwd", "image_scheme_not_allowed"),
+        ("zip://a.png::file:///tmp/x.zip", "image_scheme_not_allowed"),
+        ("s3://bucket/images/a.png::memory://a.png", "image_scheme_not_allowed"),
+    ],
+)
 def test_other_schemes_are_refused_and_never_opened(layout, opened, cell, rule):
     fsspec.filesystem("memory").pipe("/a.png", png_bytes())  # would decode fine if memory:// were allowed
     assert refused(stager_for(layout, roots=["s3://bucket/images/"]), cell).rule == rule
@@ -229,8 +236,13 @@ def test_inline_manifest_without_roots_allows_nothing(tmp_path):
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.sampled_from(["..", ".", "sub", "escape-dir", "escape.png", "a.png", "outside.png", ""]),
-                min_size=1, max_size=6))
+@given(
+    st.lists(
+        st.sampled_from(["..", ".", "sub", "escape-dir", "escape.png", "a.png", "outside.png", ""]),
+        min_size=1,
+        max_size=6,
+    )
+)
 def test_any_relative_path_stays_inside_the_root(layout, monkeypatch, segments):
     """Whatever mix of '..', symlinks and names a cell holds, nothing outside the manifest folder is opened."""
     if not (layout["dir"] / "escape.png").is_symlink():
@@ -266,8 +278,11 @@ def test_missing_is_cached_but_raised_each_time(layout):
     assert first is not second and (first.rule, first.message) == (second.rule, second.message)
 
 
-@pytest.mark.parametrize("content", [b"root:x:0:0:root:/root:/bin/bash\n", png_bytes()[:-20], png_bytes()[:40]],
-                         ids=["text", "truncated-end", "truncated-header"])
+@pytest.mark.parametrize(
+    "content",
+    [b"root:x:0:0:root:/root:/bin/bash\n", png_bytes()[:-20], png_bytes()[:40]],
+    ids=["text", "truncated-end", "truncated-header"],
+)
 def test_not_decodable(layout, content):
     (layout["dir"] / "bad.png").write_bytes(content)
     assert refused(stager_for(layout), "bad.png").rule == "image_not_decodable"
@@ -362,9 +377,13 @@ def test_s3_image_under_allowed_root_is_staged(s3_bucket, tmp_path):
     staged = stager.stage(f"s3://{s3_bucket}/images/a.png")
     assert (staged.sha256, staged.width, staged.height) == (hashlib.sha256(data).hexdigest(), 9, 5)
     assert Path(staged.path).read_bytes() == data
-    for cell in (f"s3://{s3_bucket}/other/a.png", f"s3://{s3_bucket}/images2/a.png",
-                 f"s3://{s3_bucket}/images/../other/a.png", f"s3://{s3_bucket}/images//a.png",
-                 f"s3://{s3_bucket}/images/%2e%2e/other/a.png"):
+    for cell in (
+        f"s3://{s3_bucket}/other/a.png",
+        f"s3://{s3_bucket}/images2/a.png",
+        f"s3://{s3_bucket}/images/../other/a.png",
+        f"s3://{s3_bucket}/images//a.png",
+        f"s3://{s3_bucket}/images/%2e%2e/other/a.png",
+    ):
         problem = refused(stager, cell)
         assert problem.rule == "image_not_allowed" and f"s3://{s3_bucket}/images/" in problem.message
     assert refused(stager, f"s3://{s3_bucket}/images/missing.png").rule == "image_missing"

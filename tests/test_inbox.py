@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import s3fs
@@ -14,8 +14,8 @@ from sqlalchemy import update
 from reelbatch.infra.db import Database, InboxManifestRecord
 from reelbatch.tasks.inbox import (
     claim_manifests,
-    finish_manifest,
     fingerprint,
+    finish_manifest,
     list_manifests,
     release_stale_claims,
 )
@@ -29,8 +29,17 @@ def _names(entries, root):
 
 def test_local_listing_skips_hidden_other_files_and_the_output(tmp_path):
     inbox = tmp_path / "inbox"
-    for name in ("a.csv", "b.jsonl", "sub/c.parquet", "notes.txt", ".upload.csv.tmp", ".hidden.csv",
-                 "_partial/d.csv", "videos/metadata.csv", "videos/.reelbatch/r/job.csv"):
+    for name in (
+        "a.csv",
+        "b.jsonl",
+        "sub/c.parquet",
+        "notes.txt",
+        ".upload.csv.tmp",
+        ".hidden.csv",
+        "_partial/d.csv",
+        "videos/metadata.csv",
+        "videos/.reelbatch/r/job.csv",
+    ):
         (inbox / name).parent.mkdir(parents=True, exist_ok=True)
         (inbox / name).write_text(GOOD)
     entries = list_manifests(str(inbox), exclude=[str(inbox / "videos")])
@@ -99,7 +108,10 @@ def test_claims_run_each_manifest_once_and_retry_failures(tmp_path, database, da
     assert claim_manifests(database_url, str(inbox), changed) == changed
     rows = database.inbox_manifests(str(inbox.resolve()))
     assert sorted((r["uri"].rsplit("/", 1)[1], r["status"]) for r in rows) == [
-        ("a.csv", "processed"), ("a.csv", "running"), ("b.csv", "running")]
+        ("a.csv", "processed"),
+        ("a.csv", "running"),
+        ("b.csv", "running"),
+    ]
 
 
 def test_abandoned_claims_are_released(tmp_path, database, database_url):
@@ -109,7 +121,7 @@ def test_abandoned_claims_are_released(tmp_path, database, database_url):
     assert release_stale_claims(database_url, str(tmp_path), 48) == []
     table = InboxManifestRecord.__table__
     with database.engine.begin() as connection:
-        connection.execute(update(table).values(updated_at=datetime.now(timezone.utc) - timedelta(hours=49)))
+        connection.execute(update(table).values(updated_at=datetime.now(UTC) - timedelta(hours=49)))
     assert release_stale_claims(database_url, str(tmp_path), 48) == [entries[0].uri]
     assert claim_manifests(database_url, str(tmp_path), entries) == entries
 
@@ -127,15 +139,21 @@ def test_nightly_pass_runs_new_manifests_and_marks_them(tmp_path, tiny_models):
     db_file = tmp_path / "state.db"
     with Database(f"sqlite:///{db_file}") as db:
         db.upgrade()
-    params = dict(inbox=str(inbox), output=str(tmp_path / "videos"), db_url=f"sqlite:///{db_file}",
-                  gpus_per_node=2, settle_seconds=0)
+    params = dict(
+        inbox=str(inbox),
+        output=str(tmp_path / "videos"),
+        db_url=f"sqlite:///{db_file}",
+        gpus_per_node=2,
+        settle_seconds=0,
+    )
 
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         first = nightly_dataset(**params, return_state=True)
         assert first.is_failed() and "broken.csv" in first.message  # one bad file fails the pass, not the others
         with sqlite3.connect(db_file) as con:
-            inbox_rows = {uri.rsplit("/", 1)[1]: status
-                          for uri, status in con.execute("select uri, status from inbox_manifests")}
+            inbox_rows = {
+                uri.rsplit("/", 1)[1]: status for uri, status in con.execute("select uri, status from inbox_manifests")
+            }
             assert inbox_rows == {"broken.csv": "failed", "good.csv": "processed"}
             [(run_id, manifest, status)] = con.execute("select id, manifest_source, status from runs").fetchall()
             assert manifest == str((inbox / "good.csv").resolve()) and status == "done"

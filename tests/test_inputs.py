@@ -12,13 +12,12 @@ import pytest
 from PIL import Image
 
 from reelbatch.engine.inputs import open_staged
+from reelbatch.manifest import ManifestError, check_columns, parse_manifest_text, read_manifest
 from reelbatch.models.catalog import ModelCatalog, UnknownModel
 from reelbatch.models.registry import FAMILIES
 from reelbatch.planning.planner import plan_run
 from reelbatch.schemas import RunDefaults
 from reelbatch.tasks.images import check_images
-from reelbatch.manifest import ManifestError, check_columns, parse_manifest_text, read_manifest
-from reelbatch.planning.planner import plan_run
 from tests.cli_runner import reelbatch
 
 CATALOG = ModelCatalog.from_config()
@@ -70,8 +69,19 @@ def test_every_tiny_folder_agrees_with_its_registry_entry(tiny_models, name):
     # Read as a custom name, the folder alone gives the same inputs, experts and sequence parallelism.
     custom = ModelCatalog.from_config([f"mine={tiny_models[name]}"]).family("mine")
     registry = FAMILIES[name]
-    for fact in ("pipeline_class", "kind", "heads", "experts", "expand_timesteps", "image_condition_type",
-                 "image_input", "last_image", "guidance_embedding", "native", "pixels_per_token"):
+    for fact in (
+        "pipeline_class",
+        "kind",
+        "heads",
+        "experts",
+        "expand_timesteps",
+        "image_condition_type",
+        "image_input",
+        "last_image",
+        "guidance_embedding",
+        "native",
+        "pixels_per_token",
+    ):
         assert getattr(custom, fact) == getattr(registry, fact), fact
 
 
@@ -79,11 +89,15 @@ def test_a_custom_name_takes_its_family_and_defaults_from_the_folder(tiny_models
     catalog = ModelCatalog.from_config([f"my-i2v={tiny_models['tiny-skyreels-v1-i2v']}"])
     family = catalog.family("my-i2v")
     assert (family.pipeline_class, family.image_input, family.kind) == (
-        "HunyuanSkyreelsImageToVideoPipeline", "required", "hunyuan")
+        "HunyuanSkyreelsImageToVideoPipeline",
+        "required",
+        "hunyuan",
+    )
     # Left at defaults, its rows get what the pipeline's __call__ uses: true CFG 6.0 (which runs only against a
     # negative prompt), embedded guidance 1.0, 50 steps.
     with_negative, without = parse_manifest_text(
-        "prompt,model,negative_prompt\na cat,my-i2v,blurry\na dog,my-i2v,\n", RunDefaults(), catalog).rows
+        "prompt,model,negative_prompt\na cat,my-i2v,blurry\na dog,my-i2v,\n", RunDefaults(), catalog
+    ).rows
     assert (with_negative.guidance_scale, with_negative.embedded_guidance_scale) == (6.0, 1.0)
     assert (without.guidance_scale, without.num_inference_steps) == (1.0, 50)
 
@@ -100,10 +114,13 @@ def test_a_class_the_engine_does_not_run_is_refused_with_the_classes_it_runs(tmp
 
 
 def test_planning_without_any_folder_keeps_working_from_the_registry():
-    run_plan = plan_text("prompt,model,height,width,num_frames,image\n"
-                         "a cat,skyreels-v1-i2v,544,960,97,frames/cat.png\n")
+    run_plan = plan_text(
+        "prompt,model,height,width,num_frames,image\na cat,skyreels-v1-i2v,544,960,97,frames/cat.png\n"
+    )
     [job] = run_plan.jobs  # not read here (plan_run reads no image): the registry says what the model takes
-    assert job.bucket.conditioning == "first_frame" and job.family.pipeline_class == "HunyuanSkyreelsImageToVideoPipeline"
+    assert (
+        job.bucket.conditioning == "first_frame" and job.family.pipeline_class == "HunyuanSkyreelsImageToVideoPipeline"
+    )
 
 
 # --- inputs a pipeline takes ---------------------------------------------------------------------------------------
@@ -123,12 +140,20 @@ def test_inputs_a_model_does_not_take_or_needs_are_row_errors_with_a_fix():
         "ti2v without,tiny-wan2.2-ti2v,,,,\n"
     )
     assert rules_of(run_plan) == {
-        2: {"image_not_supported"}, 3: {"image_required"}, 4: {"last_image_not_supported"},
-        5: {"last_image_required"}, 7: {"guidance_scale_2_not_supported"}, 8: {"embedded_guidance_not_supported"},
+        2: {"image_not_supported"},
+        3: {"image_required"},
+        4: {"last_image_not_supported"},
+        5: {"last_image_required"},
+        7: {"guidance_scale_2_not_supported"},
+        8: {"embedded_guidance_not_supported"},
     }
     for rejection in run_plan.rejected:
-        assert rejection.fix and rejection.column in ("image", "last_image", "guidance_scale_2",
-                                                      "embedded_guidance_scale")
+        assert rejection.fix and rejection.column in (
+            "image",
+            "last_image",
+            "guidance_scale_2",
+            "embedded_guidance_scale",
+        )
     # A TI2V model takes both: its image rows and text rows never share a job.
     ti2v = sorted(j.bucket.conditioning for j in run_plan.jobs if j.bucket.model == "tiny-wan2.2-ti2v")
     assert ti2v == ["first_frame", "text"]
@@ -170,14 +195,21 @@ def test_empty_cells_take_each_models_own_defaults_and_the_run_wins():
     # The pipeline's rule for an empty guidance_scale_2 (the same as guidance_scale), recorded resolved.
     assert rows["tiny-wan2.2-a14b"].guidance_scale_2 == 5.0 and rows["tiny-wan"].guidance_scale_2 is None
     # SkyReels-V1's recipe runs true CFG against its own negative prompt; the others have none by default.
-    assert rows["skyreels-v1-t2v"].negative_prompt.startswith("Aerial view") and rows["hunyuanvideo"].negative_prompt == ""
+    assert (
+        rows["skyreels-v1-t2v"].negative_prompt.startswith("Aerial view") and rows["hunyuanvideo"].negative_prompt == ""
+    )
 
     run = RunDefaults(guidance_scale=3.0, num_inference_steps=7, guidance_scale_2=2.0, embedded_guidance_scale=4.0)
     rows = {r.model: r for r in parse_manifest_text(text, run, CATALOG).rows}
     assert {r.num_inference_steps for r in rows.values()} == {7}
     # (HunyuanVideo-family rows without a negative prompt run no true CFG: guidance 1; SkyReels-V1 has its own.)
     assert {m: r.guidance_scale for m, r in rows.items()} == {
-        "hunyuanvideo": 1.0, "skyreels-v1-t2v": 3.0, "tiny-wan": 3.0, "tiny-wan2.2-a14b": 3.0, "tiny-hunyuan": 1.0}
+        "hunyuanvideo": 1.0,
+        "skyreels-v1-t2v": 3.0,
+        "tiny-wan": 3.0,
+        "tiny-wan2.2-a14b": 3.0,
+        "tiny-hunyuan": 1.0,
+    }
     # Run defaults of the optional guidances go only to models that take them.
     assert rows["tiny-wan2.2-a14b"].guidance_scale_2 == 2.0 and rows["tiny-wan"].guidance_scale_2 is None
     assert rows["tiny-hunyuan"].embedded_guidance_scale == 4.0 and rows["tiny-wan"].embedded_guidance_scale is None
@@ -226,7 +258,9 @@ def test_intake_stages_images_and_rejects_rows_whose_image_cannot_be_used(tmp_pa
     assert rows["red"].image == "frames/red.png"
     assert open_staged(store, rows["blue"].image_sha256).getpixel((0, 0)) == (0, 0, 255)
     assert {(r.row, r.column, r.rule) for r in read.rejections} == {
-        (5, "image", "image_missing"), (6, "image", "image_not_allowed")}
+        (5, "image", "image_missing"),
+        (6, "image", "image_not_allowed"),
+    }
     assert read.raw_rows[6]["image"] == str(secret)
     # The text-only row is left for planning (nothing read): there it is refused for its image.
     assert rows["text-only model"].image_sha256 is None
@@ -283,8 +317,13 @@ def test_secrets_of_urls_reach_no_message_and_no_kept_cell():
     for columnar in (True, False):
         read = parse_manifest_text(text, RunDefaults(), CATALOG, columnar=columnar)
         rules = {r.row: r.rule for r in read.rejections}
-        assert rules == {2: "image_credentials_in_url", 3: "image_url_query", 4: "image_credentials_in_url",
-                         5: "unknown_model", 6: "extra_cells"}
+        assert rules == {
+            2: "image_credentials_in_url",
+            3: "image_url_query",
+            4: "image_credentials_in_url",
+            5: "unknown_model",
+            6: "extra_cells",
+        }
         shown = json.dumps([r.model_dump() for r in read.rejections]) + json.dumps(read.raw_rows)
         assert "TOPSECRET" not in shown and "AKIAKEY" not in shown and "SIGSECRET" not in shown
         assert read.raw_rows[2]["image"] == "s3://***@bucket/frame.png"
@@ -298,14 +337,17 @@ def test_a_broken_model_folder_fails_its_own_rows_not_the_manifest(tmp_path, tin
     (broken / "transformer" / "config.json").write_text(json.dumps(config))
     catalog = ModelCatalog.from_config([f"broken={broken}"])
     run_plan = plan_text("prompt,model\na,tiny-wan\nb,broken\n", catalog)
-    assert [r.rule for r in run_plan.rejected] == ["model_unavailable"] and "config.json" in run_plan.rejected[0].message
+    assert [r.rule for r in run_plan.rejected] == ["model_unavailable"] and "config.json" in run_plan.rejected[
+        0
+    ].message
     assert [j.bucket.model for j in run_plan.jobs] == ["tiny-wan"]
 
 
 def test_an_image_root_with_credentials_is_a_usage_error(tmp_path, monkeypatch):
     # In this process: the root is refused before the flow starts or any environment variable is set.
     monkeypatch.chdir(tmp_path)
-    done = reelbatch("run", "missing.csv", "--image-root", "s3://key:secret@bucket/x/",
-                     "--db", f"sqlite:///{tmp_path / 'r.db'}")
+    done = reelbatch(
+        "run", "missing.csv", "--image-root", "s3://key:secret@bucket/x/", "--db", f"sqlite:///{tmp_path / 'r.db'}"
+    )
     assert done.returncode == 2 and "must be a plain URL prefix" in done.stderr
     assert "secret" not in done.stderr and "Traceback" not in done.stderr

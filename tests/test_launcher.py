@@ -210,7 +210,9 @@ def test_keyboard_interrupt_kills_the_job_and_propagates(tmp_path):
     # -X faulthandler: if the orchestrator is stuck, SIGABRT makes it print where.
     orchestrator = subprocess.Popen(
         [sys.executable, "-X", "faulthandler", "-c", driver, str(tmp_path), str(RANK_SCRIPTS_PARENT)],
-        env=env, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 30
@@ -246,8 +248,13 @@ def test_kill_launch_finds_the_ranks_of_an_abandoned_launch(tmp_path):
 
     def abandoned() -> None:
         launch(
-            "rank_scripts.hang", [str(pid_dir)], nproc_per_node=2, log_path=tmp_path / "log",
-            timeout_s=120, launch_id=launch_id, env=rank_env(),
+            "rank_scripts.hang",
+            [str(pid_dir)],
+            nproc_per_node=2,
+            log_path=tmp_path / "log",
+            timeout_s=120,
+            launch_id=launch_id,
+            env=rank_env(),
         )
         finished.set()
 

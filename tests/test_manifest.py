@@ -12,7 +12,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reelbatch.schemas import ManifestRow, RowRejection, RunDefaults
 from reelbatch.manifest import (
     MAX_SEED,
     ManifestError,
@@ -26,6 +25,7 @@ from reelbatch.manifest.cells import RowContext as _RowContext
 from reelbatch.manifest.checks import RowChecker as _RowChecker
 from reelbatch.manifest.checks import check_record as _check_record
 from reelbatch.manifest.checks import read_header as _read_header
+from reelbatch.schemas import ManifestRow, RowRejection, RunDefaults
 from reelbatch.tasks.manifest import read_manifest_task
 
 KNOWN_MODELS = {"tiny-wan", "tiny-hunyuan"}
@@ -107,13 +107,43 @@ def test_every_column_is_parsed():
     row = only_row(
         csv_text(
             [
-                "id", "prompt", "negative_prompt", "model", "height", "width", "num_frames", "num_inference_steps",
-                "guidance_scale", "embedded_guidance_scale", "seed", "num_videos", "sequence_batch", "plan",
-                "backend", "guidance_scale_2", "image", "last_image",
+                "id",
+                "prompt",
+                "negative_prompt",
+                "model",
+                "height",
+                "width",
+                "num_frames",
+                "num_inference_steps",
+                "guidance_scale",
+                "embedded_guidance_scale",
+                "seed",
+                "num_videos",
+                "sequence_batch",
+                "plan",
+                "backend",
+                "guidance_scale_2",
+                "image",
+                "last_image",
             ],
             [
-                "r1", "a cat", "blurry", "tiny-hunyuan", "480.0", "+848", "129", "50",
-                "7.5", "5", str(MAX_SEED), "64", "OFF", "cfg=2,ulysses=2", "XDiT", "3", " frames/first.png ",
+                "r1",
+                "a cat",
+                "blurry",
+                "tiny-hunyuan",
+                "480.0",
+                "+848",
+                "129",
+                "50",
+                "7.5",
+                "5",
+                str(MAX_SEED),
+                "64",
+                "OFF",
+                "cfg=2,ulysses=2",
+                "XDiT",
+                "3",
+                " frames/first.png ",
                 "s3://bucket/last.png",
             ],
         )  # fmt: skip
@@ -435,7 +465,7 @@ def test_missing_file_is_a_manifest_error(tmp_path):
 
 
 def test_sha256_is_the_digest_of_the_raw_bytes(tmp_path):
-    data = "prompt,seed\r\n\"a\ncat\",1\r\nbad,-1\r\n".encode()
+    data = b'prompt,seed\r\n"a\ncat",1\r\nbad,-1\r\n'
     path = tmp_path / "m.csv"
     path.write_bytes(data)
     expected = hashlib.sha256(data).hexdigest()
@@ -551,8 +581,10 @@ def test_parquet_manifest(tmp_path):
     _check_same_as_csv(read_manifest(path, RunDefaults(), KNOWN_MODELS))
 
 
-@pytest.mark.parametrize("name,content", [("m.jsonl", b"[1, 2]\n"), ("m.jsonl", b"{not json\n"),
-                                          ("m.parquet", b"PAR1 not really"), ("m.jsonl", b"")])
+@pytest.mark.parametrize(
+    "name,content",
+    [("m.jsonl", b"[1, 2]\n"), ("m.jsonl", b"{not json\n"), ("m.parquet", b"PAR1 not really"), ("m.jsonl", b"")],
+)
 def test_broken_jsonl_and_parquet_give_one_clean_error(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content)
@@ -569,13 +601,21 @@ def test_credentials_in_a_manifest_url_never_reach_messages():
 # Cells that pass and cells that fail, for every column: rows mixing them, with repeats, short and long rows and
 # reused ids, must come out of the reader's fast path exactly as the row-by-row reference check makes them.
 _CELLS = {
-    "id": ["", "a", "b", " a ", "p\x00"], "prompt": ["a cat", " a dog ", "", "x" * 600, "é \"q\""],
-    "negative_prompt": ["", "blurry", " blurry "], "model": ["tiny-wan", "tiny-hunyuan", "", "nope"],
-    "height": ["32", "48", "", "33", "+32", "32.0", "0x10", "-16"], "width": ["32", "", "64.", "4096"],
-    "num_frames": ["5", "9", "", "6"], "num_inference_steps": ["4", "", "0"],
-    "guidance_scale": ["5", "1.0", "", "nan", "-1", ".5"], "embedded_guidance_scale": ["", "6", "x"],
-    "seed": ["", "1", "42", "-1", str(MAX_SEED + 1), "1.0"], "num_videos": ["1", "2", "", "0"],
-    "sequence_batch": ["", "true", "no", "maybe"], "plan": ["", "dp=2", "bad"], "backend": ["", "XDIT", "other"],
+    "id": ["", "a", "b", " a ", "p\x00"],
+    "prompt": ["a cat", " a dog ", "", "x" * 600, 'é "q"'],
+    "negative_prompt": ["", "blurry", " blurry "],
+    "model": ["tiny-wan", "tiny-hunyuan", "", "nope"],
+    "height": ["32", "48", "", "33", "+32", "32.0", "0x10", "-16"],
+    "width": ["32", "", "64.", "4096"],
+    "num_frames": ["5", "9", "", "6"],
+    "num_inference_steps": ["4", "", "0"],
+    "guidance_scale": ["5", "1.0", "", "nan", "-1", ".5"],
+    "embedded_guidance_scale": ["", "6", "x"],
+    "seed": ["", "1", "42", "-1", str(MAX_SEED + 1), "1.0"],
+    "num_videos": ["1", "2", "", "0"],
+    "sequence_batch": ["", "true", "no", "maybe"],
+    "plan": ["", "dp=2", "bad"],
+    "backend": ["", "XDIT", "other"],
     "extra": ["", "x"],
 }
 
@@ -595,18 +635,21 @@ def mostly_valid_manifests(draw) -> tuple[list[str], list[list[str]]]:
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     mostly_valid_manifests(),
-    st.sampled_from([
-        DEFAULTS,
-        RunDefaults(model="tiny-hunyuan", num_frames=9, plan={"dp": 2}, sequence_batch=True),
-        RunDefaults.model_construct(**{**DEFAULTS.model_dump(), "num_frames": 6}),  # a default that fails
-        RunDefaults.model_construct(**{**DEFAULTS.model_dump(), "guidance_scale": None}),  # wrong type
-    ]),
+    st.sampled_from(
+        [
+            DEFAULTS,
+            RunDefaults(model="tiny-hunyuan", num_frames=9, plan={"dp": 2}, sequence_batch=True),
+            RunDefaults.model_construct(**{**DEFAULTS.model_dump(), "num_frames": 6}),  # a default that fails
+            RunDefaults.model_construct(**{**DEFAULTS.model_dump(), "guidance_scale": None}),  # wrong type
+        ]
+    ),
 )
 def test_fast_row_checks_match_the_reference_row_by_row(manifest, defaults):
     columns, records = manifest
     header = _read_header(columns, "The manifest")
-    context = _RowContext(defaults=defaults, limits=ManifestLimits(max_prompt_chars=500),
-                          known_models=frozenset(KNOWN_MODELS))
+    context = _RowContext(
+        defaults=defaults, limits=ManifestLimits(max_prompt_chars=500), known_models=frozenset(KNOWN_MODELS)
+    )
     fast_ids: dict[str, int] = {}
     reference_ids: dict[str, int] = {}
     checker = _RowChecker(header, context, fast_ids)
@@ -625,12 +668,34 @@ def test_fast_row_checks_match_the_reference_row_by_row(manifest, defaults):
 
 
 def test_rejected_row_values_keep_what_parses_and_drop_what_does_not():
-    values = rejected_row_values({"id": "r6", "prompt": "a dog", "height": "33", "width": "wide", "seed": " 12 ",
-                                  "sequence_batch": "y", "guidance_scale": "5", "model": "tiny-wan", "extra": "x"})
+    values = rejected_row_values(
+        {
+            "id": "r6",
+            "prompt": "a dog",
+            "height": "33",
+            "width": "wide",
+            "seed": " 12 ",
+            "sequence_batch": "y",
+            "guidance_scale": "5",
+            "model": "tiny-wan",
+            "extra": "x",
+        }
+    )
     assert values == {
-        "model": "tiny-wan", "height": 33, "width": None, "num_frames": None, "num_inference_steps": None,
-        "guidance_scale": 5.0, "embedded_guidance_scale": None, "guidance_scale_2": None, "seed": 12,
-        "sequence_batch": True, "prompt": "a dog", "negative_prompt": "", "row_id": "r6", "image": None,
+        "model": "tiny-wan",
+        "height": 33,
+        "width": None,
+        "num_frames": None,
+        "num_inference_steps": None,
+        "guidance_scale": 5.0,
+        "embedded_guidance_scale": None,
+        "guidance_scale_2": None,
+        "seed": 12,
+        "sequence_batch": True,
+        "prompt": "a dog",
+        "negative_prompt": "",
+        "row_id": "r6",
+        "image": None,
         "last_image": None,
     }
     empty = rejected_row_values({})
@@ -643,4 +708,9 @@ def test_rejected_row_values_read_the_cells_a_reading_kept():
     assert [r.rule for r in read.rejections] == ["size_not_multiple_of_16"]
     values = rejected_row_values(read.raw_rows[2])
     assert (values["row_id"], values["prompt"], values["height"], values["seed"], values["image"]) == (
-        "a", "a cat", 33, 7, "frame.png")
+        "a",
+        "a cat",
+        33,
+        7,
+        "frame.png",
+    )

@@ -20,16 +20,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reelbatch.models.catalog import ModelCatalog
-from reelbatch.planning.packing import PackingOptions
-from reelbatch.planning.planner import plan_run
-from reelbatch.rows import RowTable, SampleRefs
-from reelbatch.schemas import RunDefaults
 from reelbatch.manifest import (
     ManifestError,
     ManifestReadResult,
     parse_manifest_text,
 )
+from reelbatch.models.catalog import ModelCatalog
+from reelbatch.planning.packing import PackingOptions
+from reelbatch.planning.planner import plan_run
+from reelbatch.rows import RowTable, SampleRefs
+from reelbatch.schemas import RunDefaults
 from tests.manifest_fuzz import KNOWN_MODELS, LIMITS, hostile_manifests
 
 DEFAULTS = RunDefaults()
@@ -38,28 +38,55 @@ CATALOG = ModelCatalog.from_config()
 CELLS = {
     "id": st.sampled_from(["", "<unique>", "<unique>", "<unique>", "<unique>", "a", " c", "é"]),
     "prompt": st.one_of(
-        st.sampled_from(["a cat", "a dog, running", 'say "hi"', " padded ", "tail\u3000", "\xa0lead", "中文提示",
-                         "", "   ", "x" * 501, "é" * 500, "=1+1", "ok,\"quoted\",text"]),
+        st.sampled_from(
+            [
+                "a cat",
+                "a dog, running",
+                'say "hi"',
+                " padded ",
+                "tail\u3000",
+                "\xa0lead",
+                "中文提示",
+                "",
+                "   ",
+                "x" * 501,
+                "é" * 500,
+                "=1+1",
+                'ok,"quoted",text',
+            ]
+        ),
         st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
     ),
     "negative_prompt": st.sampled_from(["", "blurry", " blurry ", "low, quality", "é" * 501]),
-    "model": st.sampled_from(["tiny-wan", "tiny-hunyuan", "", " tiny-wan", "nope", "tiny-wan2.2-a14b",
-                              "skyreels-v1-t2v", "wan2.1-t2v-14b"]),
+    "model": st.sampled_from(
+        ["tiny-wan", "tiny-hunyuan", "", " tiny-wan", "nope", "tiny-wan2.2-a14b", "skyreels-v1-t2v", "wan2.1-t2v-14b"]
+    ),
     "height": st.sampled_from(["32", "", "48", "33", " 32", "32.0", "+32", "abc", "0"]),
     "width": st.sampled_from(["32", "", "64", "-16", "1e3"]),
     "num_frames": st.sampled_from(["5", "", "9", "6", "5.0"]),
     "num_inference_steps": st.sampled_from(["2", "", "0", "3"]),
     "guidance_scale": st.sampled_from(["5", "", "1", "5.0", "nan", "-1", "1.0"]),
-    "seed": st.sampled_from(["", "0", "7", "0012", " 7", "-1", "99999999999999999999", "1.0", "x",
-                             "123456789012345678"]),
+    "seed": st.sampled_from(
+        ["", "0", "7", "0012", " 7", "-1", "99999999999999999999", "1.0", "x", "123456789012345678"]
+    ),
     "num_videos": st.sampled_from(["", "1", "2", "3", "0", "65"]),
     "sequence_batch": st.sampled_from(["", "true", "false", "maybe", "1"]),
     "plan": st.sampled_from(["", "dp=1", "dp=2", "ulysses=3", "bogus"]),
     "backend": st.sampled_from(["", "native", "xdit", "other"]),
     "guidance_scale_2": st.sampled_from(["", "3", "-2", "1.5"]),
     "embedded_guidance_scale": st.sampled_from(["", "6", "abc"]),
-    "image": st.sampled_from(["", "a.png", " a.png ", "s3://b/x.png", "s3://k:secret@b/x.png", "me@2x.png",
-                              "https://h/x.png?sig=1", "what?.png"]),
+    "image": st.sampled_from(
+        [
+            "",
+            "a.png",
+            " a.png ",
+            "s3://b/x.png",
+            "s3://k:secret@b/x.png",
+            "me@2x.png",
+            "https://h/x.png?sig=1",
+            "what?.png",
+        ]
+    ),
     "last_image": st.sampled_from(["", "", "z.png", "s3://b/z.png?x"]),
 }
 
@@ -121,7 +148,11 @@ def assert_same_reading(data: bytes) -> ManifestReadResult | str:
     assert list(fast.rows) == list(reference.rows)
     assert fast.rejections == reference.rejections
     assert (fast.total_rows, fast.raw_rows, fast.sha256, fast.source) == (
-        reference.total_rows, reference.raw_rows, reference.sha256, reference.source)
+        reference.total_rows,
+        reference.raw_rows,
+        reference.sha256,
+        reference.source,
+    )
     return fast
 
 
@@ -130,8 +161,19 @@ def _plan_doc(plan) -> dict:
         "rows": plan.rows,
         "accepted": plan.accepted,
         "rejected": sorted((r.row, r.rule, r.message, r.fix) for r in plan.rejected),
-        "jobs": [(job.job_id, job.bucket, job.plan, list(job.samples), job.padded_slots, job.filled_slots,
-                  job.estimated_seconds, job.estimated_gpu_seconds) for job in plan.jobs],
+        "jobs": [
+            (
+                job.job_id,
+                job.bucket,
+                job.plan,
+                list(job.samples),
+                job.padded_slots,
+                job.filled_slots,
+                job.estimated_seconds,
+                job.estimated_gpu_seconds,
+            )
+            for job in plan.jobs
+        ],
     }
 
 
@@ -173,8 +215,10 @@ def _manifest(rows: list[list[object]], header=("id", "prompt", "seed", "num_vid
 
 
 def test_a_regular_manifest_takes_the_fast_path_and_keeps_its_line_numbers():
-    data = _manifest([[f"p{i}", f"prompt {i}, with a comma", i, 1 + i % 3] for i in range(50)]
-                     + [["bad", "a bad row", "-1", 1], ["sp", "  spaced prompt  ", 3, 1]])
+    data = _manifest(
+        [[f"p{i}", f"prompt {i}, with a comma", i, 1 + i % 3] for i in range(50)]
+        + [["bad", "a bad row", "-1", 1], ["sp", "  spaced prompt  ", 3, 1]]
+    )
     read = assert_same_reading(data)
     assert isinstance(read.rows, RowTable)
     assert len(read.rows) == 51 and [r.rule for r in read.rejections] == ["seed_out_of_range"]
@@ -182,15 +226,18 @@ def test_a_regular_manifest_takes_the_fast_path_and_keeps_its_line_numbers():
     assert read.rows[-1].prompt == "spaced prompt" and read.rows[-1].row == 53
 
 
-@pytest.mark.parametrize("data", [
-    b'prompt,seed\n"two\nlines",1\nb,2\n',  # a quoted line break
-    b"prompt,seed\ra,1\rb,2\r",  # lone carriage returns
-    b"id,prompt\nx,a\nx,b\n",  # an id used twice
-    b"prompt,seed\na,1,extra\n",  # a ragged row
-    b'"prompt",seed\na,1\n',  # a quoted header
-    b'prompt,seed\nx,1\ny,"12',  # a quote left open at the end of the file
-    b'prompt\nx\n"abc',
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'prompt,seed\n"two\nlines",1\nb,2\n',  # a quoted line break
+        b"prompt,seed\ra,1\rb,2\r",  # lone carriage returns
+        b"id,prompt\nx,a\nx,b\n",  # an id used twice
+        b"prompt,seed\na,1,extra\n",  # a ragged row
+        b'"prompt",seed\na,1\n',  # a quoted header
+        b'prompt,seed\nx,1\ny,"12',  # a quote left open at the end of the file
+        b'prompt\nx\n"abc',
+    ],
+)
 def test_irregular_files_go_to_the_line_reader_with_the_same_result(data):
     read = assert_same_reading(data)
     assert isinstance(read, str) or not isinstance(read.rows, RowTable)
@@ -203,8 +250,16 @@ def test_blank_lines_keep_the_fast_path_and_the_line_numbers():
 
 
 def test_repeated_prompts_are_checked_for_repeated_videos_like_the_rows():
-    data = _manifest([["a", "same prompt", 1, 2], ["b", "same prompt", 2, 1], ["c", "other", 1, 1],
-                      ["d", " same prompt", 5, 1], ["e", "same prompt", 5, 1], ["f", "same prompt", 1, 1]])
+    data = _manifest(
+        [
+            ["a", "same prompt", 1, 2],
+            ["b", "same prompt", 2, 1],
+            ["c", "other", 1, 1],
+            ["d", " same prompt", 5, 1],
+            ["e", "same prompt", 5, 1],
+            ["f", "same prompt", 1, 1],
+        ]
+    )
     read = assert_same_reading(data)
     assert isinstance(read.rows, RowTable) and read.rows.overrides  # row d was stripped one by one
     plan = plan_run(read.rows, read.rejections, read.total_rows, CATALOG, 1, device="cpu")

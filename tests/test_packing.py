@@ -37,8 +37,13 @@ def row(line: int, **overrides) -> ManifestRow:
 
 
 @settings(deadline=None)
-@given(count=st.integers(0, 300), dp=st.integers(1, 8), per_replica=st.integers(1, 40),
-       cap=st.one_of(st.none(), st.integers(1, 64)), tail=st.booleans())
+@given(
+    count=st.integers(0, 300),
+    dp=st.integers(1, 8),
+    per_replica=st.integers(1, 40),
+    cap=st.one_of(st.none(), st.integers(1, 64)),
+    tail=st.booleans(),
+)
 def test_cut_bucket_keeps_every_sample_and_pads_only_the_last_job(count, dp, per_replica, cap, tail):
     cuts = cut_bucket(count, dp, per_replica, cap, tail=tail)
     assert sum(c.samples for c in cuts) == count
@@ -75,28 +80,43 @@ def test_samples_per_replica_aims_at_the_target_including_load():
 def manifests(draw):
     """A few buckets of registry families (planned for CUDA, no weights), sometimes a pinned dp plan."""
     gpus = draw(st.sampled_from([1, 2, 4, 8]))
-    shapes = [WAN13, dict(model="hunyuanvideo", height=544, width=960, num_frames=97, num_inference_steps=30),
-              dict(model="wan2.1-t2v-14b", height=720, width=1280, num_frames=81, num_inference_steps=50)]
+    shapes = [
+        WAN13,
+        dict(model="hunyuanvideo", height=544, width=960, num_frames=97, num_inference_steps=30),
+        dict(model="wan2.1-t2v-14b", height=720, width=1280, num_frames=81, num_inference_steps=50),
+    ]
     rows = []
     for line in range(2, 2 + draw(st.integers(1, 25))):
         shape = draw(st.sampled_from(shapes))
         pinned = None
         if shape is WAN13 and draw(st.integers(0, 3)) == 0:
             pinned = ParallelPlan(dp=gpus)  # a pinned plan keeps its dp: the bucket may pad once
-        rows.append(row(line, **shape, num_videos=draw(st.integers(1, 5)),
-                        guidance_scale=draw(st.sampled_from([1.0, 5.0])),
-                        sequence_batch=draw(st.booleans()), plan=pinned))
+        rows.append(
+            row(
+                line,
+                **shape,
+                num_videos=draw(st.integers(1, 5)),
+                guidance_scale=draw(st.sampled_from([1.0, 5.0])),
+                sequence_batch=draw(st.booleans()),
+                plan=pinned,
+            )
+        )
     return rows, gpus
 
 
 def _plan(rows, gpus, **options):
-    return plan_run(rows, [], len(rows), CATALOG, gpus, device="cuda",
-                    packing=PackingOptions(gpus_per_node=gpus, **options))
+    return plan_run(
+        rows, [], len(rows), CATALOG, gpus, device="cuda", packing=PackingOptions(gpus_per_node=gpus, **options)
+    )
 
 
 @settings(max_examples=scaled(60), deadline=None)
-@given(case=manifests(), width=st.sampled_from(["group", "node"]), target=st.sampled_from([60.0, 900.0, 1800.0]),
-       nodes=st.integers(1, 3))
+@given(
+    case=manifests(),
+    width=st.sampled_from(["group", "node"]),
+    target=st.sampled_from([60.0, 900.0, 1800.0]),
+    nodes=st.integers(1, 3),
+)
 def test_pad_packing_loses_nothing_and_pads_at_most_once_per_bucket(case, width, target, nodes):
     rows, gpus = case
     legacy = plan_run(rows, [], len(rows), CATALOG, gpus, device="cuda")
@@ -222,8 +242,9 @@ def test_the_schedule_runs_longest_first_and_fills_holes_with_short_jobs():
     order = [p.job_id for p in sorted(schedule_jobs(jobs, 1, 1).placements, key=lambda p: p.start)]
     assert order == ["long", "mid", "short"]
     # An 8-GPU job waits for the node; single-GPU jobs fill the idle GPUs meanwhile.
-    schedule = schedule_jobs([FleetJob("a", 1, 100.0), FleetJob("wide", 8, 60.0)]
-                             + [FleetJob(f"s{i}", 1, 10.0) for i in range(20)], 1, 8)
+    schedule = schedule_jobs(
+        [FleetJob("a", 1, 100.0), FleetJob("wide", 8, 60.0)] + [FleetJob(f"s{i}", 1, 10.0) for i in range(20)], 1, 8
+    )
     schedule.check()
     start = {p.job_id: p.start for p in schedule.placements}
     assert start["a"] == 0 and start["wide"] == 100.0
@@ -232,8 +253,11 @@ def test_the_schedule_runs_longest_first_and_fills_holes_with_short_jobs():
 
 
 @settings(deadline=None)
-@given(jobs=st.lists(st.tuples(st.sampled_from([1, 1, 2, 2, 3, 4, 8]), st.floats(1.0, 1000.0)), max_size=60),
-       nodes=st.integers(1, 4), gpus_per_node=st.sampled_from([4, 8]))
+@given(
+    jobs=st.lists(st.tuples(st.sampled_from([1, 1, 2, 2, 3, 4, 8]), st.floats(1.0, 1000.0)), max_size=60),
+    nodes=st.integers(1, 4),
+    gpus_per_node=st.sampled_from([4, 8]),
+)
 def test_gpu_groups_are_disjoint_on_every_node_at_every_moment(jobs, nodes, gpus_per_node):
     fleet = [FleetJob(f"j{i}", min(width, gpus_per_node), seconds) for i, (width, seconds) in enumerate(jobs)]
     schedule = schedule_jobs(fleet, nodes, gpus_per_node)

@@ -23,8 +23,8 @@ from reelbatch.infra.images import ImagePolicy, ImageStager
 from reelbatch.infra.launcher import launch
 from reelbatch.models.registry import FAMILIES
 from reelbatch.models.tiny_facts import TINY_FAMILIES
-from reelbatch.schemas import ManifestRow, ParallelPlan
 from reelbatch.planning.buckets import bucket_key
+from reelbatch.schemas import ManifestRow, ParallelPlan
 
 pytestmark = pytest.mark.torchrun
 
@@ -56,21 +56,40 @@ def manifest_rows(model: str, stager: ImageStager, folder: Path) -> list[Manifes
             if family.last_image != "none":
                 write_picture(folder / f"last{i}.png", 100 + i, size=(24, 40))
                 images |= {"last_image": f"last{i}.png", "last_image_sha256": stager.stage(f"last{i}.png").sha256}
-        rows.append(ManifestRow(
-            row=i + 2, prompt=prompt, negative_prompt="blurry", model=model, height=height,
-            width=width, num_frames=5, num_inference_steps=4, guidance_scale=4.0, seed=300 + i,
-            embedded_guidance_scale=family.defaults.embedded_guidance_scale,
-            guidance_scale_2=2.0 if family.experts == 2 else None, **images,
-        ))
+        rows.append(
+            ManifestRow(
+                row=i + 2,
+                prompt=prompt,
+                negative_prompt="blurry",
+                model=model,
+                height=height,
+                width=width,
+                num_frames=5,
+                num_inference_steps=4,
+                guidance_scale=4.0,
+                seed=300 + i,
+                embedded_guidance_scale=family.defaults.embedded_guidance_scale,
+                guidance_scale_2=2.0 if family.experts == 2 else None,
+                **images,
+            )
+        )
     return rows
 
 
 def job_spec(folder: Path, rows: list[ManifestRow], plan: ParallelPlan, model_path: Path, images: Path) -> JobSpec:
     samples = [s for r in rows for s in expand_row(r)]
     spec = JobSpec(
-        job_id=folder.name, bucket=bucket_key(rows[0]), model_path=str(model_path), family=FAMILIES[rows[0].model].kind,
-        plan=plan, samples=samples, padded_slots=-len(samples) % plan.dp, output_dir=str(folder / "staging"),
-        results_path=str(folder / "results.jsonl"), keep_frames=True, images_dir=str(images),
+        job_id=folder.name,
+        bucket=bucket_key(rows[0]),
+        model_path=str(model_path),
+        family=FAMILIES[rows[0].model].kind,
+        plan=plan,
+        samples=samples,
+        padded_slots=-len(samples) % plan.dp,
+        output_dir=str(folder / "staging"),
+        results_path=str(folder / "results.jsonl"),
+        keep_frames=True,
+        images_dir=str(images),
     )
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "job.json").write_text(spec.model_dump_json())
@@ -94,8 +113,9 @@ def jobs(tiny_models, tmp_path_factory):
         rows = manifest_rows(model, stager, inputs)
         references[model] = job_spec(root / model / "single", rows, ParallelPlan(), tiny_models[model], root / "images")
         for name in plans_for(model):
-            parallel[model, name] = job_spec(root / model / name, rows, PLANS[name], tiny_models[model],
-                                             root / "images")
+            parallel[model, name] = job_spec(
+                root / model / name, rows, PLANS[name], tiny_models[model], root / "images"
+            )
     for spec in references.values():
         assert run_job(spec) == 0
     files = [str(Path(spec.results_path).parent / "job.json") for spec in parallel.values()]
@@ -123,8 +143,11 @@ def test_a_parallel_plan_gives_the_single_rank_videos(jobs, model, plan):
 def test_ulysses_really_splits_every_experts_sequence(jobs):
     """Each rank's first attention of each transformer saw half of the 8 video tokens, in every Ulysses job."""
     _, parallel, log = jobs
-    splits = [json.loads(line.partition(EVENT_PREFIX)[2]) for line in log.read_text().splitlines()
-              if EVENT_PREFIX in line and '"event": "sequence_split"' in line]
+    splits = [
+        json.loads(line.partition(EVENT_PREFIX)[2])
+        for line in log.read_text().splitlines()
+        if EVENT_PREFIX in line and '"event": "sequence_split"' in line
+    ]
     expected = sum(2 * FAMILIES[model].experts for model, plan in parallel if plan == "ulysses2")
     assert len(splits) == expected and {s["local_tokens"] for s in splits} == {4}
 

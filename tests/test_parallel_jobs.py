@@ -12,9 +12,9 @@ from reelbatch.engine.rank import run_job as run_rank_job
 from reelbatch.engine.video import read_mp4
 from reelbatch.identity import expand_row
 from reelbatch.infra.launcher import launch
-from reelbatch.schemas import ManifestRow, ParallelPlan
 from reelbatch.planning.buckets import bucket_key
 from reelbatch.planning.planner import choose_plan
+from reelbatch.schemas import ManifestRow, ParallelPlan
 
 pytestmark = pytest.mark.torchrun
 
@@ -24,8 +24,16 @@ PROMPTS = ["a cat walks on a sunny street", "waves crash on a rocky shore", "a r
 def rows(model: str, guidance: float, sequence_batch: bool = False) -> list[ManifestRow]:
     return [
         ManifestRow(
-            row=i + 2, prompt=p, negative_prompt="blurry" if i % 2 else "", model=model, height=32, width=32,
-            num_frames=5, num_inference_steps=3, guidance_scale=guidance, seed=100 + i,
+            row=i + 2,
+            prompt=p,
+            negative_prompt="blurry" if i % 2 else "",
+            model=model,
+            height=32,
+            width=32,
+            num_frames=5,
+            num_inference_steps=3,
+            guidance_scale=guidance,
+            seed=100 + i,
             sequence_batch=sequence_batch,
         )
         for i, p in enumerate(PROMPTS)
@@ -53,8 +61,11 @@ def run_job(tmp: Path, name: str, manifest_rows, plan: ParallelPlan, model_path:
         assert run_rank_job(spec) == 0
         return spec
     result = launch(
-        RANK_ENTRY, [str(folder / "job.json")], nproc_per_node=plan.world_size,
-        log_path=folder / "ranks.log", timeout_s=300,
+        RANK_ENTRY,
+        [str(folder / "job.json")],
+        nproc_per_node=plan.world_size,
+        log_path=folder / "ranks.log",
+        timeout_s=300,
     )
     assert result.returncode == 0, "\n".join(result.tail)
     return spec

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from reelbatch.engine.loading import load_pipeline
 from reelbatch.engine.adapters import adapter_for
+from reelbatch.engine.loading import load_pipeline
 from reelbatch.engine.sampler import VideoSampler
 from reelbatch.models.registry import FAMILIES
 from reelbatch.models.tiny_facts import TINY_FAMILIES
@@ -43,11 +43,15 @@ def conditioning_of(model: str) -> str:
 def cases() -> list[tuple[str, str]]:
     """(model, conditioning): every tiny model as it runs by default, plus the optional inputs."""
     found = [(name, conditioning_of(name)) for name in TINY_FAMILIES]
-    found += [(name, "first_last_frame") for name, f in FAMILIES.items()
-              if f.builtin_tiny and f.last_image == "optional"]
+    found += [
+        (name, "first_last_frame") for name, f in FAMILIES.items() if f.builtin_tiny and f.last_image == "optional"
+    ]
     found += [(name, "text") for name, f in FAMILIES.items() if f.builtin_tiny and f.image_input == "optional"]
-    found += [(name, "first_frame") for name, f in FAMILIES.items() if f.builtin_tiny and f.image_input == "optional"
-              and (name, "first_frame") not in found]
+    found += [
+        (name, "first_frame")
+        for name, f in FAMILIES.items()
+        if f.builtin_tiny and f.image_input == "optional" and (name, "first_frame") not in found
+    ]
     return sorted(set(found))
 
 
@@ -72,14 +76,22 @@ def pipes(tiny_models):
     return get
 
 
-def bucket(model: str, conditioning: str, guidance: float, sequence_batch: bool = False,
-           guidance_2: float | None = None) -> BucketKey:
+def bucket(
+    model: str, conditioning: str, guidance: float, sequence_batch: bool = False, guidance_2: float | None = None
+) -> BucketKey:
     height, width = TINY_FAMILIES[model]["test_size"]
     family = FAMILIES[model]
     return BucketKey(
-        model=model, height=height, width=width, num_frames=FRAMES, num_inference_steps=STEPS,
-        guidance_scale=guidance, guidance_scale_2=guidance_2, sequence_batch=sequence_batch,
-        embedded_guidance_scale=family.defaults.embedded_guidance_scale, conditioning=conditioning,
+        model=model,
+        height=height,
+        width=width,
+        num_frames=FRAMES,
+        num_inference_steps=STEPS,
+        guidance_scale=guidance,
+        guidance_scale_2=guidance_2,
+        sequence_batch=sequence_batch,
+        embedded_guidance_scale=family.defaults.embedded_guidance_scale,
+        conditioning=conditioning,
     )
 
 
@@ -110,9 +122,16 @@ def reference(pipes, b: BucketKey, prompt: str, negative: str, seed: int, given:
 
             pipe = pipes(b.model, WanImageToVideoPipeline)
     frames = pipe(
-        prompt=prompt, negative_prompt=negative, height=b.height, width=b.width, num_frames=b.num_frames,
-        num_inference_steps=b.num_inference_steps, generator=torch.Generator().manual_seed(seed), output_type="np",
-        **guidance, **given,
+        prompt=prompt,
+        negative_prompt=negative,
+        height=b.height,
+        width=b.width,
+        num_frames=b.num_frames,
+        num_inference_steps=b.num_inference_steps,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+        **guidance,
+        **given,
     ).frames
     return np.asarray(frames)[0]
 
@@ -120,8 +139,11 @@ def reference(pipes, b: BucketKey, prompt: str, negative: str, seed: int, given:
 def ours(pipes, b: BucketKey, batch: list[tuple[str, str, int, dict]]) -> np.ndarray:
     sampler = VideoSampler(adapter_for(pipes(b.model), b, CPU))
     return sampler(
-        [p for p, _, _, _ in batch], [n for _, n, _, _ in batch], [s for _, _, s, _ in batch],
-        images=[g.get("image") for *_, g in batch], last_images=[g.get("last_image") for *_, g in batch],
+        [p for p, _, _, _ in batch],
+        [n for _, n, _, _ in batch],
+        [s for _, _, s, _ in batch],
+        images=[g.get("image") for *_, g in batch],
+        last_images=[g.get("last_image") for *_, g in batch],
     )
 
 
@@ -143,7 +165,10 @@ def test_true_cfg_needs_a_negative_prompt_as_in_the_pipelines(pipes, model):
     a sample that has one, each sample still gets its own pipeline call's video."""
     conditioning = conditioning_of(model)
     b = bucket(model, conditioning, 4.0)
-    samples = [(PROMPT, "", 5, images_for(conditioning, 1)), ("a robot paints", NEGATIVE, 6, images_for(conditioning, 2))]
+    samples = [
+        (PROMPT, "", 5, images_for(conditioning, 1)),
+        ("a robot paints", NEGATIVE, 6, images_for(conditioning, 2)),
+    ]
     together = ours(pipes, b, samples)
     # A batch of two against the pipeline's batch of one: float32 sums in another order differ by about 1e-5 on
     # some CPUs (1.1e-5 seen on this one). A sample wrongly given true CFG differs by far more than 1e-3.
@@ -168,8 +193,9 @@ def test_two_experts_follow_the_boundary_and_their_own_guidance(pipes, model):
     experts = {id(adapter.expert(t)[0]) for t in adapter.timesteps()}
     assert len(experts) == 2
     adapter.boundary = None
-    alone = VideoSampler(adapter)([PROMPT], [NEGATIVE], [5], images=[given.get("image")],
-                                  last_images=[given.get("last_image")])[0]
+    alone = VideoSampler(adapter)(
+        [PROMPT], [NEGATIVE], [5], images=[given.get("image")], last_images=[given.get("last_image")]
+    )[0]
     assert np.abs(alone - got).max() > 1e-3
 
 
@@ -178,9 +204,11 @@ def test_batched_cfg_and_mixed_batches_give_each_samples_own_video(pipes, model,
     """One forward for both CFG passes, and three samples (own prompts, seeds, images) in one batch."""
     b_batched = bucket(model, conditioning, 4.0, sequence_batch=False)
     b_sequential = bucket(model, conditioning, 4.0, sequence_batch=True)
-    samples = [("snow falls", "", 1, images_for(conditioning, 1)),
-               (PROMPT, NEGATIVE, 42, images_for(conditioning, 2)),
-               ("a robot paints", "ugly", 9, images_for(conditioning, 3))]
+    samples = [
+        ("snow falls", "", 1, images_for(conditioning, 1)),
+        (PROMPT, NEGATIVE, 42, images_for(conditioning, 2)),
+        ("a robot paints", "ugly", 9, images_for(conditioning, 3)),
+    ]
     together = ours(pipes, b_batched, samples)
     alone = ours(pipes, b_sequential, [samples[1]])[0]
     np.testing.assert_allclose(together[1], alone, atol=1e-5)

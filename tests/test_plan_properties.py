@@ -15,23 +15,33 @@ from reelbatch.identity import expand_row
 from reelbatch.infra.launcher import launch
 from reelbatch.models.catalog import ModelCatalog
 from reelbatch.planning import validate_plan
-from reelbatch.schemas import ManifestRow, ParallelPlan
 from reelbatch.planning.buckets import bucket_key
+from reelbatch.schemas import ManifestRow, ParallelPlan
 from tests.hypothesis_budget import scaled
 
 pytestmark = [pytest.mark.torchrun, pytest.mark.hypothesis]  # hypothesis: make test-nightly draws more
 CATALOG = ModelCatalog.from_config()
 PLANS_OF_TWO = [  # every plan of two ranks; ring is refused on CPU
-    ParallelPlan(dp=2), ParallelPlan(cfg=2), ParallelPlan(ulysses=2), ParallelPlan(ring=2)]
+    ParallelPlan(dp=2),
+    ParallelPlan(cfg=2),
+    ParallelPlan(ulysses=2),
+    ParallelPlan(ring=2),
+]
 
 
 @st.composite
 def rows(draw):
     return ManifestRow(
-        row=2, prompt="a cat walks", model=draw(st.sampled_from(["tiny-wan", "tiny-hunyuan"])),
-        height=draw(st.sampled_from([16, 32, 48])), width=draw(st.sampled_from([16, 32, 48])),
-        num_frames=draw(st.sampled_from([1, 5, 9])), num_inference_steps=1,
-        guidance_scale=draw(st.sampled_from([1.0, 5.0])), sequence_batch=draw(st.booleans()), seed=3,
+        row=2,
+        prompt="a cat walks",
+        model=draw(st.sampled_from(["tiny-wan", "tiny-hunyuan"])),
+        height=draw(st.sampled_from([16, 32, 48])),
+        width=draw(st.sampled_from([16, 32, 48])),
+        num_frames=draw(st.sampled_from([1, 5, 9])),
+        num_inference_steps=1,
+        guidance_scale=draw(st.sampled_from([1.0, 5.0])),
+        sequence_batch=draw(st.booleans()),
+        seed=3,
     )
 
 
@@ -62,9 +72,15 @@ def test_accepted_plans_run_and_refused_plans_say_why(tiny_models, tmp_path_fact
         folder = Path(tmp_path_factory.mktemp("plan"))
         samples = expand_row(row.model_copy(update={"num_videos": 2}))
         spec = JobSpec(
-            job_id=f"property-{len(specs)}", bucket=bucket_key(row), model_path=str(tiny_models[row.model]),
-            family=family.kind, plan=plan, samples=samples, padded_slots=-len(samples) % plan.dp,
-            output_dir=str(folder / "staging"), results_path=str(folder / "results.jsonl"),
+            job_id=f"property-{len(specs)}",
+            bucket=bucket_key(row),
+            model_path=str(tiny_models[row.model]),
+            family=family.kind,
+            plan=plan,
+            samples=samples,
+            padded_slots=-len(samples) % plan.dp,
+            output_dir=str(folder / "staging"),
+            results_path=str(folder / "results.jsonl"),
         )
         (folder / "job.json").write_text(spec.model_dump_json())
         specs.append(spec)
@@ -73,8 +89,13 @@ def test_accepted_plans_run_and_refused_plans_say_why(tiny_models, tmp_path_fact
     pairs = [spec for spec in specs if spec.plan.world_size == 2]
     assert pairs, "the drawn rows should give some two-rank plans"
     folder = Path(tmp_path_factory.mktemp("launch"))
-    result = launch(RANK_ENTRY, [str(Path(s.results_path).parent / "job.json") for s in pairs], nproc_per_node=2,
-                    log_path=folder / "ranks.log", timeout_s=300)
+    result = launch(
+        RANK_ENTRY,
+        [str(Path(s.results_path).parent / "job.json") for s in pairs],
+        nproc_per_node=2,
+        log_path=folder / "ranks.log",
+        timeout_s=300,
+    )
     assert result.returncode == 0, f"{[str(s.plan) for s in pairs]}: " + "\n".join(result.tail[-15:])
     for spec in specs:
         if spec.plan.world_size == 1:

@@ -25,8 +25,8 @@ from prefect.testing.utilities import prefect_test_harness
 from reelbatch.flows.generate import generate_dataset
 from reelbatch.infra.devices import DeviceGroup
 from reelbatch.infra.prefect_config import database_url, gpu_limit_name, holding_gpus
-from reelbatch.tasks.intake import MAX_INLINE_MANIFEST_BYTES, resolve_manifest
 from reelbatch.manifest import ManifestError
+from reelbatch.tasks.intake import MAX_INLINE_MANIFEST_BYTES, resolve_manifest
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +79,11 @@ def test_flow_run_publishes_artifacts_and_streams_rank_logs(prefect_server, tmp_
     loggers[0].addHandler(seen)
     try:
         state = generate_dataset(
-            manifest_text=pasted_csv(), output=str(tmp_path / "videos"), db_secret="reelbatch-test-db",
-            gpus_per_node=2, return_state=True,
+            manifest_text=pasted_csv(),
+            output=str(tmp_path / "videos"),
+            db_secret="reelbatch-test-db",
+            gpus_per_node=2,
+            return_state=True,
         )
     finally:
         loggers[0].removeHandler(seen)
@@ -108,16 +111,20 @@ def test_flow_run_publishes_artifacts_and_streams_rank_logs(prefect_server, tmp_
     # Rank output went to the run-job task's logger line by line, each with its job and rank, inside the task's run
     # context (what the Prefect log handler ships to the API under that task run).
     rank_lines = [r for r in seen.records if " rank 0 | " in r.getMessage()]
-    assert rank_lines and all(getattr(r, "task_run_id", None) and getattr(r, "flow_run_id", None) == str(
-        flow_run_id) for r in rank_lines)
+    assert rank_lines and all(
+        getattr(r, "task_run_id", None) and getattr(r, "flow_run_id", None) == str(flow_run_id) for r in rank_lines
+    )
     assert all(getattr(r, "task_name", "").startswith("run-job") for r in rank_lines)
     with get_client(sync_client=True) as client:
         APILogHandler().flush()  # logs travel to the API in batches; read them back like the UI does
         deadline = time.monotonic() + 30
         while True:
-            logs = client.read_logs(log_filter=LogFilter(
-                flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]), text=LogFilterTextSearch(query="rank 0 |"),
-            ))
+            logs = client.read_logs(
+                log_filter=LogFilter(
+                    flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]),
+                    text=LogFilterTextSearch(query="rank 0 |"),
+                )
+            )
             if logs or time.monotonic() > deadline:
                 break
             time.sleep(1)

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reelbatch.tasks.intake import MAX_INLINE_MANIFEST_BYTES, resolve_manifest
 from reelbatch.manifest import ManifestError
+from reelbatch.tasks.intake import MAX_INLINE_MANIFEST_BYTES, resolve_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -87,7 +87,11 @@ def server(tmp_path_factory) -> Iterator[dict[str, str]]:
     log = (home / "server.log").open("w")
     process = subprocess.Popen(
         [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=home,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     api = f"http://127.0.0.1:{port}/api"
     try:
@@ -160,14 +164,20 @@ def test_generate_dataset_runs_on_a_worker_from_pasted_csv(api, tmp_path, tiny_m
         # The 02:00 run must not land on this test's worker if the test happens to run at that hour.
         client.pause_deployment(client.read_deployment_by_name("nightly-dataset/nightly-dataset").id)
     flow_run = run_deployment(
-        name="generate-dataset/generate-dataset", timeout=0, as_subflow=False,
+        name="generate-dataset/generate-dataset",
+        timeout=0,
+        as_subflow=False,
         parameters={"manifest_text": CSV, "output": str(tmp_path / "videos"), "gpus_per_node": 2},
     )
     worker_log = tmp_path / "worker.log"
     with worker_log.open("w") as log:
         worker = subprocess.Popen(
             [PREFECT, "worker", "start", "--pool", "reelbatch", "--type", "process"],
-            cwd=tmp_path, env=api, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=tmp_path,
+            env=api,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             final = _wait_for(flow_run.id, RUN_S)
@@ -175,9 +185,25 @@ def test_generate_dataset_runs_on_a_worker_from_pasted_csv(api, tmp_path, tiny_m
             manifest = tmp_path / "prompts.csv"
             manifest.write_text(CSV)
             submitted = subprocess.run(
-                [sys.executable, "-m", "reelbatch.cli", "submit", str(manifest), "--deployment", "generate-dataset",
-                 "--out", str(tmp_path / "videos"), "--param", "gpus_per_node=2", "--wait"],
-                cwd=tmp_path, env=api, capture_output=True, text=True, timeout=RUN_S,
+                [
+                    sys.executable,
+                    "-m",
+                    "reelbatch.cli",
+                    "submit",
+                    str(manifest),
+                    "--deployment",
+                    "generate-dataset",
+                    "--out",
+                    str(tmp_path / "videos"),
+                    "--param",
+                    "gpus_per_node=2",
+                    "--wait",
+                ],
+                cwd=tmp_path,
+                env=api,
+                capture_output=True,
+                text=True,
+                timeout=RUN_S,
             )
         finally:
             _stop(worker)
@@ -186,7 +212,8 @@ def test_generate_dataset_runs_on_a_worker_from_pasted_csv(api, tmp_path, tiny_m
 
     db = sqlite3.connect(db_file)
     [(run_id, status, source, rejected)] = db.execute(
-        "select id, status, manifest_source, rows_rejected from runs order by created_at limit 1").fetchall()
+        "select id, status, manifest_source, rows_rejected from runs order by created_at limit 1"
+    ).fetchall()
     assert status == "done" and rejected == 1
     assert source.startswith(str(tmp_path / "videos" / ".reelbatch" / "manifests"))  # pasted text, stored
     counts = dict(db.execute("select status, count(*) from samples where run_id = ? group by status", (run_id,)))

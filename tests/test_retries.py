@@ -22,9 +22,24 @@ def run(tmp_path: Path, fault: str, *args: str, plan: str = "dp=2") -> tuple[sub
     (tmp_path / "m.csv").write_text(MANIFEST.format(plan=plan))
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "reelbatch.cli", "run", "m.csv", "--gpus", "2", "--out", "videos",
-         "--db", f"sqlite:///{tmp_path / 'state.db'}", *args],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "reelbatch.cli",
+            "run",
+            "m.csv",
+            "--gpus",
+            "2",
+            "--out",
+            "videos",
+            "--db",
+            f"sqlite:///{tmp_path / 'state.db'}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
         env={**os.environ, "REELBATCH_FAULT": fault},
     )
     return done, time.monotonic() - started
@@ -71,7 +86,8 @@ def test_oom_retries_with_sequence_batch_and_no_cfg_parallel(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = attempts(tmp_path)
     assert [(r["failure_kind"], r["cfg"], r["dp"], bool(r["sequence_batch"])) for r in rows] == [
-        ("oom", 2, 1, False), (None, 1, 2, True),
+        ("oom", 2, 1, False),
+        (None, 1, 2, True),
     ]
     [job] = database(tmp_path).execute("select * from jobs").fetchall()
     assert (job["cfg"], job["dp"], bool(job["sequence_batch"]), job["status"]) == (1, 2, True, "done")
@@ -84,15 +100,25 @@ def test_out_of_memory_steps_down_to_leaner_plans(tiny_models, tmp_path):
     from reelbatch.tasks.execute import lower_memory_variant
 
     spec = JobSpec(
-        job_id="j", bucket=BucketKey(model="tiny-wan", height=32, width=32, num_frames=5, num_inference_steps=2,
-                                     guidance_scale=5.0),
-        model_path=str(tiny_models["tiny-wan"]), family="wan", plan=ParallelPlan(dp=2, cfg=2), micro_batch=2,
+        job_id="j",
+        bucket=BucketKey(
+            model="tiny-wan", height=32, width=32, num_frames=5, num_inference_steps=2, guidance_scale=5.0
+        ),
+        model_path=str(tiny_models["tiny-wan"]),
+        family="wan",
+        plan=ParallelPlan(dp=2, cfg=2),
+        micro_batch=2,
         samples=[Sample(sample_id="s", row=2, prompt="p", seed=1, output_key="s.mp4")],
-        output_dir=str(tmp_path), results_path=str(tmp_path / "r.jsonl"),
+        output_dir=str(tmp_path),
+        results_path=str(tmp_path / "r.jsonl"),
     )
     lean = lower_memory_variant(spec)
     assert (lean.plan, lean.bucket.sequence_batch, lean.micro_batch, lean.vae_tiling) == (
-        ParallelPlan(dp=4), True, 1, True)
+        ParallelPlan(dp=4),
+        True,
+        1,
+        True,
+    )
     sliced = lower_memory_variant(lean)  # then the data-parallel ranks hold slices of one sequence instead
     assert sliced is not None and sliced.plan == ParallelPlan(ulysses=4)  # 4 heads, 8 tokens: ulysses 4 is legal
     assert lower_memory_variant(sliced) is None  # nothing leaner left

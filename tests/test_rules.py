@@ -13,25 +13,48 @@ from hypothesis import strategies as st
 from reelbatch.models.catalog import ModelCatalog, UnknownModel
 from reelbatch.models.registry import FAMILIES, SequenceParallelSupport
 from reelbatch.planning import candidate_plans, choose_plan, plan_efficiency, validate_plan
+from reelbatch.planning.buckets import bucket_key
 from reelbatch.planning.chooser import rank_plans
+from reelbatch.planning.planner import plan_run
 from reelbatch.planning.rules import bucket_problems, plan_violations
 from reelbatch.schemas import BucketKey, ManifestRow, ParallelPlan
-from reelbatch.planning.buckets import bucket_key
-from reelbatch.planning.planner import plan_run
 
 CATALOG = ModelCatalog.from_config()
 HUNYUAN = FAMILIES["hunyuanvideo"]
 
 
-def bucket(model: str = "tiny-wan", height: int = 32, width: int = 32, frames: int = 5, guidance: float = 5.0,
-           steps: int = 4, **extra) -> BucketKey:
-    return BucketKey(model=model, height=height, width=width, num_frames=frames, num_inference_steps=steps,
-                     guidance_scale=guidance, **extra)
+def bucket(
+    model: str = "tiny-wan",
+    height: int = 32,
+    width: int = 32,
+    frames: int = 5,
+    guidance: float = 5.0,
+    steps: int = 4,
+    **extra,
+) -> BucketKey:
+    return BucketKey(
+        model=model,
+        height=height,
+        width=width,
+        num_frames=frames,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        **extra,
+    )
 
 
 def row(line: int = 2, **overrides) -> ManifestRow:
-    values = dict(row=line, prompt=f"prompt {line}", model="tiny-wan", height=32, width=32, num_frames=5,
-                  num_inference_steps=4, guidance_scale=5.0, seed=line)
+    values = dict(
+        row=line,
+        prompt=f"prompt {line}",
+        model="tiny-wan",
+        height=32,
+        width=32,
+        num_frames=5,
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        seed=line,
+    )
     return ManifestRow(**{**values, **overrides})
 
 
@@ -44,8 +67,13 @@ def plan_rule_names(b: BucketKey, family, plan: ParallelPlan, world_size: int, d
 
 @pytest.mark.parametrize(
     "height,width,frames,tokens",
-    [(544, 960, 97, 51000), (720, 720, 25, 14175), (720, 720, 97, 50625), (960, 960, 193, 176400),
-     (720, 1280, 129, 118800)],
+    [
+        (544, 960, 97, 51000),
+        (720, 720, 25, 14175),
+        (720, 720, 97, 50625),
+        (960, 960, 193, 176400),
+        (720, 1280, 129, 118800),
+    ],
 )
 def test_worked_token_counts_of_the_facts_file(height, width, frames, tokens):
     assert HUNYUAN.tokens(height, width, frames) == tokens
@@ -76,8 +104,9 @@ def test_registry_families_plan_without_weights_but_cannot_run_without_a_folder(
     assert "wan2.1-t2v-14b" in CATALOG.names()
     with pytest.raises(UnknownModel, match=re.escape("--model-path wan2.1-t2v-14b=DIR")):
         CATALOG.local_path("wan2.1-t2v-14b")
-    result = plan_run([row(model="wan2.1-t2v-14b", height=480, width=832, num_frames=81)], [], 1, CATALOG, gpus=8,
-                      device="cuda")
+    result = plan_run(
+        [row(model="wan2.1-t2v-14b", height=480, width=832, num_frames=81)], [], 1, CATALOG, gpus=8, device="cuda"
+    )
     assert result.rejected == [] and result.jobs[0].plan.world_size == 8
 
 
@@ -100,7 +129,8 @@ def _sp_runs(height: int, width: int, sp: int) -> bool:
     b = bucket("hunyuanvideo", height, width, 129, guidance=1.0, backend="xdit")
     return any(
         validate_plan(b, HUNYUAN, ParallelPlan(ulysses=u, ring=sp // u), world_size=sp).ok
-        for u in range(1, sp + 1) if sp % u == 0
+        for u in range(1, sp + 1)
+        if sp % u == 0
     )
 
 
@@ -118,8 +148,14 @@ def test_720x720_runs_on_sp_3_and_5_only():
 
 @pytest.mark.parametrize(
     "height,width,combos",
-    [(1280, 720, ["8x1", "4x2", "2x4", "1x8"]), (720, 1280, ["1x5"]), (720, 1280, ["3x1", "1x3"]),
-     (960, 960, ["6x1", "3x2", "2x3", "1x6"]), (720, 720, ["1x5"]), (720, 720, ["3x1", "1x3"])],
+    [
+        (1280, 720, ["8x1", "4x2", "2x4", "1x8"]),
+        (720, 1280, ["1x5"]),
+        (720, 1280, ["3x1", "1x3"]),
+        (960, 960, ["6x1", "3x2", "2x3", "1x6"]),
+        (720, 720, ["1x5"]),
+        (720, 720, ["3x1", "1x3"]),
+    ],
 )
 def test_the_published_ulysses_x_ring_combos_pass(height, width, combos):
     b = bucket("hunyuanvideo", height, width, 129, guidance=1.0, backend="xdit")
@@ -209,8 +245,9 @@ def test_rule_3_applies_to_native_but_not_to_xdit_which_pads_wan():
     assert problem.rule == "sequence_not_divisible" and "backend xdit" in problem.fix
     assert validate_plan(b, family, ParallelPlan(ulysses=4), world_size=4, backend="xdit").ok
     # HunyuanVideo's native context parallelism does not pad either.
-    assert plan_rule_names(bucket("tiny-hunyuan", 48, 32, 9), FAMILIES["tiny-hunyuan"], ParallelPlan(ulysses=4), 4) \
-        == ["sequence_not_divisible"]
+    assert plan_rule_names(bucket("tiny-hunyuan", 48, 32, 9), FAMILIES["tiny-hunyuan"], ParallelPlan(ulysses=4), 4) == [
+        "sequence_not_divisible"
+    ]
 
 
 def test_cpu_refuses_ring_and_xdit():
@@ -226,8 +263,9 @@ def test_cpu_refuses_ring_and_xdit():
 
 
 def test_a_backend_without_sequence_parallelism_refuses_it():
-    without = dataclasses.replace(FAMILIES["tiny-hunyuan"],
-                                  native=SequenceParallelSupport(ulysses=False, ring=False, split="exact"))
+    without = dataclasses.replace(
+        FAMILIES["tiny-hunyuan"], native=SequenceParallelSupport(ulysses=False, ring=False, split="exact")
+    )
     b = bucket("tiny-hunyuan")
     [problem] = validate_plan(b, without, ParallelPlan(ulysses=2), world_size=2).problems
     assert problem.rule == "sequence_parallel_unsupported" and "backend xdit" in problem.fix
@@ -301,8 +339,9 @@ FIX_CASES = [
 
 
 @pytest.mark.parametrize("model,height,width,frames,guidance,sequence_batch,backend,device", FIX_CASES)
-def test_every_plan_fix_names_a_plan_that_passes(model, height, width, frames, guidance, sequence_batch, backend,
-                                                  device):
+def test_every_plan_fix_names_a_plan_that_passes(
+    model, height, width, frames, guidance, sequence_batch, backend, device
+):
     """For every plan of 1..8 ranks, also at the wrong world size: each problem's suggested plan passes."""
     family = FAMILIES[model]
     b = bucket(model, height, width, frames, guidance, sequence_batch=sequence_batch, backend=backend)
@@ -402,9 +441,11 @@ def test_a_valid_pinned_plan_is_kept_even_when_another_would_rank_higher():
 
 
 def test_an_invalid_pinned_plan_rejects_its_rows_on_the_plan_column():
-    rows = [row(line=2, plan=ParallelPlan(ulysses=2, ring=1, dp=1, cfg=1)),  # valid
-            row(line=3, plan=ParallelPlan(ulysses=3)),  # 3 ranks on a 2-rank job, 4 heads, 8 tokens
-            row(line=4)]
+    rows = [
+        row(line=2, plan=ParallelPlan(ulysses=2, ring=1, dp=1, cfg=1)),  # valid
+        row(line=3, plan=ParallelPlan(ulysses=3)),  # 3 ranks on a 2-rank job, 4 heads, 8 tokens
+        row(line=4),
+    ]
     result = plan_run(rows, [], 3, CATALOG, gpus=2, device="cpu")
     assert result.accepted == 2 and len(result.jobs) == 2
     rejected = [r for r in result.rejected if r.row == 3]
@@ -415,13 +456,26 @@ def test_an_invalid_pinned_plan_rejects_its_rows_on_the_plan_column():
 
 
 def test_plan_json_carries_backend_estimates_and_refusals():
-    rows = [row(line=2, model="hunyuanvideo", height=960, width=960, num_frames=193, guidance_scale=1.0,
-                num_inference_steps=50, num_videos=3)]
+    rows = [
+        row(
+            line=2,
+            model="hunyuanvideo",
+            height=960,
+            width=960,
+            num_frames=193,
+            guidance_scale=1.0,
+            num_inference_steps=50,
+            num_videos=3,
+        )
+    ]
     doc = plan_run(rows, [], 1, CATALOG, gpus=2, device="cuda").to_json()
     [job] = doc["jobs"]
     assert job["backend"] == "native" and job["plan"]["ulysses"] * job["plan"]["ring"] == 2
-    assert job["refused_plans"][0] == {"plan": ParallelPlan(dp=2).as_dict(), "rule": "out_of_memory",
-                                       "message": job["refused_plans"][0]["message"]}
+    assert job["refused_plans"][0] == {
+        "plan": ParallelPlan(dp=2).as_dict(),
+        "rule": "out_of_memory",
+        "message": job["refused_plans"][0]["message"],
+    }
     assert job["memory_gib_per_gpu"] <= 80 and any("RIFLEx" in w for w in job["warnings"])
     choice = choose_plan(bucket_key(rows[0]), HUNYUAN, 2)
     assert job["estimated_gpu_seconds"] == pytest.approx(choice.estimated_gpu_seconds_per_sample * 3)
@@ -454,20 +508,31 @@ def cases(draw) -> tuple[BucketKey, int]:
     frames = draw(st.integers(0, 60)) * 4 + 1 if draw(st.integers(0, 4)) else draw(st.integers(1, 250))
     pinned = None
     if draw(st.integers(0, 2)) == 0:  # a third pinned: mostly plans of the right size, some of any size
-        any_plan = st.builds(ParallelPlan, dp=st.integers(1, 4), cfg=st.integers(1, 3), ulysses=st.integers(1, 8),
-                             ring=st.integers(1, 4))
+        any_plan = st.builds(
+            ParallelPlan, dp=st.integers(1, 4), cfg=st.integers(1, 3), ulysses=st.integers(1, 8), ring=st.integers(1, 4)
+        )
         pinned = draw(st.one_of(st.sampled_from(candidate_plans(gpus)), any_plan))
     bucket_ = BucketKey(
-        model=name, height=height, width=width, num_frames=frames, num_inference_steps=draw(st.integers(1, 60)),
-        guidance_scale=draw(st.sampled_from([0.0, 1.0, 1.5, 5.0, 7.5])), sequence_batch=draw(st.booleans()),
-        plan=pinned, backend=draw(st.sampled_from(["native", "native", "xdit"])),
+        model=name,
+        height=height,
+        width=width,
+        num_frames=frames,
+        num_inference_steps=draw(st.integers(1, 60)),
+        guidance_scale=draw(st.sampled_from([0.0, 1.0, 1.5, 5.0, 7.5])),
+        sequence_batch=draw(st.booleans()),
+        plan=pinned,
+        backend=draw(st.sampled_from(["native", "native", "xdit"])),
     )
     return bucket_, gpus
 
 
 @settings(deadline=None)
-@given(case=cases(), device=st.sampled_from(["cuda", "cpu"]), memory=st.sampled_from([24.0, 48.0, 80.0, 141.0]),
-       objective=st.sampled_from(["throughput", "latency"]))
+@given(
+    case=cases(),
+    device=st.sampled_from(["cuda", "cpu"]),
+    memory=st.sampled_from([24.0, 48.0, 80.0, 141.0]),
+    objective=st.sampled_from(["throughput", "latency"]),
+)
 def test_chosen_plans_pass_and_every_refusal_has_a_fix(case, device, memory, objective):
     b, gpus = case
     family = FAMILIES[b.model]
@@ -486,7 +551,8 @@ def test_chosen_plans_pass_and_every_refusal_has_a_fix(case, device, memory, obj
     for problem in choice.problems:
         assert problem.rule and problem.message and problem.fix.strip()
         if problem.suggested_plan is not None:
-            assert not plan_violations(b, family, problem.suggested_plan, world_size=gpus, backend=b.backend,
-                                       device=device)
+            assert not plan_violations(
+                b, family, problem.suggested_plan, world_size=gpus, backend=b.backend, device=device
+            )
     for refused in choice.refused:
         assert refused.rule and refused.message

@@ -20,8 +20,8 @@ from reelbatch.engine.parallel import _coordinates, _rank_of, mesh_layout
 from reelbatch.engine.rank import run_job
 from reelbatch.identity import expand_row
 from reelbatch.infra.launcher import launch
-from reelbatch.schemas import ManifestRow, ParallelPlan
 from reelbatch.planning.buckets import bucket_key
+from reelbatch.schemas import ManifestRow, ParallelPlan
 
 PROMPTS = ["a cat walks on a sunny street", "waves crash on a rocky shore"]
 FAMILY = {"tiny-wan": "wan", "tiny-hunyuan": "hunyuan"}
@@ -30,8 +30,16 @@ FAMILY = {"tiny-wan": "wan", "tiny-hunyuan": "hunyuan"}
 def rows(model: str, guidance: float = 5.0, height: int = 32, width: int = 32) -> list[ManifestRow]:
     return [
         ManifestRow(
-            row=i + 2, prompt=p, negative_prompt="blurry, low quality" if i % 2 else "", model=model, height=height,
-            width=width, num_frames=5, num_inference_steps=3, guidance_scale=guidance, seed=200 + i,
+            row=i + 2,
+            prompt=p,
+            negative_prompt="blurry, low quality" if i % 2 else "",
+            model=model,
+            height=height,
+            width=width,
+            num_frames=5,
+            num_inference_steps=3,
+            guidance_scale=guidance,
+            seed=200 + i,
         )
         for i, p in enumerate(PROMPTS)
     ]
@@ -59,8 +67,11 @@ def launch_job(spec: JobSpec, timeout_s: float = 300):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "job.json").write_text(spec.model_dump_json())
     return launch(
-        RANK_ENTRY, [str(folder / "job.json")], nproc_per_node=spec.plan.world_size,
-        log_path=folder / "ranks.log", timeout_s=timeout_s,
+        RANK_ENTRY,
+        [str(folder / "job.json")],
+        nproc_per_node=spec.plan.world_size,
+        log_path=folder / "ranks.log",
+        timeout_s=timeout_s,
     )
 
 

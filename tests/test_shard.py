@@ -6,25 +6,32 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reelbatch import planning
 from reelbatch.identity import expand_row
 from reelbatch.models.catalog import ModelCatalog
-from reelbatch.schemas import ManifestRow, ParallelPlan
-from reelbatch import planning
 from reelbatch.planning.buckets import bucket_key
 from reelbatch.planning.packing import cut_jobs
 from reelbatch.planning.planner import choose_plan, plan_run
+from reelbatch.schemas import ManifestRow, ParallelPlan
 
 
 def validate_plan(bucket, family, plan, world_size):
     return planning.validate_plan(bucket, family, plan, world_size=world_size, device="cpu").problems
+
 
 CATALOG = ModelCatalog.from_config()
 
 
 def row(line: int = 2, **overrides) -> ManifestRow:
     values = dict(
-        row=line, prompt="a cat walks", model="tiny-wan", height=32, width=32, num_frames=5,
-        num_inference_steps=4, guidance_scale=5.0,
+        row=line,
+        prompt="a cat walks",
+        model="tiny-wan",
+        height=32,
+        width=32,
+        num_frames=5,
+        num_inference_steps=4,
+        guidance_scale=5.0,
     )
     return ManifestRow(**{**values, **overrides})
 
@@ -33,8 +40,15 @@ def test_identity_ignores_execution_details_but_not_content():
     base = expand_row(row())[0]
     assert expand_row(row(sequence_batch=True))[0].sample_id == base.sample_id  # how it runs is not what it is
     assert expand_row(row(line=40, id="other"))[0].sample_id == base.sample_id
-    for change in ({"prompt": "a dog"}, {"negative_prompt": "ugly"}, {"height": 48}, {"seed": 3},
-                   {"guidance_scale": 4.0}, {"model": "tiny-hunyuan"}, {"num_inference_steps": 5}):
+    for change in (
+        {"prompt": "a dog"},
+        {"negative_prompt": "ugly"},
+        {"height": 48},
+        {"seed": 3},
+        {"guidance_scale": 4.0},
+        {"model": "tiny-hunyuan"},
+        {"num_inference_steps": 5},
+    ):
         assert expand_row(row(**change))[0].sample_id != base.sample_id, change
 
 
@@ -108,9 +122,23 @@ def test_plan_run_buckets_by_shape_and_pads_only_the_last_job():
     assert summary == {"jobs": 3, "samples": 10, "padded_slots": 2, "padding_ratio": round(2 / 12, 6)}
     doc = result.to_json()
     assert doc["rows"] == 8 and doc["accepted"] == 8 and doc["rejected"] == []
-    assert set(doc["jobs"][0]) >= {"job_id", "model", "height", "width", "num_frames", "num_inference_steps",
-                                   "plan", "samples", "padded_slots", "tokens", "backend", "refused_plans",
-                                   "estimated_gpu_seconds", "memory_gib_per_gpu", "warnings"}
+    assert set(doc["jobs"][0]) >= {
+        "job_id",
+        "model",
+        "height",
+        "width",
+        "num_frames",
+        "num_inference_steps",
+        "plan",
+        "samples",
+        "padded_slots",
+        "tokens",
+        "backend",
+        "refused_plans",
+        "estimated_gpu_seconds",
+        "memory_gib_per_gpu",
+        "warnings",
+    }
     assert doc["jobs"][0]["plan"] == {"dp": 2, "cfg": 1, "ulysses": 1, "ring": 1, "world_size": 2}
     assert doc["jobs"][0]["backend"] == "native" and doc["jobs"][0]["refused_plans"] == []
     assert doc["summary"]["estimated_gpu_seconds"] > 0
@@ -199,8 +227,10 @@ def test_job_timeout_follows_the_cost_estimate_with_a_floor():
 
     tiny = plan_run([row()], [], 1, CATALOG, gpus=2).jobs[0]
     assert tiny.timeout_s == JOB_TIMEOUT_FLOOR_S  # seconds of work: the floor covers start-up and loading
-    long_rows = [row(line=2 + i, model="hunyuanvideo", height=720, width=1280, num_frames=129,
-                     num_inference_steps=50, seed=i) for i in range(8)]
+    long_rows = [
+        row(line=2 + i, model="hunyuanvideo", height=720, width=1280, num_frames=129, num_inference_steps=50, seed=i)
+        for i in range(8)
+    ]
     big = plan_run(long_rows, [], 8, CATALOG, gpus=8, device="cuda").jobs[0]
     wall = big.estimated_gpu_seconds / big.plan.world_size
     assert big.timeout_s == pytest.approx(JOB_TIMEOUT_MARGIN * wall) and big.timeout_s > JOB_TIMEOUT_FLOOR_S

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from prefect import flow, task
 
-from reelbatch.infra.devices import DeviceGroup, DevicePool, local_pool
 from reelbatch.contract import JobSpec
+from reelbatch.infra.devices import DeviceGroup, DevicePool, local_pool
 from reelbatch.schemas import BucketKey, ParallelPlan
 from reelbatch.tasks.execute import execute_jobs
 from tests.test_end_to_end import reelbatch
@@ -27,7 +27,9 @@ def overlapping(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 def peak_width(intervals: list[tuple[float, float, int]]) -> int:
     """Most devices held at once; an end and a start at the same instant do not overlap."""
-    events = sorted([(start, 1, width) for start, _, width in intervals] + [(end, 0, -width) for _, end, width in intervals])
+    events = sorted(
+        [(start, 1, width) for start, _, width in intervals] + [(end, 0, -width) for _, end, width in intervals]
+    )
     held = peak = 0
     for _, _, change in events:
         held += change
@@ -68,11 +70,19 @@ def test_pools_of_two_runs_on_one_machine_never_share_a_gpu(tmp_path):
 
 
 def test_a_killed_run_leaves_no_gpu_claimed(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, sys, time\n"
-        f"fd = os.open({str(tmp_path / '0.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
-        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"
-    )], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, os, sys, time\n"
+                f"fd = os.open({str(tmp_path / '0.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+                "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         pool = DevicePool(2, cuda=True, lock_dir=tmp_path)
@@ -116,8 +126,10 @@ def test_waiting_jobs_go_by_priority_and_narrow_ones_back_fill():
                 started.append(name)
             release.wait(10)
 
-    threads = [threading.Thread(target=job, args=args) for args in
-               [("wide", 4, 1), ("narrow-late", 2, 2), ("narrow-first", 2, 0)]]
+    threads = [
+        threading.Thread(target=job, args=args)
+        for args in [("wide", 4, 1), ("narrow-late", 2, 2), ("narrow-first", 2, 0)]
+    ]
     for arrived, thread in enumerate(threads, 1):
         thread.start()
         wait_until(lambda: len(pool._waiting) == arrived)  # all three wait, in this order of arrival
@@ -137,10 +149,30 @@ def test_waiting_jobs_go_by_priority_and_narrow_ones_back_fill():
 
 
 def spec(name: str, plan: ParallelPlan) -> JobSpec:
-    bucket = BucketKey(model="tiny-wan", height=32, width=32, num_frames=5, num_inference_steps=2,
-                       guidance_scale=5.0, embedded_guidance_scale=None, sequence_batch=False)
-    return JobSpec(job_id=name, run_id="run", bucket=bucket, model_path="/nowhere", family="wan", plan=plan,
-                   samples=[], padded_slots=0, tokens=8, fps=8, output_dir="/nowhere", results_path="/nowhere")
+    bucket = BucketKey(
+        model="tiny-wan",
+        height=32,
+        width=32,
+        num_frames=5,
+        num_inference_steps=2,
+        guidance_scale=5.0,
+        embedded_guidance_scale=None,
+        sequence_batch=False,
+    )
+    return JobSpec(
+        job_id=name,
+        run_id="run",
+        bucket=bucket,
+        model_path="/nowhere",
+        family="wan",
+        plan=plan,
+        samples=[],
+        padded_slots=0,
+        tokens=8,
+        fps=8,
+        output_dir="/nowhere",
+        results_path="/nowhere",
+    )
 
 
 def test_execute_jobs_never_oversubscribes_and_starts_longest_first():
@@ -158,8 +190,9 @@ def test_execute_jobs_never_oversubscribes_and_starts_longest_first():
             if len(running) > 1:
                 overlapped.update(running)
             changed.notify_all()
-            changed.wait_for(lambda: widths[name] == 4 or name in overlapped or len(log) + len(running) == len(widths),
-                             timeout=10)
+            changed.wait_for(
+                lambda: widths[name] == 4 or name in overlapped or len(log) + len(running) == len(widths), timeout=10
+            )
             running.discard(name)
             log.append((name, begin, time.monotonic(), devices.devices))
             changed.notify_all()
@@ -195,8 +228,9 @@ def test_a_run_puts_jobs_side_by_side_on_cpu_rank_slots(tmp_path: Path):
     path = tmp_path / "prompts.csv"
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["prompt", "model", "height", "width", "num_frames", "num_inference_steps", "guidance_scale",
-                         "plan"])
+        writer.writerow(
+            ["prompt", "model", "height", "width", "num_frames", "num_inference_steps", "guidance_scale", "plan"]
+        )
         for steps in (2, 3, 4, 5):
             writer.writerow([f"a boat, {steps} steps", "tiny-wan", 32, 32, 5, steps, 5.0, ""])
         writer.writerow(["a pinned pair", "tiny-wan", 32, 32, 5, 2, 5.0, "dp=2"])
@@ -215,8 +249,12 @@ def test_a_run_puts_jobs_side_by_side_on_cpu_rank_slots(tmp_path: Path):
     assert peak_width(intervals) <= 2
     assert peak_width(intervals) == 2 and sum(w for _, _, w in intervals) == 6
     # At least two 1-rank jobs shared the machine, each on its own slot.
-    pairs = [(a, b) for a in attempts for b in attempts if a["id"] < b["id"] and overlapping(
-        intervals[attempts.index(a)][:2], intervals[attempts.index(b)][:2])]
+    pairs = [
+        (a, b)
+        for a in attempts
+        for b in attempts
+        if a["id"] < b["id"] and overlapping(intervals[attempts.index(a)][:2], intervals[attempts.index(b)][:2])
+    ]
     assert pairs and all(a["devices"] != b["devices"] for a, b in pairs)
     assert all(a["world_size"] == 1 and b["world_size"] == 1 for a, b in pairs)
     assert db.execute("select count(*) from samples where status = 'done'").fetchone()[0] == 5

@@ -20,10 +20,18 @@ CATALOG = ModelCatalog.from_config()
 REPORT_KEYS = {"makespan_s", "lower_bound_s", "ratio", "gpu_utilization", "padding_ratio", "gpu_hours"}
 
 
-def bucket(model: str, height: int, width: int, frames: int, steps: int = 50, guidance: float = 5.0,
-           **fields) -> BucketKey:
-    return BucketKey(model=model, height=height, width=width, num_frames=frames, num_inference_steps=steps,
-                     guidance_scale=guidance, **fields)
+def bucket(
+    model: str, height: int, width: int, frames: int, steps: int = 50, guidance: float = 5.0, **fields
+) -> BucketKey:
+    return BucketKey(
+        model=model,
+        height=height,
+        width=width,
+        num_frames=frames,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        **fields,
+    )
 
 
 # --- Cost model ---------------------------------------------------------------------------------------------------
@@ -48,8 +56,13 @@ def test_unknown_plans_are_the_best_plan_that_splits_one_video_or_excluded():
 
 def test_efficiencies_keep_the_field_order_and_gpus_differ_in_speed_and_communication():
     cost = DEFAULT_COST_MODEL
-    cfg2, u2, r2, u8, u2r4 = (ParallelPlan(cfg=2), ParallelPlan(ulysses=2), ParallelPlan(ring=2),
-                              ParallelPlan(ulysses=8), ParallelPlan(ulysses=2, ring=4))
+    cfg2, u2, r2, u8, u2r4 = (
+        ParallelPlan(cfg=2),
+        ParallelPlan(ulysses=2),
+        ParallelPlan(ring=2),
+        ParallelPlan(ulysses=8),
+        ParallelPlan(ulysses=2, ring=4),
+    )
     efficiency = cost.efficiency
     assert 1.0 == efficiency(ParallelPlan(dp=8)) > efficiency(cfg2) > efficiency(u2) > efficiency(r2)
     assert cost.efficiency(u8) > cost.efficiency(u2r4)
@@ -79,17 +92,22 @@ def test_load_time_per_family_and_storage():
 
 def test_overrides_from_a_dict_json_and_toml(tmp_path):
     overrides = {
-        "gpu": "l40s", "gpu_factors": {"L40S": 1.8}, "comm_factors": {"l40s": 3.0},
-        "base_seconds": {"wan2.1-t2v-1.3b": 9.0}, "efficiency": {"ulysses": {"8": 0.5}},
+        "gpu": "l40s",
+        "gpu_factors": {"L40S": 1.8},
+        "comm_factors": {"l40s": 3.0},
+        "base_seconds": {"wan2.1-t2v-1.3b": 9.0},
+        "efficiency": {"ulysses": {"8": 0.5}},
         "load": {"s3": {"fixed_seconds": 5, "gib_per_second": 1.0, "families": {"hunyuanvideo": 600}}},
     }
     from_dict = CostModel.from_overrides(overrides)
     path = tmp_path / "cost.json"
     path.write_text(json.dumps(overrides))
     toml = tmp_path / "cost.toml"
-    toml.write_text('gpu = "l40s"\n[gpu_factors]\nL40S = 1.8\n[comm_factors]\nl40s = 3.0\n[base_seconds]\n'
-                    '"wan2.1-t2v-1.3b" = 9.0\n[efficiency.ulysses]\n8 = 0.5\n[load.s3]\nfixed_seconds = 5\n'
-                    'gib_per_second = 1.0\n[load.s3.families]\nhunyuanvideo = 600\n')
+    toml.write_text(
+        'gpu = "l40s"\n[gpu_factors]\nL40S = 1.8\n[comm_factors]\nl40s = 3.0\n[base_seconds]\n'
+        '"wan2.1-t2v-1.3b" = 9.0\n[efficiency.ulysses]\n8 = 0.5\n[load.s3]\nfixed_seconds = 5\n'
+        "gib_per_second = 1.0\n[load.s3.families]\nhunyuanvideo = 600\n"
+    )
     for model in (from_dict, CostModel.from_overrides(path), CostModel.from_overrides(str(toml))):
         assert model.gpu == "l40s" and model.gpu_factors["h100"] == 1.0  # tables merge, nothing else is lost
         assert model.efficiency(ParallelPlan(ulysses=8)) == 0.5
@@ -97,13 +115,18 @@ def test_overrides_from_a_dict_json_and_toml(tmp_path):
         small = FAMILIES["wan2.1-t2v-1.3b"]
         b = bucket("wan2.1-t2v-1.3b", 480, 832, 81)
         assert model.single_gpu_seconds(b, small) == pytest.approx(
-            DEFAULT_COST_MODEL.single_gpu_seconds(b, small) * 9.0 / DEFAULT_COST_MODEL.base(small) * 1.8)
+            DEFAULT_COST_MODEL.single_gpu_seconds(b, small) * 9.0 / DEFAULT_COST_MODEL.base(small) * 1.8
+        )
         assert model.load_seconds(FAMILIES["hunyuanvideo"], "s3") == 600
         assert model.load_seconds(small, "s3") == pytest.approx(5 + small.param_memory_gib)
     assert CostModel.from_overrides(None).to_dict() == DEFAULT_COST_MODEL.to_dict()
-    for bad, message in (({"speed": 1}, "unknown key"), ({"gpu_factors": {"x": -1}}, "positive"),
-                         ({"efficiency": {"dp": {"2": 0.9}}}, "cfg, ulysses or ring"),
-                         ({"load": {"nfs": {}}}, "storage kinds"), ({"gpu": "nope"}, "unknown GPU type")):
+    for bad, message in (
+        ({"speed": 1}, "unknown key"),
+        ({"gpu_factors": {"x": -1}}, "positive"),
+        ({"efficiency": {"dp": {"2": 0.9}}}, "cfg, ulysses or ring"),
+        ({"load": {"nfs": {}}}, "storage kinds"),
+        ({"gpu": "nope"}, "unknown GPU type"),
+    ):
         with pytest.raises(ValueError, match=message):
             CostModel.from_overrides(bad)
 
@@ -124,18 +147,31 @@ def test_the_chooser_uses_the_cost_model():
 def manifest(count: int = 120) -> list[ManifestRow]:
     shapes = [
         dict(model="wan2.1-t2v-1.3b", height=480, width=832, num_frames=81, num_inference_steps=50),
-        dict(model="hunyuanvideo", height=544, width=960, num_frames=97, num_inference_steps=30,
-             guidance_scale=1.0),
+        dict(model="hunyuanvideo", height=544, width=960, num_frames=97, num_inference_steps=30, guidance_scale=1.0),
         dict(model="wan2.1-t2v-14b", height=720, width=1280, num_frames=81, num_inference_steps=50),  # cfg2
-        dict(model="wan2.1-t2v-14b", height=480, width=832, num_frames=81, num_inference_steps=40,
-             sequence_batch=True),
+        dict(model="wan2.1-t2v-14b", height=480, width=832, num_frames=81, num_inference_steps=40, sequence_batch=True),
         # An image-to-video row (the image was checked at intake: the simulator reads no file) of a family with
         # no native sequence parallel (token_replace).
-        dict(model="hunyuanvideo-i2v", height=544, width=960, num_frames=97, num_inference_steps=30,
-             image="frames/first.png", image_sha256="ab" * 32),
+        dict(
+            model="hunyuanvideo-i2v",
+            height=544,
+            width=960,
+            num_frames=97,
+            num_inference_steps=30,
+            image="frames/first.png",
+            image_sha256="ab" * 32,
+        ),
     ]
-    return [ManifestRow(row=i + 2, prompt=f"prompt {i}", seed=i, num_videos=1 + i % 3,
-                        **{"guidance_scale": 5.0, **shapes[i % len(shapes)]}) for i in range(count)]
+    return [
+        ManifestRow(
+            row=i + 2,
+            prompt=f"prompt {i}",
+            seed=i,
+            num_videos=1 + i % 3,
+            **{"guidance_scale": 5.0, **shapes[i % len(shapes)]},
+        )
+        for i in range(count)
+    ]
 
 
 def test_simulate_reports_both_policies_with_the_promised_keys():
@@ -162,8 +198,19 @@ def test_simulate_reports_both_policies_with_the_promised_keys():
 
 
 def test_the_bound_is_the_best_plan_over_all_gpus():
-    rows = [ManifestRow(row=2, prompt="p", model="wan2.1-t2v-1.3b", height=480, width=832, num_frames=81,
-                        num_inference_steps=50, guidance_scale=5.0, num_videos=64)]
+    rows = [
+        ManifestRow(
+            row=2,
+            prompt="p",
+            model="wan2.1-t2v-1.3b",
+            height=480,
+            width=832,
+            num_frames=81,
+            num_inference_steps=50,
+            guidance_scale=5.0,
+            num_videos=64,
+        )
+    ]
     report = simulate(rows, nodes=1, gpus_per_node=8)
     b, wan = bucket("wan2.1-t2v-1.3b", 480, 832, 81), FAMILIES["wan2.1-t2v-1.3b"]
     assert report.packed.lower_bound_s == pytest.approx(64 * DEFAULT_COST_MODEL.single_gpu_seconds(b, wan) / 8)
@@ -184,13 +231,22 @@ def test_padding_policies_and_widths_in_the_simulator():
 
 def test_naive_plans_follow_the_scripts():
     memory = 80.0
-    assert naive_plan(bucket("hunyuanvideo", 720, 1280, 129), FAMILIES["hunyuanvideo"], 8,
-                      gpu_memory_gib=memory) == ParallelPlan(ulysses=8)
-    assert naive_plan(bucket("wan2.1-t2v-1.3b", 480, 832, 81), FAMILIES["wan2.1-t2v-1.3b"], 8,
-                      gpu_memory_gib=memory) == ParallelPlan(ulysses=4, ring=2)  # 12 heads: no ulysses 8
+    assert naive_plan(
+        bucket("hunyuanvideo", 720, 1280, 129), FAMILIES["hunyuanvideo"], 8, gpu_memory_gib=memory
+    ) == ParallelPlan(ulysses=8)
+    assert naive_plan(
+        bucket("wan2.1-t2v-1.3b", 480, 832, 81), FAMILIES["wan2.1-t2v-1.3b"], 8, gpu_memory_gib=memory
+    ) == ParallelPlan(ulysses=4, ring=2)  # 12 heads: no ulysses 8
     # HunyuanVideo-I2V's token_replace keeps the first frame's tokens apart: no native sequence parallel.
-    assert naive_plan(bucket("hunyuanvideo-i2v", 544, 960, 97, conditioning="first_frame"),
-                      FAMILIES["hunyuanvideo-i2v"], 8, gpu_memory_gib=memory) == ParallelPlan()
+    assert (
+        naive_plan(
+            bucket("hunyuanvideo-i2v", 544, 960, 97, conditioning="first_frame"),
+            FAMILIES["hunyuanvideo-i2v"],
+            8,
+            gpu_memory_gib=memory,
+        )
+        == ParallelPlan()
+    )
 
 
 def test_simulating_an_unpacked_plan_and_other_gpus():

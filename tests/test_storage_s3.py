@@ -22,9 +22,23 @@ def test_s3_manifest_to_s3_outputs(tmp_path, s3_bucket):
     fs.pipe(f"{s3_bucket}/inbox/prompts.csv", manifest.encode())
     db_file = tmp_path / "state.db"
     done = subprocess.run(
-        [sys.executable, "-m", "reelbatch.cli", "run", f"s3://{s3_bucket}/inbox/prompts.csv", "--gpus", "2",
-         "--out", f"s3://{s3_bucket}/dataset", "--db", f"sqlite:///{db_file}"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "reelbatch.cli",
+            "run",
+            f"s3://{s3_bucket}/inbox/prompts.csv",
+            "--gpus",
+            "2",
+            "--out",
+            f"s3://{s3_bucket}/dataset",
+            "--db",
+            f"sqlite:///{db_file}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
         env={**__import__("os").environ, "REELBATCH_WORK_DIR": str(tmp_path / "work")},
     )
     assert done.returncode == 1, done.stderr[-3000:]  # row c (0 steps) is rejected

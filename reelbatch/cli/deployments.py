@@ -11,7 +11,7 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -178,10 +178,15 @@ def serve_deployments(
     common = {"output": normalize_root(output), "db_secret": db_secret, "gpus_per_node": gpus_per_node}
     deployments = [generate_dataset.to_deployment(name="generate-dataset", parameters=common, tags=["reelbatch"])]
     if inbox:
-        deployments.append(nightly_dataset.to_deployment(
-            name="nightly-dataset", schedules=[Cron(cron, timezone=timezone)], concurrency_limit=1,
-            parameters={**common, "inbox": normalize_root(inbox)}, tags=["reelbatch", "nightly"],
-        ))
+        deployments.append(
+            nightly_dataset.to_deployment(
+                name="nightly-dataset",
+                schedules=[Cron(cron, timezone=timezone)],
+                concurrency_limit=1,
+                parameters={**common, "inbox": normalize_root(inbox)},
+                tags=["reelbatch", "nightly"],
+            )
+        )
     return deployments
 
 
@@ -210,11 +215,31 @@ def replace_pool_deployments(names: list[str]) -> list[str]:
 @app.command()
 def submit(
     manifest: Annotated[Path, typer.Argument(help="Manifest file (CSV, JSONL or Parquet) on this machine.")],
-    deployment: Annotated[str, typer.Option("--deployment", "-d", help="Deployment to run: FLOW/DEPLOYMENT, or one name when both are the same.")] = "generate-dataset",
-    store: Annotated[Optional[str], typer.Option("--store", help=f"Manifest store the workers can read: a shared folder or s3://bucket/prefix. Env: {STORE_ENV}. Default: <output>/.reelbatch/manifests.")] = None,
-    output: Annotated[Optional[str], typer.Option("--out", help="Output of this run (default: the deployment's).")] = None,
-    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="KEY=VALUE flow parameter (VALUE as JSON, else text), e.g. gpus_per_node=8 or strict=true. Repeatable.")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Wait for the run to finish; exit 0 when it completed, 1 otherwise.")] = False,
+    deployment: Annotated[
+        str,
+        typer.Option(
+            "--deployment", "-d", help="Deployment to run: FLOW/DEPLOYMENT, or one name when both are the same."
+        ),
+    ] = "generate-dataset",
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help=f"Manifest store the workers can read: a shared folder or s3://bucket/prefix. Env: {STORE_ENV}. Default: <output>/.reelbatch/manifests.",
+        ),
+    ] = None,
+    output: Annotated[str | None, typer.Option("--out", help="Output of this run (default: the deployment's).")] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            "-p",
+            help="KEY=VALUE flow parameter (VALUE as JSON, else text), e.g. gpus_per_node=8 or strict=true. Repeatable.",
+        ),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the run to finish; exit 0 when it completed, 1 otherwise.")
+    ] = False,
 ) -> None:
     """Upload a manifest and start a deployment on it (the UI takes files only as pasted text, up to 512 KB).
 
@@ -237,10 +262,20 @@ def submit(
 @app.command()
 def serve(
     output: Annotated[str, typer.Option("--out", help="Default output of the served runs.")] = "outputs/dataset",
-    db: Annotated[Optional[str], typer.Option("--db", help="Database URL; saved into the Secret block --db-secret, so run parameters never show it. Env: REELBATCH_DB_URL.")] = None,
-    db_secret: Annotated[str, typer.Option("--db-secret", help="Prefect Secret block holding the database URL.")] = DEFAULT_DB_SECRET,
-    gpus: Annotated[Optional[int], typer.Option("--gpus-per-node", "--gpus", min=1, help="Ranks per node.")] = None,
-    inbox: Annotated[Optional[str], typer.Option("--inbox", help="Also serve nightly-dataset on this inbox (folder or s3:// prefix).")] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            help="Database URL; saved into the Secret block --db-secret, so run parameters never show it. Env: REELBATCH_DB_URL.",
+        ),
+    ] = None,
+    db_secret: Annotated[
+        str, typer.Option("--db-secret", help="Prefect Secret block holding the database URL.")
+    ] = DEFAULT_DB_SECRET,
+    gpus: Annotated[int | None, typer.Option("--gpus-per-node", "--gpus", min=1, help="Ranks per node.")] = None,
+    inbox: Annotated[
+        str | None, typer.Option("--inbox", help="Also serve nightly-dataset on this inbox (folder or s3:// prefix).")
+    ] = None,
     cron: Annotated[str, typer.Option("--cron", help="Schedule of nightly-dataset.")] = NIGHTLY_CRON,
     timezone: Annotated[str, typer.Option("--timezone", help="Time zone of --cron (IANA name).")] = NIGHTLY_TIMEZONE,
 ) -> None:
@@ -282,6 +317,9 @@ def serve(
         database.ensure_schema(auto_upgrade=True)
     deployments = serve_deployments(output, db_secret, values.gpus(gpus), inbox, cron, timezone)
     for name in replace_pool_deployments([f"{d.flow_name}/{d.name}" for d in deployments]):
-        console.print(f"replacing {name} by the served deployment; `prefect deploy --all` brings it back",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"replacing {name} by the served deployment; `prefect deploy --all` brings it back",
+            highlight=False,
+            soft_wrap=True,
+        )
     prefect_serve(*deployments)

@@ -81,14 +81,20 @@ def model_facts(family, source: str) -> dict:
         "pipeline": family.pipeline_class,
         "inputs": family.inputs(),
         "experts": family.experts,
-        "guidance": "true CFG (true_cfg_scale) against the negative prompt" if family.true_cfg
+        "guidance": "true CFG (true_cfg_scale) against the negative prompt"
+        if family.true_cfg
         else "classifier-free guidance",
         "defaults (empty cells)": defaults,
-        "parallel (native)": {"dp": "yes", "cfg": "yes (when guidance > 1)", "ulysses": "yes" if native.ulysses
-                              else "no", "ring": "CUDA only" if native.ring else "no"},
+        "parallel (native)": {
+            "dp": "yes",
+            "cfg": "yes (when guidance > 1)",
+            "ulysses": "yes" if native.ulysses else "no",
+            "ring": "CUDA only" if native.ring else "no",
+        },
         "heads": family.heads,
         "pixels per token": family.pixels_per_token,
-        "sizes": ", ".join(f"{h}x{w}" for h, w in sorted(family.allowed_sizes)) if family.allowed_sizes
+        "sizes": ", ".join(f"{h}x{w}" for h, w in sorted(family.allowed_sizes))
+        if family.allowed_sizes
         else f"any multiple of {family.size_multiple}",
         "source": source,
     }

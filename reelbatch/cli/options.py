@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -24,23 +24,38 @@ STORAGE_HELP = "Where the weights load from (load time per job): local or s3."
 
 ManifestArg = Annotated[str, typer.Argument(help="Manifest CSV (UTF-8, header row, a `prompt` column).")]
 RunIdArg = Annotated[str, typer.Argument(help="Run id, or a unique prefix of it (see `reelbatch runs`).")]
-GpusOpt = Annotated[Optional[int], typer.Option("--gpus-per-node", "--gpus", min=1, help=GPUS_HELP)]
-DbOpt = Annotated[Optional[str], typer.Option("--db", help=DB_HELP)]
+GpusOpt = Annotated[int | None, typer.Option("--gpus-per-node", "--gpus", min=1, help=GPUS_HELP)]
+DbOpt = Annotated[str | None, typer.Option("--db", help=DB_HELP)]
 ModelPathOpt = Annotated[
-    Optional[list[str]],
-    typer.Option("--model-path", help="NAME=DIR: a model name usable in the manifest, loaded from a local diffusers folder. Repeatable."),
+    list[str] | None,
+    typer.Option(
+        "--model-path",
+        help="NAME=DIR: a model name usable in the manifest, loaded from a local diffusers folder. Repeatable.",
+    ),
 ]
 ModelsFileOpt = Annotated[
-    Optional[str], typer.Option("--models-file", help="JSON file {NAME: DIR} of local models. Env: REELBATCH_MODELS_FILE.")
+    str | None, typer.Option("--models-file", help="JSON file {NAME: DIR} of local models. Env: REELBATCH_MODELS_FILE.")
 ]
 ObjectiveOpt = Annotated[
     str,
-    typer.Option("--objective", help="throughput: most videos per GPU-hour; latency: each video as fast as possible.", rich_help_panel="Parallelism"),
+    typer.Option(
+        "--objective",
+        help="throughput: most videos per GPU-hour; latency: each video as fast as possible.",
+        rich_help_panel="Parallelism",
+    ),
 ]
-FpsOpt = Annotated[Optional[int], typer.Option("--fps", help="Frame rate of the written mp4 files. Empty: each model's own.", rich_help_panel="Row defaults")]
+FpsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--fps", help="Frame rate of the written mp4 files. Empty: each model's own.", rich_help_panel="Row defaults"
+    ),
+]
 RetryOpt = Annotated[
-    Optional[str],
-    typer.Option("--retry-policy", help='JSON retries per failure class, e.g. {"rank_crash": {"max_attempts": 5, "backoff_s": 10}}; classes: oom, collective_timeout, rank_crash, timeout, bad_input, model_load, unknown.'),
+    str | None,
+    typer.Option(
+        "--retry-policy",
+        help='JSON retries per failure class, e.g. {"rank_crash": {"max_attempts": 5, "backoff_s": 10}}; classes: oom, collective_timeout, rank_crash, timeout, bad_input, model_load, unknown.',
+    ),
 ]
 MaxSamplesOpt = Annotated[int, typer.Option(min=1, help="Largest job, in samples.")]
 StrictColumnsHelp = "Refuse the run if any row is bad or the manifest has a column reelbatch does not know."
@@ -53,66 +68,212 @@ def option(name: str, annotation, default=None) -> inspect.Parameter:
 
 # Values for the manifest's optional columns; the keys are RunDefaults' fields (`values.run_defaults(**row)`).
 ROW_DEFAULTS = (
-    option("model", Annotated[Optional[str], typer.Option("--model", help="Default model for rows without one.", rich_help_panel="Row defaults")]),
-    option("height", Annotated[Optional[int], typer.Option("--height", help="Default height (multiple of 16).", rich_help_panel="Row defaults")]),
-    option("width", Annotated[Optional[int], typer.Option("--width", help="Default width (multiple of 16).", rich_help_panel="Row defaults")]),
-    option("num_frames", Annotated[Optional[int], typer.Option("--frames", help="Default frames per video (4k+1).", rich_help_panel="Row defaults")]),
-    option("num_inference_steps", Annotated[Optional[int], typer.Option("--steps", help="Default denoising steps. Empty: each model's own default.", rich_help_panel="Row defaults")]),
-    option("guidance_scale", Annotated[
-        Optional[float], typer.Option("--guidance", help="Default CFG scale; <= 1 turns CFG off. Empty: each model's own default (`reelbatch models show NAME`).", rich_help_panel="Row defaults")
-    ]),
-    option("guidance_scale_2", Annotated[
-        Optional[float], typer.Option("--guidance-2", help="Default low-noise expert guidance of two-expert models (Wan 2.2 A14B); empty: the same as the guidance.", rich_help_panel="Row defaults")
-    ]),
-    option("embedded_guidance_scale", Annotated[
-        Optional[float], typer.Option("--embedded-guidance", help="Default distilled guidance of HunyuanVideo-family models with a guidance embedding.", rich_help_panel="Row defaults")
-    ]),
-    option("negative_prompt", Annotated[Optional[str], typer.Option("--negative-prompt", help="Default negative prompt.", rich_help_panel="Row defaults")]),
-    option("num_videos", Annotated[Optional[int], typer.Option("--num-videos", help="Default videos per row.", rich_help_panel="Row defaults")]),
-    option("sequence_batch", Annotated[
-        Optional[bool],
-        typer.Option("--sequence-batch/--no-sequence-batch", help="Default: run CFG passes one after another (less memory, no CFG parallel).", rich_help_panel="Row defaults"),
-    ]),
-    option("plan", Annotated[
-        Optional[str],
-        typer.Option("--plan", help="Pin a parallel plan for every row without a `plan` cell, e.g. dp=2,cfg=2,ulysses=1,ring=1. Validated, never changed.", rich_help_panel="Parallelism"),
-    ]),
-    option("backend", Annotated[
-        Optional[str],
-        typer.Option("--backend", help="native (diffusers context parallel + reelbatch CFG/dp) or xdit (xfuser, CUDA only).", rich_help_panel="Parallelism"),
-    ]),
+    option(
+        "model",
+        Annotated[
+            str | None,
+            typer.Option("--model", help="Default model for rows without one.", rich_help_panel="Row defaults"),
+        ],
+    ),
+    option(
+        "height",
+        Annotated[
+            int | None,
+            typer.Option("--height", help="Default height (multiple of 16).", rich_help_panel="Row defaults"),
+        ],
+    ),
+    option(
+        "width",
+        Annotated[
+            int | None, typer.Option("--width", help="Default width (multiple of 16).", rich_help_panel="Row defaults")
+        ],
+    ),
+    option(
+        "num_frames",
+        Annotated[
+            int | None,
+            typer.Option("--frames", help="Default frames per video (4k+1).", rich_help_panel="Row defaults"),
+        ],
+    ),
+    option(
+        "num_inference_steps",
+        Annotated[
+            int | None,
+            typer.Option(
+                "--steps",
+                help="Default denoising steps. Empty: each model's own default.",
+                rich_help_panel="Row defaults",
+            ),
+        ],
+    ),
+    option(
+        "guidance_scale",
+        Annotated[
+            float | None,
+            typer.Option(
+                "--guidance",
+                help="Default CFG scale; <= 1 turns CFG off. Empty: each model's own default (`reelbatch models show NAME`).",
+                rich_help_panel="Row defaults",
+            ),
+        ],
+    ),
+    option(
+        "guidance_scale_2",
+        Annotated[
+            float | None,
+            typer.Option(
+                "--guidance-2",
+                help="Default low-noise expert guidance of two-expert models (Wan 2.2 A14B); empty: the same as the guidance.",
+                rich_help_panel="Row defaults",
+            ),
+        ],
+    ),
+    option(
+        "embedded_guidance_scale",
+        Annotated[
+            float | None,
+            typer.Option(
+                "--embedded-guidance",
+                help="Default distilled guidance of HunyuanVideo-family models with a guidance embedding.",
+                rich_help_panel="Row defaults",
+            ),
+        ],
+    ),
+    option(
+        "negative_prompt",
+        Annotated[
+            str | None,
+            typer.Option("--negative-prompt", help="Default negative prompt.", rich_help_panel="Row defaults"),
+        ],
+    ),
+    option(
+        "num_videos",
+        Annotated[
+            int | None, typer.Option("--num-videos", help="Default videos per row.", rich_help_panel="Row defaults")
+        ],
+    ),
+    option(
+        "sequence_batch",
+        Annotated[
+            bool | None,
+            typer.Option(
+                "--sequence-batch/--no-sequence-batch",
+                help="Default: run CFG passes one after another (less memory, no CFG parallel).",
+                rich_help_panel="Row defaults",
+            ),
+        ],
+    ),
+    option(
+        "plan",
+        Annotated[
+            str | None,
+            typer.Option(
+                "--plan",
+                help="Pin a parallel plan for every row without a `plan` cell, e.g. dp=2,cfg=2,ulysses=1,ring=1. Validated, never changed.",
+                rich_help_panel="Parallelism",
+            ),
+        ],
+    ),
+    option(
+        "backend",
+        Annotated[
+            str | None,
+            typer.Option(
+                "--backend",
+                help="native (diffusers context parallel + reelbatch CFG/dp) or xdit (xfuser, CUDA only).",
+                rich_help_panel="Parallelism",
+            ),
+        ],
+    ),
 )
 
 # What the planner may use and what it optimises, and which rows and images it accepts.
 PLANNER = (
-    option("gpu_memory_gib", Annotated[
-        float, typer.Option("--gpu-memory-gib", min=1, help="Memory per GPU the planner may use.", rich_help_panel="Parallelism")
-    ], defaults.GPU_MEMORY_GIB),
+    option(
+        "gpu_memory_gib",
+        Annotated[
+            float,
+            typer.Option(
+                "--gpu-memory-gib", min=1, help="Memory per GPU the planner may use.", rich_help_panel="Parallelism"
+            ),
+        ],
+        defaults.GPU_MEMORY_GIB,
+    ),
     option("objective", ObjectiveOpt, defaults.OBJECTIVE),
-    option("limit", Annotated[
-        Optional[list[str]],
-        typer.Option("--limit", help="NAME=N manifest limit (max_prompt_chars, max_rows, max_num_videos, max_frames, max_side, max_steps, max_image_bytes, max_image_side). Repeatable."),
-    ]),
-    option("image_root", Annotated[
-        Optional[list[str]],
-        typer.Option("--image-root", help="A folder or URL prefix (s3://bucket/images/) that `image` / `last_image` cells may read from, besides the manifest's own folder and REELBATCH_IMAGE_ROOTS (comma-separated); nothing else is read. Repeatable.", rich_help_panel="Inputs"),
-    ]),
+    option(
+        "limit",
+        Annotated[
+            list[str] | None,
+            typer.Option(
+                "--limit",
+                help="NAME=N manifest limit (max_prompt_chars, max_rows, max_num_videos, max_frames, max_side, max_steps, max_image_bytes, max_image_side). Repeatable.",
+            ),
+        ],
+    ),
+    option(
+        "image_root",
+        Annotated[
+            list[str] | None,
+            typer.Option(
+                "--image-root",
+                help="A folder or URL prefix (s3://bucket/images/) that `image` / `last_image` cells may read from, besides the manifest's own folder and REELBATCH_IMAGE_ROOTS (comma-separated); nothing else is read. Repeatable.",
+                rich_help_panel="Inputs",
+            ),
+        ],
+    ),
 )
 
 # How samples are cut into jobs (`values.packing(**packing)`).
 PACKING = (
-    option("job_minutes", Annotated[
-        float, typer.Option("--job-minutes", min=0.01, help="Target wall time of one job, model load included; small manifests get shorter jobs so every GPU has work.", rich_help_panel="Packing")
-    ], defaults.JOB_MINUTES),
-    option("padding", Annotated[
-        str, typer.Option("--padding", help="pad: padded slots are computed and thrown away; fill: they generate extra seeds of the bucket's prompts (free videos).", rich_help_panel="Packing")
-    ], defaults.PADDING),
-    option("job_width", Annotated[
-        str, typer.Option("--job-width", help="group: each job gets one sample's GPU group and jobs run side by side on a node; node: a job spans the node with the plan's data parallel degree.", rich_help_panel="Packing")
-    ], defaults.JOB_WIDTH),
-    option("no_pack", Annotated[
-        bool, typer.Option("--no-pack", help="Keep one plan per bucket cut into jobs of at most --max-samples-per-job (the pre-packing behaviour).", rich_help_panel="Packing")
-    ], False),
+    option(
+        "job_minutes",
+        Annotated[
+            float,
+            typer.Option(
+                "--job-minutes",
+                min=0.01,
+                help="Target wall time of one job, model load included; small manifests get shorter jobs so every GPU has work.",
+                rich_help_panel="Packing",
+            ),
+        ],
+        defaults.JOB_MINUTES,
+    ),
+    option(
+        "padding",
+        Annotated[
+            str,
+            typer.Option(
+                "--padding",
+                help="pad: padded slots are computed and thrown away; fill: they generate extra seeds of the bucket's prompts (free videos).",
+                rich_help_panel="Packing",
+            ),
+        ],
+        defaults.PADDING,
+    ),
+    option(
+        "job_width",
+        Annotated[
+            str,
+            typer.Option(
+                "--job-width",
+                help="group: each job gets one sample's GPU group and jobs run side by side on a node; node: a job spans the node with the plan's data parallel degree.",
+                rich_help_panel="Packing",
+            ),
+        ],
+        defaults.JOB_WIDTH,
+    ),
+    option(
+        "no_pack",
+        Annotated[
+            bool,
+            typer.Option(
+                "--no-pack",
+                help="Keep one plan per bucket cut into jobs of at most --max-samples-per-job (the pre-packing behaviour).",
+                rich_help_panel="Packing",
+            ),
+        ],
+        False,
+    ),
 )
 
 

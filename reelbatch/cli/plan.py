@@ -38,11 +38,22 @@ def plan(
     *,
     row: dict,
     planner: dict,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit 2 if the manifest has a column reelbatch does not know.")] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 2 if the manifest has a column reelbatch does not know.")
+    ] = False,
     packing: dict,
-    nodes: Annotated[int, typer.Option(min=1, help="Nodes of the fleet the cost and wall time are estimated for.", rich_help_panel="Fleet estimate")] = default.FLEET_NODES,
-    gpu: Annotated[str, typer.Option(help="GPU type for the estimate: h100, a800 or rtx4090.", rich_help_panel="Fleet estimate")] = default.FLEET_GPU,
-    storage: Annotated[str, typer.Option(help=STORAGE_HELP, rich_help_panel="Fleet estimate")] = default.WEIGHTS_STORAGE,
+    nodes: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Nodes of the fleet the cost and wall time are estimated for.", rich_help_panel="Fleet estimate"
+        ),
+    ] = default.FLEET_NODES,
+    gpu: Annotated[
+        str, typer.Option(help="GPU type for the estimate: h100, a800 or rtx4090.", rich_help_panel="Fleet estimate")
+    ] = default.FLEET_GPU,
+    storage: Annotated[
+        str, typer.Option(help=STORAGE_HELP, rich_help_panel="Fleet estimate")
+    ] = default.WEIGHTS_STORAGE,
 ) -> None:
     """Dry run: validate the manifest and show the jobs that `run` would launch, and what they cost. Nothing runs.
 
@@ -63,8 +74,14 @@ def plan(
     packing_choice = values.packing(**packing)
     try:
         run_plan = plan_run(
-            read.rows, read.rejections, read.total_rows, catalog, ranks, max_samples_per_job,
-            gpu_memory_gib=planner["gpu_memory_gib"], objective=objective,
+            read.rows,
+            read.rejections,
+            read.total_rows,
+            catalog,
+            ranks,
+            max_samples_per_job,
+            gpu_memory_gib=planner["gpu_memory_gib"],
+            objective=objective,
             packing=packing_choice.options(ranks, max_samples_per_job, nodes=nodes, storage=storage),
         )
         fleet = fleet_estimate(run_plan, nodes, ranks, gpu.lower(), storage)
@@ -82,7 +99,9 @@ def plan(
 def simulate(
     manifest: ManifestArg,
     nodes: Annotated[int, typer.Option(min=1, help="Nodes in the fleet.")] = default.FLEET_NODES,
-    gpus: Annotated[int, typer.Option("--gpus-per-node", "--gpus", min=1, help="GPUs per node.")] = default.SIMULATE_GPUS_PER_NODE,
+    gpus: Annotated[
+        int, typer.Option("--gpus-per-node", "--gpus", min=1, help="GPUs per node.")
+    ] = default.SIMULATE_GPUS_PER_NODE,
     gpu: Annotated[str, typer.Option(help="GPU type for the cost model: h100, a800 or rtx4090.")] = default.FLEET_GPU,
     as_json: Annotated[bool, typer.Option("--json", help="Print the simulation as JSON.")] = False,
     objective: ObjectiveOpt = default.OBJECTIVE,
@@ -94,14 +113,20 @@ def simulate(
     Prints makespan, its lower bound, GPU utilisation, padding and GPU-hours, and the same for the naive policy
     (one job per prompt, ulysses = GPUs per node), as single-prompt scripts do. No GPU is needed.
     """
-    from reelbatch.planning.fleet.simulation import simulate as run_simulation
     from reelbatch.manifest import ManifestError, read_manifest
+    from reelbatch.planning.fleet.simulation import simulate as run_simulation
 
     catalog = values.catalog(model_path, models_file)
     try:
         read = read_manifest(manifest, values.run_defaults(), catalog)
-        report = run_simulation(read, nodes=nodes, gpus_per_node=gpus, gpu=gpu.lower(), catalog=catalog,
-                                objective=values.objective(objective))
+        report = run_simulation(
+            read,
+            nodes=nodes,
+            gpus_per_node=gpus,
+            gpu=gpu.lower(),
+            catalog=catalog,
+            objective=values.objective(objective),
+        )
     except ManifestError as exc:
         values.fail(str(exc))
     except (KeyError, ValueError) as exc:
@@ -120,8 +145,8 @@ def read_for_planning(manifest: str, run_defaults, catalog, limits: dict, image_
     import tempfile
 
     from reelbatch.infra.images import configured_roots
-    from reelbatch.tasks.images import check_images
     from reelbatch.manifest import ManifestError, ManifestLimits, check_columns, read_manifest
+    from reelbatch.tasks.images import check_images
 
     manifest_limits = ManifestLimits(**limits)
     try:
@@ -143,5 +168,10 @@ def fleet_estimate(run_plan, nodes: int, gpus_per_node: int, gpu: str, storage: 
     from reelbatch.planning.fleet.simulation import simulate_plan
 
     report = simulate_plan(run_plan, nodes=nodes, gpus_per_node=gpus_per_node, gpu=gpu, storage=storage)
-    return {"nodes": nodes, "gpus_per_node": gpus_per_node, "gpu": report.gpu, "storage": storage,
-            **report.packed.to_json()}
+    return {
+        "nodes": nodes,
+        "gpus_per_node": gpus_per_node,
+        "gpu": report.gpu,
+        "storage": storage,
+        **report.packed.to_json(),
+    }

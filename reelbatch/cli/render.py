@@ -45,8 +45,20 @@ def print_plan(run_plan, gpus: int) -> None:
     from reelbatch.schemas import ParallelPlan
 
     table = Table(title=f"Plan for {gpus} ranks per node", title_justify="left")
-    columns = ("job", "model", "HxWxF", "steps", "guidance", "plan", "samples", "padded", "tokens", "GPU-s",
-               "wall", "notes")
+    columns = (
+        "job",
+        "model",
+        "HxWxF",
+        "steps",
+        "guidance",
+        "plan",
+        "samples",
+        "padded",
+        "tokens",
+        "GPU-s",
+        "wall",
+        "notes",
+    )
     for column in columns:
         table.add_column(column, no_wrap=column in ("job", "plan", "HxWxF"))
     footnotes: list[str] = []
@@ -63,9 +75,18 @@ def print_plan(run_plan, gpus: int) -> None:
                 footnotes.append(note)
             marks.append(f"[{footnotes.index(note) + 1}]")
         table.add_row(
-            job.job_id, b.model, f"{b.height}x{b.width}x{b.num_frames}", str(b.num_inference_steps),
-            f"{b.guidance_scale:g}", job.plan.short(), str(len(job.samples)), str(job.padded_slots), str(job.tokens),
-            f"{job.estimated_gpu_seconds:,.0f}", duration(job.estimated_seconds), " ".join(marks),
+            job.job_id,
+            b.model,
+            f"{b.height}x{b.width}x{b.num_frames}",
+            str(b.num_inference_steps),
+            f"{b.guidance_scale:g}",
+            job.plan.short(),
+            str(len(job.samples)),
+            str(job.padded_slots),
+            str(job.tokens),
+            f"{job.estimated_gpu_seconds:,.0f}",
+            duration(job.estimated_seconds),
+            " ".join(marks),
         )
     out.print(table)
     for number, note in enumerate(footnotes, 1):
@@ -96,7 +117,9 @@ def print_report(report) -> None:
     table.add_column()
     table.add_row("run", report.run_id or "-")
     table.add_row("status", report.status)
-    table.add_row("rows", f"{report.rows} ({report.accepted} accepted, {len({r.row for r in report.rejected})} rejected)")
+    table.add_row(
+        "rows", f"{report.rows} ({report.accepted} accepted, {len({r.row for r in report.rejected})} rejected)"
+    )
     reused = f" ({report.reused} reused from earlier runs)" if report.reused else ""
     table.add_row("videos", f"{report.done} done{reused}, {report.failed} failed")
     table.add_row("jobs", str(report.jobs))
@@ -117,9 +140,15 @@ def print_runs(recent, shown_url: str) -> None:
     for r in recent:
         c = r.counts
         table.add_row(
-            r.id[:12], r.created_at.strftime("%m-%d %H:%M"), r.status, str(c.get("done", 0)),
-            str(c.get("failed", 0)), str(c.get("rejected", 0)), str(c.get("pending", 0) + c.get("running", 0)),
-            str(r.jobs), r.manifest_source,
+            r.id[:12],
+            r.created_at.strftime("%m-%d %H:%M"),
+            r.status,
+            str(c.get("done", 0)),
+            str(c.get("failed", 0)),
+            str(c.get("rejected", 0)),
+            str(c.get("pending", 0) + c.get("running", 0)),
+            str(r.jobs),
+            r.manifest_source,
         )
     out.print(table)
 
@@ -140,8 +169,15 @@ def print_status(summary, jobs: list[dict], samples: list[dict]) -> None:
         plan = ParallelPlan(dp=j["dp"], cfg=j["cfg"], ulysses=j["ulysses"], ring=j["ring"]).short()
         seconds = f"{j['seconds']:.1f}" if j["seconds"] is not None else "-"
         table.add_row(
-            j["id"], j["status"], plan, j["backend"], str(j["samples_count"]), str(j["padded_slots"]),
-            str(j["tokens"]), seconds, str(j["attempts"]),
+            j["id"],
+            j["status"],
+            plan,
+            j["backend"],
+            str(j["samples_count"]),
+            str(j["padded_slots"]),
+            str(j["tokens"]),
+            seconds,
+            str(j["attempts"]),
         )
     out.print(table)
     failed = [s for s in samples if s["status"] in ("failed", "rejected")]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -35,12 +35,22 @@ from reelbatch.settings import DEFAULT_OUTPUT
 def run(
     manifest: ManifestArg,
     gpus: GpusOpt = None,
-    out_dir: Annotated[str, typer.Option("--out", help="Output folder for the videos (created if missing).")] = DEFAULT_OUTPUT,
+    out_dir: Annotated[
+        str, typer.Option("--out", help="Output folder for the videos (created if missing).")
+    ] = DEFAULT_OUTPUT,
     db: DbOpt = None,
     strict: Annotated[bool, typer.Option("--strict", help=StrictColumnsHelp)] = False,
-    force: Annotated[bool, typer.Option("--force", help="Regenerate videos an earlier run already made into --out.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Regenerate videos an earlier run already made into --out.")
+    ] = False,
     max_samples_per_job: MaxSamplesOpt = default.MAX_SAMPLES_PER_JOB,
-    job_timeout: Annotated[Optional[float], typer.Option(min=1, help="Wall-clock limit per job attempt, seconds; its ranks are killed after it. Default: the cost model's estimate x 3, at least 15 min.")] = None,
+    job_timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=1,
+            help="Wall-clock limit per job attempt, seconds; its ranks are killed after it. Default: the cost model's estimate x 3, at least 15 min.",
+        ),
+    ] = None,
     model_path: ModelPathOpt = None,
     models_file: ModelsFileOpt = None,
     *,
@@ -49,8 +59,25 @@ def run(
     planner: dict,
     retry_policy: RetryOpt = None,
     packing: dict,
-    dask: Annotated[Optional[str], typer.Option("--dask", metavar="ADDRESS", help="Run the jobs on this Dask cluster (tcp://host:8786). Workers need `--resources GPU=N`; --out must be shared storage (s3:// or a shared folder) and --db a server the workers reach. See docs/SCALE_OUT.md.", rich_help_panel="Scale-out")] = None,
-    dask_local: Annotated[int, typer.Option("--dask-local", metavar="N", min=0, help="Try Dask on this machine: a local cluster of N workers with --gpus-per-node GPUs each.", rich_help_panel="Scale-out")] = 0,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            "--dask",
+            metavar="ADDRESS",
+            help="Run the jobs on this Dask cluster (tcp://host:8786). Workers need `--resources GPU=N`; --out must be shared storage (s3:// or a shared folder) and --db a server the workers reach. See docs/SCALE_OUT.md.",
+            rich_help_panel="Scale-out",
+        ),
+    ] = None,
+    dask_local: Annotated[
+        int,
+        typer.Option(
+            "--dask-local",
+            metavar="N",
+            min=0,
+            help="Try Dask on this machine: a local cluster of N workers with --gpus-per-node GPUs each.",
+            rich_help_panel="Scale-out",
+        ),
+    ] = 0,
 ) -> None:
     """Generate every video of the manifest and record runs, jobs and samples in the database.
 
@@ -164,8 +191,8 @@ def run_flow(image_roots: list[str] = (), **parameters) -> None:
     """generate_dataset(**parameters) with progress bars on stderr; exits with the report's exit code."""
     from reelbatch.cli.progress import RichProgressSink
     from reelbatch.flows.generate import generate_dataset
-    from reelbatch.progress import reporting_to
     from reelbatch.manifest import ManifestError
+    from reelbatch.progress import reporting_to
 
     use_image_roots(list(image_roots))
     try:

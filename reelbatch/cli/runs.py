@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -26,11 +26,23 @@ def runs(
         recent = database.list_runs(limit)
         shown_url = database.url_for_display
     if as_json:
-        print(json.dumps([
-            {"id": r.id, "created_at": r.created_at.isoformat(), "status": r.status, "counts": r.counts,
-             "jobs": r.jobs, "manifest_source": r.manifest_source, "output_root": r.output_root}
-            for r in recent
-        ], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": r.id,
+                        "created_at": r.created_at.isoformat(),
+                        "status": r.status,
+                        "counts": r.counts,
+                        "jobs": r.jobs,
+                        "manifest_source": r.manifest_source,
+                        "output_root": r.output_root,
+                    }
+                    for r in recent
+                ],
+                indent=2,
+            )
+        )
         return
     print_runs(recent, shown_url)
 
@@ -49,7 +61,12 @@ def status(run_id: RunIdArg, db: DbOpt = None) -> None:
 def export(
     run_id: RunIdArg,
     fmt: Annotated[str, typer.Option("--format", help="parquet, csv or jsonl.")] = "parquet",
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Where to write (path or fsspec URL). Default: <run output>/export/<run>.<format>.")] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output", "-o", help="Where to write (path or fsspec URL). Default: <run output>/export/<run>.<format>."
+        ),
+    ] = None,
     db: DbOpt = None,
 ) -> None:
     """Every column of a run's samples table as a file. CSV cells a spreadsheet would run as formulas are neutralised."""

@@ -57,8 +57,14 @@ class HunyuanAdapter(PipelineAdapter):
     def prepare(self, batch: list[SampleInputs]) -> DenoiseState:
         b = self.bucket
         latents = self.pipe.prepare_latents(
-            len(batch), self.pipe.transformer.config.in_channels, b.height, b.width, b.num_frames, torch.float32,
-            self.device, [self.generator(s.seed) for s in batch],
+            len(batch),
+            self.pipe.transformer.config.in_channels,
+            b.height,
+            b.width,
+            b.num_frames,
+            torch.float32,
+            self.device,
+            [self.generator(s.seed) for s in batch],
         )
         return DenoiseState(latents)
 
@@ -102,10 +108,19 @@ class SkyreelsImageAdapter(HunyuanAdapter):
         for s in batch:  # one at a time: each video's generator samples its image latents, then its noise
             image = pipe.video_processor.preprocess(s.image, height=b.height, width=b.width)
             image = image.to(self.device, pipe.vae.dtype)
-            parts.append(pipe.prepare_latents(
-                image, 1, channels, b.height, b.width, b.num_frames, torch.float32, self.device,
-                [self.generator(s.seed)],
-            ))
+            parts.append(
+                pipe.prepare_latents(
+                    image,
+                    1,
+                    channels,
+                    b.height,
+                    b.width,
+                    b.num_frames,
+                    torch.float32,
+                    self.device,
+                    [self.generator(s.seed)],
+                )
+            )
         latents = torch.cat([p[0] for p in parts])
         return DenoiseState(latents, {"image_latents": torch.cat([p[1] for p in parts]).to(self.dtype)})
 
@@ -127,13 +142,23 @@ class HunyuanImageAdapter(HunyuanAdapter):
     def encode(self, batch: list[SampleInputs]):
         # One sample at a time: the text encoder sees each video's own image with its prompt.
         b = self.bucket
-        cond = [self.pipe.encode_prompt(image=s.image, prompt=[s.prompt], prompt_2=None, device=self.device,
-                                        image_embed_interleave=self.interleave) for s in batch]
+        cond = [
+            self.pipe.encode_prompt(
+                image=s.image,
+                prompt=[s.prompt],
+                prompt_2=None,
+                device=self.device,
+                image_embed_interleave=self.interleave,
+            )
+            for s in batch
+        ]
         uncond = None
         if self._runs_cfg(batch):
             black = PIL.Image.new("RGB", (b.width, b.height), 0)
-            uncond = [self.pipe.encode_prompt(image=black, prompt=[s.negative_prompt], prompt_2=None,
-                                              device=self.device) for s in batch]
+            uncond = [
+                self.pipe.encode_prompt(image=black, prompt=[s.negative_prompt], prompt_2=None, device=self.device)
+                for s in batch
+            ]
         return self._joined(cond), (self._joined(uncond) if uncond is not None else None)
 
     def _joined(self, encoded) -> Conditioning:
@@ -146,10 +171,21 @@ class HunyuanImageAdapter(HunyuanAdapter):
         parts = []
         for s in batch:
             image = pipe.video_processor.preprocess(s.image, b.height, b.width).to(self.device, pipe.vae.dtype)
-            parts.append(pipe.prepare_latents(
-                image, 1, channels, b.height, b.width, b.num_frames, torch.float32, self.device,
-                [self.generator(s.seed)], None, self.condition,
-            ))
+            parts.append(
+                pipe.prepare_latents(
+                    image,
+                    1,
+                    channels,
+                    b.height,
+                    b.width,
+                    b.num_frames,
+                    torch.float32,
+                    self.device,
+                    [self.generator(s.seed)],
+                    None,
+                    self.condition,
+                )
+            )
         latents, image_latents = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         extra = {"image_latents": image_latents}
         if self.condition == "latent_concat":

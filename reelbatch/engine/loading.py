@@ -7,8 +7,12 @@ import os
 import torch
 
 
-def load_pipeline(model_path: str, device: torch.device, flow_shift: float | None = None,
-                  fp32_components: tuple[str, ...] | list[str] = ()):
+def load_pipeline(
+    model_path: str,
+    device: torch.device,
+    flow_shift: float | None = None,
+    fp32_components: tuple[str, ...] | list[str] = (),
+):
     """The folder's pipeline on ``device`` (bf16 on GPUs, fp32 on CPU), every module in eval mode.
 
     ``flow_shift``: the family's reference recipe when it differs from the folder's scheduler (UniPC calls it

@@ -82,7 +82,9 @@ def join_process_group(collective_timeout_s: float) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     # The timeout must outlast the longest phase one rank spends alone (VAE decode, writing files).
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=collective_timeout_s))
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=collective_timeout_s)
+    )
 
 
 def context_for(plan: ParallelPlan) -> ParallelContext:

@@ -96,8 +96,10 @@ def write_sample(spec: JobSpec, sample: Sample, frames, seconds: float, rank: in
 
 def sample_inputs(spec: JobSpec, sample: Sample) -> SampleInputs:
     """What the sampler needs for one video; its images are read back from the job's staged copies."""
-    images = [open_staged(spec.images_dir, digest) if digest else None
-              for digest in (sample.image_sha256, sample.last_image_sha256)]
+    images = [
+        open_staged(spec.images_dir, digest) if digest else None
+        for digest in (sample.image_sha256, sample.last_image_sha256)
+    ]
     return SampleInputs(sample.prompt, sample.negative_prompt, sample.seed, *images)
 
 
@@ -108,8 +110,9 @@ def run_batch(spec: JobSpec, ctx: ParallelContext, sampler: VideoSampler, batch:
         try:
             inputs.append(sample_inputs(spec, sample))
         except StagedImageError as exc:  # every rank of a CFG / sequence group reads the same images: same outcome
-            failed.append(SampleResult(sample_id=sample.sample_id, status="failed", error=f"input image: {exc}",
-                                       rank=ctx.rank))
+            failed.append(
+                SampleResult(sample_id=sample.sample_id, status="failed", error=f"input image: {exc}", rank=ctx.rank)
+            )
     batch = [s for s in batch if s.sample_id not in {f.sample_id for f in failed}]
     if not batch:
         return failed if ctx.writes_outputs else []
@@ -119,7 +122,9 @@ def run_batch(spec: JobSpec, ctx: ParallelContext, sampler: VideoSampler, batch:
     try:
         videos = sampler.adapter.decode(latents)
     except Exception as exc:  # decode runs on this rank alone: failing here cannot desynchronise the group
-        return [SampleResult(sample_id=s.sample_id, status="failed", error=f"decode: {exc}", rank=ctx.rank) for s in batch]
+        return [
+            SampleResult(sample_id=s.sample_id, status="failed", error=f"decode: {exc}", rank=ctx.rank) for s in batch
+        ]
     seconds = (time.perf_counter() - started) / len(batch)
     return failed + [write_sample(spec, s, videos[i], seconds, ctx.rank) for i, s in enumerate(batch)]
 

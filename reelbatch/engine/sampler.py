@@ -117,7 +117,12 @@ class VideoSampler:
 
     @torch.no_grad()
     def __call__(
-        self, prompts: list[str], negatives: list[str], seeds: list[int], images=None, last_images=None,
+        self,
+        prompts: list[str],
+        negatives: list[str],
+        seeds: list[int],
+        images=None,
+        last_images=None,
         decode: bool = True,
     ):
         """One video per (prompt, negative, seed[, image, last image]); float frames, or latents if not decode."""
@@ -161,4 +166,3 @@ class VideoSampler:
             return adapter.predict(model, hidden, timestep, cond), adapter.predict(model, hidden, timestep, uncond)
         doubled = adapter.predict(model, torch.cat([hidden, hidden]), torch.cat([timestep, timestep]), both)
         return doubled.chunk(2)
-

@@ -83,8 +83,9 @@ class WanAdapter(PipelineAdapter):
         channels = pipe.vae.config.z_dim
         generator = [self.generator(sample.seed)]
         if not self.with_image:
-            return (pipe.prepare_latents(1, channels, b.height, b.width, b.num_frames, torch.float32, device,
-                                         generator),)
+            return (
+                pipe.prepare_latents(1, channels, b.height, b.width, b.num_frames, torch.float32, device, generator),
+            )
         image = pipe.video_processor.preprocess(sample.image, height=b.height, width=b.width)
         image = image.to(device, dtype=torch.float32)
         last = None
@@ -93,8 +94,9 @@ class WanAdapter(PipelineAdapter):
             last = last.to(device, dtype=torch.float32)
         # A TI2V-5B folder is a WanPipeline; diffusers makes its image rows with WanImageToVideoPipeline's latents.
         prepare = pipe.prepare_latents if "ImageToVideo" in type(pipe).__name__ else self._i2v_latents
-        return prepare(image, 1, channels, b.height, b.width, b.num_frames, torch.float32, device, generator, None,
-                       last)
+        return prepare(
+            image, 1, channels, b.height, b.width, b.num_frames, torch.float32, device, generator, None, last
+        )
 
     def _i2v_latents(self, *args):
         return WanImageToVideoPipeline.prepare_latents(self.pipe, *args)

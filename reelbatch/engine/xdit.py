@@ -20,4 +20,3 @@ def import_xfuser():
             "`pip install 'reelbatch[xdit]'` on a CUDA machine, or use backend native"
         ) from exc
     return xfuser
-

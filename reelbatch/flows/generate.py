@@ -1,8 +1,8 @@
 """The generate-dataset flow: the pipeline's outline and nothing else.
 
-    manifest (path, URL or pasted text) -> read + validate -> find finished samples -> plan jobs -> record the run
-    -> every job side by side on free devices (this machine, or Dask workers), longest first: launch ranks, collect
-    -> finish -> dataset index -> report (Prefect artifacts: progress while running, job table, summary)
+manifest (path, URL or pasted text) -> read + validate -> find finished samples -> plan jobs -> record the run
+-> every job side by side on free devices (this machine, or Dask workers), longest first: launch ranks, collect
+-> finish -> dataset index -> report (Prefect artifacts: progress while running, job table, summary)
 """
 
 from __future__ import annotations
@@ -13,24 +13,24 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from reelbatch import progress
+from reelbatch.defaults import GPU_MEMORY_GIB, OBJECTIVE
 from reelbatch.infra.dask_cluster import check_shared_storage, task_runner_for
 from reelbatch.infra.devices import local_pool
+from reelbatch.infra.failures import RetryPolicy
 from reelbatch.infra.images import ImagePolicy, configured_roots
 from reelbatch.infra.prefect_config import database_url
 from reelbatch.infra.storage import images_root, normalize_root
+from reelbatch.manifest import ManifestLimits, check_columns
 from reelbatch.models.catalog import ModelCatalog
 from reelbatch.planning.packing import Packing
 from reelbatch.planning.planner import DEFAULT_MAX_SAMPLES_PER_JOB
 from reelbatch.schemas import RunDefaults
-from reelbatch.defaults import GPU_MEMORY_GIB, OBJECTIVE
 from reelbatch.settings import DEFAULT_DB_URL, DEFAULT_OUTPUT
-from reelbatch.infra.failures import RetryPolicy
 from reelbatch.tasks.dispatch import prepare_job_task
 from reelbatch.tasks.execute import execute_job_task, execute_jobs, execute_jobs_on_dask, longest_first
-from reelbatch.tasks.intake import resolve_manifest_task
 from reelbatch.tasks.export import write_dataset_index_task
 from reelbatch.tasks.images import check_images_task
-from reelbatch.manifest import ManifestLimits, check_columns
+from reelbatch.tasks.intake import resolve_manifest_task
 from reelbatch.tasks.manifest import read_manifest_task
 from reelbatch.tasks.record import (
     RunReport,
@@ -43,7 +43,6 @@ from reelbatch.tasks.record import (
 )
 from reelbatch.tasks.report import publish_run_report_task, start_progress
 from reelbatch.tasks.shard import plan_run_task
-
 
 # execute_jobs submits a job only once it has devices, so threads beyond the devices of a big node are never used.
 JOB_THREADS = 16
@@ -110,10 +109,17 @@ def generate_dataset(
     image_roots = configured_roots()
     ImagePolicy.for_manifest(None, image_roots)  # a root that cannot be one (credentials in it...) stops here
     resumable = {  # what `reelbatch resume` needs to run this again
-        "defaults": defaults.model_dump(mode="json"), "strict": strict, "model_paths": model_paths or [],
-        "max_samples_per_job": max_samples_per_job, "job_timeout_s": job_timeout_s,
-        "gpu_memory_gib": gpu_memory_gib, "objective": objective, "retry_policy": retry_policy, "limits": limits,
-        "packing": packing.model_dump(mode="json"), "image_roots": image_roots,
+        "defaults": defaults.model_dump(mode="json"),
+        "strict": strict,
+        "model_paths": model_paths or [],
+        "max_samples_per_job": max_samples_per_job,
+        "job_timeout_s": job_timeout_s,
+        "gpu_memory_gib": gpu_memory_gib,
+        "objective": objective,
+        "retry_policy": retry_policy,
+        "limits": limits,
+        "packing": packing.model_dump(mode="json"),
+        "image_roots": image_roots,
     }
     policy = RetryPolicy.from_dict(retry_policy)
     prepare_database_task(db_url)
@@ -127,8 +133,15 @@ def generate_dataset(
     manifest_read = check_images_task(manifest_read, catalog, images_root(output), image_roots, manifest_limits)
     done = find_done_samples_task(db_url, output, manifest_read.rows, force)
     plan = plan_run_task(
-        manifest_read.rows, manifest_read.rejections, manifest_read.total_rows, catalog, gpus_per_node,
-        max_samples_per_job, gpu_memory_gib=gpu_memory_gib, objective=objective, skip=set(done),
+        manifest_read.rows,
+        manifest_read.rejections,
+        manifest_read.total_rows,
+        catalog,
+        gpus_per_node,
+        max_samples_per_job,
+        gpu_memory_gib=gpu_memory_gib,
+        objective=objective,
+        skip=set(done),
         packing=packing.options(gpus_per_node, max_samples_per_job),
     )
     if strict and plan.rejected:
@@ -143,12 +156,31 @@ def generate_dataset(
     bar = start_progress(plan.samples)
     with progress.reporting_to(bar or progress.sink()):
         if runner is None:
-            execute_jobs(jobs, local_pool(gpus_per_node), lambda spec, priority, devices: execute_job_task.submit(
-                spec, db_url, output, job_timeout_s, policy, gpus_per_node, priority, devices))
+            execute_jobs(
+                jobs,
+                local_pool(gpus_per_node),
+                lambda spec, priority, devices: execute_job_task.submit(
+                    spec, db_url, output, job_timeout_s, policy, gpus_per_node, priority, devices
+                ),
+            )
         else:
-            execute_jobs_on_dask(jobs, runner, lambda spec, priority: runner.submit(execute_job_task, parameters=dict(
-                spec=spec, db_url=db_url, output=output, timeout_s=job_timeout_s, policy=policy,
-                ranks_per_node=gpus_per_node, priority=priority)), on_job_done=bar.set_done if bar else None)
+            execute_jobs_on_dask(
+                jobs,
+                runner,
+                lambda spec, priority: runner.submit(
+                    execute_job_task,
+                    parameters=dict(
+                        spec=spec,
+                        db_url=db_url,
+                        output=output,
+                        timeout_s=job_timeout_s,
+                        policy=policy,
+                        ranks_per_node=gpus_per_node,
+                        priority=priority,
+                    ),
+                ),
+                on_job_done=bar.set_done if bar else None,
+            )
     report = finish_run_task(db_url, run_id, plan, output)
     report.warnings = manifest_read.warnings
     report.dataset = write_dataset_index_task(db_url, run_id, output)

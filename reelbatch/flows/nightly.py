@@ -1,6 +1,6 @@
 """The nightly-dataset flow: run every manifest dropped into an inbox that no earlier pass processed.
 
-    list the inbox -> release abandoned claims -> per manifest: claim -> generate-dataset (subflow) -> mark it
+list the inbox -> release abandoned claims -> per manifest: claim -> generate-dataset (subflow) -> mark it
 """
 
 from __future__ import annotations
@@ -86,9 +86,18 @@ def nightly_dataset(
             continue
         name = entry.uri.rstrip("/").rsplit("/", 1)[-1]
         state = generate_dataset.with_options(flow_run_name=f"inbox-{name}")(
-            manifest=entry.uri, output=output, gpus_per_node=gpus_per_node, defaults=defaults, strict=strict,
-            packing=packing, model_paths=model_paths, job_timeout_s=job_timeout_s, retry_policy=retry_policy,
-            limits=limits, return_state=True, **database,
+            manifest=entry.uri,
+            output=output,
+            gpus_per_node=gpus_per_node,
+            defaults=defaults,
+            strict=strict,
+            packing=packing,
+            model_paths=model_paths,
+            job_timeout_s=job_timeout_s,
+            retry_policy=retry_policy,
+            limits=limits,
+            return_state=True,
+            **database,
         )
         run_id = None
         if state.is_completed():
@@ -98,11 +107,13 @@ def nightly_dataset(
         else:
             status, error = "failed", f"{state.name}: {state.message or 'generate-dataset did not complete'}"
         finish_manifest_task(url, entry, status, run_id, error)
-        results.append({"uri": entry.uri, "fingerprint": entry.fingerprint, "status": status, "run_id": run_id,
-                         "error": error})
+        results.append(
+            {"uri": entry.uri, "fingerprint": entry.fingerprint, "status": status, "run_id": run_id, "error": error}
+        )
         print(f"{entry.uri}: {status}" + (f" ({error})" if error else ""))
-    create_markdown_artifact(summary_markdown(inbox, results, skipped), key="inbox-pass",
-                             description="Manifests this pass ran")
+    create_markdown_artifact(
+        summary_markdown(inbox, results, skipped), key="inbox-pass", description="Manifests this pass ran"
+    )
     failed = [r for r in results if r["status"] == "failed"]
     if failed:
         raise InboxFailures(

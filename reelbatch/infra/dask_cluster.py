@@ -200,8 +200,10 @@ def _output_problem(output: str) -> str | None:
 
     protocol = get_protocol(output)
     if protocol == "memory":
-        return (f"the output {output!r}, which lives in this process's memory. Fix: --out s3://bucket/prefix (or "
-                "another object store URL)")
+        return (
+            f"the output {output!r}, which lives in this process's memory. Fix: --out s3://bucket/prefix (or "
+            "another object store URL)"
+        )
     if protocol not in _LOCAL_PROTOCOLS or _is_shared(output.removeprefix("file://")):
         return None
     return (

@@ -20,8 +20,8 @@ import contextlib
 import fcntl
 import itertools
 import os
-import tempfile
 import socket
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,8 +59,14 @@ class DevicePool:
     drops the lock when its holder dies, so a killed run never leaves a GPU claimed.
     """
 
-    def __init__(self, capacity: int, cuda: bool, host: str | None = None, names: list[str] | None = None,
-                 lock_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        cuda: bool,
+        host: str | None = None,
+        names: list[str] | None = None,
+        lock_dir: Path | None = None,
+    ) -> None:
         if capacity < 1:
             raise ValueError("a device pool needs at least one device")
         self.capacity = capacity

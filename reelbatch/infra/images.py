@@ -111,8 +111,14 @@ class ImagePolicy:
     base: str | None = None  # the manifest's own folder/prefix: relative cells resolve against it
 
     @classmethod
-    def for_manifest(cls, manifest_source: str | None, roots: Sequence[str] = (), *, max_bytes: int = 32 * 1024**2,
-                     max_side: int = 4096) -> ImagePolicy:
+    def for_manifest(
+        cls,
+        manifest_source: str | None,
+        roots: Sequence[str] = (),
+        *,
+        max_bytes: int = 32 * 1024**2,
+        max_side: int = 4096,
+    ) -> ImagePolicy:
         """Allowed = the manifest's own folder/prefix (when ``manifest_source`` is a real path/URL, not
         "<inline>") + ``roots``. Relative cells resolve against the manifest's folder (or are refused without one)."""
         base = None
@@ -212,15 +218,21 @@ class _Reader:
         return ImageProblem(rule, f"Image {self.shown!r} {what}.", fix)
 
     def not_allowed(self, why: str = "is outside the allowed places") -> ImageProblem:
-        return self.problem("image_not_allowed", f"{why}; images may only come from {self.policy.describe()}",
-                            f"move the image there, or ask the operator to add its folder with {_ROOT_OPTION}")
+        return self.problem(
+            "image_not_allowed",
+            f"{why}; images may only come from {self.policy.describe()}",
+            f"move the image there, or ask the operator to add its folder with {_ROOT_OPTION}",
+        )
 
     def missing(self, why: str) -> ImageProblem:
         return self.problem("image_missing", why, "check the path or URL and that the image is there and readable")
 
     def too_large(self, size: int) -> ImageProblem:
-        return self.problem("image_too_large", f"has {size} bytes, more than the limit of {self.policy.max_bytes}",
-                            "shrink or recompress the image")
+        return self.problem(
+            "image_too_large",
+            f"has {size} bytes, more than the limit of {self.policy.max_bytes}",
+            "shrink or recompress the image",
+        )
 
     def read(self) -> bytes:
         cell, policy = self.cell, self.policy
@@ -229,26 +241,36 @@ class _Reader:
         if "\x00" in cell:
             raise self.not_allowed("contains a NUL character")
         if _has_credentials(cell):
-            raise self.problem("image_credentials_in_url", "has a user name or password in its URL",
-                               "remove user:password@ from the URL and give credentials through the standard "
-                               "AWS variables (AWS_ACCESS_KEY_ID, ...) or a profile")
+            raise self.problem(
+                "image_credentials_in_url",
+                "has a user name or password in its URL",
+                "remove user:password@ from the URL and give credentials through the standard "
+                "AWS variables (AWS_ACCESS_KEY_ID, ...) or a profile",
+            )
         allowed = sorted(policy.protocols())
         if "::" in cell:
-            raise self.problem("image_scheme_not_allowed", "is a chained URL ('::'), which is never allowed",
-                               f"write a plain URL or path ({', '.join(allowed) or 'none'} allowed here)")
+            raise self.problem(
+                "image_scheme_not_allowed",
+                "is a chained URL ('::'), which is never allowed",
+                f"write a plain URL or path ({', '.join(allowed) or 'none'} allowed here)",
+            )
         url = cell
         if "://" not in cell and not os.path.isabs(cell):
             if policy.base is None:
-                raise self.problem("image_relative_without_base",
-                                   "is a relative path but the manifest has no folder to resolve it against",
-                                   "write an absolute path or URL inside an allowed place")
+                raise self.problem(
+                    "image_relative_without_base",
+                    "is a relative path but the manifest has no folder to resolve it against",
+                    "write an absolute path or URL inside an allowed place",
+                )
             url = os.path.join(policy.base, cell) if is_local(policy.base) else policy.base + cell
         protocol = "file" if is_local(url) else get_protocol(url)
         if protocol not in allowed:
             kind = "local files" if protocol == "file" else f"{protocol}:// URLs"
-            raise self.problem("image_scheme_not_allowed",
-                               f"uses {kind}, which are not allowed here (allowed: {', '.join(allowed) or 'none'})",
-                               f"put the image in {policy.describe()}")
+            raise self.problem(
+                "image_scheme_not_allowed",
+                f"uses {kind}, which are not allowed here (allowed: {', '.join(allowed) or 'none'})",
+                f"put the image in {policy.describe()}",
+            )
         return self._read_local(_local_path(url)) if protocol == "file" else self._read_remote(url)
 
     def _read_local(self, path: str) -> bytes:
@@ -347,8 +369,11 @@ def _check_image(data: bytes, shown: str, max_side: int) -> tuple[int, int, str]
     except (_TooManyPixels, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         size = error.size if isinstance(error, _TooManyPixels) else None
         what = f"is {size[0]}x{size[1]} pixels" if size else "is a decompression bomb (far too many pixels)"
-        raise ImageProblem("image_too_large", f"Image {shown!r} {what}, over the limit of {max_side} per side.",
-                           f"resize the image to at most {max_side}x{max_side} pixels") from None
+        raise ImageProblem(
+            "image_too_large",
+            f"Image {shown!r} {what}, over the limit of {max_side} per side.",
+            f"resize the image to at most {max_side}x{max_side} pixels",
+        ) from None
     except UnidentifiedImageError:
         raise _undecodable(shown, f"is not an image in a supported format ({', '.join(IMAGE_FORMATS)})") from None
     except Exception as error:  # noqa: BLE001 - Pillow raises many types for corrupt data
@@ -357,5 +382,8 @@ def _check_image(data: bytes, shown: str, max_side: int) -> tuple[int, int, str]
 
 
 def _undecodable(shown: str, what: str) -> ImageProblem:
-    return ImageProblem("image_not_decodable", f"Image {shown!r} {what}.",
-                        "re-export the image as PNG or JPEG and check that it opens in an image viewer")
+    return ImageProblem(
+        "image_not_decodable",
+        f"Image {shown!r} {what}.",
+        "re-export the image as PNG or JPEG and check that it opens in an image viewer",
+    )

@@ -101,4 +101,3 @@ def holding_gpus(group: DeviceGroup, width: int) -> Iterator[None]:
 
     with concurrency(name, occupy=width, lease_duration=GPU_LEASE_S):
         yield
-

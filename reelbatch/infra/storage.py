@@ -12,8 +12,6 @@ from pathlib import Path
 import fsspec
 from fsspec.utils import get_protocol
 
-
-
 LOCAL_PROTOCOLS = ("file", "local")
 
 

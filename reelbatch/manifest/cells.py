@@ -12,11 +12,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import get_args
 
-from reelbatch.redact import redact_secrets
 from reelbatch.manifest.types import COLUMNS, MAX_SEED, ManifestLimits, Models
 from reelbatch.models.catalog import ModelCatalog, UnknownModel
 from reelbatch.models.pipelines import GenerationDefaults
 from reelbatch.models.registry import FAMILIES, ModelFamily
+from reelbatch.redact import redact_secrets
 from reelbatch.schemas import Backend, ParallelPlan, RunDefaults
 
 _QUOTED_VALUE_CHARS = 40
@@ -284,12 +284,16 @@ def _parse_image(value: object, column: str, context: RowContext) -> str | None:
     links = [link.split("://", 1)[1] for link in text.split("::") if "://" in link]
     if any("@" in link.split("/", 1)[0] for link in links):
         raise CellProblem(
-            "image_credentials_in_url", f"{column}: the URL carries a user name or password",
-            "remove them: credentials come from the standard AWS variables or a profile, never from the manifest")
+            "image_credentials_in_url",
+            f"{column}: the URL carries a user name or password",
+            "remove them: credentials come from the standard AWS variables or a profile, never from the manifest",
+        )
     if links and "?" in text:
         raise CellProblem(
-            "image_url_query", f"{column}: the URL has a query string (it may carry a signature)",
-            "give the object's plain URL (s3://bucket/key) and let the storage credentials sign the read")
+            "image_url_query",
+            f"{column}: the URL has a query string (it may carry a signature)",
+            "give the object's plain URL (s3://bucket/key) and let the storage credentials sign the read",
+        )
     return _checked_text(text, column, context)
 
 
@@ -310,7 +314,9 @@ def _parse_backend(value: object, column: str, context: RowContext) -> str:
     backend = str(value).strip().lower()
     if backend not in BACKENDS:
         raise CellProblem(
-            "unknown_backend", f"{column} {quote(value)} is not a parallel backend", f"use one of: {', '.join(BACKENDS)}"
+            "unknown_backend",
+            f"{column} {quote(value)} is not a parallel backend",
+            f"use one of: {', '.join(BACKENDS)}",
         )
     return backend
 

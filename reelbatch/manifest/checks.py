@@ -13,7 +13,6 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 
 from pydantic import BaseModel, TypeAdapter, ValidationError, ValidationInfo, create_model, field_validator
 
-from reelbatch.redact import INLINE_SOURCE
 from reelbatch.manifest.cells import COLUMN_PARSERS, FALLBACK_DEFAULTS, CellProblem, RowContext, quote
 from reelbatch.manifest.rejected import raw_cells
 from reelbatch.manifest.types import (
@@ -27,8 +26,15 @@ from reelbatch.manifest.types import (
     Models,
 )
 from reelbatch.models.registry import ModelFamily
-from reelbatch.schemas import ManifestRow, RowRejection, RunDefaults, many_models, trusted
-from reelbatch.schemas import ParallelPlan  # noqa: F401  (pydantic resolves _RowCells' field types here)
+from reelbatch.redact import INLINE_SOURCE
+from reelbatch.schemas import (
+    ManifestRow,
+    ParallelPlan,  # noqa: F401  (pydantic resolves _RowCells' field types here)
+    RowRejection,
+    RunDefaults,
+    many_models,
+    trusted,
+)
 
 
 def fill_model_defaults(values: dict[str, object], context: RowContext, empty_cells: Collection[str]) -> None:
@@ -71,9 +77,12 @@ def _frame_problem(values: Mapping[str, object], line: int) -> RowRejection | No
     """A last frame needs a first one (every pipeline that takes ``last_image`` takes it after ``image``)."""
     if values["last_image"] is not None and values["image"] is None:
         return RowRejection(
-            row=line, column="last_image", rule="last_image_without_image",
+            row=line,
+            column="last_image",
+            rule="last_image_without_image",
             message="last_image is given but image (the first frame) is empty",
-            fix="add the first frame in the image column, or leave last_image empty")
+            fix="add the first frame in the image column, or leave last_image empty",
+        )
     return None
 
 
@@ -290,9 +299,7 @@ def validate_records(
     for line, record in records:
         total_rows += 1
         if total_rows > limits.max_rows:
-            raise ManifestError(
-                f"{subject} has more than {limits.max_rows:,} rows: split it into smaller manifests"
-            )
+            raise ManifestError(f"{subject} has more than {limits.max_rows:,} rows: split it into smaller manifests")
         outcome = checker.check(record, line)
         if isinstance(outcome, RowRejection):
             rejections.append(outcome)

@@ -202,7 +202,7 @@ def _plain_seeds(column: pa.ChunkedArray) -> np.ndarray:
     for chunk in column.chunks:
         data, offsets = chunk.buffers()[2], _offsets(chunk)
         sizes = np.diff(offsets)
-        digits = np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]] if data is not None else sizes[:0]
+        digits = np.frombuffer(data, dtype=np.uint8)[offsets[0] : offsets[-1]] if data is not None else sizes[:0]
         if ((digits >= 48) & (digits <= 57)).all():
             parts.append((sizes >= 1) & (sizes <= 18))
         else:
@@ -269,8 +269,7 @@ class _Shapes:
     def model_default(self, column: str, context: RowContext) -> pa.Array:
         """Per row, the default of ``column`` for the row's model (a per-row column left empty)."""
         per_shape = [
-            getattr(family.defaults if (family := context.families.get(shape["model"])) else FALLBACK_DEFAULTS,
-                    column)
+            getattr(family.defaults if (family := context.families.get(shape["model"])) else FALLBACK_DEFAULTS, column)
             for shape in self.shapes
         ]
         return pa.array(per_shape, pa.string()).take(pa.array(self.of_row))
@@ -290,8 +289,9 @@ def _unique(ids: pa.ChunkedArray, plain: np.ndarray, empty: np.ndarray) -> bool:
 
 
 @many_models()
-def _check_table(body: bytes, table: pa.Table, header, checker: RowChecker, context: RowContext, source: str,
-                 sha256: str | Sha256Of) -> ManifestReadResult | None:
+def _check_table(
+    body: bytes, table: pa.Table, header, checker: RowChecker, context: RowContext, source: str, sha256: str | Sha256Of
+) -> ManifestReadResult | None:
     rows = table.num_rows
     limits = context.limits
     try:
@@ -322,9 +322,14 @@ def _check_table(body: bytes, table: pa.Table, header, checker: RowChecker, cont
             return None  # ids to strip or used twice: the line reader registers them line by line
         columns[column] = cells
     if "negative_prompt" in columns:  # true CFG without a negative prompt: the row itself says what runs
-        skips = np.array([shape["model"] is not FAILED and drops_true_cfg(context.families.get(shape["model"]),
-                                                                           shape["guidance_scale"])
-                          for shape in shapes.shapes], dtype=bool)
+        skips = np.array(
+            [
+                shape["model"] is not FAILED
+                and drops_true_cfg(context.families.get(shape["model"]), shape["guidance_scale"])
+                for shape in shapes.shapes
+            ],
+            dtype=bool,
+        )
         if skips.any():
             no_negative = pc.fill_null(pc.equal(columns["negative_prompt"], ""), False)
             flagged |= skips[shapes.of_row] & no_negative.to_numpy(zero_copy_only=False)
@@ -355,7 +360,7 @@ def _check_table(body: bytes, table: pa.Table, header, checker: RowChecker, cont
         for index in suspects.tolist():
             line = index + 2  # the file has one record per line (checked in _parse)
             end = int(breaks[index + 1]) if index + 1 < len(breaks) else len(body)
-            text = body[int(breaks[index]) + 1:end].decode("utf-8")
+            text = body[int(breaks[index]) + 1 : end].decode("utf-8")
             record = next(csv.reader([text.rstrip("\r\n")]), [])
             if not any(cell.strip() for cell in record):
                 blank += 1  # not a row, as for the line reader
@@ -369,7 +374,9 @@ def _check_table(body: bytes, table: pa.Table, header, checker: RowChecker, cont
                 overrides[index] = outcome
     total_rows = rows - blank
     if total_rows > limits.max_rows:
-        raise ManifestError(f"{subject_of(source)} has more than {limits.max_rows:,} rows: split it into smaller manifests")
+        raise ManifestError(
+            f"{subject_of(source)} has more than {limits.max_rows:,} rows: split it into smaller manifests"
+        )
     positions = np.flatnonzero(accepted)
     row_of_position = {int(np.searchsorted(positions, index)): row for index, row in overrides.items()}
     table_rows = RowTable(
@@ -380,5 +387,12 @@ def _check_table(body: bytes, table: pa.Table, header, checker: RowChecker, cont
         columns=columns,
         overrides=row_of_position,
     )
-    return ManifestReadResult(rows=table_rows, rejections=rejections, total_rows=total_rows, digest=sha256,
-                              source=source, raw_rows=raw_rows, unknown_columns=list(header.unknown))
+    return ManifestReadResult(
+        rows=table_rows,
+        rejections=rejections,
+        total_rows=total_rows,
+        digest=sha256,
+        source=source,
+        raw_rows=raw_rows,
+        unknown_columns=list(header.unknown),
+    )

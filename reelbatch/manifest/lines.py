@@ -162,4 +162,3 @@ def read_lines(
         raise ManifestError(f"{subject} is empty: it needs a header row with a 'prompt' column")
     header = read_header(first_record[1], subject)
     return validate_records(header, records, defaults, known_models, limits, source, lambda: lines.sha256)
-

@@ -17,11 +17,11 @@ from typing import BinaryIO
 
 import fsspec
 
-from reelbatch.redact import INLINE_SOURCE, redact_text, redact_url
 from reelbatch.manifest.columnar import read_columnar
 from reelbatch.manifest.lines import read_lines
 from reelbatch.manifest.tables import read_jsonl, read_parquet
 from reelbatch.manifest.types import ManifestError, ManifestLimits, ManifestReadResult, Models, Sha256Of
+from reelbatch.redact import INLINE_SOURCE, redact_text, redact_url
 from reelbatch.schemas import RunDefaults
 
 # A CSV manifest up to this size is read whole and tried on the columnar fast path (``columnar``); a
@@ -73,7 +73,11 @@ def _read_at_most(stream: BinaryIO, limit: int) -> bytes:
 
 
 def _parse_csv(
-    stream: BinaryIO, defaults: RunDefaults, known_models: Models, limits: ManifestLimits, source: str,
+    stream: BinaryIO,
+    defaults: RunDefaults,
+    known_models: Models,
+    limits: ManifestLimits,
+    source: str,
     columnar: bool = True,
 ) -> ManifestReadResult:
     """The columnar fast path when the file is small enough and regular, else the line reader: same results."""

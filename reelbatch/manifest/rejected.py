@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from reelbatch.redact import redact_secrets
 from reelbatch.manifest.types import COLUMNS, RAW_CELL_CHARS, Header
+from reelbatch.redact import redact_secrets
 from reelbatch.schemas import ManifestRow
 
 
@@ -22,8 +22,11 @@ def raw_cells(header: Header, record: list[str]) -> dict[str, str]:
 
 def row_cells(row: ManifestRow) -> dict[str, str]:
     """A row's values as the text of its cells (for the database's view of a row rejected after reading)."""
-    return {column: redact_secrets(str(value))[:RAW_CELL_CHARS] for column in COLUMNS
-            if (value := getattr(row, column)) is not None}
+    return {
+        column: redact_secrets(str(value))[:RAW_CELL_CHARS]
+        for column in COLUMNS
+        if (value := getattr(row, column)) is not None
+    }
 
 
 def _parse_bool(text: str) -> bool:

@@ -77,4 +77,3 @@ def read_parquet(raw: bytes, defaults, known_models, limits, source) -> Manifest
     header, records = _table_records(objects, subject)
     digest = hashlib.sha256(raw).hexdigest()
     return validate_records(header, records, defaults, known_models, limits, source, lambda: digest)
-

@@ -16,9 +16,24 @@ from reelbatch.schemas import ManifestRow, RowRejection
 # The manifest's columns, in the order a row's problems are looked for (``cells.COLUMN_PARSERS`` has one parser
 # per column). A new column is one name here, one parser there and a ManifestRow field of the same name.
 COLUMNS = (
-    "id", "prompt", "negative_prompt", "model", "height", "width", "num_frames", "num_inference_steps",
-    "guidance_scale", "embedded_guidance_scale", "seed", "num_videos", "sequence_batch", "plan", "backend",
-    "guidance_scale_2", "image", "last_image",
+    "id",
+    "prompt",
+    "negative_prompt",
+    "model",
+    "height",
+    "width",
+    "num_frames",
+    "num_inference_steps",
+    "guidance_scale",
+    "embedded_guidance_scale",
+    "seed",
+    "num_videos",
+    "sequence_batch",
+    "plan",
+    "backend",
+    "guidance_scale_2",
+    "image",
+    "last_image",
 )
 # ManifestRow's fields that are not columns: the images' hashes (set by intake, tasks/images.py) and the recipe's
 # flow shift (resolved with the model's defaults).
@@ -90,7 +105,13 @@ class ManifestReadResult:
         if not isinstance(other, ManifestReadResult):
             return NotImplemented
         return (list(self.rows), self.rejections, self.total_rows, self.sha256, self.source, self.raw_rows) == (
-            list(other.rows), other.rejections, other.total_rows, other.sha256, other.source, other.raw_rows)
+            list(other.rows),
+            other.rejections,
+            other.total_rows,
+            other.sha256,
+            other.source,
+            other.raw_rows,
+        )
 
     @property
     def sha256(self) -> str:

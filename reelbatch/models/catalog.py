@@ -73,7 +73,8 @@ def check_agreement(family: ModelFamily, facts: FolderFacts) -> None:
             f"{family.name} is a {family.pipeline_class} ({family.inputs()}) but {facts.folder} holds a "
             f"{facts.describe()}: {'; '.join(differ)}",
             f"point --model-path {family.name}=DIR at a {family.name} checkpoint, or give the folder a name of its "
-            "own (--model-path my-model=DIR) so its own config decides what it is")
+            "own (--model-path my-model=DIR) so its own config decides what it is",
+        )
 
 
 def family_from_facts(name: str, facts: FolderFacts) -> ModelFamily:
@@ -84,12 +85,22 @@ def family_from_facts(name: str, facts: FolderFacts) -> ModelFamily:
     if spec.kind == "hunyuan" and not facts.guidance_embeds:
         defaults = defaults.with_(embedded_guidance_scale=None)
     return declare_family(
-        name, facts.class_name, facts.heads,
-        vae_stride_t=facts.vae_stride_t, vae_stride_s=facts.vae_stride_s, patch_t=facts.patch_t,
-        patch_s=facts.patch_s, size_multiple=max(16, facts.vae_stride_s * facts.patch_s),
-        experts=facts.experts, expand_timesteps=facts.expand_timesteps,
-        image_condition_type=facts.image_condition_type, image_input=facts.image, last_image=facts.last_image,
-        native=facts.native, guidance_embedding=spec.kind == "hunyuan" and facts.guidance_embeds, defaults=defaults,
+        name,
+        facts.class_name,
+        facts.heads,
+        vae_stride_t=facts.vae_stride_t,
+        vae_stride_s=facts.vae_stride_s,
+        patch_t=facts.patch_t,
+        patch_s=facts.patch_s,
+        size_multiple=max(16, facts.vae_stride_s * facts.patch_s),
+        experts=facts.experts,
+        expand_timesteps=facts.expand_timesteps,
+        image_condition_type=facts.image_condition_type,
+        image_input=facts.image,
+        last_image=facts.last_image,
+        native=facts.native,
+        guidance_embedding=spec.kind == "hunyuan" and facts.guidance_embeds,
+        defaults=defaults,
         # Estimates for an unknown checkpoint: weights as stored, activations by width, speed by transformer size
         # relative to HunyuanVideo's 13B (24.2 GiB in bf16).
         param_memory_gib=round(facts.weights_gib, 2),
@@ -102,7 +113,9 @@ def _read(name: str, folder: Path) -> FolderFacts:
     try:
         return read_folder(name, folder)
     except UnsupportedPipeline as exc:
-        raise PipelineNotSupported(str(exc), f"use a folder of a class the engine runs: {supported_classes()}") from None
+        raise PipelineNotSupported(
+            str(exc), f"use a folder of a class the engine runs: {supported_classes()}"
+        ) from None
     except FolderProblem as exc:
         raise UnknownModel(str(exc)) from None
 

@@ -129,7 +129,8 @@ def read_folder(name: str, folder: Path) -> FolderFacts:
         reason = f" ({why})" if why else ""
         raise UnsupportedPipeline(
             f"{name}: {folder} holds a {class_name or 'pipeline of no class'}{reason}, which the engine does not "
-            f"run; it runs: {supported_classes()}")
+            f"run; it runs: {supported_classes()}"
+        )
     expert = "transformer" if _present(index.get("transformer")) else "transformer_2"
     try:
         transformer = _read_json(folder / expert / "config.json")

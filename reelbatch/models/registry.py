@@ -156,8 +156,10 @@ WAN21_RECIPE = GenerationDefaults(5.0, 50, 16, flow_shift=WAN21_SHIFT, fp32_comp
 WAN21_I2V_RECIPE = WAN21_RECIPE.with_(fp32_components=("vae", "image_encoder"))
 SKYREELS_V2_RECIPE = GenerationDefaults(6.0, 50, 24, flow_shift=((10**9, 8.0),), fp32_components=("vae",))
 # SkyReels-V1 (its README and gradio demo): true CFG 6.0 against this negative prompt, embedded guidance 1.0.
-SKYREELS_V1_NEGATIVE = ("Aerial view, aerial view, overexposed, low quality, deformation, a poor composition, "
-                        "bad hands, bad teeth, bad eyes, bad limbs, distortion")
+SKYREELS_V1_NEGATIVE = (
+    "Aerial view, aerial view, overexposed, low quality, deformation, a poor composition, "
+    "bad hands, bad teeth, bad eyes, bad limbs, distortion"
+)
 SKYREELS_V1_RECIPE = GenerationDefaults(6.0, 50, 24, embedded_guidance_scale=1.0, negative_prompt=SKYREELS_V1_NEGATIVE)
 
 
@@ -166,8 +168,14 @@ def _class(pipeline_class: str, **facts) -> dict:
     spec = PIPELINES[pipeline_class]
     hunyuan = spec.kind == "hunyuan"
     base = dict(
-        pipeline_class=pipeline_class, native=spec.native, xdit=spec.xdit, image_input=spec.image,
-        last_image=spec.last_image, defaults=spec.defaults, guidance_embedding=hunyuan, true_cfg=hunyuan,
+        pipeline_class=pipeline_class,
+        native=spec.native,
+        xdit=spec.xdit,
+        image_input=spec.image,
+        last_image=spec.last_image,
+        defaults=spec.defaults,
+        guidance_embedding=hunyuan,
+        true_cfg=hunyuan,
     )
     if hunyuan:
         base.update(text_tokens=256, loops_after_frames=192, xdit=HUNYUAN_XDIT, native=spec.native)
@@ -189,8 +197,12 @@ _WAN14B = dict(
 )
 # Both experts stay resident (the engine keeps the pipeline for the whole job); Wan's own generate.py swaps them
 # with --offload_model, which this estimate does not assume: 63 GiB before activations.
-_WAN_A14B = {**_WAN14B, "step_seconds_100k": 18.7, "experts": 2,
-             "param_memory_gib": round(2 * bf16_gib(14.0) + UMT5_XXL_ENCODER_GIB + WAN21_VAE_GIB, 1)}
+_WAN_A14B = {
+    **_WAN14B,
+    "step_seconds_100k": 18.7,
+    "experts": 2,
+    "param_memory_gib": round(2 * bf16_gib(14.0) + UMT5_XXL_ENCODER_GIB + WAN21_VAE_GIB, 1),
+}
 _WAN14B_I2V = {**_WAN14B, "param_memory_gib": round(_WAN14B["param_memory_gib"] + CLIP_VIT_H_IMAGE_GIB, 1)}  # 38.1
 _HUNYUAN13B = dict(
     param_memory_gib=round(bf16_gib(13.0) + HUNYUAN_TEXT_ENCODERS_GIB + HUNYUAN_VAE_GIB, 1),  # 39.8
@@ -204,52 +216,118 @@ FAMILIES: dict[str, ModelFamily] = {
     f.name: f
     for f in (
         # Built-in random-weight pipelines (models/tiny.py): any size, tiny memory, 4 heads (ulysses 2 and 4 legal).
-        *(declare_family(name, facts["pipeline_class"], 4, builtin_tiny=True, param_memory_gib=0.01,
-                  activation_gib_per_ktoken=0.001, step_seconds_100k=0.5, **facts["family"])
-          for name, facts in TINY_FAMILIES.items()),
+        *(
+            declare_family(
+                name,
+                facts["pipeline_class"],
+                4,
+                builtin_tiny=True,
+                param_memory_gib=0.01,
+                activation_gib_per_ktoken=0.001,
+                step_seconds_100k=0.5,
+                **facts["family"],
+            )
+            for name, facts in TINY_FAMILIES.items()
+        ),
         declare_family(
-            "wan2.1-t2v-1.3b", "WanPipeline", 12, allowed_sizes=_both_orientations((480, 832)),
+            "wan2.1-t2v-1.3b",
+            "WanPipeline",
+            12,
+            allowed_sizes=_both_orientations((480, 832)),
             defaults=WAN21_RECIPE,
             param_memory_gib=round(bf16_gib(1.3) + UMT5_XXL_ENCODER_GIB + WAN21_VAE_GIB, 1),  # 13.3
-            activation_gib_per_ktoken=activation_for_width(1536), step_seconds_100k=4.5,
+            activation_gib_per_ktoken=activation_for_width(1536),
+            step_seconds_100k=4.5,
         ),
-        declare_family("wan2.1-t2v-14b", "WanPipeline", 40, allowed_sizes=WAN_480P_720P_SIZES, defaults=WAN21_RECIPE,
-                **_WAN14B),
-        declare_family("wan2.1-i2v-14b", "WanImageToVideoPipeline", 40, image_tokens=257, last_image="none",
-                allowed_sizes=WAN_480P_720P_SIZES, defaults=WAN21_I2V_RECIPE, **_WAN14B_I2V),
+        declare_family(
+            "wan2.1-t2v-14b", "WanPipeline", 40, allowed_sizes=WAN_480P_720P_SIZES, defaults=WAN21_RECIPE, **_WAN14B
+        ),
+        declare_family(
+            "wan2.1-i2v-14b",
+            "WanImageToVideoPipeline",
+            40,
+            image_tokens=257,
+            last_image="none",
+            allowed_sizes=WAN_480P_720P_SIZES,
+            defaults=WAN21_I2V_RECIPE,
+            **_WAN14B_I2V,
+        ),
         # First-and-last-frame: CLIP embeddings of both frames (2 x 257 tokens), 720P; the folder's scheduler.
-        declare_family("wan2.1-flf2v-14b", "WanImageToVideoPipeline", 40, image_tokens=514, last_image="required",
-                allowed_sizes=_both_orientations((720, 1280)),
-                defaults=GenerationDefaults(5.0, 50, 16, fp32_components=("vae", "image_encoder")), **_WAN14B_I2V),
+        declare_family(
+            "wan2.1-flf2v-14b",
+            "WanImageToVideoPipeline",
+            40,
+            image_tokens=514,
+            last_image="required",
+            allowed_sizes=_both_orientations((720, 1280)),
+            defaults=GenerationDefaults(5.0, 50, 16, fp32_components=("vae", "image_encoder")),
+            **_WAN14B_I2V,
+        ),
         declare_family("wan2.2-t2v-a14b", "WanPipeline", 40, allowed_sizes=WAN_480P_720P_SIZES, **_WAN_A14B),
-        declare_family("wan2.2-i2v-a14b", "WanImageToVideoPipeline", 40, allowed_sizes=WAN_480P_720P_SIZES, **_WAN_A14B),
+        declare_family(
+            "wan2.2-i2v-a14b", "WanImageToVideoPipeline", 40, allowed_sizes=WAN_480P_720P_SIZES, **_WAN_A14B
+        ),
         # VAE stride 4 x 16 x 16 and patch 2: 32 px per token; 121 frames at 24 fps is its default.
         declare_family(
-            "wan2.2-ti2v-5b", "WanPipeline", 24, vae_stride_s=16, size_multiple=32, expand_timesteps=True,
-            image_input="optional", allowed_sizes=_both_orientations((704, 1280)),
+            "wan2.2-ti2v-5b",
+            "WanPipeline",
+            24,
+            vae_stride_s=16,
+            size_multiple=32,
+            expand_timesteps=True,
+            image_input="optional",
+            allowed_sizes=_both_orientations((704, 1280)),
             defaults=GenerationDefaults(5.0, 50, 24),
             param_memory_gib=round(bf16_gib(5.0) + UMT5_XXL_ENCODER_GIB + WAN22_VAE_GIB, 1),  # 21.2
-            activation_gib_per_ktoken=activation_for_width(3072), step_seconds_100k=9.4,
+            activation_gib_per_ktoken=activation_for_width(3072),
+            step_seconds_100k=9.4,
         ),
         # SkyReels-V2 generates landscape only: 540P = height 544 x width 960, 720P = 720 x 1280.
-        declare_family("skyreels-v2-t2v-14b", "SkyReelsV2Pipeline", 40, allowed_sizes=frozenset({(544, 960), (720, 1280)}),
-                defaults=SKYREELS_V2_RECIPE, **_WAN14B),
-        declare_family("skyreels-v2-i2v-14b", "SkyReelsV2ImageToVideoPipeline", 40, image_tokens=257, last_image="none",
-                allowed_sizes=frozenset({(544, 960), (720, 1280)}),
-                defaults=GenerationDefaults(5.0, 50, 24, fp32_components=("vae", "image_encoder")), **_WAN14B_I2V),
+        declare_family(
+            "skyreels-v2-t2v-14b",
+            "SkyReelsV2Pipeline",
+            40,
+            allowed_sizes=frozenset({(544, 960), (720, 1280)}),
+            defaults=SKYREELS_V2_RECIPE,
+            **_WAN14B,
+        ),
+        declare_family(
+            "skyreels-v2-i2v-14b",
+            "SkyReelsV2ImageToVideoPipeline",
+            40,
+            image_tokens=257,
+            last_image="none",
+            allowed_sizes=frozenset({(544, 960), (720, 1280)}),
+            defaults=GenerationDefaults(5.0, 50, 24, fp32_components=("vae", "image_encoder")),
+            **_WAN14B_I2V,
+        ),
         declare_family("hunyuanvideo", "HunyuanVideoPipeline", 24, **_HUNYUAN13B),
         # SkyReels-V1 is a HunyuanVideo fine-tune (same transformer, text encoders and VAE); its README uses
         # 544x960x97 (SKYREELS_V1_RECIPE); published runs also used 720x720 and 960x960.
         declare_family("skyreels-v1-t2v", "HunyuanVideoPipeline", 24, defaults=SKYREELS_V1_RECIPE, **_HUNYUAN13B),
-        declare_family("skyreels-v1-i2v", "HunyuanSkyreelsImageToVideoPipeline", 24, defaults=SKYREELS_V1_RECIPE,
-                **_HUNYUAN13B),
+        declare_family(
+            "skyreels-v1-i2v", "HunyuanSkyreelsImageToVideoPipeline", 24, defaults=SKYREELS_V1_RECIPE, **_HUNYUAN13B
+        ),
         # diffusers' HunyuanVideo-I2V examples: embedded guidance 6.0 (token_replace); the 33-channel checkpoint
         # (latent_concat) has no guidance embedding and runs at guidance 1.0.
-        declare_family("hunyuanvideo-i2v", "HunyuanVideoImageToVideoPipeline", 24, image_condition_type="token_replace",
-                native=NO_SEQUENCE_PARALLEL,
-                defaults=GenerationDefaults(1.0, 50, 24, embedded_guidance_scale=6.0), **_HUNYUAN_I2V),
-        declare_family("hunyuanvideo-i2v-33ch", "HunyuanVideoImageToVideoPipeline", 24, image_condition_type="latent_concat",
-                native=HUNYUAN_NATIVE, guidance_embedding=False, defaults=GenerationDefaults(1.0, 50, 24),
-                **_HUNYUAN_I2V),
+        declare_family(
+            "hunyuanvideo-i2v",
+            "HunyuanVideoImageToVideoPipeline",
+            24,
+            image_condition_type="token_replace",
+            native=NO_SEQUENCE_PARALLEL,
+            defaults=GenerationDefaults(1.0, 50, 24, embedded_guidance_scale=6.0),
+            **_HUNYUAN_I2V,
+        ),
+        declare_family(
+            "hunyuanvideo-i2v-33ch",
+            "HunyuanVideoImageToVideoPipeline",
+            24,
+            image_condition_type="latent_concat",
+            native=HUNYUAN_NATIVE,
+            guidance_embedding=False,
+            defaults=GenerationDefaults(1.0, 50, 24),
+            **_HUNYUAN_I2V,
+        ),
     )
 }

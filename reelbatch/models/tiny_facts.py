@@ -20,18 +20,25 @@ TINY_FAMILIES: dict[str, dict] = {
     "tiny-wan": _tiny("WanPipeline"),
     "tiny-hunyuan": _tiny("HunyuanVideoPipeline"),
     "tiny-wan2.2-a14b": _tiny("WanPipeline", experts=2),
-    "tiny-wan2.2-ti2v": _tiny("WanPipeline", (64, 64), expand_timesteps=True, vae_stride_s=16, size_multiple=32,
-                              image_input="optional"),
+    "tiny-wan2.2-ti2v": _tiny(
+        "WanPipeline", (64, 64), expand_timesteps=True, vae_stride_s=16, size_multiple=32, image_input="optional"
+    ),
     "tiny-wan2.1-i2v": _tiny("WanImageToVideoPipeline", last_image="none"),
     "tiny-wan2.1-flf2v": _tiny("WanImageToVideoPipeline", last_image="required"),
     "tiny-wan2.2-i2v-a14b": _tiny("WanImageToVideoPipeline", experts=2),
     "tiny-skyreels-v2": _tiny("SkyReelsV2Pipeline"),
     "tiny-skyreels-v2-i2v": _tiny("SkyReelsV2ImageToVideoPipeline", last_image="none"),
     "tiny-skyreels-v1-i2v": _tiny("HunyuanSkyreelsImageToVideoPipeline"),
-    "tiny-hunyuan-i2v": _tiny("HunyuanVideoImageToVideoPipeline", image_condition_type="token_replace",
-                              native=NO_SEQUENCE_PARALLEL),
-    "tiny-hunyuan-i2v-33ch": _tiny("HunyuanVideoImageToVideoPipeline", image_condition_type="latent_concat",
-                                   native=HUNYUAN_NATIVE, guidance_embedding=False,
-                                   defaults=PIPELINES["HunyuanVideoImageToVideoPipeline"].defaults.with_(
-                                       num_inference_steps=4, fps=8, embedded_guidance_scale=None)),
+    "tiny-hunyuan-i2v": _tiny(
+        "HunyuanVideoImageToVideoPipeline", image_condition_type="token_replace", native=NO_SEQUENCE_PARALLEL
+    ),
+    "tiny-hunyuan-i2v-33ch": _tiny(
+        "HunyuanVideoImageToVideoPipeline",
+        image_condition_type="latent_concat",
+        native=HUNYUAN_NATIVE,
+        guidance_embedding=False,
+        defaults=PIPELINES["HunyuanVideoImageToVideoPipeline"].defaults.with_(
+            num_inference_steps=4, fps=8, embedded_guidance_scale=None
+        ),
+    ),
 }

@@ -87,7 +87,7 @@ def positions_by_bucket(table: RowTable) -> dict[BucketKey, np.ndarray]:
     buckets: dict[BucketKey, np.ndarray] = {}
     for code, values in enumerate(code_of_key):
         key = BucketKey(**dict(zip(names, values)))
-        rows = in_order[starts[code]:starts[code] + counts[code]]
+        rows = in_order[starts[code] : starts[code] + counts[code]]
         # Distinct values that validate to one BucketKey (e.g. 5 and 5.0) share a bucket, in file order.
         buckets[key] = np.sort(np.concatenate([buckets[key], rows])) if key in buckets else rows
     return buckets
@@ -135,8 +135,14 @@ def duplicate_of(row: ManifestRow, row_samples: list[Sample], seen: dict[str, in
     return None
 
 
-def table_samples(table: RowTable, bucket_rows: np.ndarray, suspects: np.ndarray, videos: np.ndarray,
-                   seen: dict[str, int], rejections: list[RowRejection]) -> tuple[SampleRefs, int]:
+def table_samples(
+    table: RowTable,
+    bucket_rows: np.ndarray,
+    suspects: np.ndarray,
+    videos: np.ndarray,
+    seen: dict[str, int],
+    rejections: list[RowRejection],
+) -> tuple[SampleRefs, int]:
     """A bucket's samples as references (every video of every row, less rows that repeat an earlier row's video)
     and how many rows were left out for that.
 

@@ -32,6 +32,7 @@ def timings_csv() -> str:
     """The published timings shipped with the package (``planning/timings.csv``)."""
     return files("reelbatch.planning").joinpath("timings.csv").read_text(encoding="utf-8")
 
+
 # Published model name -> (speed class, registry family for the token count, passes per step).
 # HunyuanVideo's guidance is distilled (embedded): one pass. SkyReels-V1 and Wan run true CFG: two passes.
 CALIBRATION_MODELS: dict[str, tuple[str, str, int]] = {
@@ -50,7 +51,8 @@ EXCLUDED_MODELS = {
 EXCLUDED_VIDEOS = {
     ("skyreels-v1-t2v", 960, 960, 193): (
         "offloaded: 176,400 tokens need ~87 GiB per GPU with cfg2 (memory model), so no 2-GPU plan fits 80 GiB; "
-        "both rows are ~2x slower than every other HunyuanVideo-family row predicts"),
+        "both rows are ~2x slower than every other HunyuanVideo-family row predicts"
+    ),
 }
 
 
@@ -86,7 +88,7 @@ def _published_plan(text: str) -> ParallelPlan:
     degrees: dict[str, int] = {}
     for part in text.split("+"):
         name = part.rstrip("0123456789")
-        degrees[name] = int(part[len(name):])
+        degrees[name] = int(part[len(name) :])
     return ParallelPlan(**degrees)
 
 
@@ -96,10 +98,19 @@ def _unknown_plan(row: CalibrationRow, family: ModelFamily) -> ParallelPlan | No
     Best follows the field's order (CFG parallel, then Ulysses, then ring); memory is not checked (the article's
     runs used offloading on small GPUs). None when no such plan exists: the row cannot be explained.
     """
-    bucket = BucketKey(model=family.name, height=row.height, width=row.width, num_frames=row.frames,
-                       num_inference_steps=row.steps, guidance_scale=5.0 if row.passes == 2 else 1.0)
-    plans = [p for p in candidate_plans(row.gpus) if p.dp == 1 and not plan_violations(
-        bucket, family, p, world_size=row.gpus, backend="native", device="cuda")]
+    bucket = BucketKey(
+        model=family.name,
+        height=row.height,
+        width=row.width,
+        num_frames=row.frames,
+        num_inference_steps=row.steps,
+        guidance_scale=5.0 if row.passes == 2 else 1.0,
+    )
+    plans = [
+        p
+        for p in candidate_plans(row.gpus)
+        if p.dp == 1 and not plan_violations(bucket, family, p, world_size=row.gpus, backend="native", device="cuda")
+    ]
     return min(plans, key=preference_key) if plans else None
 
 
@@ -109,9 +120,15 @@ def calibration_rows(source: str | os.PathLike[str] | None = None) -> list[Calib
     rows = []
     for record in csv.DictReader(io.StringIO(text)):
         row = CalibrationRow(
-            source=record["source"], model=record["model"], gpu=gpu_name(record["gpu"]),
-            height=int(record["height"]), width=int(record["width"]), frames=int(record["frames"]),
-            steps=int(record["steps"]), gpus=int(record["gpus"]), parallel=record["parallel"],
+            source=record["source"],
+            model=record["model"],
+            gpu=gpu_name(record["gpu"]),
+            height=int(record["height"]),
+            width=int(record["width"]),
+            frames=int(record["frames"]),
+            steps=int(record["steps"]),
+            gpus=int(record["gpus"]),
+            parallel=record["parallel"],
             seconds=float(record["seconds"]),
         )
         rows.append(row)
@@ -127,8 +144,10 @@ def calibration_rows(source: str | os.PathLike[str] | None = None) -> list[Calib
         if row.parallel == "unknown":
             row.plan = _unknown_plan(row, family)
             if row.plan is None:
-                row.excluded = (f"plan unknown, and no plan our rules allow splits one {row.tokens:,}-token video "
-                                f"over {row.gpus} GPUs (e.g. cfg2 x ulysses{row.gpus // 2} needs an even token count)")
+                row.excluded = (
+                    f"plan unknown, and no plan our rules allow splits one {row.tokens:,}-token video "
+                    f"over {row.gpus} GPUs (e.g. cfg2 x ulysses{row.gpus // 2} needs an even token count)"
+                )
                 continue
         else:
             row.plan = _published_plan(row.parallel)
@@ -162,8 +181,11 @@ class CalibrationFit:
             lines.append(f"| gpu_factors[{name}] | {m.gpu_factors[name]:.3f} |")
         for name in ("h100", "a800", "rtx4090"):
             lines.append(f"| comm_factors[{name}] | {m.comm_factors[name]:.2f} |")
-        lines += [f"| cfg_loss | {m.cfg_loss:.4f} |", f"| sp_loss | {m.sp_loss:.4f} |",
-                  f"| ring_penalty | {m.ring_penalty:.3f} |"]
+        lines += [
+            f"| cfg_loss | {m.cfg_loss:.4f} |",
+            f"| sp_loss | {m.sp_loss:.4f} |",
+            f"| ring_penalty | {m.ring_penalty:.3f} |",
+        ]
         fitted = self.fitted
         worst = max(fitted, key=lambda r: abs(r.error or 0))
         lines.append(f"| rows fitted / excluded | {len(fitted)} / {len(self.rows) - len(fitted)} |")
@@ -172,15 +194,19 @@ class CalibrationFit:
         return "\n".join(lines)
 
     def rows_markdown(self) -> str:
-        header = "| source | model | GPU | HxWxF | steps | GPUs | published | plan used | measured s | model s | error | |"
+        header = (
+            "| source | model | GPU | HxWxF | steps | GPUs | published | plan used | measured s | model s | error | |"
+        )
         lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.rows:
             plan = r.plan.short() if r.plan else "-"
             predicted = f"{r.predicted:,.1f}" if r.predicted is not None else "-"
             error = f"{r.error:+.1%}" if r.error is not None else "-"
             note = f"excluded: {r.excluded}" if r.excluded else ""
-            lines.append(f"| {r.source} | {r.model} | {r.gpu} | {r.height}x{r.width}x{r.frames} | {r.steps} | "
-                         f"{r.gpus} | {r.parallel} | {plan} | {r.seconds:,.2f} | {predicted} | {error} | {note} |")
+            lines.append(
+                f"| {r.source} | {r.model} | {r.gpu} | {r.height}x{r.width}x{r.frames} | {r.steps} | "
+                f"{r.gpus} | {r.parallel} | {plan} | {r.seconds:,.2f} | {predicted} | {error} | {note} |"
+            )
         return "\n".join(lines)
 
 
@@ -193,9 +219,14 @@ def _design(row: CalibrationRow, classes: list[str], kappa: Mapping[str, float])
     assert plan is not None and row.speed_class is not None
     k = kappa.get(row.gpu, 1.0)
     x = [1.0 if c == row.speed_class else 0.0 for c in classes]
-    x += [math.log(row.tokens / REFERENCE_TOKENS), 1.0 if row.gpu == "a800" else 0.0,
-          1.0 if row.gpu == "rtx4090" else 0.0, k * (plan.cfg - 1), k * (plan.ulysses * plan.ring - 1),
-          -1.0 if plan.ring > 1 else 0.0]
+    x += [
+        math.log(row.tokens / REFERENCE_TOKENS),
+        1.0 if row.gpu == "a800" else 0.0,
+        1.0 if row.gpu == "rtx4090" else 0.0,
+        k * (plan.cfg - 1),
+        k * (plan.ulysses * plan.ring - 1),
+        -1.0 if plan.ring > 1 else 0.0,
+    ]
     group = plan.cfg * plan.ulysses * plan.ring
     y = math.log(row.seconds * group / (row.steps * row.passes))
     return x, y
@@ -240,14 +271,21 @@ def fit_timings(source: str | os.PathLike[str] | None = None) -> CalibrationFit:
         base_seconds={**{c: base[c] for c in CLASS_BASE_SECONDS if c in base}, **base},
         gpu_factors={"h100": 1.0, "a800": round(math.exp(log_a800), 3), "rtx4090": round(math.exp(log_4090), 3)},
         comm_factors={"h100": 1.0, "a800": round(ka, 2), "rtx4090": round(kr, 2)},
-        cfg_loss=round(cfg_loss, 4), sp_loss=round(sp_loss, 4), ring_penalty=round(math.exp(log_ring), 3),
+        cfg_loss=round(cfg_loss, 4),
+        sp_loss=round(sp_loss, 4),
+        ring_penalty=round(math.exp(log_ring), 3),
     )
     for row in rows:
         if row.plan is None or row.speed_class is None:
             continue
-        bucket = BucketKey(model=row.family or row.model, height=row.height, width=row.width,
-                           num_frames=row.frames, num_inference_steps=row.steps,
-                           guidance_scale=5.0 if row.passes == 2 else 1.0)
+        bucket = BucketKey(
+            model=row.family or row.model,
+            height=row.height,
+            width=row.width,
+            num_frames=row.frames,
+            num_inference_steps=row.steps,
+            guidance_scale=5.0 if row.passes == 2 else 1.0,
+        )
         family = replace(FAMILIES[row.family or ""], name=row.speed_class)  # the class's base, not the registry's
         row.predicted = model.sample_seconds(bucket, family, row.plan, gpu=row.gpu)
     return CalibrationFit(model=model, rows=rows)
@@ -258,8 +296,10 @@ def load_time_markdown(model: CostModel = DEFAULT_COST_MODEL) -> str:
     for family in FAMILIES.values():
         if family.builtin_tiny:
             continue
-        lines.append(f"| {family.name} | {family.param_memory_gib:.1f} | {model.load_seconds(family, 'local'):.0f} | "
-                     f"{model.load_seconds(family, 's3'):.0f} |")
+        lines.append(
+            f"| {family.name} | {family.param_memory_gib:.1f} | {model.load_seconds(family, 'local'):.0f} | "
+            f"{model.load_seconds(family, 's3'):.0f} |"
+        )
     return "\n".join(lines)
 
 

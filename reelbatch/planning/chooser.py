@@ -31,8 +31,7 @@ from typing import Literal, NamedTuple
 
 from reelbatch.defaults import GPU_MEMORY_GIB
 from reelbatch.models.registry import ModelFamily
-from reelbatch.planning.cost import REFERENCE_TOKENS, TOKENS_EXPONENT  # noqa: F401 (were defined here)
-from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel
+from reelbatch.planning.cost import DEFAULT_COST_MODEL, REFERENCE_TOKENS, TOKENS_EXPONENT, CostModel  # noqa: F401 (were defined here)
 from reelbatch.planning.rules import (
     PlanProblem,
     bucket_problems,
@@ -153,8 +152,9 @@ def choose_plan(
     return PlanChoice(None, refused=refused, problems=[problem], warnings=warnings)
 
 
-def _choice(bucket: BucketKey, family: ModelFamily, plan: ParallelPlan, cost_model: CostModel | None,
-            **fields) -> PlanChoice:
+def _choice(
+    bucket: BucketKey, family: ModelFamily, plan: ParallelPlan, cost_model: CostModel | None, **fields
+) -> PlanChoice:
     cost = cost_model or DEFAULT_COST_MODEL
     return PlanChoice(
         plan,
@@ -166,8 +166,14 @@ def _choice(bucket: BucketKey, family: ModelFamily, plan: ParallelPlan, cost_mod
 
 
 def _pinned(
-    bucket: BucketKey, family: ModelFamily, plan: ParallelPlan, gpus: int, backend: Backend, device: str,
-    gpu_memory_gib: float, cost_model: CostModel | None = None,
+    bucket: BucketKey,
+    family: ModelFamily,
+    plan: ParallelPlan,
+    gpus: int,
+    backend: Backend,
+    device: str,
+    gpu_memory_gib: float,
+    cost_model: CostModel | None = None,
 ) -> PlanChoice:
     check = validate_plan(bucket, family, plan, world_size=gpus, backend=backend, device=device)
     if not check.ok:
@@ -175,8 +181,9 @@ def _pinned(
     warnings = list(check.warnings)
     memory = memory_gib_per_gpu(bucket, family, plan)
     if memory > gpu_memory_gib:
-        warnings.append(f"pinned plan {plan.short()}: {_memory_message(memory, gpu_memory_gib)}; it may run out "
-                        "of memory")
+        warnings.append(
+            f"pinned plan {plan.short()}: {_memory_message(memory, gpu_memory_gib)}; it may run out of memory"
+        )
     notes = [f"plan {plan.short()} is pinned (manifest plan column or --plan): validated, not chosen"]
     return _choice(bucket, family, plan, cost_model, notes=notes, warnings=warnings)
 
@@ -190,7 +197,11 @@ def _memory_message(memory: float, limit: float) -> str:
 
 
 def _notes(
-    bucket: BucketKey, plan: ParallelPlan, refused: list[RefusedPlan], gpus: int, objective: Objective,
+    bucket: BucketKey,
+    plan: ParallelPlan,
+    refused: list[RefusedPlan],
+    gpus: int,
+    objective: Objective,
     gpu_memory_gib: float,
 ) -> list[str]:
     """Why the plan looks the way it does: CFG parallel on or off, sequence parallel or not."""
@@ -208,50 +219,67 @@ def _notes(
         elif refused_pair is not None:
             notes.append(f"CFG parallel is off: {refused_pair.plan.short()} was refused ({refused_pair.rule})")
         else:
-            notes.append(f"{objective}: data parallel fits in memory and needs no communication, so CFG parallel is "
-                         "off; each rank batches the cond and uncond passes")
+            notes.append(
+                f"{objective}: data parallel fits in memory and needs no communication, so CFG parallel is "
+                "off; each rank batches the cond and uncond passes"
+            )
     elif plan.cfg == 2 and objective == "throughput":
         batched = next((r for r in refused if r.rule == "out_of_memory" and r.plan.cfg == 1), None)
         if batched is not None:
-            notes.append(f"CFG parallel: each rank holds one CFG pass; batching both ({batched.plan.short()}) "
-                         f"{batched.message}")
+            notes.append(
+                f"CFG parallel: each rank holds one CFG pass; batching both ({batched.plan.short()}) {batched.message}"
+            )
     sp = plan.ulysses * plan.ring
     if sp > 1:
         memory_bound = [r for r in refused if r.rule == "out_of_memory" and r.plan.ulysses * r.plan.ring < sp]
         if memory_bound:
-            notes.append(f"sequence parallel ulysses*ring = {sp}: with less, one sample "
-                         f"{memory_bound[-1].message}")
+            notes.append(f"sequence parallel ulysses*ring = {sp}: with less, one sample {memory_bound[-1].message}")
         elif objective == "latency":
             notes.append(f"latency: one sample is split over {plan.cfg * sp} GPUs")
     return notes
 
 
 def _best_fit(
-    bucket: BucketKey, family: ModelFamily, gpus: int, backend: Backend, device: str, gpu_memory_gib: float,
+    bucket: BucketKey,
+    family: ModelFamily,
+    gpus: int,
+    backend: Backend,
+    device: str,
+    gpu_memory_gib: float,
     objective: Objective,
 ) -> tuple[ParallelPlan, float] | None:
     """The best-ranked plan that passes every rule and fits, with its memory; None when there is none."""
     for plan in rank_plans(candidate_plans(gpus), objective):
         memory = memory_gib_per_gpu(bucket, family, plan)
         if memory <= gpu_memory_gib and not plan_violations(
-                bucket, family, plan, world_size=gpus, backend=backend, device=device):
+            bucket, family, plan, world_size=gpus, backend=backend, device=device
+        ):
             return plan, memory
     return None
 
 
 def _out_of_memory(
-    bucket: BucketKey, family: ModelFamily, gpus: int, backend: Backend, device: str, gpu_memory_gib: float,
+    bucket: BucketKey,
+    family: ModelFamily,
+    gpus: int,
+    backend: Backend,
+    device: str,
+    gpu_memory_gib: float,
     objective: Objective,
 ) -> PlanProblem:
     """Every valid plan is too big for one GPU: say by how much, and what would fit (each option checked)."""
-    valid = [p for p in candidate_plans(gpus)
-             if not plan_violations(bucket, family, p, world_size=gpus, backend=backend, device=device)]
+    valid = [
+        p
+        for p in candidate_plans(gpus)
+        if not plan_violations(bucket, family, p, world_size=gpus, backend=backend, device=device)
+    ]
     leanest = min(valid, key=lambda p: (memory_gib_per_gpu(bucket, family, p), preference_key(p)))
     need = memory_gib_per_gpu(bucket, family, leanest)
     options: list[str] = []
     if bucket.uses_cfg and not bucket.sequence_batch:
-        fit = _best_fit(bucket.model_copy(update={"sequence_batch": True}), family, gpus, backend, device,
-                        gpu_memory_gib, objective)
+        fit = _best_fit(
+            bucket.model_copy(update={"sequence_batch": True}), family, gpus, backend, device, gpu_memory_gib, objective
+        )
         if fit:
             options.append(f"set sequence_batch=true ({fit[0]} then needs about {fit[1]:.0f} GiB per GPU)")
     for more in range(gpus + 1, LARGEST_GPU_COUNT_TO_SUGGEST + 1):
@@ -261,8 +289,9 @@ def _out_of_memory(
             break
     stride = family.vae_stride_t
     for frames in range(bucket.num_frames - stride, 0, -stride):
-        if _best_fit(bucket.model_copy(update={"num_frames": frames}), family, gpus, backend, device,
-                     gpu_memory_gib, objective):
+        if _best_fit(
+            bucket.model_copy(update={"num_frames": frames}), family, gpus, backend, device, gpu_memory_gib, objective
+        ):
             options.append(f"use num_frames {frames} or fewer")
             break
     options.append(f"GPUs with at least {need:.0f} GiB (--gpu-memory-gib)")

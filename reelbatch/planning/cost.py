@@ -116,7 +116,7 @@ OVERRIDE_KEYS = {
     "sp_loss": "log-efficiency lost per extra Ulysses or ring rank",
     "ring_penalty": "efficiency factor paid once when ring > 1",
     "efficiency": "{cfg|ulysses|ring: {degree: efficiency factor}}, replacing the law for that degree "
-                  "(ulysses: plans without ring; ring: plans without ulysses)",
+    "(ulysses: plans without ring; ring: plans without ulysses)",
     "load": "{local|s3: {fixed_seconds, gib_per_second, families: {family: seconds}}}",
 }
 
@@ -180,9 +180,12 @@ class CostModel:
                 changes[key] = float(value)
         if "ring_penalty" in data:
             changes["ring_penalty"] = min(1.0, _positive(data["ring_penalty"], "ring_penalty"))
-        for key, attr, normalise in (("base_seconds", "base_seconds", str), ("gpu_factors", "gpu_factors", gpu_name),
-                                     ("comm_factors", "comm_factors", gpu_name),
-                                     ("gpu_memory_gib", "gpu_memory", gpu_name)):
+        for key, attr, normalise in (
+            ("base_seconds", "base_seconds", str),
+            ("gpu_factors", "gpu_factors", gpu_name),
+            ("comm_factors", "comm_factors", gpu_name),
+            ("gpu_memory_gib", "gpu_memory", gpu_name),
+        ):
             if key in data:
                 merged = dict(getattr(model, attr))
                 for name, value in _table(data[key], key).items():
@@ -218,8 +221,9 @@ class CostModel:
                                 raise ValueError(f"cost overrides: load.{storage}.families.{name} must be >= 0")
                             families.setdefault(storage, {})[name] = float(seconds)
                     else:
-                        raise ValueError(f"cost overrides: load.{storage}.{key}: use fixed_seconds, gib_per_second "
-                                         "or families")
+                        raise ValueError(
+                            f"cost overrides: load.{storage}.{key}: use fixed_seconds, gib_per_second or families"
+                        )
             changes.update(load_fixed_seconds=fixed, load_gib_per_second=speed, load_family_seconds=families)
         model = replace(model, **changes)
         if "gpu" in data:
@@ -233,8 +237,10 @@ class CostModel:
     def _gpu(self, gpu: str | None) -> str:
         name = gpu_name(gpu or self.gpu)
         if name not in self.gpu_factors:
-            raise ValueError(f"unknown GPU type {gpu!r}: known {', '.join(sorted(self.gpu_factors))} "
-                             "(add one with gpu_factors in the cost overrides)")
+            raise ValueError(
+                f"unknown GPU type {gpu!r}: known {', '.join(sorted(self.gpu_factors))} "
+                "(add one with gpu_factors in the cost overrides)"
+            )
         return name
 
     def memory_gib(self, gpu: str | None = None) -> float | None:
@@ -244,13 +250,24 @@ class CostModel:
     def to_dict(self) -> dict[str, Any]:
         """Every factor, in the shape ``from_overrides`` reads."""
         return {
-            "gpu": self.gpu, "tokens_exponent": self.tokens_exponent, "base_seconds": dict(self.base_seconds),
-            "gpu_factors": dict(self.gpu_factors), "comm_factors": dict(self.comm_factors),
-            "gpu_memory_gib": dict(self.gpu_memory), "cfg_loss": self.cfg_loss, "sp_loss": self.sp_loss,
+            "gpu": self.gpu,
+            "tokens_exponent": self.tokens_exponent,
+            "base_seconds": dict(self.base_seconds),
+            "gpu_factors": dict(self.gpu_factors),
+            "comm_factors": dict(self.comm_factors),
+            "gpu_memory_gib": dict(self.gpu_memory),
+            "cfg_loss": self.cfg_loss,
+            "sp_loss": self.sp_loss,
             "ring_penalty": self.ring_penalty,
             "efficiency": {k: {str(d): v for d, v in t.items()} for k, t in self.degree_efficiency.items()},
-            "load": {s: {"fixed_seconds": self.load_fixed_seconds[s], "gib_per_second": self.load_gib_per_second[s],
-                         "families": dict(self.load_family_seconds.get(s, {}))} for s in STORAGE_KINDS},
+            "load": {
+                s: {
+                    "fixed_seconds": self.load_fixed_seconds[s],
+                    "gib_per_second": self.load_gib_per_second[s],
+                    "families": dict(self.load_family_seconds.get(s, {})),
+                }
+                for s in STORAGE_KINDS
+            },
         }
 
     # --- per sample -----------------------------------------------------------------------------------------------
@@ -289,13 +306,15 @@ class CostModel:
             factor *= measured or law
         return factor
 
-    def sample_gpu_seconds(self, bucket: BucketKey, family: ModelFamily, plan: ParallelPlan,
-                           gpu: str | None = None) -> float:
+    def sample_gpu_seconds(
+        self, bucket: BucketKey, family: ModelFamily, plan: ParallelPlan, gpu: str | None = None
+    ) -> float:
         """GPU-seconds one sample costs under ``plan`` (all GPUs of its group together)."""
         return self.single_gpu_seconds(bucket, family, gpu) / self.efficiency(plan, gpu)
 
-    def sample_seconds(self, bucket: BucketKey, family: ModelFamily, plan: ParallelPlan,
-                       gpu: str | None = None) -> float:
+    def sample_seconds(
+        self, bucket: BucketKey, family: ModelFamily, plan: ParallelPlan, gpu: str | None = None
+    ) -> float:
         """Wall time of one sample on its group of ``cfg * ulysses * ring`` GPUs."""
         group = plan.cfg * plan.ulysses * plan.ring
         return self.sample_gpu_seconds(bucket, family, plan, gpu) / group
@@ -311,8 +330,15 @@ class CostModel:
             return fixed[family.name]
         return self.load_fixed_seconds[storage] + family.param_memory_gib / self.load_gib_per_second[storage]
 
-    def job_seconds(self, bucket: BucketKey, family: ModelFamily, plan: ParallelPlan, slots: int,
-                    storage: str = "local", gpu: str | None = None) -> float:
+    def job_seconds(
+        self,
+        bucket: BucketKey,
+        family: ModelFamily,
+        plan: ParallelPlan,
+        slots: int,
+        storage: str = "local",
+        gpu: str | None = None,
+    ) -> float:
         """Wall time of a job of ``slots`` samples (padded slots included): load, then slots/dp samples per rank."""
         rounds = math.ceil(slots / plan.dp) if slots else 0
         return self.load_seconds(family, storage) + rounds * self.sample_seconds(bucket, family, plan, gpu)

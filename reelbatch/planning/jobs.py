@@ -98,14 +98,34 @@ class BucketPlan:
     gpu_seconds_per_sample: float = 0.0  # under ``plan`` (the chooser's estimate)
     backend: Backend = "native"
 
-    def job(self, index: int, plan: ParallelPlan, samples: Sequence[Sample], padded_slots: int, *,
-            estimated_gpu_seconds: float, estimated_seconds: float, filled_slots: int = 0) -> PlannedJob:
+    def job(
+        self,
+        index: int,
+        plan: ParallelPlan,
+        samples: Sequence[Sample],
+        padded_slots: int,
+        *,
+        estimated_gpu_seconds: float,
+        estimated_seconds: float,
+        filled_slots: int = 0,
+    ) -> PlannedJob:
         """A job of this bucket; every job gets its own copy of the notes and warnings, and shares ``refused``."""
         return PlannedJob(
-            index, self.bucket, self.family, plan, samples, padded_slots, self.tokens, list(self.notes),
-            backend=self.backend, refused=self.refused, estimated_gpu_seconds=estimated_gpu_seconds,
-            memory_gib_per_gpu=self.memory_gib_per_gpu, warnings=list(self.warnings),
-            estimated_seconds=estimated_seconds, filled_slots=filled_slots,
+            index,
+            self.bucket,
+            self.family,
+            plan,
+            samples,
+            padded_slots,
+            self.tokens,
+            list(self.notes),
+            backend=self.backend,
+            refused=self.refused,
+            estimated_gpu_seconds=estimated_gpu_seconds,
+            memory_gib_per_gpu=self.memory_gib_per_gpu,
+            warnings=list(self.warnings),
+            estimated_seconds=estimated_seconds,
+            filled_slots=filled_slots,
         )
 
 

@@ -79,21 +79,38 @@ class PackingOptions:
 class Packing(BaseModel):
     """How a run cuts its work into jobs; the flow's parameter (a sub-form in the Prefect UI)."""
 
-    enabled: bool = Field(True, description="Re-cut buckets into jobs of about job_minutes, longest first. Off: "
-                          "one plan per bucket, jobs of at most max_samples_per_job, the plan's dp on every job.")
-    job_minutes: float = Field(DEFAULT_TARGET_SECONDS / 60, gt=0, description="Target wall time of one job, model "
-                               "load included; small manifests get shorter jobs so every GPU has work.")
-    padding: PaddingPolicy = Field("pad", description="pad: padded slots are computed and thrown away; fill: they "
-                                   "generate extra seeds of the bucket's own prompts (free videos).")
-    width: JobWidth = Field("group", description="group: one sample's GPU group per job, several jobs side by side "
-                            "on a node; node: the chosen plan's data parallel degree, one job spans the node.")
+    enabled: bool = Field(
+        True,
+        description="Re-cut buckets into jobs of about job_minutes, longest first. Off: "
+        "one plan per bucket, jobs of at most max_samples_per_job, the plan's dp on every job.",
+    )
+    job_minutes: float = Field(
+        DEFAULT_TARGET_SECONDS / 60,
+        gt=0,
+        description="Target wall time of one job, model "
+        "load included; small manifests get shorter jobs so every GPU has work.",
+    )
+    padding: PaddingPolicy = Field(
+        "pad",
+        description="pad: padded slots are computed and thrown away; fill: they "
+        "generate extra seeds of the bucket's own prompts (free videos).",
+    )
+    width: JobWidth = Field(
+        "group",
+        description="group: one sample's GPU group per job, several jobs side by side "
+        "on a node; node: the chosen plan's data parallel degree, one job spans the node.",
+    )
 
     def options(self, gpus_per_node: int, max_samples_per_job: int | None = None, **extra) -> PackingOptions | None:
         if not self.enabled:
             return None
         return PackingOptions(
-            target_seconds=self.job_minutes * 60, padding=self.padding, width=self.width,
-            gpus_per_node=gpus_per_node, max_samples_per_job=max_samples_per_job, **extra,
+            target_seconds=self.job_minutes * 60,
+            padding=self.padding,
+            width=self.width,
+            gpus_per_node=gpus_per_node,
+            max_samples_per_job=max_samples_per_job,
+            **extra,
         )
 
 
@@ -113,7 +130,7 @@ def _cuts(samples: Sequence[Sample], dp: int, max_samples_per_job: int) -> list[
     if isinstance(samples, SampleRefs):  # thousands of parts of a big manifest: no per-part checks
         table, rows, videos = samples.table, samples.rows, samples.videos
         return [(SampleRefs(table, rows, videos, start, start + size), size, -size % dp) for start, size in sizes]
-    return [(samples[start:start + size], size, -size % dp) for start, size in sizes]
+    return [(samples[start : start + size], size, -size % dp) for start, size in sizes]
 
 
 @dataclass(frozen=True)
@@ -140,8 +157,9 @@ def samples_per_replica(sample_seconds: float, load_seconds: float, target_secon
     return max(1, round((target_seconds - load_seconds) / sample_seconds))
 
 
-def cut_bucket(count: int, dp: int, per_replica: int, max_samples_per_job: int | None = None,
-               tail: bool = False) -> list[Cut]:
+def cut_bucket(
+    count: int, dp: int, per_replica: int, max_samples_per_job: int | None = None, tail: bool = False
+) -> list[Cut]:
     """Cut ``count`` samples into jobs of whole replica rows of ``dp`` samples, balanced, padding only the last.
 
     A bucket needs ceil(count / dp) rows; each job takes about ``per_replica`` rows (fewer when
@@ -197,8 +215,18 @@ def extra_samples(rows: Sequence[ManifestRow], count: int, taken: set[str], next
         if identity in taken:
             continue
         taken.add(identity)
-        made.append(Sample(sample_id=identity, row=row.row, row_id=row.id, video_index=index, prompt=row.prompt,
-                           negative_prompt=row.negative_prompt, seed=seed, output_key=output_key(identity)))
+        made.append(
+            Sample(
+                sample_id=identity,
+                row=row.row,
+                row_id=row.id,
+                video_index=index,
+                prompt=row.prompt,
+                negative_prompt=row.negative_prompt,
+                seed=seed,
+                output_key=output_key(identity),
+            )
+        )
     return made
 
 
@@ -209,21 +237,27 @@ def _group(plan: ParallelPlan) -> int:
     return plan.cfg * plan.ulysses * plan.ring
 
 
-def _cut_all(shapes: Sequence[tuple], counts: Sequence[int], target: float, options: PackingOptions,
-             tail: bool) -> list[list[Cut]]:
-    return [cut_bucket(count, plan.dp, samples_per_replica(seconds, load, target), options.max_samples_per_job,
-                       tail=tail)
-            for (_, plan, seconds, load), count in zip(shapes, counts)]
+def _cut_all(
+    shapes: Sequence[tuple], counts: Sequence[int], target: float, options: PackingOptions, tail: bool
+) -> list[list[Cut]]:
+    return [
+        cut_bucket(count, plan.dp, samples_per_replica(seconds, load, target), options.max_samples_per_job, tail=tail)
+        for (_, plan, seconds, load), count in zip(shapes, counts)
+    ]
 
 
 def _makespan(shapes: Sequence[tuple], cuts: list[list[Cut]], nodes: int, gpus_per_node: int) -> float:
-    jobs = [FleetJob("", plan.world_size, load + cut.rounds * seconds)
-            for (_, plan, seconds, load), bucket_cuts in zip(shapes, cuts) for cut in bucket_cuts]
+    jobs = [
+        FleetJob("", plan.world_size, load + cut.rounds * seconds)
+        for (_, plan, seconds, load), bucket_cuts in zip(shapes, cuts)
+        for cut in bucket_cuts
+    ]
     return schedule_jobs(jobs, nodes, gpus_per_node).makespan
 
 
-def fleet_target_seconds(shapes: Sequence[tuple], counts: Sequence[int], options: PackingOptions,
-                         gpus_per_node: int) -> tuple[float, bool]:
+def fleet_target_seconds(
+    shapes: Sequence[tuple], counts: Sequence[int], options: PackingOptions, gpus_per_node: int
+) -> tuple[float, bool]:
     """The job length to aim for and whether to split the tail: ``target_seconds`` and ``tail_split``, or a
     shorter target (and the tail kept whole) when that ends the run sooner on the fleet.
 
@@ -237,8 +271,11 @@ def fleet_target_seconds(shapes: Sequence[tuple], counts: Sequence[int], options
     shorter = (share / n for n in range(1, 17) if share / n < target)
     candidates = sorted({*(target * f for f in SHORTER_TARGETS), *shorter}, reverse=True)
     tails = (True, False) if options.tail_split else (False,)
-    scored = [(_makespan(shapes, _cut_all(shapes, counts, t, options, tail), options.nodes, gpus_per_node), -t,
-               not tail) for t in candidates for tail in tails]
+    scored = [
+        (_makespan(shapes, _cut_all(shapes, counts, t, options, tail), options.nodes, gpus_per_node), -t, not tail)
+        for t in candidates
+        for tail in tails
+    ]
     _, best, whole = min(scored)
     return -best, not whole
 
@@ -266,10 +303,15 @@ def cut_buckets(
             slots = size + padded
             estimate = estimates.get(slots)
             if estimate is None:
-                estimate = estimates[slots] = (round(work.gpu_seconds_per_sample * slots, 6),
-                                               round(cost.job_seconds(work.bucket, work.family, work.plan, slots), 3))
-            jobs.append(work.job(len(jobs), work.plan, part, padded, estimated_gpu_seconds=estimate[0],
-                                 estimated_seconds=estimate[1]))
+                estimate = estimates[slots] = (
+                    round(work.gpu_seconds_per_sample * slots, 6),
+                    round(cost.job_seconds(work.bucket, work.family, work.plan, slots), 3),
+                )
+            jobs.append(
+                work.job(
+                    len(jobs), work.plan, part, padded, estimated_gpu_seconds=estimate[0], estimated_seconds=estimate[1]
+                )
+            )
     return jobs
 
 
@@ -289,8 +331,7 @@ def pack_buckets(
     ``estimated_gpu_seconds`` (compute of its slots) and, with fill, ``filled_slots``.
     """
     cost = options.cost
-    node_gpus = options.gpus_per_node or gpus_per_node or max(
-        (work.plan.world_size for work in buckets), default=1)
+    node_gpus = options.gpus_per_node or gpus_per_node or max((work.plan.world_size for work in buckets), default=1)
     shapes = []  # (bucket, plan of its jobs, seconds per sample, load seconds)
     for work in buckets:
         plan = work.plan
@@ -314,7 +355,7 @@ def pack_buckets(
         gpu_seconds_per_sample = cost.sample_gpu_seconds(bucket, work.family, plan)
         start = 0
         for cut in cuts:
-            part = work.samples[start:start + cut.samples]
+            part = work.samples[start : start + cut.samples]
             start += cut.samples
             padded, filled = cut.padded, 0
             if padded and options.padding == "fill":
@@ -324,10 +365,17 @@ def pack_buckets(
                     raise ValueError(f"padding=fill needs the manifest rows (rows {missing[:3]} not given)")
                 part = [*part, *extra_samples([row_of[r] for r in sources], padded, taken, next_index)]
                 padded, filled = 0, cut.padded
-            packed.append(work.job(
-                len(packed), plan, part, padded, estimated_gpu_seconds=round(gpu_seconds_per_sample * cut.slots, 6),
-                estimated_seconds=round(load + cut.rounds * seconds, 3), filled_slots=filled,
-            ))
+            packed.append(
+                work.job(
+                    len(packed),
+                    plan,
+                    part,
+                    padded,
+                    estimated_gpu_seconds=round(gpu_seconds_per_sample * cut.slots, 6),
+                    estimated_seconds=round(load + cut.rounds * seconds, 3),
+                    filled_slots=filled,
+                )
+            )
     order = sorted(range(len(packed)), key=lambda i: (-packed[i].estimated_seconds, i))
     return [replace(packed[i], index=n) for n, i in enumerate(order)]
 
@@ -347,8 +395,18 @@ def pack_plan(
     for job in run_plan.jobs:
         parts.setdefault(job.bucket, (job, []))[1].append(job.samples)
     buckets = [
-        BucketPlan(bucket, first.family, first.plan, concat_samples(samples), first.tokens, first.notes,
-                   first.refused, first.memory_gib_per_gpu, first.warnings, backend=first.backend)
+        BucketPlan(
+            bucket,
+            first.family,
+            first.plan,
+            concat_samples(samples),
+            first.tokens,
+            first.notes,
+            first.refused,
+            first.memory_gib_per_gpu,
+            first.warnings,
+            backend=first.backend,
+        )
         for bucket, (first, samples) in parts.items()
     ]
     jobs = pack_buckets(buckets, options, gpus_per_node=gpus_per_node, rows=rows, skipped=run_plan.skipped)

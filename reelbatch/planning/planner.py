@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 
+from reelbatch.defaults import MAX_SAMPLES_PER_JOB
 from reelbatch.gpus import visible_gpus
 from reelbatch.identity import expand_row
 from reelbatch.models.catalog import ModelCatalog, UnknownModel
@@ -23,7 +24,6 @@ from reelbatch.planning.buckets import (
     rows_by_bucket,
     table_samples,
 )
-from reelbatch.defaults import MAX_SAMPLES_PER_JOB
 from reelbatch.planning.chooser import DEFAULT_GPU_MEMORY_GIB, Objective
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel
 from reelbatch.planning.jobs import BucketPlan, RunPlan
@@ -63,8 +63,13 @@ def choose_plan(
     """
     family = (catalog or ModelCatalog.from_config()).family(bucket.model)
     choice = chooser.choose_plan(
-        bucket, family, gpus, backend=bucket.backend, device=device or default_device(),
-        gpu_memory_gib=gpu_memory_gib, objective=objective,
+        bucket,
+        family,
+        gpus,
+        backend=bucket.backend,
+        device=device or default_device(),
+        gpu_memory_gib=gpu_memory_gib,
+        objective=objective,
     )
     if choice.plan is None:
         raise PlanRefused(choice.problems)
@@ -133,8 +138,14 @@ def plan_run(
             choice = None
         else:
             choice = chooser.choose_plan(
-                bucket, family, gpus, backend=bucket.backend, device=device, gpu_memory_gib=gpu_memory_gib,
-                objective=objective, cost_model=cost_model,
+                bucket,
+                family,
+                gpus,
+                backend=bucket.backend,
+                device=device,
+                gpu_memory_gib=gpu_memory_gib,
+                objective=objective,
+                cost_model=cost_model,
             )
             problems = choice.problems
             if choice.plan is not None and bucket.backend == "xdit":
@@ -166,14 +177,31 @@ def plan_run(
                 samples.extend(row_samples)
         if not samples:
             continue
-        planned.append(BucketPlan(
-            bucket, family, choice.plan, samples, family.tokens(bucket.height, bucket.width, bucket.num_frames),
-            list(choice.notes), [r.to_json() for r in choice.refused], choice.memory_gib_per_gpu,
-            list(choice.warnings), choice.estimated_gpu_seconds_per_sample, backend=bucket.backend,
-        ))
+        planned.append(
+            BucketPlan(
+                bucket,
+                family,
+                choice.plan,
+                samples,
+                family.tokens(bucket.height, bucket.width, bucket.num_frames),
+                list(choice.notes),
+                [r.to_json() for r in choice.refused],
+                choice.memory_gib_per_gpu,
+                list(choice.warnings),
+                choice.estimated_gpu_seconds_per_sample,
+                backend=bucket.backend,
+            )
+        )
     if packing is not None and packing.cost_model is None and cost_model is not None:
         packing = replace(packing, cost_model=cost_model)
     # One cutting pass: the plain cut, or packed for the fleet (then longest first).
-    jobs = cut_buckets(planned, max_samples_per_job=max_samples_per_job, cost=cost, packing=packing,
-                       gpus_per_node=gpus, rows=rows, skipped=skipped)
+    jobs = cut_buckets(
+        planned,
+        max_samples_per_job=max_samples_per_job,
+        cost=cost,
+        packing=packing,
+        gpus_per_node=gpus,
+        rows=rows,
+        skipped=skipped,
+    )
     return RunPlan(rows=total_rows, accepted=accepted, rejected=rejections, jobs=jobs, skipped=skipped)

@@ -94,36 +94,55 @@ def plan_violations(
     sp = plan.ulysses * plan.ring
     # Rule 1: the degrees multiply to the job's ranks (xfuser raises otherwise; our ranks would idle or collide).
     if plan.world_size != world_size:
-        found.append(Violation(
-            "plan_product", f"dp*cfg*ulysses*ring = {plan.world_size} but the job has {world_size} ranks"))
+        found.append(
+            Violation("plan_product", f"dp*cfg*ulysses*ring = {plan.world_size} but the job has {world_size} ranks")
+        )
     # Rules 5 and 6: CFG parallel splits the cond/uncond pair, so it needs that pair in one batch.
     if plan.cfg not in (1, 2):
-        found.append(Violation(
-            "cfg_degree", f"cfg={plan.cfg}: the CFG degree is 1 (off) or 2 (cond and uncond pass on a rank pair)"))
+        found.append(
+            Violation(
+                "cfg_degree", f"cfg={plan.cfg}: the CFG degree is 1 (off) or 2 (cond and uncond pass on a rank pair)"
+            )
+        )
     elif plan.cfg == 2 and not bucket.uses_cfg:
         what = "true_cfg_scale" if family.true_cfg else "guidance_scale"
-        found.append(Violation(
-            "cfg_without_guidance",
-            f"cfg=2 but guidance_scale {bucket.guidance_scale:g} <= 1 turns CFG ({what}) off: nothing to split"))
+        found.append(
+            Violation(
+                "cfg_without_guidance",
+                f"cfg=2 but guidance_scale {bucket.guidance_scale:g} <= 1 turns CFG ({what}) off: nothing to split",
+            )
+        )
     elif plan.cfg == 2 and bucket.sequence_batch:
-        found.append(Violation(
-            "sequence_batch_with_cfg_parallel",
-            "sequence_batch runs each CFG pass with batch 1, which cannot be split over a CFG rank pair "
-            "(tensor.shape[0]=1 is not divisible by world_size=2)"))
+        found.append(
+            Violation(
+                "sequence_batch_with_cfg_parallel",
+                "sequence_batch runs each CFG pass with batch 1, which cannot be split over a CFG rank pair "
+                "(tensor.shape[0]=1 is not divisible by world_size=2)",
+            )
+        )
     support = family.sequence_parallel(backend)
-    missing = [name for name, degree, ok in (("ulysses", plan.ulysses, support.ulysses),
-                                             ("ring", plan.ring, support.ring)) if degree > 1 and not ok]
+    missing = [
+        name
+        for name, degree, ok in (("ulysses", plan.ulysses, support.ulysses), ("ring", plan.ring, support.ring))
+        if degree > 1 and not ok
+    ]
     if missing:
-        found.append(Violation(
-            "sequence_parallel_unsupported",
-            f"{family.name}: the {backend} backend has no {' or '.join(missing)} sequence parallelism for this "
-            "family"))
+        found.append(
+            Violation(
+                "sequence_parallel_unsupported",
+                f"{family.name}: the {backend} backend has no {' or '.join(missing)} sequence parallelism for this "
+                "family",
+            )
+        )
     # Rule 2: Ulysses gives each rank whole attention heads.
     if plan.ulysses > 1 and (family.heads % plan.ulysses or plan.ulysses > family.heads):
-        found.append(Violation(
-            "ulysses_heads",
-            f"ulysses={plan.ulysses} must divide the {family.heads} attention heads of {family.name} "
-            "(each Ulysses rank takes whole heads)"))
+        found.append(
+            Violation(
+                "ulysses_heads",
+                f"ulysses={plan.ulysses} must divide the {family.heads} attention heads of {family.name} "
+                "(each Ulysses rank takes whole heads)",
+            )
+        )
     # Ring attention needs an attention kernel that returns log-sum-exp (flash / cuDNN): GPU only.
     if plan.ring > 1 and not is_gpu(device):
         found.append(Violation("ring_needs_gpu", "ring attention needs a GPU attention backend (device is cpu)"))
@@ -131,19 +150,25 @@ def plan_violations(
         # Rule 3: the flattened sequence is cut into sp equal parts, no padding.
         tokens = family.tokens(bucket.height, bucket.width, bucket.num_frames)
         if tokens % sp:
-            found.append(Violation(
-                "sequence_not_divisible",
-                f"{tokens} video tokens do not split evenly over ulysses*ring = {sp} ranks "
-                f"(the {backend} backend does not pad the sequence)"))
+            found.append(
+                Violation(
+                    "sequence_not_divisible",
+                    f"{tokens} video tokens do not split evenly over ulysses*ring = {sp} ranks "
+                    f"(the {backend} backend does not pad the sequence)",
+                )
+            )
     if sp > 1 and support.split == "height_or_width":
         # Rule 4: HunyuanVideo's own xDiT path splits along latent height, else width, never time.
         h, w = family.latent_grid(bucket.height, bucket.width)
         if h % sp and w % sp:
-            found.append(Violation(
-                "hunyuan_sequence_split",
-                f'xDiT: "Cannot split video sequence into ulysses_degree x ring_degree": it splits along height '
-                f"or width, and neither {h} (= {bucket.height}/{family.pixels_per_token}) nor {w} "
-                f"(= {bucket.width}/{family.pixels_per_token}) divides by ulysses*ring = {sp}"))
+            found.append(
+                Violation(
+                    "hunyuan_sequence_split",
+                    f'xDiT: "Cannot split video sequence into ulysses_degree x ring_degree": it splits along height '
+                    f"or width, and neither {h} (= {bucket.height}/{family.pixels_per_token}) nor {w} "
+                    f"(= {bucket.width}/{family.pixels_per_token}) divides by ulysses*ring = {sp}",
+                )
+            )
     return found
 
 
@@ -152,7 +177,8 @@ def passing_plans(
 ) -> list[ParallelPlan]:
     """Candidate plans for ``world_size`` ranks that break no plan rule (dp=world_size always does)."""
     return [
-        p for p in candidate_plans(world_size)
+        p
+        for p in candidate_plans(world_size)
         if not plan_violations(bucket, family, p, world_size=world_size, backend=backend, device=device)
     ]
 
@@ -174,8 +200,15 @@ def _keeps(plan: ParallelPlan, *degrees: str) -> Callable[[ParallelPlan], bool]:
 
 
 def _fix_for(
-    violation: Violation, bucket: BucketKey, family: ModelFamily, plan: ParallelPlan, passing: list[ParallelPlan],
-    *, world_size: int, backend: Backend, device: str,
+    violation: Violation,
+    bucket: BucketKey,
+    family: ModelFamily,
+    plan: ParallelPlan,
+    passing: list[ParallelPlan],
+    *,
+    world_size: int,
+    backend: Backend,
+    device: str,
 ) -> PlanProblem:
     """Turn a violation into a problem whose fix names a passing plan (and says why that one)."""
     rule = violation.rule
@@ -188,7 +221,8 @@ def _fix_for(
     if rule == "plan_product":
         suggestion = _nearest(plan, passing, _keeps(plan, "cfg", "ulysses", "ring"))
         own_size_ok = not plan_violations(
-            bucket, family, plan, world_size=plan.world_size, backend=backend, device=device)
+            bucket, family, plan, world_size=plan.world_size, backend=backend, device=device
+        )
         fix = f"use {suggestion} for {world_size} ranks"
         if own_size_ok:
             fix += f", or give the job {plan.world_size} GPUs (--gpus {plan.world_size})"
@@ -201,11 +235,13 @@ def _fix_for(
         return PlanProblem(rule, violation.message, f"use {suggestion}{extra}", suggested_plan=suggestion)
     if rule == "sequence_parallel_unsupported":
         support = family.sequence_parallel(backend)
-        suggestion = _nearest(plan, passing, lambda p: (support.ulysses or p.ulysses == 1)
-                              and (support.ring or p.ring == 1))
+        suggestion = _nearest(
+            plan, passing, lambda p: (support.ulysses or p.ulysses == 1) and (support.ring or p.ring == 1)
+        )
         other: Backend = "xdit" if backend == "native" else "native"
         if is_gpu(device) and not plan_violations(
-                bucket, family, plan, world_size=world_size, backend=other, device=device):
+            bucket, family, plan, world_size=world_size, backend=other, device=device
+        ):
             extra = f", or keep the plan with backend {other}"
         return PlanProblem(rule, violation.message, f"use {suggestion}{extra}", suggested_plan=suggestion)
     if rule == "ulysses_heads":
@@ -221,8 +257,12 @@ def _fix_for(
         return PlanProblem(rule, violation.message, f"{fix}, e.g. {suggestion}", suggested_plan=suggestion)
     if rule == "ring_needs_gpu":
         suggestion = _nearest(plan, passing, lambda p: p.ring == 1 and keep_sp(p))
-        return PlanProblem(rule, violation.message, f"on CPU use ulysses or dp instead of ring, e.g. {suggestion}",
-                           suggested_plan=suggestion)
+        return PlanProblem(
+            rule,
+            violation.message,
+            f"on CPU use ulysses or dp instead of ring, e.g. {suggestion}",
+            suggested_plan=suggestion,
+        )
     if rule == "sequence_not_divisible":
         tokens = family.tokens(bucket.height, bucket.width, bucket.num_frames)
         suggestion = _nearest(plan, passing)
@@ -231,8 +271,12 @@ def _fix_for(
             fix = f"{tokens} tokens split evenly over ulysses*ring = {_degree_list(good_sp)}: use e.g. {suggestion}"
         else:
             fix = f"no sequence-parallel degree up to {world_size} splits {tokens} tokens evenly: use {suggestion}"
-        if (family.xdit.split == "padded" and backend == "native" and is_gpu(device)
-                and not plan_violations(bucket, family, plan, world_size=world_size, backend="xdit", device=device)):
+        if (
+            family.xdit.split == "padded"
+            and backend == "native"
+            and is_gpu(device)
+            and not plan_violations(bucket, family, plan, world_size=world_size, backend="xdit", device=device)
+        ):
             fix += ", or keep the plan with backend xdit (it pads the sequence)"
         return PlanProblem(rule, violation.message, fix, suggested_plan=suggestion)
     if rule == "hunyuan_sequence_split":
@@ -241,7 +285,11 @@ def _fix_for(
 
 
 def _hunyuan_split_problem(
-    violation: Violation, bucket: BucketKey, family: ModelFamily, plan: ParallelPlan, passing: list[ParallelPlan],
+    violation: Violation,
+    bucket: BucketKey,
+    family: ModelFamily,
+    plan: ParallelPlan,
+    passing: list[ParallelPlan],
     world_size: int,
 ) -> PlanProblem:
     sp = plan.ulysses * plan.ring
@@ -249,8 +297,11 @@ def _hunyuan_split_problem(
     splits = [d for d in range(2, max(8, world_size) + 1) if h % d == 0 or w % d == 0]
     suggestion = _nearest(plan, passing)
     size = _size(bucket.height, bucket.width)
-    parts = [f"{size} splits over ulysses*ring = {_degree_list(splits)} only" if splits
-             else f"{size} splits over no sequence-parallel degree"]
+    parts = [
+        f"{size} splits over ulysses*ring = {_degree_list(splits)} only"
+        if splits
+        else f"{size} splits over no sequence-parallel degree"
+    ]
     parts.append(f"at {world_size} ranks use e.g. {suggestion}")
     if family.allowed_sizes and bucket.height > 0 and bucket.width > 0:
         # Nearby sizes (same area and aspect first) that do split over the requested degree.
@@ -260,13 +311,17 @@ def _hunyuan_split_problem(
             return abs(area) + abs(aspect)
 
         fitting = sorted(
-            (s for s in family.allowed_sizes
-             if any(side % sp == 0 for side in family.latent_grid(*s)) and s != (bucket.height, bucket.width)),
+            (
+                s
+                for s in family.allowed_sizes
+                if any(side % sp == 0 for side in family.latent_grid(*s)) and s != (bucket.height, bucket.width)
+            ),
             key=closeness,
         )
         if fitting:
-            parts.append(f"or keep ulysses*ring = {sp} with size {' or '.join(_size(*s) for s in fitting[:2])} "
-                         "(height x width)")
+            parts.append(
+                f"or keep ulysses*ring = {sp} with size {' or '.join(_size(*s) for s in fitting[:2])} (height x width)"
+            )
     return PlanProblem(violation.rule, violation.message, "; ".join(parts), suggested_plan=suggestion)
 
 
@@ -289,35 +344,61 @@ def input_problems(bucket: BucketKey, family: ModelFamily) -> list[PlanProblem]:
     has_image = bucket.conditioning != "text"
     has_last = bucket.conditioning == "first_last_frame"
     if has_image and family.image_input == "none":
-        problems.append(PlanProblem(
-            "image_not_supported", f"{name} generates from text only: it takes no image",
-            f"leave the image cell empty, or use an image-to-video model ({_MODELS_HINT})", column="image"))
+        problems.append(
+            PlanProblem(
+                "image_not_supported",
+                f"{name} generates from text only: it takes no image",
+                f"leave the image cell empty, or use an image-to-video model ({_MODELS_HINT})",
+                column="image",
+            )
+        )
     elif not has_image and family.image_input == "required":
-        problems.append(PlanProblem(
-            "image_required", f"{name} is an image-to-video model: the row needs an image (the first frame)",
-            f"add an image column with a path or URL of the first frame, or use a text-to-video model "
-            f"({_MODELS_HINT})", column="image"))
+        problems.append(
+            PlanProblem(
+                "image_required",
+                f"{name} is an image-to-video model: the row needs an image (the first frame)",
+                f"add an image column with a path or URL of the first frame, or use a text-to-video model "
+                f"({_MODELS_HINT})",
+                column="image",
+            )
+        )
     if has_last and family.last_image == "none":
-        problems.append(PlanProblem(
-            "last_image_not_supported", f"{name} takes no last frame",
-            f"leave the last_image cell empty, or use a first-and-last-frame model ({_MODELS_HINT})",
-            column="last_image"))
+        problems.append(
+            PlanProblem(
+                "last_image_not_supported",
+                f"{name} takes no last frame",
+                f"leave the last_image cell empty, or use a first-and-last-frame model ({_MODELS_HINT})",
+                column="last_image",
+            )
+        )
     elif has_image and not has_last and family.last_image == "required":
-        problems.append(PlanProblem(
-            "last_image_required", f"{name} is a first-and-last-frame model: the row needs a last_image",
-            "add a last_image cell (the last frame)", column="last_image"))
+        problems.append(
+            PlanProblem(
+                "last_image_required",
+                f"{name} is a first-and-last-frame model: the row needs a last_image",
+                "add a last_image cell (the last frame)",
+                column="last_image",
+            )
+        )
     if bucket.guidance_scale_2 is not None and family.experts != 2:
-        problems.append(PlanProblem(
-            "guidance_scale_2_not_supported",
-            f"guidance_scale_2 {bucket.guidance_scale_2:g}: {name} has one expert, so there is no low-noise stage to "
-            "guide", "leave guidance_scale_2 empty (it is for two-expert models such as Wan 2.2 A14B)",
-            column="guidance_scale_2"))
+        problems.append(
+            PlanProblem(
+                "guidance_scale_2_not_supported",
+                f"guidance_scale_2 {bucket.guidance_scale_2:g}: {name} has one expert, so there is no low-noise stage to "
+                "guide",
+                "leave guidance_scale_2 empty (it is for two-expert models such as Wan 2.2 A14B)",
+                column="guidance_scale_2",
+            )
+        )
     if bucket.embedded_guidance_scale is not None and not family.guidance_embedding:
-        problems.append(PlanProblem(
-            "embedded_guidance_not_supported",
-            f"embedded_guidance_scale {bucket.embedded_guidance_scale:g}: {name} has no guidance embedding",
-            "leave embedded_guidance_scale empty; guidance_scale is its classifier-free guidance",
-            column="embedded_guidance_scale"))
+        problems.append(
+            PlanProblem(
+                "embedded_guidance_not_supported",
+                f"embedded_guidance_scale {bucket.embedded_guidance_scale:g}: {name} has no guidance embedding",
+                "leave embedded_guidance_scale empty; guidance_scale is its classifier-free guidance",
+                column="embedded_guidance_scale",
+            )
+        )
     return problems
 
 
@@ -325,39 +406,54 @@ def bucket_problems(bucket: BucketKey, family: ModelFamily, *, backend: Backend,
     """Problems no plan can fix: the inputs and the video shape for this family, and the backend on this device."""
     problems: list[PlanProblem] = input_problems(bucket, family)
     if backend == "xdit" and not is_gpu(device):
-        problems.append(PlanProblem(
-            "xdit_needs_gpu", "xfuser cannot be imported without a GPU; use backend native",
-            "set backend native (the default); xdit needs CUDA GPUs", column="backend"))
+        problems.append(
+            PlanProblem(
+                "xdit_needs_gpu",
+                "xfuser cannot be imported without a GPU; use backend native",
+                "set backend native (the default); xdit needs CUDA GPUs",
+                column="backend",
+            )
+        )
     stride = family.vae_stride_t
     if bucket.num_frames < 1 or (bucket.num_frames - 1) % stride:
         nearest = _nearest_valid(bucket.num_frames, lambda f: (f - 1) % stride == 0)
-        problems.append(PlanProblem(
-            f"frames_not_{stride}k_plus_1",
-            f"num_frames {bucket.num_frames} is not {stride}k+1 (the VAE compresses time by {stride})",
-            f"use {_degree_list(nearest)}", column="num_frames"))
+        problems.append(
+            PlanProblem(
+                f"frames_not_{stride}k_plus_1",
+                f"num_frames {bucket.num_frames} is not {stride}k+1 (the VAE compresses time by {stride})",
+                f"use {_degree_list(nearest)}",
+                column="num_frames",
+            )
+        )
     size = (bucket.height, bucket.width)
     if family.allowed_sizes is not None:
         if size not in family.allowed_sizes:
             heights = {h for h, _ in family.allowed_sizes}
-            by_distance = sorted(family.allowed_sizes,
-                                 key=lambda s: (abs(s[0] - size[0]) + abs(s[1] - size[1]), s))
+            by_distance = sorted(family.allowed_sizes, key=lambda s: (abs(s[0] - size[0]) + abs(s[1] - size[1]), s))
             off_grid = [str(side) for side in size if side % family.size_multiple]
             why = f" ({' and '.join(off_grid)} not a multiple of {family.size_multiple} either)" if off_grid else ""
-            problems.append(PlanProblem(
-                "size_not_allowed",
-                f"{_size(*size)} (height x width) is not a size {family.name} supports{why}",
-                "use one of: " + ", ".join(_size(*s) for s in by_distance) + " (height x width)",
-                column="width" if size[0] in heights else "height"))
+            problems.append(
+                PlanProblem(
+                    "size_not_allowed",
+                    f"{_size(*size)} (height x width) is not a size {family.name} supports{why}",
+                    "use one of: " + ", ".join(_size(*s) for s in by_distance) + " (height x width)",
+                    column="width" if size[0] in heights else "height",
+                )
+            )
     else:
         multiple = family.size_multiple
         for column, side in (("height", bucket.height), ("width", bucket.width)):
             if side < 1 or side % multiple:
                 nearest = _nearest_valid(side, lambda v: v % multiple == 0, low=multiple)
-                problems.append(PlanProblem(
-                    f"size_not_multiple_of_{multiple}",
-                    f"{column} {side} is not a multiple of {multiple} ({family.name} has {family.pixels_per_token} "
-                    "pixels per token)",
-                    f"use {_degree_list(nearest)}", column=column))
+                problems.append(
+                    PlanProblem(
+                        f"size_not_multiple_of_{multiple}",
+                        f"{column} {side} is not a multiple of {multiple} ({family.name} has {family.pixels_per_token} "
+                        "pixels per token)",
+                        f"use {_degree_list(nearest)}",
+                        column=column,
+                    )
+                )
     return problems
 
 
@@ -367,7 +463,8 @@ def plan_warnings(bucket: BucketKey, family: ModelFamily) -> list[str]:
         # Rule 9.
         warnings.append(
             f"{bucket.num_frames} frames: HunyuanVideo-family videos longer than about {family.loops_after_frames} "
-            "frames loop unless RIFLEx is used")
+            "frames loop unless RIFLEx is used"
+        )
     return warnings
 
 

@@ -7,7 +7,7 @@ The spec file is the whole input of the ranks (``reelbatch.engine.rank``; the fo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -28,8 +28,8 @@ from reelbatch.contract import (
     write_job_spec,
 )
 from reelbatch.infra.db import Database
-from reelbatch.infra.failures import Failure, classify
 from reelbatch.infra.devices import DeviceGroup
+from reelbatch.infra.failures import Failure, classify
 from reelbatch.infra.launcher import launch, new_launch_id
 from reelbatch.infra.storage import images_root, work_root
 from reelbatch.models.catalog import ModelCatalog
@@ -120,7 +120,7 @@ def run_job(
             else:
                 logger.info("%s rank %s | %s", spec.job_id, line.rank, line.text)
 
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     result = launch(
         RANK_ENTRY,
         [str(spec_path(spec))],
@@ -134,7 +134,12 @@ def run_job(
     failure = classify(result) if result.returncode != 0 or result.timed_out else None
     sink.job_finished(spec.job_id, failure.kind if failure else "done")
     return JobOutcome(
-        result.returncode, round(result.seconds, 3), result.timed_out, str(result.log_path), launch_id, failure,
+        result.returncode,
+        round(result.seconds, 3),
+        result.timed_out,
+        str(result.log_path),
+        launch_id,
+        failure,
         started_at,
     )
 

@@ -106,13 +106,20 @@ def ensure_job_files(spec: JobSpec) -> None:
     """
     if not spec_path(spec).exists():
         write_job_spec(spec)
-    missing = sorted({digest for s in spec.samples for digest in (s.image_sha256, s.last_image_sha256)
-                      if digest and not staged_path(spec.images_dir, digest).exists()})
+    missing = sorted(
+        {
+            digest
+            for s in spec.samples
+            for digest in (s.image_sha256, s.last_image_sha256)
+            if digest and not staged_path(spec.images_dir, digest).exists()
+        }
+    )
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} input image(s) of job {spec.job_id} are not staged on {socket.gethostname()} "
             f"(e.g. {staged_path(spec.images_dir, missing[0])}): give every worker the orchestrator's work folder "
-            "on shared storage (REELBATCH_WORK_DIR)")
+            "on shared storage (REELBATCH_WORK_DIR)"
+        )
     if not Path(spec.model_path).exists():
         try:
             found = ModelCatalog.from_config().local_path(spec.bucket.model)
@@ -174,28 +181,42 @@ def execute_job(
         failure = None if not collected.remaining else _failure_of(outcome, collected.problems)
         decision = policy.decide(failure, attempt) if failure else None
         attempt_fields = dict(
-            launch_id=outcome.launch_id, returncode=outcome.returncode, timed_out=outcome.timed_out,
-            seconds=outcome.seconds, host=group.host, devices=group.describe(),
-            world_size=spec.plan.world_size, started_at=outcome.started_at,
+            launch_id=outcome.launch_id,
+            returncode=outcome.returncode,
+            timed_out=outcome.timed_out,
+            seconds=outcome.seconds,
+            host=group.host,
+            devices=group.describe(),
+            world_size=spec.plan.world_size,
+            started_at=outcome.started_at,
         )
         if failure:
             attempt_fields.update(
-                failure_kind=failure.kind, failed_rank=failure.rank, message=failure.message,
-                tail="\n".join(failure.tail), retry_delay_s=decision.delay_s if decision.retry else None,
+                failure_kind=failure.kind,
+                failed_rank=failure.rank,
+                message=failure.message,
+                tail="\n".join(failure.tail),
+                retry_delay_s=decision.delay_s if decision.retry else None,
             )
         with Database(db_url) as db:
             db.record_attempt(spec, attempt, **attempt_fields)
-        retry_spec = next_attempt(spec, collected.remaining, decision.lower_memory) if decision and decision.retry else None
+        retry_spec = (
+            next_attempt(spec, collected.remaining, decision.lower_memory) if decision and decision.retry else None
+        )
         if retry_spec is None:
             status = "failed" if failure else "done"
             error = None
             if failure:
-                error = f"[{failure.kind}] after {attempt} attempt(s): {failure.message}\n" + "\n".join(failure.tail[-8:])
+                error = f"[{failure.kind}] after {attempt} attempt(s): {failure.message}\n" + "\n".join(
+                    failure.tail[-8:]
+                )
             with Database(db_url) as db:
-                db.finish_job(spec.job_id, status=status, returncode=outcome.returncode, seconds=outcome.seconds,
-                              error=error)
-            return JobResult(spec.job_id, status, attempt - first_attempt + 1, done, total - done,
-                             failure.kind if failure else None)
+                db.finish_job(
+                    spec.job_id, status=status, returncode=outcome.returncode, seconds=outcome.seconds, error=error
+                )
+            return JobResult(
+                spec.job_id, status, attempt - first_attempt + 1, done, total - done, failure.kind if failure else None
+            )
         time.sleep(decision.delay_s)
         if retry_spec.plan != spec.plan or retry_spec.bucket != spec.bucket:
             with Database(db_url) as db:  # the job row records the plan that runs now
@@ -205,6 +226,7 @@ def execute_job(
 
 def longest_first(planned: Sequence[PlannedJob], specs: Sequence[JobSpec]) -> list[tuple[int, JobSpec]]:
     """The specs with their priority: 0 for the longest estimated job (wall time), then shorter ones."""
+
     def wall(job: PlannedJob) -> float:
         return job.estimated_seconds or job.estimated_gpu_seconds / job.plan.world_size
 

@@ -14,11 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from reelbatch.infra.images import ImagePolicy, ImageProblem, ImageStager
+from reelbatch.manifest import ManifestLimits, ManifestReadResult, row_cells
 from reelbatch.models.catalog import ModelCatalog, UnknownModel
 from reelbatch.rows import IMAGE_COLUMNS, RowTable
 from reelbatch.schemas import ManifestRow, RowRejection
-from reelbatch.manifest import ManifestLimits, ManifestReadResult, row_cells
-
 
 
 def _names_images(row: ManifestRow) -> bool:
@@ -47,8 +46,9 @@ def check_images(
         return read
     if not any(_names_images(row) for row in rows):
         return read
-    policy = ImagePolicy.for_manifest(read.source, roots, max_bytes=limits.max_image_bytes,
-                                      max_side=limits.max_image_side)
+    policy = ImagePolicy.for_manifest(
+        read.source, roots, max_bytes=limits.max_image_bytes, max_side=limits.max_image_side
+    )
     stager = ImageStager(policy, store_dir)
     kept: list[ManifestRow] = []
     rejections = list(read.rejections)
@@ -65,8 +65,11 @@ def check_images(
             try:
                 staged = stager.stage(cell)
             except ImageProblem as problem:
-                rejections.append(RowRejection(row=row.row, column=column, rule=problem.rule,
-                                               message=problem.message, fix=problem.fix))
+                rejections.append(
+                    RowRejection(
+                        row=row.row, column=column, rule=problem.rule, message=problem.message, fix=problem.fix
+                    )
+                )
                 raw_rows[row.row] = row_cells(row)
                 break
             update[column] = staged.url

@@ -10,16 +10,16 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fsspec
 
 from reelbatch.infra.db import Database
 from reelbatch.infra.storage import is_local, normalize_root
-from reelbatch.redact import redact_text, redact_url
-from reelbatch.markdown import cell
 from reelbatch.manifest import MANIFEST_FORMATS
+from reelbatch.markdown import cell
+from reelbatch.redact import redact_text, redact_url
 
 # A fingerprint column holds 128 characters; longer ones (odd ETags) are hashed down.
 _FINGERPRINT_CHARS = 128
@@ -38,7 +38,7 @@ class InboxEntry:
 
 def _seconds(value: Any) -> float | None:
     if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):
@@ -90,7 +90,7 @@ def list_manifests(
     now = time.time() if now is None else now
     found = []
     for path, info in fs.find(base, detail=True, withdirs=False).items():
-        relative = path[len(base.rstrip("/")) + 1:] if path != base else path.rsplit("/", 1)[-1]
+        relative = path[len(base.rstrip("/")) + 1 :] if path != base else path.rsplit("/", 1)[-1]
         if any(part.startswith((".", "_")) for part in relative.split("/")):
             continue
         if not path.lower().endswith(tuple(MANIFEST_FORMATS)) or _under(path, excluded):
@@ -99,8 +99,9 @@ def list_manifests(
         if settle_seconds and modified is not None and now - modified < settle_seconds:
             continue
         uri = path if is_local(root) else fs.unstrip_protocol(path)
-        found.append(InboxEntry(uri=uri, fingerprint=fingerprint(info), size=int(info.get("size") or 0),
-                                modified=modified))
+        found.append(
+            InboxEntry(uri=uri, fingerprint=fingerprint(info), size=int(info.get("size") or 0), modified=modified)
+        )
     return sorted(found, key=lambda e: (e.modified or 0.0, e.uri))
 
 
@@ -112,10 +113,11 @@ def release_stale_claims(db_url: str, inbox: str, older_than_hours: float | None
     """
     if older_than_hours is None:
         return []
-    limit = datetime.now(timezone.utc) - timedelta(hours=older_than_hours)
+    limit = datetime.now(UTC) - timedelta(hours=older_than_hours)
     with Database(db_url) as db:
         return db.release_stale_inbox_claims(
-            normalize_root(inbox), limit,
+            normalize_root(inbox),
+            limit,
             f"claim abandoned (still running after {older_than_hours:g} h); released for a retry",
         )
 
@@ -134,8 +136,9 @@ def finish_manifest(
     db_url: str, entry: InboxEntry, status: str, run_id: str | None = None, error: str | None = None
 ) -> None:
     with Database(db_url) as db:
-        db.finish_inbox_manifest(entry.uri, entry.fingerprint, status, run_id=run_id,
-                                 error=redact_text(error, entry.uri) if error else None)
+        db.finish_inbox_manifest(
+            entry.uri, entry.fingerprint, status, run_id=run_id, error=redact_text(error, entry.uri) if error else None
+        )
 
 
 def outcome(report: Any) -> tuple[str, str | None]:
@@ -147,7 +150,10 @@ def outcome(report: Any) -> tuple[str, str | None]:
     if report.status == "done":
         return "processed", None
     if report.status == "refused":
-        return "failed", f"refused: {len(report.rejected)} rejected rows and strict mode (fix the file and upload it again)"
+        return (
+            "failed",
+            f"refused: {len(report.rejected)} rejected rows and strict mode (fix the file and upload it again)",
+        )
     return "failed", f"run {report.run_id} ended {report.status}: {report.failed} videos failed, {report.done} done"
 
 
@@ -162,8 +168,10 @@ def summary_markdown(inbox: str, results: list[dict[str, Any]], skipped: int) ->
     if results:
         lines += ["| manifest | status | run | error |", "|---|---|---|---|"]
         for r in results:
-            lines.append(f"| {cell(redact_url(r['uri']))} | {r['status']} | {r.get('run_id') or '-'} | "
-                         f"{cell(r.get('error') or '')} |")
+            lines.append(
+                f"| {cell(redact_url(r['uri']))} | {r['status']} | {r.get('run_id') or '-'} | "
+                f"{cell(r.get('error') or '')} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -14,10 +14,10 @@ from reelbatch import progress
 from reelbatch.identity import expand_row
 from reelbatch.infra.db import Database, DoneOutput, ReusedSample, library_versions
 from reelbatch.infra.launcher import kill_launch
+from reelbatch.manifest import ManifestError, ManifestReadResult, rejected_row_values, row_cells
 from reelbatch.planning.jobs import RunPlan
 from reelbatch.rows import RowTable
 from reelbatch.schemas import ManifestRow, RowRejection
-from reelbatch.manifest import ManifestError, ManifestReadResult, rejected_row_values, row_cells
 
 INTERRUPTED = "the orchestrator stopped before this job finished (crash or kill); resumed"
 
@@ -134,8 +134,12 @@ def rejected_cells(manifest: ManifestReadResult, rejections: Sequence[RowRejecti
 def record_reused(db_url: str, run_id: str, plan: RunPlan, done: dict[str, DoneOutput]) -> int:
     """Samples whose video an earlier run already made: recorded done in this run, pointing at that file."""
     reused = [
-        ReusedSample(sample=sample, bucket=bucket, output_path=done[sample.sample_id].output_path,
-                     from_run=done[sample.sample_id].run_id)
+        ReusedSample(
+            sample=sample,
+            bucket=bucket,
+            output_path=done[sample.sample_id].output_path,
+            from_run=done[sample.sample_id].run_id,
+        )
         for sample, bucket in plan.skipped
         if done[sample.sample_id].run_id != run_id  # this run's own done rows are already recorded
     ]

@@ -39,19 +39,21 @@ def job_table(jobs: list[dict[str, Any]], samples: list[dict[str, Any]]) -> list
         done = counts.get(job["id"], {})
         plan = f"dp{job['dp']} cfg{job['cfg']} ulysses{job['ulysses']} ring{job['ring']}"
         seconds = job["seconds"] or 0.0
-        table.append({
-            "job": job["id"],
-            "model": job["model"],
-            "shape": f"{job['height']}x{job['width']}x{job['num_frames']}, {job['num_inference_steps']} steps",
-            "plan": plan,
-            "status": job["status"],
-            "samples": job["samples_count"],
-            "done": done.get("done", 0),
-            "failed": done.get("failed", 0),
-            "padded": job["padded_slots"],
-            "gpu_seconds": round(seconds * job["world_size"], 1),
-            "attempts": job["attempts"],
-        })
+        table.append(
+            {
+                "job": job["id"],
+                "model": job["model"],
+                "shape": f"{job['height']}x{job['width']}x{job['num_frames']}, {job['num_inference_steps']} steps",
+                "plan": plan,
+                "status": job["status"],
+                "samples": job["samples_count"],
+                "done": done.get("done", 0),
+                "failed": done.get("failed", 0),
+                "padded": job["padded_slots"],
+                "gpu_seconds": round(seconds * job["world_size"], 1),
+                "attempts": job["attempts"],
+            }
+        )
     return table
 
 
@@ -69,8 +71,13 @@ def run_summary_markdown(report: Any, rejected: list[RowRejection], dataset: dic
     for name, location in dataset.items():
         lines.append(f"- {labels.get(name, name)}: {link(location)}")
     if rejected:
-        lines += ["", f"## Rejected rows ({len(rejected)})", "", "| line | column | rule | problem | fix |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Rejected rows ({len(rejected)})",
+            "",
+            "| line | column | rule | problem | fix |",
+            "|---|---|---|---|---|",
+        ]
         for r in sorted(rejected, key=lambda r: r.row):
             lines.append(f"| {r.row} | {cell(r.column)} | {cell(r.rule)} | {cell(r.message)} | {cell(r.fix)} |")
     return "\n".join(lines) + "\n"
@@ -132,8 +139,10 @@ def publish_run_report(db_url: str, report: Any) -> None:
         jobs = db.jobs(report.run_id)
         samples = db.samples(report.run_id)
     create_table_artifact(job_table(jobs, samples), description=f"jobs of run {report.run_id}")
-    create_markdown_artifact(run_summary_markdown(report, report.rejected, report.dataset),
-                             description=f"run {report.run_id}: summary, rejected rows, outputs")
+    create_markdown_artifact(
+        run_summary_markdown(report, report.rejected, report.dataset),
+        description=f"run {report.run_id}: summary, rejected rows, outputs",
+    )
 
 
 publish_run_report_task = task(name="publish-run-report")(publish_run_report)

@@ -4,7 +4,6 @@ import sys
 import time
 
 import torch.distributed as dist
-
 from rank_scripts.common import rank, write_pid
 
 write_pid(f"rank{rank()}")

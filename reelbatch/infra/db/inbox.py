@@ -29,8 +29,7 @@ def claim_inbox_manifest(database: SessionSource, inbox: str, uri: str, fingerpr
         if row is None:
             try:
                 with session.begin_nested():
-                    session.add(InboxManifestRecord(inbox=inbox, uri=uri, fingerprint=fingerprint,
-                                                    status="running"))
+                    session.add(InboxManifestRecord(inbox=inbox, uri=uri, fingerprint=fingerprint, status="running"))
             except IntegrityError:  # another pass inserted it first
                 return False
             return True
@@ -50,8 +49,9 @@ def release_stale_inbox_claims(database: SessionSource, inbox: str, before: date
     released = []
     with database.write_session() as session:
         stale = session.execute(
-            select(table.c.id, table.c.uri)
-            .where(table.c.inbox == inbox, table.c.status == "running", table.c.updated_at < before)
+            select(table.c.id, table.c.uri).where(
+                table.c.inbox == inbox, table.c.status == "running", table.c.updated_at < before
+            )
         ).all()
         for row in stale:
             changed = session.execute(

@@ -6,10 +6,10 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from reelbatch.contract import JobSpec
 from reelbatch.infra.db.models import JobAttemptRecord, JobRecord, SampleRecord, utcnow
 from reelbatch.infra.db.samples import generation_values, sample_identity_values
 from reelbatch.infra.db.sessions import SessionSource, chunks, upsert_insert
-from reelbatch.contract import JobSpec
 
 NO_RESULT_ERROR = "job ended without a result for this sample"
 
@@ -67,9 +67,7 @@ def add_job(database: SessionSource, run_id: str, job: JobSpec, backend: str = "
         insert_job = upsert_insert(session, jobs).values(id=job.job_id, run_id=run_id, **job_values)
         # The job row must exist before the samples that reference it.
         session.execute(
-            insert_job.on_conflict_do_update(
-                index_elements=[jobs.c.id], set_=job_values, where=jobs.c.run_id == run_id
-            )
+            insert_job.on_conflict_do_update(index_elements=[jobs.c.id], set_=job_values, where=jobs.c.run_id == run_id)
         )
         if not sample_rows:
             return

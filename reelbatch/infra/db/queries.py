@@ -95,9 +95,7 @@ def _summaries(session: Session, runs: list[RunRecord]) -> list[RunSummary]:
 def list_runs(database: SessionSource, limit: int = 20) -> list[RunSummary]:
     """The newest runs first."""
     with database.read_session() as session:
-        runs = session.scalars(
-            select(RunRecord).order_by(RunRecord.created_at.desc(), RunRecord.id).limit(limit)
-        ).all()
+        runs = session.scalars(select(RunRecord).order_by(RunRecord.created_at.desc(), RunRecord.id).limit(limit)).all()
         return _summaries(session, list(runs))
 
 
@@ -167,9 +165,7 @@ def jobs(database: SessionSource, run_id: str) -> list[dict[str, Any]]:
     table = JobRecord.__table__
     with database.read_session() as session:
         resolved = _resolve_run_id(session, run_id)
-        rows = session.execute(
-            select(table).where(table.c.run_id == resolved).order_by(table.c.created_at, table.c.id)
-        )
+        rows = session.execute(select(table).where(table.c.run_id == resolved).order_by(table.c.created_at, table.c.id))
         return [dict(row) for row in rows.mappings()]
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from sqlalchemy import select
 
+from reelbatch.contract import SampleResult
 from reelbatch.infra.db.models import SampleRecord, utcnow
 from reelbatch.infra.db.sessions import SessionSource, upsert_insert
-from reelbatch.contract import SampleResult
 from reelbatch.schemas import BucketKey, RowRejection, Sample
 
 log = logging.getLogger(__name__)

@@ -72,8 +72,9 @@ class Schedule:
                 assert start >= end - 1e-9, f"node {node} GPU {gpu}: {first} and {second} overlap"
 
 
-def schedule_jobs(jobs: Sequence[FleetJob], nodes: int, gpus_per_node: int,
-                  on_start: Callable[[Placement], None] | None = None) -> Schedule:
+def schedule_jobs(
+    jobs: Sequence[FleetJob], nodes: int, gpus_per_node: int, on_start: Callable[[Placement], None] | None = None
+) -> Schedule:
     """Event simulation: longest waiting job that fits starts whenever GPUs are free; returns every placement."""
     allocator = GpuAllocator(nodes, gpus_per_node)
     queues: dict[int, deque[tuple[float, int, FleetJob]]] = {}

@@ -97,8 +97,12 @@ class SimulationReport:
             **self.packed.to_json(),
             "naive": self.naive.to_json(),
             "speedup_vs_naive": round(self.speedup, 3),
-            "fleet": {"nodes": self.nodes, "gpus_per_node": self.gpus_per_node, "gpu": self.gpu,
-                      "storage": self.storage},
+            "fleet": {
+                "nodes": self.nodes,
+                "gpus_per_node": self.gpus_per_node,
+                "gpu": self.gpu,
+                "storage": self.storage,
+            },
             "naive_notes": self.naive_notes,
         }
 
@@ -117,16 +121,24 @@ class SimulationReport:
 
 
 def naive_plan(
-    bucket: BucketKey, family: ModelFamily, gpus_per_node: int, *, gpu_memory_gib: float,
-    cost: CostModel = DEFAULT_COST_MODEL, device: str = SIMULATION_DEVICE,
+    bucket: BucketKey,
+    family: ModelFamily,
+    gpus_per_node: int,
+    *,
+    gpu_memory_gib: float,
+    cost: CostModel = DEFAULT_COST_MODEL,
+    device: str = SIMULATION_DEVICE,
 ) -> ParallelPlan:
     """The plan a single-prompt script would use on a whole node: ulysses = G, else the largest valid sp."""
     free = bucket.model_copy(update={"plan": None})
     for sp in range(gpus_per_node, 0, -1):
         plans = [ParallelPlan(ulysses=u, ring=sp // u) for u in divisors(sp)]
-        valid = [p for p in plans
-                 if not plan_violations(free, family, p, world_size=sp, backend=bucket.backend, device=device)
-                 and memory_gib_per_gpu(free, family, p) <= gpu_memory_gib]
+        valid = [
+            p
+            for p in plans
+            if not plan_violations(free, family, p, world_size=sp, backend=bucket.backend, device=device)
+            and memory_gib_per_gpu(free, family, p) <= gpu_memory_gib
+        ]
         if valid:
             return max(valid, key=lambda p: (cost.efficiency(p), p.ulysses))
     return ParallelPlan()
@@ -168,10 +180,20 @@ def simulate_plan(
     for job in run_plan.jobs:
         if job.bucket not in best:
             free = job.bucket.model_copy(update={"plan": None})
-            choice = choose_plan(free, job.family, gpus_per_node, backend=job.bucket.backend,
-                                 device=SIMULATION_DEVICE, gpu_memory_gib=memory, cost_model=cost)
-            best[job.bucket] = (choice.estimated_gpu_seconds_per_sample if choice.plan is not None
-                                else cost.sample_gpu_seconds(job.bucket, job.family, job.plan))
+            choice = choose_plan(
+                free,
+                job.family,
+                gpus_per_node,
+                backend=job.bucket.backend,
+                device=SIMULATION_DEVICE,
+                gpu_memory_gib=memory,
+                cost_model=cost,
+            )
+            best[job.bucket] = (
+                choice.estimated_gpu_seconds_per_sample
+                if choice.plan is not None
+                else cost.sample_gpu_seconds(job.bucket, job.family, job.plan)
+            )
         count = len(job.samples) - job.filled_slots
         real_samples += count
         bound_gpu_seconds += best[job.bucket] * count
@@ -180,16 +202,22 @@ def simulate_plan(
     padded = sum(j.padded_slots for j in run_plan.jobs)
     all_samples = sum(len(j.samples) for j in run_plan.jobs)
     packed = PolicyFigures(
-        makespan_s=schedule.makespan, lower_bound_s=lower_bound, gpu_utilization=schedule.utilization(),
+        makespan_s=schedule.makespan,
+        lower_bound_s=lower_bound,
+        gpu_utilization=schedule.utilization(),
         padding_ratio=padded / (all_samples + padded) if all_samples + padded else 0.0,
-        gpu_hours=schedule.busy_gpu_seconds / 3600, jobs=len(jobs), samples=all_samples, padded_slots=padded,
-        extra_samples=all_samples - real_samples, load_gpu_hours=load_held / 3600,
+        gpu_hours=schedule.busy_gpu_seconds / 3600,
+        jobs=len(jobs),
+        samples=all_samples,
+        padded_slots=padded,
+        extra_samples=all_samples - real_samples,
+        load_gpu_hours=load_held / 3600,
     )
 
     # The naive policy: one job per row, a whole node each.
     per_row: dict[tuple[BucketKey, int], tuple[PlannedJob, int]] = {}
     for job in run_plan.jobs:
-        for sample in job.samples[:len(job.samples) - job.filled_slots]:
+        for sample in job.samples[: len(job.samples) - job.filled_slots]:
             key = (job.bucket, sample.row)
             _, count = per_row.get(key, (job, 0))
             per_row[key] = (job, count + 1)
@@ -201,9 +229,11 @@ def simulate_plan(
         if bucket not in plans:
             plans[bucket] = naive_plan(bucket, job.family, gpus_per_node, gpu_memory_gib=memory, cost=cost)
             plan = plans[bucket]
-            note = (f"{bucket.model} {bucket.height}x{bucket.width}x{bucket.num_frames}: ulysses={gpus_per_node} "
-                    f"is not valid; naive uses {plan.short()} (sp {plan.world_size}) on the node's "
-                    f"{gpus_per_node} GPUs")
+            note = (
+                f"{bucket.model} {bucket.height}x{bucket.width}x{bucket.num_frames}: ulysses={gpus_per_node} "
+                f"is not valid; naive uses {plan.short()} (sp {plan.world_size}) on the node's "
+                f"{gpus_per_node} GPUs"
+            )
             if plan.ulysses != gpus_per_node and note not in notes:
                 notes.append(note)
         plan = plans[bucket]
@@ -213,13 +243,18 @@ def simulate_plan(
         naive_jobs.append(FleetJob(f"naive-{bucket.model}-{row}", gpus_per_node, seconds))
     naive_schedule = schedule_jobs(naive_jobs, nodes, gpus_per_node)
     naive = PolicyFigures(
-        makespan_s=naive_schedule.makespan, lower_bound_s=lower_bound,
-        gpu_utilization=naive_schedule.utilization(), padding_ratio=0.0,
-        gpu_hours=naive_schedule.busy_gpu_seconds / 3600, jobs=len(naive_jobs), samples=real_samples,
+        makespan_s=naive_schedule.makespan,
+        lower_bound_s=lower_bound,
+        gpu_utilization=naive_schedule.utilization(),
+        padding_ratio=0.0,
+        gpu_hours=naive_schedule.busy_gpu_seconds / 3600,
+        jobs=len(naive_jobs),
+        samples=real_samples,
         load_gpu_hours=naive_load / 3600,
     )
-    return SimulationReport(nodes, gpus_per_node, cost.gpu, storage, packed, naive, run_plan, schedule,
-                            naive_schedule, notes)
+    return SimulationReport(
+        nodes, gpus_per_node, cost.gpu, storage, packed, naive, run_plan, schedule, naive_schedule, notes
+    )
 
 
 def simulate(
@@ -252,14 +287,34 @@ def simulate(
     cost = (cost_model or DEFAULT_COST_MODEL).on(gpu)
     memory = gpu_memory_gib or cost.memory_gib() or 80.0
     options = PackingOptions(
-        target_seconds=target_seconds, padding=padding, width=width, storage=storage, nodes=nodes,
-        gpus_per_node=gpus_per_node, max_samples_per_job=max_samples_per_job, fit_to_fleet=fit_to_fleet,
+        target_seconds=target_seconds,
+        padding=padding,
+        width=width,
+        storage=storage,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        max_samples_per_job=max_samples_per_job,
+        fit_to_fleet=fit_to_fleet,
         cost_model=cost,
     )
     run_plan = plan_run(
-        rows, rejected, total_rows if total_rows is not None else len(rows) + len(rejected),
-        catalog or ModelCatalog.from_config(), gpus_per_node, gpu_memory_gib=memory, objective=objective,
-        device=SIMULATION_DEVICE, packing=options, cost_model=cost,
+        rows,
+        rejected,
+        total_rows if total_rows is not None else len(rows) + len(rejected),
+        catalog or ModelCatalog.from_config(),
+        gpus_per_node,
+        gpu_memory_gib=memory,
+        objective=objective,
+        device=SIMULATION_DEVICE,
+        packing=options,
+        cost_model=cost,
     )
-    return simulate_plan(run_plan, nodes=nodes, gpus_per_node=gpus_per_node, gpu=gpu, cost_model=cost,
-                         storage=storage, gpu_memory_gib=memory)
+    return simulate_plan(
+        run_plan,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        gpu=gpu,
+        cost_model=cost,
+        storage=storage,
+        gpu_memory_gib=memory,
+    )
