@@ -17,7 +17,7 @@ from prefect import flow, task
 from reelbatch.contract import JobSpec
 from reelbatch.infra.devices import DeviceGroup, DevicePool, local_pool
 from reelbatch.schemas import BucketKey, ParallelPlan
-from reelbatch.tasks.execute import execute_jobs
+from reelbatch.tasks.executors import execute_jobs
 from tests.test_end_to_end import reelbatch
 
 

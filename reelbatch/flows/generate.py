@@ -14,8 +14,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from reelbatch import progress
 from reelbatch.defaults import GPU_MEMORY_GIB, OBJECTIVE
-from reelbatch.infra.dask_cluster import check_shared_storage, task_runner_for
-from reelbatch.infra.devices import local_pool
+from reelbatch.infra.dask_cluster import check_shared_storage
 from reelbatch.infra.failures import RetryPolicy
 from reelbatch.infra.images import ImagePolicy, configured_roots
 from reelbatch.infra.prefect_config import database_url
@@ -27,7 +26,8 @@ from reelbatch.planning.planner import DEFAULT_MAX_SAMPLES_PER_JOB
 from reelbatch.schemas import RunDefaults
 from reelbatch.settings import DEFAULT_DB_URL, DEFAULT_OUTPUT
 from reelbatch.tasks.dispatch import prepare_job_task
-from reelbatch.tasks.execute import execute_job_task, execute_jobs, execute_jobs_on_dask, longest_first
+from reelbatch.tasks.execute import longest_first
+from reelbatch.tasks.executors import JobSettings, executor_for
 from reelbatch.tasks.export import write_dataset_index_task
 from reelbatch.tasks.images import check_images_task
 from reelbatch.tasks.intake import resolve_manifest_task
@@ -44,7 +44,7 @@ from reelbatch.tasks.record import (
 from reelbatch.tasks.report import publish_run_report_task, start_progress
 from reelbatch.tasks.shard import plan_run_task
 
-# execute_jobs submits a job only once it has devices, so threads beyond the devices of a big node are never used.
+# The local executor submits a job only once it has devices, so threads beyond the devices of a big node are never used.
 JOB_THREADS = 16
 
 
@@ -103,7 +103,7 @@ def generate_dataset(
     """
     output = normalize_root(output)
     db_url = database_url(db_url, db_secret)
-    runner = task_runner_for(dask_address, dask_local_workers, gpus_per_node)
+    executor = executor_for(dask_address, dask_local_workers, gpus_per_node)
     if dask_address:
         check_shared_storage(output, db_url, dask_address)
     image_roots = configured_roots()
@@ -155,32 +155,8 @@ def generate_dataset(
     jobs = longest_first(plan.jobs, specs)
     bar = start_progress(plan.samples)
     with progress.reporting_to(bar or progress.sink()):
-        if runner is None:
-            execute_jobs(
-                jobs,
-                local_pool(gpus_per_node),
-                lambda spec, priority, devices: execute_job_task.submit(
-                    spec, db_url, output, job_timeout_s, policy, gpus_per_node, priority, devices
-                ),
-            )
-        else:
-            execute_jobs_on_dask(
-                jobs,
-                runner,
-                lambda spec, priority: runner.submit(
-                    execute_job_task,
-                    parameters=dict(
-                        spec=spec,
-                        db_url=db_url,
-                        output=output,
-                        timeout_s=job_timeout_s,
-                        policy=policy,
-                        ranks_per_node=gpus_per_node,
-                        priority=priority,
-                    ),
-                ),
-                on_job_done=bar.set_done if bar else None,
-            )
+        settings = JobSettings(db_url, output, job_timeout_s, policy, ranks_per_node=gpus_per_node)
+        executor.run(jobs, settings, on_job_done=bar.set_done if bar else None)
     report = finish_run_task(db_url, run_id, plan, output)
     report.warnings = manifest_read.warnings
     report.dataset = write_dataset_index_task(db_url, run_id, output)

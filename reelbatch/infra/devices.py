@@ -6,7 +6,7 @@ A job asks for as many devices as it has ranks and waits until a group that larg
 oversubscribed. Groups are buddy-aligned (``reelbatch.gpus.GpuAllocator``), so 2-GPU jobs get 0-1, 2-3, ... and
 an 8-GPU node stays splittable.
 
-Two ways to use it. The flow's scheduler (``tasks.execute.execute_jobs``) takes groups with ``try_take`` in the
+Two ways to use it. The flow's scheduler (``tasks.executors.execute_jobs``) takes groups with ``try_take`` in the
 longest-first order and starts each job on its group, back-filling: a narrow job may start while a wide one waits
 for room, because holding GPUs idle until the wide job fits would waste them. A job that arrives on its own (a
 task on a Dask worker, where Dask's ``GPU`` resource already keeps the worker from taking more jobs than it has

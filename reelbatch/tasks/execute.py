@@ -11,13 +11,11 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import task
-from prefect.futures import PrefectFuture, as_completed
-from prefect.task_runners import TaskRunner
 
 from reelbatch.contract import (
     JobSpec,
@@ -31,7 +29,7 @@ from reelbatch.contract import (
 from reelbatch.engine.inputs import staged_path
 from reelbatch.gpus import visible_gpus
 from reelbatch.infra.db import Database
-from reelbatch.infra.devices import DeviceGroup, DevicePool, local_pool
+from reelbatch.infra.devices import DeviceGroup, local_pool
 from reelbatch.infra.failures import Failure, RetryPolicy
 from reelbatch.infra.prefect_config import holding_gpus
 from reelbatch.models.catalog import ModelCatalog, UnknownModel, family_from_folder
@@ -235,90 +233,3 @@ def longest_first(planned: Sequence[PlannedJob], specs: Sequence[JobSpec]) -> li
 
 
 execute_job_task = task(name="run-job")(execute_job)
-
-
-DEVICE_POLL_S = 2.0
-
-
-def execute_jobs(
-    jobs: Sequence[tuple[int, JobSpec]],
-    pool: DevicePool,
-    start: Callable[[JobSpec, int, DeviceGroup], PrefectFuture[JobResult]],
-) -> list[JobResult]:
-    """Run ``jobs`` (priority, spec) side by side on ``pool``'s devices; their results, in the order of ``jobs``.
-
-    Whenever devices are free, the first waiting job (lowest priority number) that fits starts on a group of its
-    own through ``start`` (which submits the job's task), so narrow jobs back-fill while a wide one waits for room.
-    A job's devices come back when its task ends. A task that raised (not a failed job: that is a result) re-raises
-    here once every other job has ended.
-    """
-    waiting = sorted(enumerate(jobs), key=lambda item: item[1][0])
-    running: dict[PrefectFuture[JobResult], DeviceGroup] = {}
-    started: dict[int, PrefectFuture[JobResult]] = {}  # position in ``jobs`` -> its task
-    try:
-        while waiting or running:
-            for item in list(waiting):
-                position, (priority, spec) = item
-                group = pool.try_take(spec.plan.world_size)
-                if group is None:
-                    continue
-                try:
-                    future = start(spec, priority, group)
-                except BaseException:
-                    pool.give_back(group)
-                    raise
-                waiting.remove(item)
-                started[position] = future
-                running[future] = group
-            if not running:  # every free device is held by another run on this machine: look again soon
-                time.sleep(DEVICE_POLL_S)
-                continue
-            try:
-                finished = next(as_completed(list(running), timeout=DEVICE_POLL_S))
-            except TimeoutError:
-                continue  # devices another run held may be free now
-            pool.give_back(running.pop(finished))
-    except Exception:
-        # The pool outlives this run (a nightly pass runs several): let the started jobs end, then free their devices.
-        for future, group in running.items():
-            future.wait()
-            pool.give_back(group)
-        raise
-    return [started[position].result() for position in range(len(jobs))]
-
-
-def execute_jobs_on_dask(
-    jobs: Sequence[tuple[int, JobSpec]],
-    runner: TaskRunner,
-    submit: Callable[[JobSpec, int], PrefectFuture[JobResult]],
-    on_job_done: Callable[[int], None] | None = None,
-) -> list[JobResult]:
-    """Run ``jobs`` on a Dask cluster through ``runner``; their results, in the order of ``jobs``.
-
-    Each job asks Dask for ``{"GPU": world_size}`` of a worker's resources, so Dask starts it only on a worker with
-    that many GPUs free; on the worker it waits for its own device group (``execute_job`` without devices). Dask
-    runs higher priorities first, hence the sign. ``on_job_done`` gets the number of videos finished so far.
-    """
-    import dask
-
-    with runner:
-        widest = max((spec.plan.world_size for _, spec in jobs), default=0)
-        workers = runner.client.scheduler_info().get("workers", {}).values()
-        most = max((w.get("resources", {}).get("GPU", 0) for w in workers), default=0)
-        if widest > most:
-            raise ValueError(
-                f"the widest job needs {widest} GPUs but no Dask worker offers more than {most} "
-                "(start workers with `--resources GPU=N`, or plan with --gpus-per-node "
-                f"{int(most) if most else 'N'})"
-            )
-        futures = []
-        for priority, spec in jobs:
-            with dask.annotate(resources={"GPU": spec.plan.world_size}, priority=-priority):
-                futures.append(submit(spec, priority))
-        finished = 0
-        for future in as_completed(futures):
-            if on_job_done is not None and future.state.is_completed():
-                result = future.result()
-                finished += result.done + result.failed  # the bar counts videos that are over, as locally
-                on_job_done(finished)
-        return [future.result() for future in futures]

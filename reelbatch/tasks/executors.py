@@ -1,0 +1,185 @@
+"""Where a run's jobs run: one interface, one implementation per backend (this machine's devices, a Dask cluster).
+
+The flow hands its jobs, longest first, to ``executor.run`` and gets their results back in the same order; it does
+not know which backend runs them. Each job runs as the ``run-job`` task (``tasks.execute.execute_job``) wherever the
+executor places it.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from prefect.futures import PrefectFuture, as_completed
+from prefect.task_runners import TaskRunner
+
+from reelbatch.contract import JobSpec
+from reelbatch.infra.dask_cluster import task_runner_for
+from reelbatch.infra.devices import DeviceGroup, DevicePool, local_pool
+from reelbatch.infra.failures import RetryPolicy
+from reelbatch.tasks.execute import JobResult, execute_job_task
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What every job of a run is run with, whichever executor runs it."""
+
+    db_url: str
+    output: str
+    timeout_s: float | None  # per attempt; None: the planner's estimate with a margin
+    policy: RetryPolicy
+    ranks_per_node: int  # what the run was planned for
+
+
+class JobExecutor(ABC):
+    """Runs (priority, spec) jobs, lower priority numbers first; returns their results in the order given."""
+
+    @abstractmethod
+    def run(
+        self,
+        jobs: Sequence[tuple[int, JobSpec]],
+        settings: JobSettings,
+        on_job_done: Callable[[int], None] | None = None,
+    ) -> list[JobResult]:
+        """``on_job_done`` gets the number of videos over (done or failed) so far, where the executor reports it."""
+
+
+class LocalExecutor(JobExecutor):
+    """This machine's devices (GPUs, or CPU rank slots without CUDA): jobs side by side on disjoint device groups,
+    each started on one of the flow's threads once its group is free."""
+
+    def __init__(self, pool: DevicePool | None = None) -> None:
+        self.pool = pool  # None: this process's pool, taken when the jobs start (``infra.devices.local_pool``)
+
+    def run(
+        self,
+        jobs: Sequence[tuple[int, JobSpec]],
+        settings: JobSettings,
+        on_job_done: Callable[[int], None] | None = None,
+    ) -> list[JobResult]:
+        # Progress comes from the jobs' own events on this machine, so on_job_done is not needed here.
+        def start(spec: JobSpec, priority: int, devices: DeviceGroup) -> PrefectFuture[JobResult]:
+            return execute_job_task.submit(
+                spec, settings.db_url, settings.output, settings.timeout_s, settings.policy, settings.ranks_per_node,
+                priority, devices,
+            )  # fmt: skip
+
+        return execute_jobs(jobs, self.pool or local_pool(settings.ranks_per_node), start)
+
+
+class DaskExecutor(JobExecutor):
+    """A Dask cluster (an address, or a temporary local cluster): each job asks for its width of the workers'
+    ``GPU`` resource and takes its own device group on the worker that runs it."""
+
+    def __init__(self, runner: TaskRunner) -> None:
+        self.runner = runner
+
+    def run(
+        self,
+        jobs: Sequence[tuple[int, JobSpec]],
+        settings: JobSettings,
+        on_job_done: Callable[[int], None] | None = None,
+    ) -> list[JobResult]:
+        def submit(spec: JobSpec, priority: int) -> PrefectFuture[JobResult]:
+            parameters = dict(
+                spec=spec, db_url=settings.db_url, output=settings.output, timeout_s=settings.timeout_s,
+                policy=settings.policy, ranks_per_node=settings.ranks_per_node, priority=priority,
+            )  # fmt: skip
+            return self.runner.submit(execute_job_task, parameters=parameters)
+
+        return execute_jobs_on_dask(jobs, self.runner, submit, on_job_done=on_job_done)
+
+
+def executor_for(dask_address: str | None, dask_local_workers: int, gpus_per_node: int) -> JobExecutor:
+    """The executor a run's options ask for: a Dask cluster when one is given, else this machine's devices."""
+    runner = task_runner_for(dask_address, dask_local_workers, gpus_per_node)
+    return LocalExecutor() if runner is None else DaskExecutor(runner)
+
+
+DEVICE_POLL_S = 2.0
+
+
+def execute_jobs(
+    jobs: Sequence[tuple[int, JobSpec]],
+    pool: DevicePool,
+    start: Callable[[JobSpec, int, DeviceGroup], PrefectFuture[JobResult]],
+) -> list[JobResult]:
+    """Run ``jobs`` (priority, spec) side by side on ``pool``'s devices; their results, in the order of ``jobs``.
+
+    Whenever devices are free, the first waiting job (lowest priority number) that fits starts on a group of its
+    own through ``start`` (which submits the job's task), so narrow jobs back-fill while a wide one waits for room.
+    A job's devices come back when its task ends. A task that raised (not a failed job: that is a result) re-raises
+    here once every other job has ended.
+    """
+    waiting = sorted(enumerate(jobs), key=lambda item: item[1][0])
+    running: dict[PrefectFuture[JobResult], DeviceGroup] = {}
+    started: dict[int, PrefectFuture[JobResult]] = {}  # position in ``jobs`` -> its task
+    try:
+        while waiting or running:
+            for item in list(waiting):
+                position, (priority, spec) = item
+                group = pool.try_take(spec.plan.world_size)
+                if group is None:
+                    continue
+                try:
+                    future = start(spec, priority, group)
+                except BaseException:
+                    pool.give_back(group)
+                    raise
+                waiting.remove(item)
+                started[position] = future
+                running[future] = group
+            if not running:  # every free device is held by another run on this machine: look again soon
+                time.sleep(DEVICE_POLL_S)
+                continue
+            try:
+                finished = next(as_completed(list(running), timeout=DEVICE_POLL_S))
+            except TimeoutError:
+                continue  # devices another run held may be free now
+            pool.give_back(running.pop(finished))
+    except Exception:
+        # The pool outlives this run (a nightly pass runs several): let the started jobs end, then free their devices.
+        for future, group in running.items():
+            future.wait()
+            pool.give_back(group)
+        raise
+    return [started[position].result() for position in range(len(jobs))]
+
+
+def execute_jobs_on_dask(
+    jobs: Sequence[tuple[int, JobSpec]],
+    runner: TaskRunner,
+    submit: Callable[[JobSpec, int], PrefectFuture[JobResult]],
+    on_job_done: Callable[[int], None] | None = None,
+) -> list[JobResult]:
+    """Run ``jobs`` on a Dask cluster through ``runner``; their results, in the order of ``jobs``.
+
+    Each job asks Dask for ``{"GPU": world_size}`` of a worker's resources, so Dask starts it only on a worker with
+    that many GPUs free; on the worker it waits for its own device group (``execute_job`` without devices). Dask
+    runs higher priorities first, hence the sign. ``on_job_done`` gets the number of videos finished so far.
+    """
+    import dask
+
+    with runner:
+        widest = max((spec.plan.world_size for _, spec in jobs), default=0)
+        workers = runner.client.scheduler_info().get("workers", {}).values()
+        most = max((w.get("resources", {}).get("GPU", 0) for w in workers), default=0)
+        if widest > most:
+            raise ValueError(
+                f"the widest job needs {widest} GPUs but no Dask worker offers more than {most} "
+                "(start workers with `--resources GPU=N`, or plan with --gpus-per-node "
+                f"{int(most) if most else 'N'})"
+            )
+        futures = []
+        for priority, spec in jobs:
+            with dask.annotate(resources={"GPU": spec.plan.world_size}, priority=-priority):
+                futures.append(submit(spec, priority))
+        finished = 0
+        for future in as_completed(futures):
+            if on_job_done is not None and future.state.is_completed():
+                result = future.result()
+                finished += result.done + result.failed  # the bar counts videos that are over, as locally
+                on_job_done(finished)
+        return [future.result() for future in futures]
