@@ -16,7 +16,10 @@ import typer
 
 from reelbatch import defaults
 
-DB_HELP = "Database URL (SQLAlchemy), e.g. sqlite:///reelbatch.db or postgresql+psycopg://user@host/db. Env: REELBATCH_DB_URL."
+DB_HELP = (
+    "Database URL (SQLAlchemy), e.g. sqlite:///reelbatch.db or postgresql+psycopg://user@host/db. "
+    "Env: REELBATCH_DB_URL."
+)
 GPUS_HELP = "Ranks per node (GPUs; on a machine without CUDA, CPU processes). Default: visible CUDA GPUs, else 2."
 # The kinds planning.cost.STORAGE_KINDS knows (a test keeps them in step; importing the planner here would slow
 # down every command, --help included).
@@ -54,7 +57,10 @@ RetryOpt = Annotated[
     str | None,
     typer.Option(
         "--retry-policy",
-        help='JSON retries per failure class, e.g. {"rank_crash": {"max_attempts": 5, "backoff_s": 10}}; classes: oom, collective_timeout, rank_crash, timeout, bad_input, model_load, unknown.',
+        help=(
+            'JSON retries per failure class, e.g. {"rank_crash": {"max_attempts": 5, "backoff_s": 10}}; '
+            "classes: oom, collective_timeout, rank_crash, timeout, bad_input, model_load, unknown."
+        ),
     ),
 ]
 MaxSamplesOpt = Annotated[int, typer.Option(min=1, help="Largest job, in samples.")]
@@ -112,7 +118,10 @@ ROW_DEFAULTS = (
             float | None,
             typer.Option(
                 "--guidance",
-                help="Default CFG scale; <= 1 turns CFG off. Empty: each model's own default (`reelbatch models show NAME`).",
+                help=(
+                    "Default CFG scale; <= 1 turns CFG off. Empty: each model's own default (`reelbatch models show "
+                    "NAME`)."
+                ),
                 rich_help_panel="Row defaults",
             ),
         ],
@@ -123,7 +132,10 @@ ROW_DEFAULTS = (
             float | None,
             typer.Option(
                 "--guidance-2",
-                help="Default low-noise expert guidance of two-expert models (Wan 2.2 A14B); empty: the same as the guidance.",
+                help=(
+                    "Default low-noise expert guidance of two-expert models (Wan 2.2 A14B); empty: the same as the "
+                    "guidance."
+                ),
                 rich_help_panel="Row defaults",
             ),
         ],
@@ -169,7 +181,10 @@ ROW_DEFAULTS = (
             str | None,
             typer.Option(
                 "--plan",
-                help="Pin a parallel plan for every row without a `plan` cell, e.g. dp=2,cfg=2,ulysses=1,ring=1. Validated, never changed.",
+                help=(
+                    "Pin a parallel plan for every row without a `plan` cell, e.g. dp=2,cfg=2,ulysses=1,ring=1. "
+                    "Validated, never changed."
+                ),
                 rich_help_panel="Parallelism",
             ),
         ],
@@ -206,7 +221,10 @@ PLANNER = (
             list[str] | None,
             typer.Option(
                 "--limit",
-                help="NAME=N manifest limit (max_prompt_chars, max_rows, max_num_videos, max_frames, max_side, max_steps, max_image_bytes, max_image_side). Repeatable.",
+                help=(
+                    "NAME=N manifest limit (max_prompt_chars, max_rows, max_num_videos, max_frames, max_side, "
+                    "max_steps, max_image_bytes, max_image_side). Repeatable."
+                ),
             ),
         ],
     ),
@@ -216,7 +234,11 @@ PLANNER = (
             list[str] | None,
             typer.Option(
                 "--image-root",
-                help="A folder or URL prefix (s3://bucket/images/) that `image` / `last_image` cells may read from, besides the manifest's own folder and REELBATCH_IMAGE_ROOTS (comma-separated); nothing else is read. Repeatable.",
+                help=(
+                    "A folder or URL prefix (s3://bucket/images/) that `image` / `last_image` cells may read from, "
+                    "besides the manifest's own folder and REELBATCH_IMAGE_ROOTS (comma-separated); nothing else is "
+                    "read. Repeatable."
+                ),
                 rich_help_panel="Inputs",
             ),
         ],
@@ -232,7 +254,10 @@ PACKING = (
             typer.Option(
                 "--job-minutes",
                 min=0.01,
-                help="Target wall time of one job, model load included; small manifests get shorter jobs so every GPU has work.",
+                help=(
+                    "Target wall time of one job, model load included; small manifests get shorter jobs so every GPU "
+                    "has work."
+                ),
                 rich_help_panel="Packing",
             ),
         ],
@@ -244,7 +269,10 @@ PACKING = (
             str,
             typer.Option(
                 "--padding",
-                help="pad: padded slots are computed and thrown away; fill: they generate extra seeds of the bucket's prompts (free videos).",
+                help=(
+                    "pad: padded slots are computed and thrown away; fill: they generate extra seeds of the bucket's "
+                    "prompts (free videos)."
+                ),
                 rich_help_panel="Packing",
             ),
         ],
@@ -256,7 +284,10 @@ PACKING = (
             str,
             typer.Option(
                 "--job-width",
-                help="group: each job gets one sample's GPU group and jobs run side by side on a node; node: a job spans the node with the plan's data parallel degree.",
+                help=(
+                    "group: each job gets one sample's GPU group and jobs run side by side on a node; node: a job "
+                    "spans the node with the plan's data parallel degree."
+                ),
                 rich_help_panel="Packing",
             ),
         ],
@@ -268,7 +299,10 @@ PACKING = (
             bool,
             typer.Option(
                 "--no-pack",
-                help="Keep one plan per bucket cut into jobs of at most --max-samples-per-job (the pre-packing behaviour).",
+                help=(
+                    "Keep one plan per bucket cut into jobs of at most --max-samples-per-job (the pre-packing "
+                    "behaviour)."
+                ),
                 rich_help_panel="Packing",
             ),
         ],
@@ -288,7 +322,7 @@ def with_options(**groups: tuple[inspect.Parameter, ...]):
 
     def decorate(command):
         signature = inspect.signature(command, eval_str=True)
-        shown = []
+        shown: list[inspect.Parameter] = []
         for name, parameter in signature.parameters.items():
             shown.extend(groups[name] if name in groups else [parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY)])
 
@@ -298,7 +332,7 @@ def with_options(**groups: tuple[inspect.Parameter, ...]):
                 values[keyword] = {p.name: values.pop(p.name) for p in group}
             return command(**values)
 
-        with_groups.__signature__ = signature.replace(parameters=shown)
+        with_groups.__signature__ = signature.replace(parameters=shown)  # type: ignore[attr-defined]  # read by typer
         return with_groups
 
     return decorate

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Annotated
 
 import typer
@@ -48,7 +49,10 @@ def run(
         float | None,
         typer.Option(
             min=1,
-            help="Wall-clock limit per job attempt, seconds; its ranks are killed after it. Default: the cost model's estimate x 3, at least 15 min.",
+            help=(
+                "Wall-clock limit per job attempt, seconds; its ranks are killed after it. Default: the cost model's "
+                "estimate x 3, at least 15 min."
+            ),
         ),
     ] = None,
     model_path: ModelPathOpt = None,
@@ -64,7 +68,10 @@ def run(
         typer.Option(
             "--dask",
             metavar="ADDRESS",
-            help="Run the jobs on this Dask cluster (tcp://host:8786). Workers need `--resources GPU=N`; --out must be shared storage (s3:// or a shared folder) and --db a server the workers reach. See docs/SCALE_OUT.md.",
+            help=(
+                "Run the jobs on this Dask cluster (tcp://host:8786). Workers need `--resources GPU=N`; --out must be "
+                "shared storage (s3:// or a shared folder) and --db a server the workers reach. See docs/SCALE_OUT.md."
+            ),
             rich_help_panel="Scale-out",
         ),
     ] = None,
@@ -187,7 +194,7 @@ def use_image_roots(roots: list[str]) -> None:
     os.environ[IMAGE_ROOTS_ENV] = ",".join(allowed)
 
 
-def run_flow(image_roots: list[str] = (), **parameters) -> None:
+def run_flow(image_roots: Sequence[str] = (), **parameters) -> None:
     """generate_dataset(**parameters) with progress bars on stderr; exits with the report's exit code."""
     from reelbatch.cli.progress import RichProgressSink
     from reelbatch.flows.generate import generate_dataset

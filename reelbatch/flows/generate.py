@@ -48,7 +48,8 @@ from reelbatch.tasks.shard import plan_run_task
 JOB_THREADS = 16
 
 
-@flow(name="generate-dataset", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=JOB_THREADS))
+# ThreadPoolTaskRunner() is typed TaskRunner[Never] when built without a future type: a stub gap, not a misuse.
+@flow(name="generate-dataset", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=JOB_THREADS))  # type: ignore[arg-type]
 def generate_dataset(
     manifest: str = "",
     manifest_text: str = "",

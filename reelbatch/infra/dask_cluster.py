@@ -55,7 +55,8 @@ def task_runner_for(address: str | None, local_workers: int, gpus_per_worker: in
         # Its workers' environment is theirs to set (docs/SCALE_OUT.md): a shared cluster must not be restarted.
         return DaskTaskRunner(address=address)
     return DaskTaskRunner(
-        cluster_class=local_gpu_cluster,
+        # prefect-dask annotates cluster_class as a no-argument factory, yet calls it with cluster_kwargs.
+        cluster_class=local_gpu_cluster,  # type: ignore[arg-type]
         cluster_kwargs={"n_workers": local_workers, "gpus_per_worker": gpus_per_worker},
     )
 

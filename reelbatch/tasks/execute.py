@@ -75,9 +75,10 @@ def lower_memory_variant(spec: JobSpec) -> JobSpec | None:
 def next_attempt(spec: JobSpec, remaining: list[str], lower_memory: bool) -> JobSpec | None:
     """The job narrowed to its remaining samples, in a fresh folder (a stuck rank may still write the old one)."""
     if lower_memory:
-        spec = lower_memory_variant(spec)
-        if spec is None:
+        leaner = lower_memory_variant(spec)
+        if leaner is None:
             return None
+        spec = leaner
     keep = set(remaining)
     samples = [s for s in spec.samples if s.sample_id in keep]
     folder = new_attempt_folder(attempt_folder(spec).parent)
@@ -194,7 +195,7 @@ def execute_job(
                 failed_rank=failure.rank,
                 message=failure.message,
                 tail="\n".join(failure.tail),
-                retry_delay_s=decision.delay_s if decision.retry else None,
+                retry_delay_s=decision.delay_s if decision and decision.retry else None,
             )
         with Database(db_url) as db:
             db.record_attempt(spec, attempt, **attempt_fields)
@@ -215,6 +216,7 @@ def execute_job(
             return JobResult(
                 spec.job_id, status, attempt - first_attempt + 1, done, total - done, failure.kind if failure else None
             )
+        assert decision is not None  # a retry spec exists only for a decision to retry
         time.sleep(decision.delay_s)
         if retry_spec.plan != spec.plan or retry_spec.bucket != spec.bucket:
             with Database(db_url) as db:  # the job row records the plan that runs now

@@ -11,15 +11,18 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prefect.futures import PrefectFuture, as_completed
-from prefect.task_runners import TaskRunner
 
 from reelbatch.contract import JobSpec
 from reelbatch.infra.dask_cluster import task_runner_for
 from reelbatch.infra.devices import DeviceGroup, DevicePool, local_pool
 from reelbatch.infra.failures import RetryPolicy
 from reelbatch.tasks.execute import JobResult, execute_job_task
+
+if TYPE_CHECKING:
+    from prefect_dask import DaskTaskRunner
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ class DaskExecutor(JobExecutor):
     """A Dask cluster (an address, or a temporary local cluster): each job asks for its width of the workers'
     ``GPU`` resource and takes its own device group on the worker that runs it."""
 
-    def __init__(self, runner: TaskRunner) -> None:
+    def __init__(self, runner: DaskTaskRunner) -> None:
         self.runner = runner
 
     def run(
@@ -150,7 +153,7 @@ def execute_jobs(
 
 def execute_jobs_on_dask(
     jobs: Sequence[tuple[int, JobSpec]],
-    runner: TaskRunner,
+    runner: DaskTaskRunner,
     submit: Callable[[JobSpec, int], PrefectFuture[JobResult]],
     on_job_done: Callable[[int], None] | None = None,
 ) -> list[JobResult]:

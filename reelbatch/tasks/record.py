@@ -123,7 +123,7 @@ def rejected_cells(manifest: ManifestReadResult, rejections: Sequence[RowRejecti
     rows = manifest.rows
     if isinstance(rows, RowTable):  # rows by line without building every row of a big manifest
         at = np.searchsorted(rows.lines, later)
-        found = [rows[int(i)] for i, line in zip(at, later) if i < len(rows) and rows.lines[i] == line]
+        found = [rows[int(i)] for i, line in zip(at, later, strict=True) if i < len(rows) and rows.lines[i] == line]
     else:
         wanted = set(later)
         found = [row for row in rows if row.row in wanted]
