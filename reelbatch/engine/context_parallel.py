@@ -61,7 +61,7 @@ def enable_sequence_parallel(pipe, family: str, ctx: ParallelContext) -> None:
     """Split each transformer's sequence over this rank's (ring, ulysses) group; a no-op without sequence parallel."""
     if not ctx.sequence_parallel:
         return
-    from diffusers import ContextParallelConfig
+    from diffusers.models import ContextParallelConfig
 
     plan = ctx.plan
     if plan.ring > 1 and ctx.device.type != "cuda":
