@@ -179,15 +179,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{bench['seconds_to_plan_and_simulate']} s"
         )
         print(f"{'':24}{'packed':>14}{'naive':>14}")
-        for key, unit in (
-            ("makespan_s", "s"),
-            ("lower_bound_s", "s"),
-            ("ratio", ""),
-            ("gpu_utilization", ""),
-            ("padding_ratio", ""),
-            ("gpu_hours", "h"),
-            ("jobs", ""),
-            ("load_gpu_hours", "h"),
+        for key in (
+            "makespan_s",
+            "lower_bound_s",
+            "ratio",
+            "gpu_utilization",
+            "padding_ratio",
+            "gpu_hours",
+            "jobs",
+            "load_gpu_hours",
         ):
             print(f"{key:24}{doc[key]:>14,}{naive[key]:>14,}")
         print(f"{'speedup_vs_naive':24}{doc['speedup_vs_naive']:>14}")

@@ -9,9 +9,10 @@
                                                                      # --layers 2 and runs 1-2 samples for wiring
 
 reelbatch path, in a fresh orchestrator process per N (like ``reelbatch run``): a CSV manifest of the N prompts
-is read, planned (one job: --max-samples-per-job is N unless given), recorded in a SQLite file, prepared, executed (real ``torchrun`` ranks, mp4s + sidecars staged, verified,
-published, rows marked done), finished, and the dataset index (metadata.csv, samples.parquet, gallery) written:
-the calls ``flows/generate.py`` makes, without Prefect around them. Bare path: one fresh Python process that
+is read, planned (one job: --max-samples-per-job is N unless given), recorded in a SQLite file, prepared,
+executed (real ``torchrun`` ranks, mp4s + sidecars staged, verified, published, rows marked done), finished,
+and the dataset index (metadata.csv, samples.parquet, gallery) written: the calls ``flows/generate.py`` makes,
+without Prefect around them. Bare path: one fresh Python process that
 loads the same folder with ``DiffusionPipeline.from_pretrained`` and calls the pipeline once per prompt with the
 same size, frames, steps, guidance and seed, writing the same H.264 mp4s (``--bare-writes none``: nothing).
 

@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{'met' if ratio <= TARGET_RATIO else 'MISSED'}"
     )
     print(
-        f"+ sample ids, job ids, digest {with_ids_s:5.3f} s   ratio {with_ids_s / pandas_s:.1f}x (no target: what a run "
-        f"computes before its first job; {result['ids'][1]:,} samples hashed)"
+        f"+ sample ids, job ids, digest {with_ids_s:5.3f} s   ratio {with_ids_s / pandas_s:.1f}x "
+        f"(no target: what a run computes before its first job; {result['ids'][1]:,} samples hashed)"
     )
     print(
         f"peak Python memory of validate + plan (tracemalloc) {peak_mb:.0f} MB (target <= {TARGET_PEAK_MB:g} MB): "

@@ -21,7 +21,7 @@ import signal
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -29,7 +29,7 @@ from reelbatch.schemas import Backend, BucketKey, ParallelPlan, Sample
 
 # --- the job spec and the results ----------------------------------------------------------------------------
 
-JOB_SPEC_VERSION = 2
+JOB_SPEC_VERSION: Final = 2
 
 
 class JobSpec(BaseModel):

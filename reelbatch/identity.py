@@ -28,12 +28,12 @@ _SAMPLE_FIELDS = set(Sample.model_fields)
 
 def _json(value: object) -> str:
     """``value`` as the canonical json.dumps writes it; types other than the usual ones go through json itself."""
-    kind = type(value)
-    if kind is str:
+    # Exact types, not isinstance: a bool is an int but json writes it as true/false.
+    if type(value) is str:
         return encode_basestring(value)
-    if kind is int:
+    if type(value) is int:
         return int.__repr__(value)
-    if kind is float and math.isfinite(value):
+    if type(value) is float and math.isfinite(value):
         return float.__repr__(value)
     if value is None:
         return "null"

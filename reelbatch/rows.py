@@ -78,7 +78,7 @@ class RowTable(Sequence[ManifestRow]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (RowTable, list, tuple)):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
     def __repr__(self) -> str:
@@ -193,7 +193,7 @@ class SampleRefs(Sequence[Sample]):
         if self._samples is None:
             made: list[Sample] = []
             current, expanded = -1, []
-            for row, video in zip(self.rows.tolist(), self.videos.tolist()):
+            for row, video in zip(self.rows.tolist(), self.videos.tolist(), strict=True):
                 if row != current:
                     current, expanded = row, expand_row(self.table[row])
                 made.append(expanded[video])
@@ -203,8 +203,9 @@ class SampleRefs(Sequence[Sample]):
 
 def concat_samples(parts: Sequence[Sequence[Sample]]) -> Sequence[Sample]:
     """The parts one after another: still references when every part refers to the same table, else a list."""
-    if parts and all(isinstance(p, SampleRefs) for p in parts) and len({id(p.table) for p in parts}) == 1:
+    refs = [p for p in parts if isinstance(p, SampleRefs)]
+    if refs and len(refs) == len(parts) and len({id(p.table) for p in refs}) == 1:
         return SampleRefs(
-            parts[0].table, np.concatenate([p.rows for p in parts]), np.concatenate([p.videos for p in parts])
+            refs[0].table, np.concatenate([p.rows for p in refs]), np.concatenate([p.videos for p in refs])
         )
     return [sample for part in parts for sample in part]

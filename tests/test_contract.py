@@ -58,7 +58,8 @@ def test_output_lines_lose_both_prefixes_and_glued_lines_are_cut_apart():
 def test_failure_report_names_the_root_cause_the_exits_and_the_sigtermed_ranks():
     lines = ["Sending process 100 closing signal SIGTERM", "Failures:", "[1]:", "  rank      : 0 (local_rank: 0)",
              "  exitcode  : -15 (pid: 100)", "Root Cause (first observed failure):", "[0]:",
-             "  rank      : 1 (local_rank: 1)", "  exitcode  : 1 (pid: 101)", "=" * 60, "[rank0]:  rank      : 7"]  # fmt: skip
+             "  rank      : 1 (local_rank: 1)", "  exitcode  : 1 (pid: 101)", "=" * 60,
+             "[rank0]:  rank      : 7"]  # fmt: skip
     report = FailureReport()
     consumed = [report.read(line) for raw in lines for line in split_output(raw)]
     assert consumed == [True] * 10 + [False]  # a rank's own line is never part of the report

@@ -56,7 +56,10 @@ def report(root: tuple[int, int, int], *others: tuple[int, int, int]) -> list[st
 
 
 def sigterm(pid: int) -> str:
-    return f"W0101 00:00:00.000000 1 torch/distributed/elastic/multiprocessing/api.py:1028] Sending process {pid} closing signal SIGTERM"
+    return (
+        "W0101 00:00:00.000000 1 torch/distributed/elastic/multiprocessing/api.py:1028] "
+        f"Sending process {pid} closing signal SIGTERM"
+    )
 
 
 def traceback(rank: int, *last: str) -> list[str]:
@@ -133,7 +136,8 @@ def test_nccl_watchdog_timeout_is_a_collective_timeout_of_the_reporting_rank():
 def test_master_port_in_use_is_a_collective_timeout_of_torchrun_itself():
     log = ["Traceback (most recent call last):", '  File "run.py", line 1',
            ("torch.distributed.DistNetworkError: The server socket has failed to listen on any local network "
-            "address. port: 29500, useIpv6: false, code: -98, name: EADDRINUSE, message: address already in use")]  # fmt: skip
+            "address. port: 29500, useIpv6: false, code: -98, name: EADDRINUSE, "
+            "message: address already in use")]  # fmt: skip
     got = classify(failed(None), log)
     assert (got.kind, got.rank) == ("collective_timeout", None)
     assert "EADDRINUSE" in got.message and got.tail[-1].startswith("torch.distributed.DistNetworkError")

@@ -173,7 +173,7 @@ def test_true_cfg_needs_a_negative_prompt_as_in_the_pipelines(pipes, model):
     # A batch of two against the pipeline's batch of one: float32 sums in another order differ by about 1e-5 on
     # some CPUs (1.1e-5 seen on this one). A sample wrongly given true CFG differs by far more than 1e-3.
     batch_noise = 5e-5
-    for got, (prompt, negative, seed, given) in zip(together, samples):
+    for got, (prompt, negative, seed, given) in zip(together, samples, strict=True):
         np.testing.assert_allclose(got, reference(pipes, b, prompt, negative, seed, given), atol=batch_noise)
     unguided = bucket(model, conditioning, 1.0)
     np.testing.assert_allclose(together[0], ours(pipes, unguided, samples[:1])[0], atol=batch_noise)

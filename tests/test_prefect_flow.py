@@ -87,7 +87,7 @@ def test_flow_run_publishes_artifacts_and_streams_rank_logs(prefect_server, tmp_
         )
     finally:
         loggers[0].removeHandler(seen)
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
     assert state.is_completed()
     report = state.result()

@@ -132,7 +132,7 @@ def test_waiting_jobs_go_by_priority_and_narrow_ones_back_fill():
     ]
     for arrived, thread in enumerate(threads, 1):
         thread.start()
-        wait_until(lambda: len(pool._waiting) == arrived)  # all three wait, in this order of arrival
+        wait_until(lambda arrived=arrived: len(pool._waiting) == arrived)  # all three wait, in this order of arrival
     assert started == []
     pool.give_back(blocker)
     wait_until(lambda: len(started) == 2)  # the two pairs are lent; the wide job cannot start beside them

@@ -137,6 +137,7 @@ def submit_manifest(
     manifest: Path, deployment: str, store: str | None, output: str | None, extra: dict[str, Any]
 ) -> tuple[Any, str, str]:
     """Copy the manifest to the store and start the deployment on it: (flow run, stored URI, UI link)."""
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
     if not manifest.is_file():
@@ -149,6 +150,8 @@ def submit_manifest(
         parameters["output"] = output
     # timeout=0: create the run and return; a worker (or `reelbatch serve`) executes it.
     flow_run = run_deployment(name=found.id, parameters=parameters, timeout=0, as_subflow=False)
+    # Typed "flow run or coroutine": the coroutine comes only from async code, and the CLI is sync.
+    assert isinstance(flow_run, FlowRun)
     return flow_run, uri, flow_run_link(flow_run.id)
 
 
@@ -225,7 +228,10 @@ def submit(
         str | None,
         typer.Option(
             "--store",
-            help=f"Manifest store the workers can read: a shared folder or s3://bucket/prefix. Env: {STORE_ENV}. Default: <output>/.reelbatch/manifests.",
+            help=(
+                "Manifest store the workers can read: a shared folder or s3://bucket/prefix. "
+                f"Env: {STORE_ENV}. Default: <output>/.reelbatch/manifests."
+            ),
         ),
     ] = None,
     output: Annotated[str | None, typer.Option("--out", help="Output of this run (default: the deployment's).")] = None,
@@ -234,7 +240,9 @@ def submit(
         typer.Option(
             "--param",
             "-p",
-            help="KEY=VALUE flow parameter (VALUE as JSON, else text), e.g. gpus_per_node=8 or strict=true. Repeatable.",
+            help=(
+                "KEY=VALUE flow parameter (VALUE as JSON, else text), e.g. gpus_per_node=8 or strict=true. Repeatable."
+            ),
         ),
     ] = None,
     wait: Annotated[
@@ -249,7 +257,7 @@ def submit(
         flow_run, uri, link = submit_manifest(manifest, deployment, store, output, _parse_params(param))
     except SubmitError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_USAGE)
+        raise typer.Exit(EXIT_USAGE) from None
     console.print(f"manifest stored at {uri}", highlight=False, soft_wrap=True)
     out.print(f"flow run {flow_run.id} ({flow_run.name})", highlight=False)
     out.print(link, highlight=False, soft_wrap=True)
@@ -266,7 +274,10 @@ def serve(
         str | None,
         typer.Option(
             "--db",
-            help="Database URL; saved into the Secret block --db-secret, so run parameters never show it. Env: REELBATCH_DB_URL.",
+            help=(
+                "Database URL; saved into the Secret block --db-secret, so run parameters never show it. "
+                "Env: REELBATCH_DB_URL."
+            ),
         ),
     ] = None,
     db_secret: Annotated[
@@ -294,10 +305,10 @@ def serve(
         CronSchedule(cron=cron, timezone=timezone)  # a bad schedule is a usage error, before anything starts
     except SubmitError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_USAGE)
+        raise typer.Exit(EXIT_USAGE) from None
     except ValueError as exc:
         console.print(f"[bold red]error:[/] --cron/--timezone: {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_USAGE)
+        raise typer.Exit(EXIT_USAGE) from None
     from prefect import serve as prefect_serve
     from prefect.blocks.system import Secret
 
@@ -310,7 +321,7 @@ def serve(
         url = database_url("", db_secret)
     except ValueError as exc:
         console.print(f"[bold red]error:[/] {exc} (or pass --db URL)", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_USAGE)
+        raise typer.Exit(EXIT_USAGE) from None
     from reelbatch.infra.db import Database
 
     with Database(url) as database:

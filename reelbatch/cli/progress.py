@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 
 class RichProgressSink:
@@ -20,8 +20,8 @@ class RichProgressSink:
             transient=False,
         )
         self._lock = threading.Lock()
-        self._overall = None
-        self._jobs: dict[str, int] = {}
+        self._overall: TaskID | None = None  # made on entering, when the bars start
+        self._jobs: dict[str, TaskID] = {}
 
     def __enter__(self):
         self._progress.__enter__()
@@ -31,9 +31,14 @@ class RichProgressSink:
     def __exit__(self, *exc):
         return self._progress.__exit__(*exc)
 
+    @property
+    def _all_videos(self) -> TaskID:
+        assert self._overall is not None, "the sink reports only inside its with block"
+        return self._overall
+
     def run_planned(self, jobs, samples):
         with self._lock:
-            self._progress.update(self._overall, total=samples, state=f"{jobs} jobs")
+            self._progress.update(self._all_videos, total=samples, state=f"{jobs} jobs")
 
     def job_started(self, job_id, samples, description):
         with self._lock:
@@ -44,7 +49,7 @@ class RichProgressSink:
             task = self._jobs.get(job_id)
             if task is not None:
                 self._progress.update(task, advance=1, state="generating")
-            self._progress.update(self._overall, advance=1)
+            self._progress.update(self._all_videos, advance=1)
 
     def job_finished(self, job_id, status):
         with self._lock:

@@ -158,7 +158,8 @@ def print_status(summary, jobs: list[dict], samples: list[dict]) -> None:
 
     c = summary.counts
     out.print(
-        f"run {summary.id}  [bold]{summary.status}[/]  manifest {summary.manifest_source}  output {summary.output_root}\n"
+        f"run {summary.id}  [bold]{summary.status}[/]  manifest {summary.manifest_source}  "
+        f"output {summary.output_root}\n"
         f"done {c.get('done', 0)}, failed {c.get('failed', 0)}, rejected {c.get('rejected', 0)}, "
         f"pending {c.get('pending', 0) + c.get('running', 0)}"
     )

@@ -57,7 +57,13 @@ def status(run_id: RunIdArg, db: DbOpt = None) -> None:
     print_status(summary, jobs, samples)
 
 
-@app.command()
+# The help is one line in `reelbatch --help`'s command list, too long for a docstring line.
+@app.command(
+    help=(
+        "Every column of a run's samples table as a file. "
+        "CSV cells a spreadsheet would run as formulas are neutralised."
+    )
+)
 def export(
     run_id: RunIdArg,
     fmt: Annotated[str, typer.Option("--format", help="parquet, csv or jsonl.")] = "parquet",
@@ -69,7 +75,6 @@ def export(
     ] = None,
     db: DbOpt = None,
 ) -> None:
-    """Every column of a run's samples table as a file. CSV cells a spreadsheet would run as formulas are neutralised."""
     from reelbatch.tasks.export import write_samples
 
     if fmt not in EXPORT_FORMATS:

@@ -13,11 +13,15 @@ entry and gathers them at its exit, so every rank gets the whole noise predictio
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import torch
 
 from reelbatch.contract import emit
 from reelbatch.engine.parallel import ParallelContext
+
+if TYPE_CHECKING:
+    from diffusers.models.modeling_utils import ModelMixin
 
 # diffusers' ring attention needs a kernel that returns the log-sum-exp; torch's SDPA ("native") does not.
 RING_ATTENTION_BACKEND = "_native_cudnn"
@@ -48,7 +52,7 @@ def _diffusers_version() -> str:
     return diffusers.__version__
 
 
-def _transformers(pipe) -> list[torch.nn.Module]:
+def _transformers(pipe) -> list[ModelMixin]:
     """Every denoiser of the pipeline (Wan2.2 A14B has two experts: transformer and transformer_2)."""
     return [m for name in ("transformer", "transformer_2") if (m := getattr(pipe, name, None)) is not None]
 
@@ -57,7 +61,7 @@ def enable_sequence_parallel(pipe, family: str, ctx: ParallelContext) -> None:
     """Split each transformer's sequence over this rank's (ring, ulysses) group; a no-op without sequence parallel."""
     if not ctx.sequence_parallel:
         return
-    from diffusers import ContextParallelConfig
+    from diffusers.models import ContextParallelConfig
 
     plan = ctx.plan
     if plan.ring > 1 and ctx.device.type != "cuda":

@@ -72,7 +72,7 @@ class HunyuanAdapter(PipelineAdapter):
         from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import retrieve_timesteps
 
         steps = self.bucket.num_inference_steps
-        sigmas = np.linspace(1.0, 0.0, steps + 1)[:-1]
+        sigmas = np.linspace(1.0, 0.0, steps + 1)[:-1].tolist()  # the scheduler turns them back into an array
         timesteps, _ = retrieve_timesteps(self.pipe.scheduler, steps, self.device, sigmas=sigmas)
         self.pipe.scheduler.set_begin_index(0)
         return timesteps

@@ -15,11 +15,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from reelbatch.schemas import ParallelPlan
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
 
 MESH_DIM_NAMES = ("dp", "cfg", "ring", "ulysses")
 
@@ -34,7 +38,7 @@ class ParallelContext:
     cfg_rank: int
     sp_rank: int  # position in the sequence group: u_i * ring + r_i
     cfg_group: object | None  # torch ProcessGroup of this rank's CFG pair (None when cfg == 1)
-    mesh: object | None = None  # torch DeviceMesh over the whole job (None for a single process)
+    mesh: DeviceMesh | None = None  # torch DeviceMesh over the whole job (None for a single process)
 
     @property
     def distributed(self) -> bool:

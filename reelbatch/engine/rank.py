@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -132,9 +133,10 @@ def run_batch(spec: JobSpec, ctx: ParallelContext, sampler: VideoSampler, batch:
 def gather_to_rank0(results: list[SampleResult], ctx: ParallelContext) -> list[SampleResult]:
     if not ctx.distributed:
         return results
-    gathered: list[list[dict]] | None = [None] * ctx.world_size if ctx.rank == 0 else None
+    # Rank 0 receives every rank's list of dicts into these slots; the other ranks receive nothing.
+    gathered: list[Any] | None = [None] * ctx.world_size if ctx.rank == 0 else None
     dist.gather_object([r.model_dump() for r in results], gathered, dst=0)
-    if ctx.rank != 0:
+    if gathered is None:
         return []
     return [SampleResult.model_validate(r) for part in gathered for r in part]
 
@@ -169,6 +171,7 @@ def run_job(spec: JobSpec, ctx: ParallelContext | None = None) -> int:
                 faults.after_write(processed, [Path(spec.output_dir) / v if v else None for v in videos])
             processed += len(real)
             for result in gather_to_rank0(results, ctx):
+                assert results_file is not None  # only rank 0 gets results back
                 results_file.append(result)
                 emit("sample", sample_id=result.sample_id, status=result.status, seconds=round(result.seconds, 3))
         if ctx.distributed:

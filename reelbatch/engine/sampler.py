@@ -128,7 +128,7 @@ class VideoSampler:
         """One video per (prompt, negative, seed[, image, last image]); float frames, or latents if not decode."""
         count = len(prompts)
         images, last_images = images or [None] * count, last_images or [None] * count
-        batch = [SampleInputs(*fields) for fields in zip(prompts, negatives, seeds, images, last_images)]
+        batch = [SampleInputs(*fields) for fields in zip(prompts, negatives, seeds, images, last_images, strict=False)]
         return self.generate(batch, decode)
 
     @torch.no_grad()
@@ -156,11 +156,13 @@ class VideoSampler:
     def _guided_pair(self, model, hidden, timestep, cond, uncond):
         adapter = self.adapter
         if self.cfg_parallel:
+            ctx = self.ctx
+            assert ctx is not None  # cfg_parallel needs a parallel context
             # Each rank of the pair runs one branch; all_gather hands both to both, so their latents stay equal.
-            mine = adapter.predict(model, hidden, timestep, cond if self.ctx.cfg_rank == 0 else uncond).contiguous()
-            both = [torch.empty_like(mine) for _ in range(2)]
-            dist.all_gather(both, mine, group=self.ctx.cfg_group)
-            return both[0], both[1]
+            mine = adapter.predict(model, hidden, timestep, cond if ctx.cfg_rank == 0 else uncond).contiguous()
+            gathered = [torch.empty_like(mine) for _ in range(2)]
+            dist.all_gather(gathered, mine, group=ctx.cfg_group)
+            return gathered[0], gathered[1]
         both = None if adapter.bucket.sequence_batch else concat_conditioning(cond, uncond)
         if both is None:
             return adapter.predict(model, hidden, timestep, cond), adapter.predict(model, hidden, timestep, uncond)

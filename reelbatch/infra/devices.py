@@ -160,7 +160,7 @@ class DevicePool:
         if self.lock_dir is None:
             return True
         self.lock_dir.mkdir(parents=True, exist_ok=True)
-        taken = []
+        taken: list[int] = []
         for index in devices:
             fd = os.open(self.lock_dir / f"{self.names[index]}.lock", os.O_RDWR | os.O_CREAT, 0o666)
             try:

@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from reelbatch.contract import FailureReport, parse_event, split_output
 from reelbatch.infra.launcher import LaunchResult
@@ -292,7 +293,7 @@ class RetryPolicy:
     rules: Mapping[str, RetryRule] = field(default_factory=lambda: dict(DEFAULT_RULES))
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Mapping[str, float] | int] | None) -> RetryPolicy:
+    def from_dict(cls, config: Mapping[str, Mapping[str, Any] | int] | None) -> RetryPolicy:
         """``{"rank_crash": {"max_attempts": 5, "backoff_s": 1}, "timeout": 1}`` (an int is ``max_attempts``)."""
         rules = dict(DEFAULT_RULES)
         names = {f.name for f in fields(RetryRule)}
@@ -301,10 +302,11 @@ class RetryPolicy:
                 raise ValueError(f"retry policy: unknown failure kind {kind!r} (known: {', '.join(KINDS)})")
             if isinstance(value, bool) or not isinstance(value, (int, Mapping)):
                 raise TypeError(f"retry policy for {kind}: give max_attempts or a mapping of {sorted(names)}")
-            value = {"max_attempts": value} if isinstance(value, int) else dict(value)
-            if unknown := set(value) - names:
+            # Settings come from JSON (a flow parameter): their values are not typed here.
+            settings: dict[str, Any] = {"max_attempts": value} if isinstance(value, int) else dict(value)
+            if unknown := set(settings) - names:
                 raise ValueError(f"retry policy for {kind}: unknown setting(s) {sorted(unknown)}")
-            rules[kind] = replace(rules[kind], **value)
+            rules[kind] = replace(rules[kind], **settings)
         return cls(rules)
 
     def decide(self, failure: Failure | None, attempt: int) -> RetryDecision:
@@ -340,7 +342,7 @@ def verify_video(
         import av
 
         with av.open(str(path), mode="r") as container:
-            stream = next((s for s in container.streams if s.type == "video"), None)
+            stream = next(iter(container.streams.video), None)
             if stream is None:
                 return False
             decoded = 0

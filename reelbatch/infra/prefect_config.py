@@ -37,7 +37,10 @@ def database_url(db_url: str, db_secret: str | None) -> str:
     from prefect.blocks.system import Secret
 
     try:
-        value = Secret.load(db_secret).get()
+        secret = Secret.load(db_secret)
+        # load is typed "block or coroutine": it returns the coroutine only when called from async code.
+        assert isinstance(secret, Secret)
+        value = secret.get()
     except ValueError as exc:
         raise ValueError(
             f"no Prefect Secret block named {db_secret!r}: create it in the UI (Blocks > Secret) or with "

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import fsspec
+from fsspec.spec import AbstractFileSystem
 from fsspec.utils import get_protocol
 
 LOCAL_PROTOCOLS = ("file", "local")
@@ -51,7 +52,12 @@ class OutputStore:
     def __init__(self, root: str):
         self.root = root.rstrip("/") or "/"
         self.is_local = is_local(root)
-        self._fs = None if self.is_local else fsspec.filesystem(get_protocol(root))
+        self._fs: AbstractFileSystem | None = None if self.is_local else fsspec.filesystem(get_protocol(root))
+
+    @property
+    def _remote(self) -> AbstractFileSystem:
+        assert self._fs is not None, "only a remote store has a file system"
+        return self._fs
 
     def url(self, key: str) -> str:
         if self.is_local:
@@ -65,11 +71,11 @@ class OutputStore:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged, target)  # same file system in the default layout: atomic
         else:
-            self._fs.put_file(str(staged), target)
+            self._remote.put_file(str(staged), target)
             staged.unlink()
         return target
 
     def exists(self, key: str) -> bool:
         if self.is_local:
             return Path(self.url(key)).exists()
-        return self._fs.exists(self.url(key))
+        return self._remote.exists(self.url(key))

@@ -187,7 +187,7 @@ def _text_cells(column: pa.ChunkedArray, limit: int) -> tuple[np.ndarray, np.nda
         plain &= _PLAIN_EDGE[data[np.minimum(offsets[:-1], last)]] & _PLAIN_EDGE[data[np.maximum(offsets[1:] - 1, 0)]]
         unsure = np.flatnonzero(~empty & ~plain & (sizes <= 4 * limit))
         if len(unsure):  # non-ASCII edges, or more bytes than the limit in characters: ask Python
-            for index, text in zip(unsure.tolist(), chunk.take(pa.array(unsure)).to_pylist()):
+            for index, text in zip(unsure.tolist(), chunk.take(pa.array(unsure)).to_pylist(), strict=True):
                 plain[index] = 0 < len(text) <= limit and text == text.strip()
         plain_parts.append(plain)
         empty_parts.append(empty)

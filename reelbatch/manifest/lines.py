@@ -12,7 +12,7 @@ import csv
 import hashlib
 import re
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from reelbatch.manifest.checks import read_header, subject_of, validate_records
 from reelbatch.manifest.types import (
@@ -24,6 +24,9 @@ from reelbatch.manifest.types import (
     Models,
 )
 from reelbatch.schemas import RunDefaults
+
+if TYPE_CHECKING:
+    from _csv import Reader
 
 _READ_CHUNK_BYTES = 64 * 1024
 
@@ -130,7 +133,7 @@ def allow_large_csv_fields() -> None:
         csv.field_size_limit(MAX_FIELD_CHARS)
 
 
-def _records(reader: Iterator[list[str]], lines: _HashingLineReader, subject: str) -> Iterator[tuple[int, list[str]]]:
+def _records(reader: Reader, lines: _HashingLineReader, subject: str) -> Iterator[tuple[int, list[str]]]:
     """Yields (line the record starts on, cells) for every record that is not blank."""
     while True:
         start_line = reader.line_num + 1

@@ -50,7 +50,9 @@ def read_jsonl(raw: bytes, defaults, known_models, limits, source) -> ManifestRe
         try:
             obj = json.loads(line)
         except ValueError as error:
-            raise ManifestError(f"{subject} line {number} is not a JSON object: {error.msg}") from None
+            # Not always a JSONDecodeError: an integer of more than 4300 digits is a plain ValueError.
+            reason = error.msg if isinstance(error, json.JSONDecodeError) else str(error)
+            raise ManifestError(f"{subject} line {number} is not a JSON object: {reason}") from None
         if not isinstance(obj, dict):
             raise ManifestError(f"{subject} line {number} is not a JSON object (one object per line)")
         objects.append((number, obj))

@@ -143,7 +143,9 @@ def read_folder(name: str, folder: Path) -> FolderFacts:
     try:
         return _facts(folder, class_name, index, expert, transformer, vae)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise FolderProblem(f"{name}: {folder}/{expert}/config.json is not a config the engine can read ({exc!r})")
+        raise FolderProblem(
+            f"{name}: {folder}/{expert}/config.json is not a config the engine can read ({exc!r})"
+        ) from exc
 
 
 def _facts(folder: Path, class_name: str, index: dict, expert: str, transformer: dict, vae: dict) -> FolderFacts:

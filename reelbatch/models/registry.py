@@ -204,13 +204,14 @@ _WAN_A14B = {
     "param_memory_gib": round(2 * bf16_gib(14.0) + UMT5_XXL_ENCODER_GIB + WAN21_VAE_GIB, 1),
 }
 _WAN14B_I2V = {**_WAN14B, "param_memory_gib": round(_WAN14B["param_memory_gib"] + CLIP_VIT_H_IMAGE_GIB, 1)}  # 38.1
+_HUNYUAN13B_MEMORY_GIB = round(bf16_gib(13.0) + HUNYUAN_TEXT_ENCODERS_GIB + HUNYUAN_VAE_GIB, 1)  # 39.8
 _HUNYUAN13B = dict(
-    param_memory_gib=round(bf16_gib(13.0) + HUNYUAN_TEXT_ENCODERS_GIB + HUNYUAN_VAE_GIB, 1),  # 39.8
+    param_memory_gib=_HUNYUAN13B_MEMORY_GIB,
     activation_gib_per_ktoken=HUNYUAN_ACTIVATION_GIB_PER_KTOKEN,
     step_seconds_100k=HUNYUAN_STEP_SECONDS_100K,
     allowed_sizes=HUNYUAN_SIZES,
 )
-_HUNYUAN_I2V = {**_HUNYUAN13B, "param_memory_gib": round(_HUNYUAN13B["param_memory_gib"] + LLAVA_VISION_GIB, 1)}
+_HUNYUAN_I2V = {**_HUNYUAN13B, "param_memory_gib": round(_HUNYUAN13B_MEMORY_GIB + LLAVA_VISION_GIB, 1)}
 
 FAMILIES: dict[str, ModelFamily] = {
     f.name: f

@@ -181,8 +181,9 @@ def _llava(tokenizer):
             vision_feature_layer=-2,
             vision_feature_select_strategy="default",
             projector_hidden_act="gelu",
-            # The pipeline reads the pad id from the Llava config itself to find the padding it added.
-            pad_token_id=tokenizer.pad_token_id,
+            # The pipeline reads the pad id from the Llava config itself to find the padding it added. Configs
+            # keep extra keyword arguments as attributes; transformers' typed signature does not list them.
+            pad_token_id=tokenizer.pad_token_id,  # type: ignore[call-arg]
         )
     )
 

@@ -86,7 +86,7 @@ def positions_by_bucket(table: RowTable) -> dict[BucketKey, np.ndarray]:
     in_order, starts, counts = _grouped(bucket_of_shape[shape_of_row], len(code_of_key))
     buckets: dict[BucketKey, np.ndarray] = {}
     for code, values in enumerate(code_of_key):
-        key = BucketKey(**dict(zip(names, values)))
+        key = BucketKey(**dict(zip(names, values, strict=True)))
         rows = in_order[starts[code] : starts[code] + counts[code]]
         # Distinct values that validate to one BucketKey (e.g. 5 and 5.0) share a bucket, in file order.
         buckets[key] = np.sort(np.concatenate([buckets[key], rows])) if key in buckets else rows

@@ -169,7 +169,10 @@ class CalibrationFit:
         return [r for r in self.rows if r.excluded is None]
 
     def rms_log_error(self) -> float:
-        errors = [math.log(r.predicted / r.seconds) for r in self.fitted]
+        errors = []
+        for r in self.fitted:
+            assert r.predicted is not None, "fit_timings predicts every row it fits"
+            errors.append(math.log(r.predicted / r.seconds))
         return math.sqrt(sum(e * e for e in errors) / len(errors))
 
     def parameters_markdown(self) -> str:
@@ -264,7 +267,7 @@ def fit_timings(source: str | os.PathLike[str] | None = None) -> CalibrationFit:
     _, ka, kr = min((solve(a, r)[0], a, r) for a in fine_a for r in fine_r)
     beta = solve(ka, kr)[1]
     n = len(classes)
-    base = {c: round(math.exp(b), 3) for c, b in zip(classes, beta[:n])}
+    base = {c: round(math.exp(b), 3) for c, b in zip(classes, beta[:n], strict=True)}
     alpha, log_a800, log_4090, cfg_loss, sp_loss, log_ring = (float(v) for v in beta[n:])
     model = CostModel(
         tokens_exponent=round(alpha, 4),

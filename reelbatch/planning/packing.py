@@ -242,14 +242,14 @@ def _cut_all(
 ) -> list[list[Cut]]:
     return [
         cut_bucket(count, plan.dp, samples_per_replica(seconds, load, target), options.max_samples_per_job, tail=tail)
-        for (_, plan, seconds, load), count in zip(shapes, counts)
+        for (_, plan, seconds, load), count in zip(shapes, counts, strict=True)
     ]
 
 
 def _makespan(shapes: Sequence[tuple], cuts: list[list[Cut]], nodes: int, gpus_per_node: int) -> float:
     jobs = [
         FleetJob("", plan.world_size, load + cut.rounds * seconds)
-        for (_, plan, seconds, load), bucket_cuts in zip(shapes, cuts)
+        for (_, plan, seconds, load), bucket_cuts in zip(shapes, cuts, strict=True)
         for cut in bucket_cuts
     ]
     return schedule_jobs(jobs, nodes, gpus_per_node).makespan
@@ -265,7 +265,10 @@ def fleet_target_seconds(
     """
     target = options.target_seconds
     fleet = options.nodes * gpus_per_node
-    share = sum(count * seconds * _group(plan) for (_, plan, seconds, _), count in zip(shapes, counts)) / fleet
+    gpu_seconds = sum(
+        count * seconds * _group(plan) for (_, plan, seconds, _), count in zip(shapes, counts, strict=True)
+    )
+    share = gpu_seconds / fleet
     if not options.fit_to_fleet or share >= FLEET_SEARCH_JOBS * target:
         return target, options.tail_split
     shorter = (share / n for n in range(1, 17) if share / n < target)
@@ -351,7 +354,7 @@ def pack_buckets(
     taken.update(sample.sample_id for sample, _ in skipped)
     next_index: dict[int, int] = {}
     packed: list[PlannedJob] = []
-    for (bucket, plan, seconds, load), work, cuts in zip(shapes, buckets, all_cuts):
+    for (bucket, plan, seconds, load), work, cuts in zip(shapes, buckets, all_cuts, strict=True):
         gpu_seconds_per_sample = cost.sample_gpu_seconds(bucket, work.family, plan)
         start = 0
         for cut in cuts:

@@ -384,8 +384,8 @@ def input_problems(bucket: BucketKey, family: ModelFamily) -> list[PlanProblem]:
         problems.append(
             PlanProblem(
                 "guidance_scale_2_not_supported",
-                f"guidance_scale_2 {bucket.guidance_scale_2:g}: {name} has one expert, so there is no low-noise stage to "
-                "guide",
+                f"guidance_scale_2 {bucket.guidance_scale_2:g}: {name} has one expert, "
+                "so there is no low-noise stage to guide",
                 "leave guidance_scale_2 empty (it is for two-expert models such as Wan 2.2 A14B)",
                 column="guidance_scale_2",
             )

@@ -126,7 +126,7 @@ def _thumbnail_png(frame) -> str:
     from PIL import Image
 
     height = max(1, round(frame.height * THUMBNAIL_WIDTH / frame.width))
-    frame = frame.resize((THUMBNAIL_WIDTH, height), Image.NEAREST)
+    frame = frame.resize((THUMBNAIL_WIDTH, height), Image.Resampling.NEAREST)
     buffer = io.BytesIO()
     frame.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from reelbatch.infra.db.models import INBOX_STATUSES, InboxManifestRecord, utcnow
-from reelbatch.infra.db.sessions import SessionSource
+from reelbatch.infra.db.sessions import SessionSource, rows_matched
 
 
 def claim_inbox_manifest(database: SessionSource, inbox: str, uri: str, fingerprint: str) -> bool:
@@ -40,7 +40,7 @@ def claim_inbox_manifest(database: SessionSource, inbox: str, uri: str, fingerpr
             .where(table.c.id == row.id, table.c.status == "failed")
             .values(status="running", error=None, updated_at=utcnow())
         )
-        return taken.rowcount == 1
+        return rows_matched(taken) == 1
 
 
 def release_stale_inbox_claims(database: SessionSource, inbox: str, before: datetime, error: str) -> list[str]:
@@ -59,7 +59,7 @@ def release_stale_inbox_claims(database: SessionSource, inbox: str, before: date
                 .where(table.c.id == row.id, table.c.status == "running", table.c.updated_at < before)
                 .values(status="failed", error=error, updated_at=utcnow())
             )
-            if changed.rowcount == 1:
+            if rows_matched(changed) == 1:
                 released.append(row.uri)
     return released
 

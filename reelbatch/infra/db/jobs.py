@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 from reelbatch.contract import JobSpec
 from reelbatch.infra.db.models import JobAttemptRecord, JobRecord, SampleRecord, utcnow
 from reelbatch.infra.db.samples import generation_values, sample_identity_values
-from reelbatch.infra.db.sessions import SessionSource, chunks, upsert_insert
+from reelbatch.infra.db.sessions import SessionSource, chunks, rows_matched, upsert_insert
 
 NO_RESULT_ERROR = "job ended without a result for this sample"
 
@@ -98,7 +98,7 @@ def set_job_launch(database: SessionSource, job_id: str, launch_id: str) -> None
         raise ValueError(f"launch id {launch_id!r}: 1 to {LAUNCH_ID_MAX_LENGTH} characters")
     with database.write_session() as session:
         tagged = session.execute(update(JobRecord).where(JobRecord.id == job_id).values(launch_id=launch_id))
-        if tagged.rowcount == 0:
+        if rows_matched(tagged) == 0:
             raise KeyError(f"no job {job_id!r}")
 
 
@@ -112,11 +112,12 @@ def interrupt_running_jobs(database: SessionSource, run_id: str, error: str) -> 
         ).all()
         interrupted = 0
         for chunk in chunks(job_ids):
-            interrupted += session.execute(
+            failed = session.execute(
                 update(JobRecord)
                 .where(JobRecord.id.in_(chunk), JobRecord.status == "running")
                 .values(status="failed", error=error, finished_at=now)
-            ).rowcount
+            )
+            interrupted += rows_matched(failed)
             session.execute(
                 update(SampleRecord)
                 .where(SampleRecord.job_id.in_(chunk), SampleRecord.status == "running")
@@ -142,7 +143,7 @@ def mark_job_running(database: SessionSource, job_id: str) -> None:
                 seconds=None,
             )
         )
-        if started.rowcount == 0:
+        if rows_matched(started) == 0:
             raise KeyError(f"no job {job_id!r}")
         session.execute(
             update(SampleRecord)
@@ -176,7 +177,7 @@ def finish_job(
             .where(JobRecord.id == job_id)
             .values(status=status, returncode=returncode, seconds=seconds, error=error, finished_at=now)
         )
-        if finished.rowcount == 0:
+        if rows_matched(finished) == 0:
             raise KeyError(f"no job {job_id!r}")
         session.execute(
             update(SampleRecord)

@@ -1,13 +1,13 @@
 """The tables: runs, their jobs, samples, job attempts and inbox manifests.
 
-The schema is owned by the Alembic environment in ``reelbatch/infra/migrations``; these models must stay in step with its
-revisions (a test compares them).
+The schema is owned by the Alembic environment in ``reelbatch/infra/migrations``; these models must stay in step
+with its revisions (a test compares them).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -19,6 +19,7 @@ from sqlalchemy import (
     Index,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -71,6 +72,8 @@ def _status_check(statuses: tuple[str, ...]) -> CheckConstraint:
 
 
 class Base(DeclarativeBase):
+    # Every model here maps one Table made from its __tablename__ (DeclarativeBase types it as any FromClause).
+    __table__: ClassVar[Table]
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
 

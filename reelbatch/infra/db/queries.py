@@ -134,6 +134,7 @@ def done_outputs(database: SessionSource, output_root: str, sample_ids: Collecti
                 .order_by(newest_first, SampleRecord.id.desc())
             )
             for sample_id, output_path, run_id in rows:
+                assert sample_id is not None and output_path is not None  # both are in the WHERE clause
                 found.setdefault(sample_id, DoneOutput(output_path=output_path, run_id=run_id))
     return found
 
@@ -146,7 +147,11 @@ def running_launches(database: SessionSource) -> list[tuple[str, str]]:
             .where(JobRecord.status == "running", JobRecord.launch_id.is_not(None))
             .order_by(JobRecord.id)
         )
-        return [(job_id, launch_id) for job_id, launch_id in rows]
+        launches = []
+        for job_id, launch_id in rows:
+            assert launch_id is not None  # launch_id IS NOT NULL in the WHERE clause
+            launches.append((job_id, launch_id))
+        return launches
 
 
 def samples(database: SessionSource, run_id: str) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from sqlalchemy import update
 
 from reelbatch.infra.db.models import RunRecord, utcnow
 from reelbatch.infra.db.queries import status_counts
-from reelbatch.infra.db.sessions import SessionSource
+from reelbatch.infra.db.sessions import SessionSource, rows_matched
 
 
 def library_versions() -> dict[str, str]:
@@ -65,7 +65,7 @@ def reopen_run(database: SessionSource, run_id: str) -> None:
         reopened = session.execute(
             update(RunRecord).where(RunRecord.id == run_id).values(status="running", finished_at=None)
         )
-        if reopened.rowcount == 0:
+        if rows_matched(reopened) == 0:
             raise KeyError(f"no run {run_id!r}")
 
 
@@ -86,6 +86,6 @@ def finish_run(database: SessionSource, run_id: str) -> str:
         finished = session.execute(
             update(RunRecord).where(RunRecord.id == run_id).values(status=status, finished_at=utcnow())
         )
-        if finished.rowcount == 0:
+        if rows_matched(finished) == 0:
             raise KeyError(f"no run {run_id!r}")
     return status

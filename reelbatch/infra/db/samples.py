@@ -118,6 +118,7 @@ def record_sample_results(
             )
         ).all()
         for record in records:
+            assert record.sample_id is not None  # selected by sample_id IN (...)
             result = results_by_sample_id[record.sample_id]
             if record.status == "done" and result.status != "done":
                 log.warning(

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Table
+from sqlalchemy import CursorResult, Result, Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -32,6 +32,12 @@ _T = TypeVar("_T")
 def chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), QUERY_CHUNK):
         yield items[start : start + QUERY_CHUNK]
+
+
+def rows_matched(result: Result[Any]) -> int:
+    """How many rows an UPDATE matched. Session.execute returns a CursorResult for one, typed as its base class."""
+    assert isinstance(result, CursorResult)
+    return result.rowcount
 
 
 def upsert_insert(session: Session, table: Table) -> postgresql.Insert | sqlite.Insert:

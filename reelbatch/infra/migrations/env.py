@@ -21,6 +21,13 @@ def _configure_options(dialect_name: str) -> dict:
     return {"target_metadata": target_metadata, "render_as_batch": dialect_name == "sqlite", "compare_type": True}
 
 
+def _database_url() -> str:
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("alembic: give the database as an open connection or as sqlalchemy.url")
+    return url
+
+
 def run_migrations_online(connection: Connection) -> None:
     context.configure(connection=connection, **_configure_options(connection.dialect.name))
     with context.begin_transaction():
@@ -28,7 +35,7 @@ def run_migrations_online(connection: Connection) -> None:
 
 
 def run_migrations_offline() -> None:
-    url = config.get_main_option("sqlalchemy.url")
+    url = _database_url()
     context.configure(
         url=url,
         literal_binds=True,
@@ -44,5 +51,5 @@ if context.is_offline_mode():
 elif config.attributes.get("connection") is not None:
     run_migrations_online(config.attributes["connection"])
 else:
-    with Database(config.get_main_option("sqlalchemy.url")) as database, database.write_connection() as connection:
+    with Database(_database_url()) as database, database.write_connection() as connection:
         run_migrations_online(connection)
