@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from reelbatch.planning.cost import StorageKind
 
 import reelbatch.cli.values as values  # noqa: PLR0402 - `from reelbatch.cli import` would import the package: a cycle
 from reelbatch import defaults as default
@@ -71,6 +74,7 @@ def plan(
         manifest, run_defaults, catalog, values.limits(planner["limit"]), planner["image_root"] or [], strict
     )
     ranks = values.gpus(gpus)
+    storage_kind = values.storage(storage)
     packing_choice = values.packing(**packing)
     try:
         run_plan = plan_run(
@@ -82,9 +86,9 @@ def plan(
             max_samples_per_job,
             gpu_memory_gib=planner["gpu_memory_gib"],
             objective=objective,
-            packing=packing_choice.options(ranks, max_samples_per_job, nodes=nodes, storage=storage),
+            packing=packing_choice.options(ranks, max_samples_per_job, nodes=nodes, storage=storage_kind),
         )
-        fleet = fleet_estimate(run_plan, nodes, ranks, gpu.lower(), storage)
+        fleet = fleet_estimate(run_plan, nodes, ranks, gpu.lower(), storage_kind)
     except (KeyError, ValueError) as exc:
         values.fail(f"plan: {exc}")
     if as_json:
@@ -163,7 +167,7 @@ def read_for_planning(manifest: str, run_defaults, catalog, limits: dict, image_
             values.fail(f"--image-root: {exc}")
 
 
-def fleet_estimate(run_plan, nodes: int, gpus_per_node: int, gpu: str, storage: str) -> dict:
+def fleet_estimate(run_plan, nodes: int, gpus_per_node: int, gpu: str, storage: StorageKind) -> dict:
     """The plan's jobs played on the fleet by the simulator: wall time, GPU-hours, utilisation."""
     from reelbatch.planning.fleet.simulation import simulate_plan
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
@@ -12,7 +12,10 @@ from reelbatch.cli.app import app, db_app
 from reelbatch.cli.options import DbOpt, RunIdArg
 from reelbatch.cli.render import console, print_runs, print_status
 
-EXPORT_FORMATS = ("parquet", "csv", "jsonl")
+if TYPE_CHECKING:
+    from reelbatch.tasks.export import ExportFormat
+
+EXPORT_FORMATS = ("parquet", "csv", "jsonl")  # tasks.export.ExportFormat (not imported: it loads Prefect)
 
 
 @app.command()
@@ -83,7 +86,7 @@ def export(
         summary = values.run_summary(database, run_id)
         samples = database.samples(summary.id)
     target = output or f"{summary.output_root.rstrip('/')}/export/{summary.id}.{fmt}"
-    count = write_samples(samples, target, fmt)
+    count = write_samples(samples, target, cast("ExportFormat", fmt))  # checked above
     console.print(f"{count} rows of run {summary.id} written to {target}")
 
 

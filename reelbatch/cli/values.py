@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn, cast
 
 import typer
 
 from reelbatch.cli.app import EXIT_USAGE
 from reelbatch.cli.render import print_error
-from reelbatch.defaults import OBJECTIVES
+from reelbatch.defaults import OBJECTIVES, Objective
+
+if TYPE_CHECKING:
+    from reelbatch.planning.cost import StorageKind
 
 
 def fail(message: str) -> NoReturn:
@@ -72,10 +75,18 @@ def retry_policy(text: str | None) -> dict | None:
     return policy
 
 
-def objective(name: str) -> str:
+def objective(name: str) -> Objective:
     if name not in OBJECTIVES:
         fail(f"--objective {name!r}: use one of {', '.join(OBJECTIVES)}")
-    return name
+    return cast(Objective, name)  # checked above
+
+
+def storage(name: str) -> StorageKind:
+    from reelbatch.planning.cost import STORAGE_KINDS
+
+    if name not in STORAGE_KINDS:
+        fail(f"--storage {name!r}: use one of {', '.join(STORAGE_KINDS)}")
+    return name  # a StorageKind: checked above
 
 
 def packing(no_pack: bool, job_minutes: float, padding: str, job_width: str):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any, cast
 
 from pydantic import BaseModel, TypeAdapter, ValidationError, ValidationInfo, create_model, field_validator
 
@@ -90,20 +91,20 @@ class _RowCellsBase(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _parse_cell(cls, value: object, info: ValidationInfo) -> object:
-        return COLUMN_PARSERS[info.field_name](value, info.field_name, info.context)
+        name = info.field_name
+        assert name is not None  # a field validator always runs for a field
+        # The context is the RowContext every model_validate call of this module passes.
+        return COLUMN_PARSERS[name](value, name, cast(RowContext, info.context))
 
 
 # Field types are ManifestRow's, so pydantic checks each parser's output against the schema the rows must meet.
-def _cell_type(column: str) -> object:
-    annotation = ManifestRow.model_fields[column].annotation
+def _cell_type(column: str) -> Any:
+    annotation: Any = ManifestRow.model_fields[column].annotation
     return annotation | None if column in MODEL_DEFAULTED else annotation
 
 
-_RowCells = create_model(
-    "_RowCells",
-    __base__=_RowCellsBase,
-    **{column: (_cell_type(column), ...) for column in COLUMN_PARSERS},
-)
+_CELL_FIELDS: dict[str, Any] = {column: (_cell_type(column), ...) for column in COLUMN_PARSERS}
+_RowCells = create_model("_RowCells", __base__=_RowCellsBase, **_CELL_FIELDS)
 _COLUMNS_WITH_RUN_DEFAULT = frozenset(COLUMN_PARSERS) & frozenset(RunDefaults.model_fields)
 
 
@@ -176,7 +177,7 @@ def _rejection_from(error: ValidationError, line: int, defaulted: set[str]) -> R
 _UNREPEATED_COLUMNS = frozenset({"id", "prompt", "seed"})
 _REMEMBERED_CELLS = 10_000  # per column: bounds the memory a hostile file can make the reader hold
 _ROW_FIELDS = set(ManifestRow.model_fields)
-_CELL_TYPES = {column: TypeAdapter(_cell_type(column)) for column in COLUMN_PARSERS}
+_CELL_TYPES: dict[str, TypeAdapter[Any]] = {column: TypeAdapter(_cell_type(column)) for column in COLUMN_PARSERS}
 FAILED = object()  # what RowChecker.parse_cell returns for a cell that does not pass: check_record says why
 _ABSENT = 2**62  # the position of a column the header lacks: past the end of every record
 
@@ -196,7 +197,8 @@ class RowChecker:
         self._context = context
         self._first_line_of_id = first_line_of_id
         self._id_position = header.positions.get("id", _ABSENT)
-        self._columns = [
+        # (column, position, its cells seen so far: text -> value; None for columns whose cells rarely repeat)
+        self._columns: list[tuple[str, int, dict[str, object] | None]] = [
             (column, header.positions.get(column, _ABSENT), None if column in _UNREPEATED_COLUMNS else {})
             for column in COLUMN_PARSERS
         ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -269,7 +270,10 @@ class _Shapes:
     def model_default(self, column: str, context: RowContext) -> pa.Array:
         """Per row, the default of ``column`` for the row's model (a per-row column left empty)."""
         per_shape = [
-            getattr(family.defaults if (family := context.families.get(shape["model"])) else FALLBACK_DEFAULTS, column)
+            getattr(
+                family.defaults if (family := context.families.get(cast(str, shape["model"]))) else FALLBACK_DEFAULTS,
+                column,
+            )
             for shape in self.shapes
         ]
         return pa.array(per_shape, pa.string()).take(pa.array(self.of_row))
@@ -325,10 +329,10 @@ def _check_table(
         skips = np.array(
             [
                 shape["model"] is not FAILED
-                and drops_true_cfg(context.families.get(shape["model"]), shape["guidance_scale"])
+                and drops_true_cfg(context.families.get(cast(str, shape["model"])), shape["guidance_scale"])
                 for shape in shapes.shapes
             ],
-            dtype=bool,
+            dtype=np.bool_,
         )
         if skips.any():
             no_negative = pc.fill_null(pc.equal(columns["negative_prompt"], ""), False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import fsspec
 
@@ -33,7 +33,7 @@ class _PrefixedStream(io.RawIOBase):
     """``prefix`` (bytes already read) followed by the rest of ``stream``."""
 
     def __init__(self, prefix: bytes, stream: BinaryIO) -> None:
-        self._prefix = memoryview(prefix)
+        self._prefix: memoryview | None = memoryview(prefix)
         self._stream = stream
 
     def readable(self) -> bool:
@@ -85,9 +85,10 @@ def _parse_csv(
         return read_lines(stream, defaults, known_models, limits, source)
     head = _read_at_most(stream, COLUMNAR_MAX_BYTES)
     if len(head) > COLUMNAR_MAX_BYTES:
-        stream = _PrefixedStream(head, stream)
+        prefixed = _PrefixedStream(head, stream)
         del head  # the stream owns the prefix now, and frees it once it is read
-        return read_lines(stream, defaults, known_models, limits, source)
+        # A raw binary stream: read_lines only calls read() on it.
+        return read_lines(cast(BinaryIO, prefixed), defaults, known_models, limits, source)
     result = read_columnar(head, defaults, known_models, limits, source, Sha256Of(head))
     if result is not None:
         return result

@@ -76,7 +76,7 @@ def positions_by_bucket(table: RowTable) -> dict[BucketKey, np.ndarray]:
     first_rows = _first_rows(shape_of_row, all_shapes)
     code_of_key: dict[tuple, int] = {}
     bucket_of_shape = np.full(all_shapes, -1, dtype=np.int64)
-    for shape_index in sorted(first_rows, key=first_rows.get):
+    for shape_index in sorted(first_rows, key=first_rows.__getitem__):
         values = values_of_shape.get(shape_index)
         if values is None:
             shape = table.shapes[shape_index]

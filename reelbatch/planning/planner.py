@@ -8,8 +8,9 @@ need padding. Nothing here needs torch, weights or Prefect (``tasks.shard`` wrap
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from reelbatch.defaults import MAX_SAMPLES_PER_JOB
 from reelbatch.gpus import visible_gpus
@@ -121,7 +122,8 @@ def plan_run(
         # Resuming compares every sample id with the finished ones, and a row's images decide its bucket: make them.
         rows = list(rows)
     table = rows if isinstance(rows, RowTable) else None
-    buckets = positions_by_bucket(table) if table is not None else rows_by_bucket(rows)
+    # Each bucket's rows: positions in the table (numpy), or the rows themselves (a list).
+    buckets: Mapping[BucketKey, Any] = positions_by_bucket(table) if table is not None else rows_by_bucket(rows)
     suspects = duplicate_suspects(table) if table is not None else None
     videos = table.videos_per_row() if table is not None else None
 
@@ -159,11 +161,13 @@ def plan_run(
                 for p in problems
             )
             continue
+        samples: Sequence[Sample]
         if table is not None:
+            assert suspects is not None and videos is not None  # made with the table above
             samples, duplicates = table_samples(table, bucket_rows, suspects, videos, seen, rejections)
             accepted -= duplicates
         else:
-            samples = []
+            listed: list[Sample] = []
             for r in bucket_rows:
                 row_samples = expand_row(r)  # the ids of one row's videos differ from each other (video index)
                 duplicate = duplicate_of(r, row_samples, seen)
@@ -174,7 +178,8 @@ def plan_run(
                 if skip:
                     skipped.extend((s, bucket) for s in row_samples if s.sample_id in skip)
                     row_samples = [s for s in row_samples if s.sample_id not in skip]
-                samples.extend(row_samples)
+                listed.extend(row_samples)
+            samples = listed
         if not samples:
             continue
         planned.append(

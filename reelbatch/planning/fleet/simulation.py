@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from reelbatch.defaults import OBJECTIVE, Objective
 from reelbatch.models.catalog import ModelCatalog
 from reelbatch.models.registry import ModelFamily
 from reelbatch.planning.chooser import choose_plan, memory_gib_per_gpu
@@ -272,7 +273,7 @@ def simulate(
     fit_to_fleet: bool = True,
     max_samples_per_job: int | None = None,
     gpu_memory_gib: float | None = None,
-    objective: str = "throughput",
+    objective: Objective = OBJECTIVE,
     rejected: Sequence[RowRejection] = (),
     total_rows: int | None = None,
 ) -> SimulationReport:
@@ -283,7 +284,8 @@ def simulate(
     The report's ``run_plan`` is that plan (its jobs ordered longest first).
     """
     if hasattr(rows, "rows") and hasattr(rows, "rejections"):  # a ManifestReadResult
-        rejected, total_rows, rows = rows.rejections, rows.total_rows, rows.rows
+        read: Any = rows
+        rejected, total_rows, rows = read.rejections, read.total_rows, read.rows
     cost = (cost_model or DEFAULT_COST_MODEL).on(gpu)
     memory = gpu_memory_gib or cost.memory_gib() or 80.0
     options = PackingOptions(
