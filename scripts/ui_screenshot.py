@@ -32,6 +32,7 @@ RENDER_BUDGET_MS = 20000
 DEFAULT_SIZE = "1600,1000"
 FORM_SIZE = "1600,1800"  # the run form is long: show the manifest, database and defaults fields
 
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -61,7 +62,11 @@ def start_server(home: Path, timeout_s: float = 240) -> tuple[subprocess.Popen, 
     log = (home.parent / "server.log").open("w")
     server = subprocess.Popen(
         [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=home.parent, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        cwd=home.parent,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     deadline = time.monotonic() + timeout_s
     while not _healthy(api_url):
@@ -91,14 +96,19 @@ def run_example(api_url: str, work: Path) -> str:
         from reelbatch.flows.generate import generate_dataset
 
         Secret(value={f"sqlite:///{work / 'reelbatch.db'}"!r}).save({SECRET!r}, overwrite=True)
-        state = generate_dataset(manifest={str(REPO / 'examples' / 'prompts.csv')!r}, output={str(work / 'videos')!r},
+        state = generate_dataset(manifest={str(REPO / "examples" / "prompts.csv")!r}, output={str(work / "videos")!r},
                                  db_secret={SECRET!r}, gpus_per_node=2, return_state=True)
         print("FLOW_RUN", state.state_details.flow_run_id, state.name)
     """)
-    env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_LOGGING_LEVEL": "INFO",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=work, capture_output=True, text=True,
-                          timeout=900)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": api_url,
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=work, capture_output=True, text=True, timeout=900
+    )
     marker = [line.split() for line in done.stdout.splitlines() if line.startswith("FLOW_RUN ")]
     if done.returncode != 0 or not marker:
         sys.exit(f"the example run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -109,9 +119,16 @@ def run_example(api_url: str, work: Path) -> str:
 
 def screenshot(chromium: str, url: str, target: Path, size: str, profile: Path) -> None:
     command = [
-        chromium, "--headless", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-        f"--user-data-dir={profile}", f"--window-size={size}", f"--virtual-time-budget={RENDER_BUDGET_MS}",
-        f"--screenshot={target}", url,
+        chromium,
+        "--headless",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        f"--window-size={size}",
+        f"--virtual-time-budget={RENDER_BUDGET_MS}",
+        f"--screenshot={target}",
+        url,
     ]
     if os.geteuid() == 0:
         command.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
@@ -123,11 +140,16 @@ def screenshot(chromium: str, url: str, target: Path, size: str, profile: Path) 
 def deploy_generate_dataset(api_url: str, work: Path) -> str | None:
     """Register generate-dataset from prefect.yaml (as the README does) so its run form can be shown; its id."""
     env = {**os.environ, "PREFECT_API_URL": api_url, "PWD": str(REPO), "PREFECT_HOME": str(work / "home")}
-    for command in (["work-pool", "create", "reelbatch", "--type", "process", "--overwrite"],
-                    ["--no-prompt", "deploy", "--name", "generate-dataset"]):
+    for command in (
+        ["work-pool", "create", "reelbatch", "--type", "process", "--overwrite"],
+        ["--no-prompt", "deploy", "--name", "generate-dataset"],
+    ):
         done = subprocess.run([PREFECT, *command], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
-            print(f"skipping the run form: prefect {' '.join(command)} failed:\n{done.stdout[-1500:]}{done.stderr[-1500:]}")
+            print(
+                f"skipping the run form: prefect {' '.join(command)} failed:\n"
+                f"{done.stdout[-1500:]}{done.stderr[-1500:]}"
+            )
             return None
     return _query(api_url, "deployment")
 
@@ -147,8 +169,13 @@ def _query(api_url: str, what: str, flow_run_id: str | None = None):
                 for artifact in client.read_artifacts(artifact_filter=flt):
                     print(artifact.type, artifact.id)
     """)
-    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PREFECT_API_URL": api_url},
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PREFECT_API_URL": api_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if done.returncode != 0:
         sys.exit(f"cannot read {what} from {api_url}:\n{done.stderr[-2000:]}")
     if what == "deployment":
@@ -160,8 +187,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--api-url", help="Use this Prefect server (http://host:port/api) instead of starting one.")
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="Folder for the PNG files.")
-    parser.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser")
-                        or shutil.which("google-chrome"), help="Chromium binary.")
+    parser.add_argument(
+        "--chromium",
+        default=shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome"),
+        help="Chromium binary.",
+    )
     args = parser.parse_args()
     if not args.chromium:
         sys.exit("no Chromium found: install it (apt-get install -y chromium) or pass --chromium PATH")
@@ -182,20 +212,46 @@ def main() -> None:
             # (file, page, window, what the reader sees). The classic UI resets ?tab= to Logs while the run
             # loads, so the Artifacts tab comes from the new UI under /v2, which keeps it.
             shots = [
-                ("ui-run.png", f"{ui}/runs/flow-run/{flow_run_id}", DEFAULT_SIZE,
-                 "the finished run: state, duration, task graph, logs"),
-                ("ui-artifacts.png", f"{ui}/v2/runs/flow-run/{flow_run_id}?tab=Artifacts", DEFAULT_SIZE,
-                 "the run's artifacts: progress, job table, summary"),
+                (
+                    "ui-run.png",
+                    f"{ui}/runs/flow-run/{flow_run_id}",
+                    DEFAULT_SIZE,
+                    "the finished run: state, duration, task graph, logs",
+                ),
+                (
+                    "ui-artifacts.png",
+                    f"{ui}/v2/runs/flow-run/{flow_run_id}?tab=Artifacts",
+                    DEFAULT_SIZE,
+                    "the run's artifacts: progress, job table, summary",
+                ),
             ]
             if "table" in artifacts:
-                shots.append(("ui-artifact-jobs.png", f"{ui}/artifacts/artifact/{artifacts['table']}", DEFAULT_SIZE,
-                              "the job table artifact: plan, samples, padding, status per job"))
+                shots.append(
+                    (
+                        "ui-artifact-jobs.png",
+                        f"{ui}/artifacts/artifact/{artifacts['table']}",
+                        DEFAULT_SIZE,
+                        "the job table artifact: plan, samples, padding, status per job",
+                    )
+                )
             if "markdown" in artifacts:
-                shots.append(("ui-artifact-summary.png", f"{ui}/artifacts/artifact/{artifacts['markdown']}",
-                              DEFAULT_SIZE, "the summary artifact: counts, dataset links, rejected rows"))
+                shots.append(
+                    (
+                        "ui-artifact-summary.png",
+                        f"{ui}/artifacts/artifact/{artifacts['markdown']}",
+                        DEFAULT_SIZE,
+                        "the summary artifact: counts, dataset links, rejected rows",
+                    )
+                )
             if deployment_id:
-                shots.append(("ui-run-form.png", f"{ui}/deployments/deployment/{deployment_id}/run", FORM_SIZE,
-                              "the run form of generate-dataset"))
+                shots.append(
+                    (
+                        "ui-run-form.png",
+                        f"{ui}/deployments/deployment/{deployment_id}/run",
+                        FORM_SIZE,
+                        "the run form of generate-dataset",
+                    )
+                )
             args.out.mkdir(parents=True, exist_ok=True)
             for name, url, size, what in shots:
                 screenshot(args.chromium, url, args.out / name, size, work / "chromium")
@@ -203,6 +259,7 @@ def main() -> None:
         finally:
             if server is not None:
                 stop(server)
+
 
 if __name__ == "__main__":
     main()
