@@ -6,11 +6,16 @@ changed default cannot leave one of them behind. Plain values only: everything m
 
 from typing import Final, Literal
 
+# Where a run writes when nothing is configured: one command works on a laptop.
+DEFAULT_DB_URL = "sqlite:///reelbatch.db"
+DEFAULT_OUTPUT = "outputs"
+GPUS_PER_NODE = 2  # the flow's ranks per node when not given (the CLI asks the machine: visible GPUs, else 2)
+
 # Planning
 MAX_SAMPLES_PER_JOB = 32  # largest job, in samples
 GPU_MEMORY_GIB = 80.0  # memory per GPU the planner may use
 Objective = Literal["throughput", "latency"]
-OBJECTIVES: Final = ("throughput", "latency")
+OBJECTIVES: Final[tuple[Objective, ...]] = ("throughput", "latency")
 OBJECTIVE: Final[Objective] = "throughput"
 
 # Packing: how samples are cut into jobs
@@ -23,3 +28,8 @@ FLEET_NODES = 1
 FLEET_GPU = "h100"
 WEIGHTS_STORAGE = "local"
 SIMULATE_GPUS_PER_NODE = 8
+
+# Wall clock per job when not given: the cost model's estimate times a margin, never below a floor that covers
+# starting the ranks and loading the pipeline.
+JOB_TIMEOUT_MARGIN = 3.0
+JOB_TIMEOUT_FLOOR_S = 900.0

@@ -93,11 +93,12 @@ def run_example(api_url: str, work: Path) -> str:
     """Run examples/prompts.csv through generate-dataset against the server; returns the flow run id."""
     script = textwrap.dedent(f"""
         from prefect.blocks.system import Secret
+        from reelbatch.config import RunConfig
         from reelbatch.flows.generate import generate_dataset
 
         Secret(value={f"sqlite:///{work / 'reelbatch.db'}"!r}).save({SECRET!r}, overwrite=True)
-        state = generate_dataset(manifest={str(REPO / "examples" / "prompts.csv")!r}, output={str(work / "videos")!r},
-                                 db_secret={SECRET!r}, gpus_per_node=2, return_state=True)
+        config = RunConfig(output={str(work / "videos")!r}, db_secret={SECRET!r}, gpus_per_node=2)
+        state = generate_dataset(manifest={str(REPO / "examples" / "prompts.csv")!r}, config=config, return_state=True)
         print("FLOW_RUN", state.state_details.flow_run_id, state.name)
     """)
     env = {

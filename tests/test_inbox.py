@@ -130,6 +130,7 @@ def test_abandoned_claims_are_released(tmp_path, database, database_url):
 def test_nightly_pass_runs_new_manifests_and_marks_them(tmp_path, tiny_models):
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+    from reelbatch.config import RunConfig
     from reelbatch.flows.nightly import nightly_dataset
 
     inbox = tmp_path / "inbox"
@@ -141,9 +142,7 @@ def test_nightly_pass_runs_new_manifests_and_marks_them(tmp_path, tiny_models):
         db.upgrade()
     params = dict(
         inbox=str(inbox),
-        output=str(tmp_path / "videos"),
-        db_url=f"sqlite:///{db_file}",
-        gpus_per_node=2,
+        config=RunConfig(output=str(tmp_path / "videos"), db_url=f"sqlite:///{db_file}", gpus_per_node=2),
         settle_seconds=0,
     )
 

@@ -22,6 +22,7 @@ from prefect.client.schemas.filters import (
 from prefect.logging.handlers import APILogHandler
 from prefect.testing.utilities import prefect_test_harness
 
+from reelbatch.config import RunConfig
 from reelbatch.flows.generate import generate_dataset
 from reelbatch.infra.devices import DeviceGroup
 from reelbatch.infra.prefect_config import database_url, gpu_limit_name, holding_gpus
@@ -80,9 +81,7 @@ def test_flow_run_publishes_artifacts_and_streams_rank_logs(prefect_server, tmp_
     try:
         state = generate_dataset(
             manifest_text=pasted_csv(),
-            output=str(tmp_path / "videos"),
-            db_secret="reelbatch-test-db",
-            gpus_per_node=2,
+            config=RunConfig(output=str(tmp_path / "videos"), db_secret="reelbatch-test-db", gpus_per_node=2),
             return_state=True,
         )
     finally:

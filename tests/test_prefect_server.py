@@ -141,12 +141,20 @@ def test_nightly_cron_schedule_is_registered(api):
     [schedule] = nightly.schedules
     assert schedule.active and schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "Europe/Paris"
     assert nightly.work_pool_name == generate.work_pool_name == "reelbatch"
-    assert nightly.parameters["db_secret"] == generate.parameters["db_secret"] == "reelbatch-database-url"
+    assert (
+        nightly.parameters["config"]["db_secret"]
+        == generate.parameters["config"]["db_secret"]
+        == "reelbatch-database-url"
+    )
     assert generate.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
-    # The run form: descriptions from the flow's docstring, the paste box, the secret by name.
-    properties = generate.parameter_openapi_schema["properties"]
-    assert {"manifest", "manifest_text", "db_secret", "packing", "defaults", "strict"} <= set(properties)
-    assert all(properties[name].get("description") for name in ("manifest", "manifest_text", "output", "db_secret"))
+    # The run form: descriptions from the flow's docstring, the paste box, the run's config as a typed and
+    # described sub-form (the secret by name).
+    schema = generate.parameter_openapi_schema
+    properties, config = schema["properties"], schema["definitions"]["RunConfig"]["properties"]
+    assert {"manifest", "manifest_text", "config"} <= set(properties)
+    assert {"db_secret", "packing", "defaults", "strict"} <= set(config)
+    assert all(properties[name].get("description") for name in ("manifest", "manifest_text", "config"))
+    assert all(config[name].get("description") for name in ("output", "db_secret"))
     assert not generate.schedules
 
 
@@ -167,7 +175,10 @@ def test_generate_dataset_runs_on_a_worker_from_pasted_csv(api, tmp_path, tiny_m
         name="generate-dataset/generate-dataset",
         timeout=0,
         as_subflow=False,
-        parameters={"manifest_text": CSV, "output": str(tmp_path / "videos"), "gpus_per_node": 2},
+        parameters={
+            "manifest_text": CSV,
+            "config": {"output": str(tmp_path / "videos"), "gpus_per_node": 2, "db_secret": "reelbatch-database-url"},
+        },
     )
     worker_log = tmp_path / "worker.log"
     with worker_log.open("w") as log:

@@ -223,7 +223,7 @@ def test_ring_is_not_offered_for_hunyuan_native():
 
 
 def test_job_timeout_follows_the_cost_estimate_with_a_floor():
-    from reelbatch.settings import JOB_TIMEOUT_FLOOR_S, JOB_TIMEOUT_MARGIN
+    from reelbatch.defaults import JOB_TIMEOUT_FLOOR_S, JOB_TIMEOUT_MARGIN
 
     tiny = plan_run([row()], [], 1, CATALOG, gpus=2).jobs[0]
     assert tiny.timeout_s == JOB_TIMEOUT_FLOOR_S  # seconds of work: the floor covers start-up and loading

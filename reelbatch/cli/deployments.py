@@ -83,14 +83,19 @@ def _working_directory(deployment) -> Path:
     return Path.cwd()
 
 
+def deployment_config(deployment) -> dict[str, Any]:
+    """The ``config`` a deployment starts its runs with (the values it sets; the rest are RunConfig's defaults)."""
+    return dict((deployment.parameters or {}).get("config") or {})
+
+
 def manifest_store(store: str | None, output: str | None, deployment) -> str:
     """--store, else $REELBATCH_MANIFEST_STORE, else `<output>/.reelbatch/manifests` (where pasted text goes)."""
+    from reelbatch.defaults import DEFAULT_OUTPUT
     from reelbatch.infra.storage import is_local
-    from reelbatch.settings import DEFAULT_OUTPUT
 
     chosen = store or os.environ.get(STORE_ENV)
     if not chosen:
-        output = output or (deployment.parameters or {}).get("output") or DEFAULT_OUTPUT
+        output = output or deployment_config(deployment).get("output") or DEFAULT_OUTPUT
         chosen = f"{str(output).rstrip('/')}/.reelbatch/manifests"
     if is_local(chosen):
         local = Path(chosen.removeprefix("file://")).expanduser()
@@ -145,9 +150,18 @@ def submit_manifest(
     name = _deployment_name(deployment)
     found = read_deployment(name)
     uri = copy_to_store(manifest.resolve(), manifest_store(store, output, found))
-    parameters = {**extra, "manifest": uri}
+    from reelbatch.config import RunConfig
+
+    # --param names a config field (gpus_per_node=8) or a flow parameter. A run's parameters replace the
+    # deployment's whole, so config fields are merged into the deployment's config (else its db_secret is lost).
+    fields = {key: value for key, value in extra.items() if key in RunConfig.model_fields}
+    parameters = {key: value for key, value in extra.items() if key not in fields}
+    parameters["manifest"] = uri
+    config = {**deployment_config(found), **(parameters.pop("config", None) or {}), **fields}
     if output:
-        parameters["output"] = output
+        config["output"] = output
+    if config:
+        parameters["config"] = config
     # timeout=0: create the run and return; a worker (or `reelbatch serve`) executes it.
     flow_run = run_deployment(name=found.id, parameters=parameters, timeout=0, as_subflow=False)
     # Typed "flow run or coroutine": the coroutine comes only from async code, and the CLI is sync.
@@ -178,7 +192,7 @@ def serve_deployments(
     from reelbatch.flows.nightly import nightly_dataset
     from reelbatch.infra.storage import normalize_root
 
-    common = {"output": normalize_root(output), "db_secret": db_secret, "gpus_per_node": gpus_per_node}
+    common = {"config": {"output": normalize_root(output), "db_secret": db_secret, "gpus_per_node": gpus_per_node}}
     deployments = [generate_dataset.to_deployment(name="generate-dataset", parameters=common, tags=["reelbatch"])]
     if inbox:
         deployments.append(
@@ -241,7 +255,8 @@ def submit(
             "--param",
             "-p",
             help=(
-                "KEY=VALUE flow parameter (VALUE as JSON, else text), e.g. gpus_per_node=8 or strict=true. Repeatable."
+                "KEY=VALUE run setting (VALUE as JSON, else text): a field of the flow's config, e.g. "
+                "gpus_per_node=8 or strict=true, merged into the deployment's. Repeatable."
             ),
         ),
     ] = None,

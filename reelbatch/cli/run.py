@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -28,7 +28,10 @@ from reelbatch.cli.options import (
     with_options,
 )
 from reelbatch.cli.render import console, print_rejections, print_report, print_warnings
-from reelbatch.settings import DEFAULT_OUTPUT
+from reelbatch.defaults import DEFAULT_OUTPUT
+
+if TYPE_CHECKING:
+    from reelbatch.config import RunConfig
 
 
 @app.command()
@@ -117,8 +120,7 @@ def run(
         values.fail(str(exc))
     if models_file:
         os.environ["REELBATCH_MODELS_FILE"] = models_file
-    run_flow(
-        manifest=values.absolute(manifest),
+    config = values.run_config(
         output=out_dir,
         db_url=db_url,
         gpus_per_node=values.gpus(gpus),
@@ -135,8 +137,9 @@ def run(
         packing=values.packing(**packing),
         dask_address=dask,
         dask_local_workers=dask_local,
-        image_roots=[values.absolute(root) for root in planner["image_root"] or []],
     )
+    image_roots = [values.absolute(root) for root in planner["image_root"] or []]
+    run_flow(values.absolute(manifest), config, image_roots)
 
 
 @app.command()
@@ -147,8 +150,7 @@ def resume(run_id: RunIdArg, db: DbOpt = None, gpus: GpusOpt = None) -> None:
     run found it, unchanged.
     """
     values.prefect_environment()
-    from reelbatch.planning.packing import Packing
-    from reelbatch.schemas import RunDefaults
+    from reelbatch.config import RunConfig
 
     db_url = values.db_url(db)
     with values.open_database(db) as database:
@@ -159,25 +161,10 @@ def resume(run_id: RunIdArg, db: DbOpt = None, gpus: GpusOpt = None) -> None:
     params = record["params"]
     if record["manifest_source"] == "<inline>" or "defaults" not in params:
         values.fail(f"run {record['id']} cannot be resumed: its manifest was not a file (start a new run instead)")
-    run_flow(
-        manifest=record["manifest_source"],
-        output=record["output_root"],
-        db_url=db_url,
-        gpus_per_node=gpus or record["gpus_per_node"],
-        defaults=RunDefaults.model_validate(params["defaults"]),
-        strict=params.get("strict", False),
-        model_paths=params.get("model_paths", []),
-        max_samples_per_job=params.get("max_samples_per_job", default.MAX_SAMPLES_PER_JOB),
-        job_timeout_s=params.get("job_timeout_s"),
-        gpu_memory_gib=params.get("gpu_memory_gib", default.GPU_MEMORY_GIB),
-        objective=params.get("objective", default.OBJECTIVE),
-        retry_policy=params.get("retry_policy"),
-        limits=params.get("limits"),
-        # Runs recorded before packing existed ran unpacked: resume them the same way.
-        packing=Packing.model_validate(params.get("packing", {"enabled": False})),
-        image_roots=params.get("image_roots", []),
-        resume_run_id=record["id"],
+    config = RunConfig.resumed(
+        params, output=record["output_root"], db_url=db_url, gpus_per_node=gpus or record["gpus_per_node"]
     )
+    run_flow(record["manifest_source"], config, params.get("image_roots", []), resume_run_id=record["id"])
 
 
 def use_image_roots(roots: list[str]) -> None:
@@ -194,8 +181,8 @@ def use_image_roots(roots: list[str]) -> None:
     os.environ[IMAGE_ROOTS_ENV] = ",".join(allowed)
 
 
-def run_flow(image_roots: Sequence[str] = (), **parameters) -> None:
-    """generate_dataset(**parameters) with progress bars on stderr; exits with the report's exit code."""
+def run_flow(manifest: str, config: RunConfig, image_roots: Sequence[str], resume_run_id: str | None = None) -> None:
+    """generate_dataset(manifest, config) with progress bars on stderr; exits with the report's exit code."""
     from reelbatch.cli.progress import RichProgressSink
     from reelbatch.flows.generate import generate_dataset
     from reelbatch.manifest import ManifestError
@@ -204,7 +191,7 @@ def run_flow(image_roots: Sequence[str] = (), **parameters) -> None:
     use_image_roots(list(image_roots))
     try:
         with RichProgressSink(console) as sink, reporting_to(sink):
-            report = generate_dataset(**parameters)
+            report = generate_dataset(manifest=manifest, config=config, resume_run_id=resume_run_id)
     except ManifestError as exc:
         values.fail(str(exc))
     except ValueError as exc:  # an --image-root that cannot be a root

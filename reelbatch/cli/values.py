@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, cast
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
@@ -15,6 +15,7 @@ from reelbatch.cli.render import print_error
 from reelbatch.defaults import OBJECTIVES, Objective
 
 if TYPE_CHECKING:
+    from reelbatch.config import RunConfig
     from reelbatch.planning.cost import StorageKind
 
 
@@ -78,7 +79,7 @@ def retry_policy(text: str | None) -> dict | None:
 def objective(name: str) -> Objective:
     if name not in OBJECTIVES:
         fail(f"--objective {name!r}: use one of {', '.join(OBJECTIVES)}")
-    return cast(Objective, name)  # checked above
+    return name  # an Objective: checked above
 
 
 def storage(name: str) -> StorageKind:
@@ -99,6 +100,19 @@ def packing(no_pack: bool, job_minutes: float, padding: str, job_width: str):
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         fail(f"packing options: {problems} (--padding pad|fill, --job-width group|node)")
+
+
+def run_config(**fields) -> RunConfig:
+    """The run's configuration from the options (each already checked): a value it still refuses is a usage error."""
+    from pydantic import ValidationError
+
+    from reelbatch.config import RunConfig
+
+    try:
+        return RunConfig(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        fail(f"run options: {problems}")
 
 
 def gpus(given: int | None) -> int:
@@ -124,7 +138,7 @@ def absolute(location: str) -> str:
 
 
 def db_url(db: str | None) -> str:
-    from reelbatch.settings import DEFAULT_DB_URL
+    from reelbatch.defaults import DEFAULT_DB_URL
 
     return db or os.environ.get("REELBATCH_DB_URL") or DEFAULT_DB_URL
 

@@ -27,9 +27,9 @@ and uncond passes (CFG on, cfg=1, sequence_batch off).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
-from reelbatch.defaults import GPU_MEMORY_GIB
+from reelbatch.defaults import GPU_MEMORY_GIB, OBJECTIVE, OBJECTIVES, Objective  # noqa: F401 (re-exported)
 from reelbatch.models.registry import ModelFamily
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, REFERENCE_TOKENS, TOKENS_EXPONENT, CostModel  # noqa: F401 (were defined here)
 from reelbatch.planning.rules import (
@@ -42,9 +42,6 @@ from reelbatch.planning.rules import (
     validate_plan,
 )
 from reelbatch.schemas import Backend, BucketKey, ParallelPlan
-
-Objective = Literal["throughput", "latency"]
-OBJECTIVES: tuple[Objective, ...] = ("throughput", "latency")
 
 DEFAULT_GPU_MEMORY_GIB = GPU_MEMORY_GIB
 LARGEST_GPU_COUNT_TO_SUGGEST = 64
@@ -116,7 +113,7 @@ def choose_plan(
     backend: Backend | None = None,
     device: str = "cuda",
     gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
-    objective: Objective = "throughput",
+    objective: Objective = OBJECTIVE,
     cost_model: CostModel | None = None,
 ) -> PlanChoice:
     """The best plan for ``bucket`` on ``gpus`` ranks, or none with the problem to fix.

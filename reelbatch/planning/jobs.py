@@ -8,9 +8,9 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from reelbatch.defaults import JOB_TIMEOUT_FLOOR_S, JOB_TIMEOUT_MARGIN
 from reelbatch.models.registry import ModelFamily
 from reelbatch.schemas import Backend, BucketKey, ParallelPlan, RowRejection, Sample
-from reelbatch.settings import JOB_TIMEOUT_FLOOR_S, JOB_TIMEOUT_MARGIN
 
 
 def job_id(index: int, bucket: BucketKey, samples: Iterable[Sample]) -> str:

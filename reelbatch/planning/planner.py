@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from reelbatch.defaults import MAX_SAMPLES_PER_JOB
+from reelbatch.defaults import MAX_SAMPLES_PER_JOB, OBJECTIVE, Objective
 from reelbatch.gpus import visible_gpus
 from reelbatch.identity import expand_row
 from reelbatch.models.catalog import ModelCatalog, UnknownModel
@@ -25,7 +25,7 @@ from reelbatch.planning.buckets import (
     rows_by_bucket,
     table_samples,
 )
-from reelbatch.planning.chooser import DEFAULT_GPU_MEMORY_GIB, Objective
+from reelbatch.planning.chooser import DEFAULT_GPU_MEMORY_GIB
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel
 from reelbatch.planning.jobs import BucketPlan, RunPlan
 from reelbatch.planning.packing import PackingOptions, cut_buckets
@@ -54,7 +54,7 @@ def choose_plan(
     gpus: int,
     *,
     catalog: ModelCatalog | None = None,
-    objective: Objective = "throughput",
+    objective: Objective = OBJECTIVE,
     device: str | None = None,
     gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
 ) -> tuple[ParallelPlan, list[str]]:
@@ -99,7 +99,7 @@ def plan_run(
     max_samples_per_job: int = DEFAULT_MAX_SAMPLES_PER_JOB,
     *,
     gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
-    objective: Objective = "throughput",
+    objective: Objective = OBJECTIVE,
     device: str | None = None,
     skip: Collection[str] = frozenset(),
     packing: PackingOptions | None = None,

@@ -30,7 +30,7 @@ from typing import Any
 from reelbatch.defaults import OBJECTIVE, Objective
 from reelbatch.models.catalog import ModelCatalog
 from reelbatch.models.registry import ModelFamily
-from reelbatch.planning.chooser import choose_plan, memory_gib_per_gpu
+from reelbatch.planning.chooser import DEFAULT_GPU_MEMORY_GIB, choose_plan, memory_gib_per_gpu
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel, StorageKind
 from reelbatch.planning.fleet.schedule import FleetJob, Schedule, schedule_jobs
 from reelbatch.planning.jobs import PlannedJob, RunPlan
@@ -166,7 +166,7 @@ def simulate_plan(
     costed too); the plan's jobs must fit ``gpus_per_node``.
     """
     cost = (cost_model or DEFAULT_COST_MODEL).on(gpu)
-    memory = gpu_memory_gib or cost.memory_gib() or 80.0
+    memory = gpu_memory_gib or cost.memory_gib() or DEFAULT_GPU_MEMORY_GIB
     fleet_gpus = nodes * gpus_per_node
 
     # The packed policy.
@@ -287,7 +287,7 @@ def simulate(
         read: Any = rows
         rejected, total_rows, rows = read.rejections, read.total_rows, read.rows
     cost = (cost_model or DEFAULT_COST_MODEL).on(gpu)
-    memory = gpu_memory_gib or cost.memory_gib() or 80.0
+    memory = gpu_memory_gib or cost.memory_gib() or DEFAULT_GPU_MEMORY_GIB
     options = PackingOptions(
         target_seconds=target_seconds,
         padding=padding,
