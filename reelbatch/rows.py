@@ -104,7 +104,7 @@ class RowTable(Sequence[ManifestRow]):
         return trusted(ManifestRow, values, _ROW_FIELD_SET)
 
     def has_images(self) -> bool:
-        """Whether any row names an image (its shapes then do not tell its bucket: see tasks/shard.py)."""
+        """Whether any row names an image (its shapes then do not tell its bucket: see planning/planner.py)."""
         return any(
             column.null_count < len(column) for name, column in self.columns.items() if name in IMAGE_COLUMNS
         ) or any(row.image is not None for row in self.overrides.values())

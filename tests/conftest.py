@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Hypothesis budgets. `ci`, the default, keeps `make test` fast; `nightly` (`make test-nightly`, or
 # HYPOTHESIS_PROFILE=nightly) draws twenty times as many examples. Tests leave max_examples to the profile, or
-# pass a deliberate cap of their own through tests.hypothesis_budget.scaled.
+# pass a count of their own through tests.hypothesis_budget.scaled (the `ci` figure: what it takes to reach the
+# cases the property is about), which the nightly profile multiplies.
 hypothesis_settings.register_profile("ci", max_examples=100, deadline=None, print_blob=True)
 hypothesis_settings.register_profile("nightly", max_examples=2000, deadline=None, print_blob=True)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))  # --hypothesis-profile overrides
@@ -139,9 +140,15 @@ def s3_server() -> Iterator[str]:
     }
     previous = {key: os.environ.get(key) for key in fake}
     os.environ.update(fake)
+    # fsspec caches filesystems by their arguments, not the environment: one an earlier test made without these
+    # variables (no credentials) would otherwise be handed back for every s3:// URL.
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
     try:
         yield endpoint
     finally:
+        s3fs.S3FileSystem.clear_instance_cache()
         server.stop()
         for key, value in previous.items():
             if value is None:

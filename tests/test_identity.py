@@ -16,6 +16,7 @@ from reelbatch.identity import (
     sample_seed,
 )
 from reelbatch.schemas import ManifestRow, Sample, trusted
+from tests.hypothesis_budget import scaled
 
 
 # The definition the ids were first made with; the fast path in reelbatch.identity must agree with it.
@@ -103,7 +104,7 @@ rows = st.builds(
 )
 
 
-@settings(deadline=None)
+@settings(max_examples=scaled(1500), deadline=None)
 @given(rows)
 def test_samples_are_those_of_the_canonical_json_dumps(row):
     fast, reference = expand_row(row), reference_samples(row)
@@ -112,14 +113,14 @@ def test_samples_are_those_of_the_canonical_json_dumps(row):
     assert [s.model_dump_json() for s in fast] == [s.model_dump_json() for s in reference]
 
 
-@settings(deadline=None)
+@settings(max_examples=scaled(500), deadline=None)
 @given(rows, st.integers(0, 200), st.one_of(st.integers(0, SEED_RANGE - 1), st.booleans()))
 def test_public_seed_and_id_functions_match_json_dumps_for_any_index_and_seed(row, video_index, seed):
     assert sample_seed(row, video_index) == reference_seed(row, video_index)
     assert sample_id(row, video_index, seed) == reference_id(row, video_index, seed)
 
 
-@settings(deadline=None)
+@settings(max_examples=scaled(300), deadline=None)
 @given(
     guidance=st.one_of(st.integers(-5, 5), st.booleans(), st.floats(), st.text(max_size=5)),
     height=st.one_of(st.integers(0, 64), st.booleans(), st.floats(allow_nan=False, allow_infinity=False)),

@@ -20,6 +20,7 @@ from reelbatch.infra.images import (
     ImageStager,
     StagedImage,
 )
+from tests.hypothesis_budget import scaled
 
 
 def png_bytes(size=(8, 6), color=(200, 30, 40)) -> bytes:
@@ -235,7 +236,7 @@ def test_inline_manifest_without_roots_allows_nothing(tmp_path):
     assert refused(stager, str(tmp_path / "a.png")).rule == "image_scheme_not_allowed"
 
 
-@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=scaled(150), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.lists(
         st.sampled_from(["..", ".", "sub", "escape-dir", "escape.png", "a.png", "outside.png", ""]),

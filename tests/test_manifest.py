@@ -27,6 +27,7 @@ from reelbatch.manifest.checks import check_record as _check_record
 from reelbatch.manifest.checks import read_header as _read_header
 from reelbatch.schemas import ManifestRow, RowRejection, RunDefaults
 from reelbatch.tasks.manifest import read_manifest_task
+from tests.hypothesis_budget import scaled
 
 KNOWN_MODELS = {"tiny-wan", "tiny-hunyuan"}
 DEFAULTS = RunDefaults()
@@ -494,7 +495,7 @@ manifest_inputs = st.one_of(
 )
 
 
-@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=scaled(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(manifest_inputs)
 def test_any_input_gives_a_result_or_a_manifest_error(data):
     try:
@@ -632,7 +633,7 @@ def mostly_valid_manifests(draw) -> tuple[list[str], list[list[str]]]:
     return columns, records
 
 
-@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=scaled(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     mostly_valid_manifests(),
     st.sampled_from(

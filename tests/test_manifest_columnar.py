@@ -30,6 +30,7 @@ from reelbatch.planning.packing import PackingOptions
 from reelbatch.planning.planner import plan_run
 from reelbatch.rows import RowTable, SampleRefs
 from reelbatch.schemas import RunDefaults
+from tests.hypothesis_budget import scaled
 from tests.manifest_fuzz import KNOWN_MODELS, LIMITS, hostile_manifests
 
 DEFAULTS = RunDefaults()
@@ -184,19 +185,19 @@ def assert_same_plan(read: ManifestReadResult, **options) -> None:
     assert _plan_doc(fast) == _plan_doc(reference)
 
 
-@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=scaled(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(regular_manifests())
 def test_the_fast_path_reads_regular_manifests_like_the_line_reader(data):
     assert_same_reading(data)
 
 
-@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=scaled(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hostile_manifests)
 def test_the_fast_path_reads_hostile_bytes_like_the_line_reader(data):
     assert_same_reading(data)
 
 
-@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=scaled(120), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(regular_manifests(), st.sampled_from([None, "pad", "fill"]))
 def test_plans_from_a_row_table_equal_plans_from_the_rows(data, packing):
     read = _read(data, True)

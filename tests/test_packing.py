@@ -36,7 +36,7 @@ def row(line: int, **overrides) -> ManifestRow:
 # --- Cutting one bucket -----------------------------------------------------------------------------------------
 
 
-@settings(deadline=None)
+@settings(max_examples=scaled(300), deadline=None)
 @given(
     count=st.integers(0, 300),
     dp=st.integers(1, 8),
@@ -252,7 +252,7 @@ def test_the_schedule_runs_longest_first_and_fills_holes_with_short_jobs():
     assert {p.cuda_visible_devices for p in schedule.placements if p.job_id == "wide"} == {"0,1,2,3,4,5,6,7"}
 
 
-@settings(deadline=None)
+@settings(max_examples=scaled(150), deadline=None)
 @given(
     jobs=st.lists(st.tuples(st.sampled_from([1, 1, 2, 2, 3, 4, 8]), st.floats(1.0, 1000.0)), max_size=60),
     nodes=st.integers(1, 4),

@@ -18,6 +18,7 @@ from reelbatch.planning.chooser import rank_plans
 from reelbatch.planning.planner import plan_run
 from reelbatch.planning.rules import bucket_problems, plan_violations
 from reelbatch.schemas import BucketKey, ManifestRow, ParallelPlan
+from tests.hypothesis_budget import scaled
 
 CATALOG = ModelCatalog.from_config()
 HUNYUAN = FAMILIES["hunyuanvideo"]
@@ -526,7 +527,7 @@ def cases(draw) -> tuple[BucketKey, int]:
     return bucket_, gpus
 
 
-@settings(deadline=None)
+@settings(max_examples=scaled(500), deadline=None)
 @given(
     case=cases(),
     device=st.sampled_from(["cuda", "cpu"]),

@@ -13,6 +13,7 @@ from reelbatch.planning.buckets import bucket_key
 from reelbatch.planning.packing import cut_jobs
 from reelbatch.planning.planner import choose_plan, plan_run
 from reelbatch.schemas import ManifestRow, ParallelPlan
+from tests.hypothesis_budget import scaled
 
 
 def validate_plan(bucket, family, plan, world_size):
@@ -152,7 +153,7 @@ def test_a_row_asking_for_an_existing_video_is_rejected_not_duplicated():
     assert (rejection.row, rejection.rule) == (3, "duplicate_sample") and "row 2" in rejection.message
 
 
-@settings(deadline=None)
+@settings(max_examples=scaled(200), deadline=None)
 @given(n=st.integers(0, 200), dp=st.integers(1, 8), max_per_job=st.integers(1, 64))
 def test_cut_jobs_never_loses_or_duplicates_and_pads_at_most_once(n, dp, max_per_job):
     samples = list(range(n))

@@ -185,6 +185,10 @@ def test_execute_jobs_never_oversubscribes_and_starts_longest_first():
     @task
     def hold(name: str, devices: DeviceGroup) -> str:
         begin = time.monotonic()
+        if widths[name] == 4:
+            # The whole node: held a while so that a job wrongly started beside it would be seen overlapping.
+            # A window to observe, not an ordering: nothing waits for it.
+            time.sleep(0.3)
         with changed:  # a narrow job holds its devices until another job ran beside it, or none is left to start
             running.add(name)
             if len(running) > 1:

@@ -218,7 +218,7 @@ class _Shapes:
         rows = table.num_rows
         self.failed = np.zeros(rows, dtype=bool)
         # Image hashes come later (intake); the bucket of a row with an image is decided on the row itself
-        # (tasks/shard.py makes a table with images into rows), so every shape here is a text-only one.
+        # (planning/planner.py makes a table with images into rows), so every shape here is a text-only one.
         constant: dict[str, object] = {**dict.fromkeys(RESOLVED_FIELDS), "conditioning": "text"}
         empty_everywhere: set[str] = set()  # optional inputs whose cell is empty on every row
         codes: list[tuple[str, np.ndarray, list[object], list[bool]]] = []
