@@ -297,22 +297,22 @@ def _reelbatch_run(
     plan = plan_run(read.rows, read.rejections, read.total_rows, catalog, ranks, max_per_job or n)
     if plan.rejected:
         raise RuntimeError(f"the planner rejected rows: {plan.rejected[0].message}")
-    run_id = start_run(db_url, read, plan, output, ranks, {"bench": "job_overhead"})
-    specs = [prepare_job(job, run_id, output, db_url, catalog, settings.fps) for job in plan.jobs]
-    clock["planned"] = time.perf_counter()
-    launch_s, attempts = 0.0, 0
-    for spec in specs:
-        result = execute_job(spec, db_url, output, None, RetryPolicy.from_dict(None))
-        attempts += result.attempts
-        if result.status != "done":
-            log = Path(spec.results_path).parent / "ranks.log"
-            tail = log.read_text()[-3000:] if log.exists() else ""
-            raise RuntimeError(f"job {spec.job_id} {result.status} ({result.failure_kind}):\n{tail}")
-        with Database(db_url) as db:
+    with Database(db_url) as db:  # the run's one Database, as the flow holds it
+        run_id = start_run(db, read, plan, output, ranks, {"bench": "job_overhead"})
+        specs = [prepare_job(job, run_id, output, db, catalog, settings.fps) for job in plan.jobs]
+        clock["planned"] = time.perf_counter()
+        launch_s, attempts = 0.0, 0
+        for spec in specs:
+            result = execute_job(spec, db, output, None, RetryPolicy.from_dict(None))
+            attempts += result.attempts
+            if result.status != "done":
+                log = Path(spec.results_path).parent / "ranks.log"
+                tail = log.read_text()[-3000:] if log.exists() else ""
+                raise RuntimeError(f"job {spec.job_id} {result.status} ({result.failure_kind}):\n{tail}")
             launch_s += sum(a["seconds"] or 0.0 for a in _attempts(db, spec.job_id))
-    clock["executed"] = time.perf_counter()
-    report = finish_run(db_url, run_id, plan, output)
-    write_dataset_index(db_url, run_id, output)
+        clock["executed"] = time.perf_counter()
+        report = finish_run(db, run_id, plan, output)
+        write_dataset_index(db, run_id, output)
     clock["finished"] = time.perf_counter()
     videos = len(list(Path(output).glob("??/*.mp4")))
     if report.done != n or videos != n or attempts != len(specs):

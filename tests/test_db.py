@@ -161,6 +161,15 @@ def test_database_pickles_as_its_url(database_url: str, database: Database) -> N
     assert pickle.loads(pickle.dumps(Database(password_url))).engine.url.password == "hunter2@x"
 
 
+def test_unpickled_databases_share_one_instance_per_url(database_url: str, database: Database) -> None:
+    """Every job task a Dask worker runs brings a pickled Database: they all become that process's one instance."""
+    first, second = (pickle.loads(pickle.dumps(database)) for _ in range(2))
+    assert first is second is Database.shared(database_url)
+    assert first is not database  # the flow's own, which it closes, is never the shared one
+    other = Database.shared("postgresql+psycopg://reel:other@db.example:5432/reelbatch")
+    assert other is not Database.shared("postgresql+psycopg://reel:hunter2@db.example:5432/reelbatch")
+
+
 @pytest.mark.postgres
 def test_schema_out_of_date_message_masks_the_password(postgres_database_url: str) -> None:
     # The test server trusts every connection, so any password gets in.

@@ -52,9 +52,9 @@ def finished_run(database, tmp_path, grey_mp4):
     return run_id, out
 
 
-def test_dataset_index_follows_the_videofolder_layout(database, database_url, finished_run):
+def test_dataset_index_follows_the_videofolder_layout(database, finished_run):
     run_id, out = finished_run
-    locations = write_dataset_index(database_url, run_id, str(out))
+    locations = write_dataset_index(database, run_id, str(out))
     with open(locations["metadata"], newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert tuple(rows[0]) == METADATA_COLUMNS and rows[0]["file_name"] != ""
@@ -66,9 +66,9 @@ def test_dataset_index_follows_the_videofolder_layout(database, database_url, fi
     assert table.num_rows == 4 and {"status", "error", "reject_fix", "output_path"} <= set(table.column_names)
 
 
-def test_gallery_is_one_offline_page_with_previews(database, database_url, finished_run):
+def test_gallery_is_one_offline_page_with_previews(database, finished_run):
     run_id, out = finished_run
-    page = open(write_dataset_index(database_url, run_id, str(out))["gallery"], encoding="utf-8").read()
+    page = open(write_dataset_index(database, run_id, str(out))["gallery"], encoding="utf-8").read()
     assert page.count("data:image/png;base64,") == 2  # previews inlined: nothing to fetch
     assert "http://" not in page.replace("http://evil", "")  # no external resources
     assert "decode: boom" in page and "use 32" in page

@@ -89,7 +89,7 @@ def test_s3_listing_uses_etags(s3_bucket):
     assert again[entries[0].uri] != entries[0].fingerprint
 
 
-def test_claims_run_each_manifest_once_and_retry_failures(tmp_path, database, database_url):
+def test_claims_run_each_manifest_once_and_retry_failures(tmp_path, database):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (inbox / "a.csv").write_text(GOOD)
@@ -97,15 +97,15 @@ def test_claims_run_each_manifest_once_and_retry_failures(tmp_path, database, da
     entries = list_manifests(str(inbox))
     a, b = entries
 
-    assert claim_manifests(database_url, str(inbox), entries) == entries
-    assert claim_manifests(database_url, str(inbox), entries) == []  # claimed: a second pass leaves them
-    finish_manifest(database_url, a, "processed")
-    finish_manifest(database_url, b, "failed", error="boom")
-    assert claim_manifests(database_url, str(inbox), entries) == [b]  # only the failed one comes back
+    assert claim_manifests(database, str(inbox), entries) == entries
+    assert claim_manifests(database, str(inbox), entries) == []  # claimed: a second pass leaves them
+    finish_manifest(database, a, "processed")
+    finish_manifest(database, b, "failed", error="boom")
+    assert claim_manifests(database, str(inbox), entries) == [b]  # only the failed one comes back
 
     (inbox / "a.csv").write_text(GOOD + "a dog,tiny-wan,32,32,5,2,1.0\n")  # replaced under the same name
     changed = [e for e in list_manifests(str(inbox)) if e.uri == a.uri]
-    assert claim_manifests(database_url, str(inbox), changed) == changed
+    assert claim_manifests(database, str(inbox), changed) == changed
     rows = database.inbox_manifests(str(inbox.resolve()))
     assert sorted((r["uri"].rsplit("/", 1)[1], r["status"]) for r in rows) == [
         ("a.csv", "processed"),
@@ -114,16 +114,16 @@ def test_claims_run_each_manifest_once_and_retry_failures(tmp_path, database, da
     ]
 
 
-def test_abandoned_claims_are_released(tmp_path, database, database_url):
+def test_abandoned_claims_are_released(tmp_path, database):
     (tmp_path / "a.csv").write_text(GOOD)
     entries = list_manifests(str(tmp_path))
-    claim_manifests(database_url, str(tmp_path), entries)
-    assert release_stale_claims(database_url, str(tmp_path), 48) == []
+    claim_manifests(database, str(tmp_path), entries)
+    assert release_stale_claims(database, str(tmp_path), 48) == []
     table = InboxManifestRecord.__table__
     with database.engine.begin() as connection:
         connection.execute(update(table).values(updated_at=datetime.now(UTC) - timedelta(hours=49)))
-    assert release_stale_claims(database_url, str(tmp_path), 48) == [entries[0].uri]
-    assert claim_manifests(database_url, str(tmp_path), entries) == entries
+    assert release_stale_claims(database, str(tmp_path), 48) == [entries[0].uri]
+    assert claim_manifests(database, str(tmp_path), entries) == entries
 
 
 @pytest.mark.torchrun

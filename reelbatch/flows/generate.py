@@ -13,6 +13,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from reelbatch import progress
 from reelbatch.config import RunConfig
 from reelbatch.infra.dask_cluster import check_shared_storage
+from reelbatch.infra.db import Database
 from reelbatch.infra.failures import RetryPolicy
 from reelbatch.infra.images import ImagePolicy, configured_roots
 from reelbatch.infra.prefect_config import database_url
@@ -65,51 +66,53 @@ def generate_dataset(
     worker's environment (REELBATCH_IMAGE_ROOTS): never from a run parameter, which whoever starts a run sets.
     """
     output = normalize_root(config.output)
-    db_url = database_url(config.db_url, config.db_secret)
+    url = database_url(config.db_url, config.db_secret)
     executor = executor_for(config.dask_address, config.dask_local_workers, config.gpus_per_node)
     if config.dask_address:
-        check_shared_storage(output, db_url, config.dask_address)
+        check_shared_storage(output, url, config.dask_address)
     image_roots = configured_roots()
     ImagePolicy.for_manifest(None, image_roots)  # a root that cannot be one (credentials in it...) stops here
     policy = RetryPolicy.from_dict(config.retry_policy)
-    prepare_database_task(db_url)
-    catalog = ModelCatalog.from_config(config.model_paths)
-    source = resolve_manifest_task(manifest, manifest_text, output)
-    manifest_limits = ManifestLimits(**(config.limits or {}))
-    manifest_read = read_manifest_task(source, config.defaults, catalog, manifest_limits)
-    check_columns(manifest_read, config.strict)
-    for warning in manifest_read.warnings:
-        get_run_logger().warning("manifest: %s", warning)
-    manifest_read = check_images_task(manifest_read, catalog, images_root(output), image_roots, manifest_limits)
-    done = find_done_samples_task(db_url, output, manifest_read.rows, config.force)
-    plan = plan_run_task(
-        manifest_read.rows,
-        manifest_read.rejections,
-        manifest_read.total_rows,
-        catalog,
-        config.gpus_per_node,
-        config.max_samples_per_job,
-        gpu_memory_gib=config.gpu_memory_gib,
-        objective=config.objective,
-        skip=set(done),
-        packing=config.packing.options(config.gpus_per_node, config.max_samples_per_job),
-    )
-    if config.strict and plan.rejected:
-        report = refuse_run(plan, output)
-        publish_run_report_task(db_url, report)
-        return report
+    # One Database for the whole run, handed to every step (they never close it); its repr hides the password.
+    with Database(url) as db:
+        prepare_database_task(db)
+        catalog = ModelCatalog.from_config(config.model_paths)
+        source = resolve_manifest_task(manifest, manifest_text, output)
+        manifest_limits = ManifestLimits(**(config.limits or {}))
+        manifest_read = read_manifest_task(source, config.defaults, catalog, manifest_limits)
+        check_columns(manifest_read, config.strict)
+        for warning in manifest_read.warnings:
+            get_run_logger().warning("manifest: %s", warning)
+        manifest_read = check_images_task(manifest_read, catalog, images_root(output), image_roots, manifest_limits)
+        done = find_done_samples_task(db, output, manifest_read.rows, config.force)
+        plan = plan_run_task(
+            manifest_read.rows,
+            manifest_read.rejections,
+            manifest_read.total_rows,
+            catalog,
+            config.gpus_per_node,
+            config.max_samples_per_job,
+            gpu_memory_gib=config.gpu_memory_gib,
+            objective=config.objective,
+            skip=set(done),
+            packing=config.packing.options(config.gpus_per_node, config.max_samples_per_job),
+        )
+        if config.strict and plan.rejected:
+            report = refuse_run(plan, output)
+            publish_run_report_task(db, report)
+            return report
 
-    resumable = {**config.resumable(), "image_roots": image_roots}  # what `reelbatch resume` needs
-    run_id = start_run_task(db_url, manifest_read, plan, output, config.gpus_per_node, resumable, resume_run_id)
-    record_reused_task(db_url, run_id, plan, done)
-    specs = [prepare_job_task(job, run_id, output, db_url, catalog, config.defaults.fps) for job in plan.jobs]
-    jobs = longest_first(plan.jobs, specs)
-    bar = start_progress(plan.samples)
-    with progress.reporting_to(bar or progress.sink()):
-        settings = JobSettings(db_url, output, config.job_timeout_s, policy, ranks_per_node=config.gpus_per_node)
-        executor.run(jobs, settings, on_job_done=bar.set_done if bar else None)
-    report = finish_run_task(db_url, run_id, plan, output)
-    report.warnings = manifest_read.warnings
-    report.dataset = write_dataset_index_task(db_url, run_id, output)
-    publish_run_report_task(db_url, report)
-    return report
+        resumable = {**config.resumable(), "image_roots": image_roots}  # what `reelbatch resume` needs
+        run_id = start_run_task(db, manifest_read, plan, output, config.gpus_per_node, resumable, resume_run_id)
+        record_reused_task(db, run_id, plan, done)
+        specs = [prepare_job_task(job, run_id, output, db, catalog, config.defaults.fps) for job in plan.jobs]
+        jobs = longest_first(plan.jobs, specs)
+        bar = start_progress(plan.samples)
+        with progress.reporting_to(bar or progress.sink()):
+            settings = JobSettings(db, output, config.job_timeout_s, policy, ranks_per_node=config.gpus_per_node)
+            executor.run(jobs, settings, on_job_done=bar.set_done if bar else None)
+        report = finish_run_task(db, run_id, plan, output)
+        report.warnings = manifest_read.warnings
+        report.dataset = write_dataset_index_task(db, run_id, output)
+        publish_run_report_task(db, report)
+        return report

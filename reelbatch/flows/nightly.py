@@ -12,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from reelbatch.config import RunConfig
 from reelbatch.flows.generate import generate_dataset
+from reelbatch.infra.db import Database
 from reelbatch.infra.prefect_config import database_url
 from reelbatch.tasks.inbox import (
     claim_manifests_task,
@@ -51,33 +52,34 @@ def nightly_dataset(
     logger = get_run_logger()
     # The subflow gets the config as given (a secret's name, not its value): run parameters are shown in the UI.
     url = database_url(config.db_url, config.db_secret)
-    released = release_stale_claims_task(url, inbox, reclaim_after_hours)
-    if released:
-        logger.warning("released %d abandoned claims: %s", len(released), ", ".join(released))
-    entries = list_manifests_task(inbox, [config.output], settle_seconds)
-    results, skipped = [], 0
-    for entry in entries:
-        # One claim at a time, just before the run: a pass that dies leaves at most one manifest claimed, and two
-        # passes at once share the inbox instead of one holding everything.
-        if not claim_manifests_task(url, inbox, [entry]):
-            skipped += 1
-            continue
-        name = entry.uri.rstrip("/").rsplit("/", 1)[-1]
-        state = generate_dataset.with_options(flow_run_name=f"inbox-{name}")(
-            manifest=entry.uri, config=config, return_state=True
-        )
-        run_id = None
-        if state.is_completed():
-            report = state.result()
-            run_id = report.run_id
-            status, error = outcome(report)
-        else:
-            status, error = "failed", f"{state.name}: {state.message or 'generate-dataset did not complete'}"
-        finish_manifest_task(url, entry, status, run_id, error)
-        results.append(
-            {"uri": entry.uri, "fingerprint": entry.fingerprint, "status": status, "run_id": run_id, "error": error}
-        )
-        print(f"{entry.uri}: {status}" + (f" ({error})" if error else ""))
+    with Database(url) as db:  # the inbox steps' one Database, closed when the pass ends
+        released = release_stale_claims_task(db, inbox, reclaim_after_hours)
+        if released:
+            logger.warning("released %d abandoned claims: %s", len(released), ", ".join(released))
+        entries = list_manifests_task(inbox, [config.output], settle_seconds)
+        results, skipped = [], 0
+        for entry in entries:
+            # One claim at a time, just before the run: a pass that dies leaves at most one manifest claimed, and two
+            # passes at once share the inbox instead of one holding everything.
+            if not claim_manifests_task(db, inbox, [entry]):
+                skipped += 1
+                continue
+            name = entry.uri.rstrip("/").rsplit("/", 1)[-1]
+            state = generate_dataset.with_options(flow_run_name=f"inbox-{name}")(
+                manifest=entry.uri, config=config, return_state=True
+            )
+            run_id = None
+            if state.is_completed():
+                report = state.result()
+                run_id = report.run_id
+                status, error = outcome(report)
+            else:
+                status, error = "failed", f"{state.name}: {state.message or 'generate-dataset did not complete'}"
+            finish_manifest_task(db, entry, status, run_id, error)
+            results.append(
+                {"uri": entry.uri, "fingerprint": entry.fingerprint, "status": status, "run_id": run_id, "error": error}
+            )
+            print(f"{entry.uri}: {status}" + (f" ({error})" if error else ""))
     create_markdown_artifact(
         summary_markdown(inbox, results, skipped), key="inbox-pass", description="Manifests this pass ran"
     )

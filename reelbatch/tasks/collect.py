@@ -34,7 +34,7 @@ def publish_sample(spec: JobSpec, result: SampleResult, store: OutputStore) -> s
     return store.publish(staged_video, result.file)  # the video last: its presence means complete
 
 
-def collect_attempt(spec: JobSpec, db_url: str, output_root: str) -> Collected:
+def collect_attempt(spec: JobSpec, db: Database, output_root: str) -> Collected:
     store = OutputStore(output_root)
     reported = {r.sample_id: r for r in read_results(spec.results_path)}
     collected, done_results, output_paths = Collected(), [], {}
@@ -53,6 +53,5 @@ def collect_attempt(spec: JobSpec, db_url: str, output_root: str) -> Collected:
         collected.done.append(sample.sample_id)
         crash_point("collect")
     if done_results:
-        with Database(db_url) as db:
-            db.record_sample_results(spec.job_id, done_results, output_paths)
+        db.record_sample_results(spec.job_id, done_results, output_paths)
     return collected

@@ -52,7 +52,7 @@ def job_dir(output: str, run_id: str, job_id: str) -> Path:
 
 
 def prepare_job(
-    planned: PlannedJob, run_id: str, output: str, db_url: str, catalog: ModelCatalog, fps: int | None = None
+    planned: PlannedJob, run_id: str, output: str, db: Database, catalog: ModelCatalog, fps: int | None = None
 ) -> JobSpec:
     """Write the job spec next to where its ranks will stage their files, and record the job as pending.
 
@@ -80,13 +80,12 @@ def prepare_job(
         **folder_fields(folder),
     )
     write_job_spec(spec)
-    with Database(db_url) as db:
-        db.add_job(run_id, spec, backend=spec.backend, log_path=str(rank_log_path(spec)))
+    db.add_job(run_id, spec, backend=spec.backend, log_path=str(rank_log_path(spec)))
     return spec
 
 
 def run_job(
-    spec: JobSpec, db_url: str, timeout_s: float | None = None, attempt: int = 1, devices: DeviceGroup | None = None
+    spec: JobSpec, db: Database, timeout_s: float | None = None, attempt: int = 1, devices: DeviceGroup | None = None
 ) -> JobOutcome:
     """Launch the job's ranks and wait for them; never raises for a failed job (the outcome classifies it).
 
@@ -100,9 +99,8 @@ def run_job(
         logger = logging.getLogger("reelbatch.dispatch")
     sink = progress.sink()
     launch_id = new_launch_id()
-    with Database(db_url) as db:
-        db.mark_job_running(spec.job_id)
-        db.set_job_launch(spec.job_id, launch_id)  # a later orchestrator can find these ranks if this one dies
+    db.mark_job_running(spec.job_id)
+    db.set_job_launch(spec.job_id, launch_id)  # a later orchestrator can find these ranks if this one dies
     crash_point("before_launch")
     b = spec.bucket
     sink.job_started(spec.job_id, len(spec.samples), f"{b.model} {b.height}x{b.width}x{b.num_frames} [{spec.plan}]")

@@ -146,7 +146,7 @@ def _devices_for_attempt(
 
 def execute_job(
     spec: JobSpec,
-    db_url: str,
+    db: Database,
     output: str,
     timeout_s: float | None,
     policy: RetryPolicy,
@@ -165,17 +165,16 @@ def execute_job(
     total = len(spec.samples)
     done = 0
     ensure_job_files(spec)
-    with Database(db_url) as db:
-        # A task Dask re-runs (its worker was lost) continues the count instead of colliding with recorded attempts.
-        attempt = 1 + max((a["attempt"] for a in db.attempts(spec.job_id)), default=0)
+    # A task Dask re-runs (its worker was lost) continues the count instead of colliding with recorded attempts.
+    attempt = 1 + max((a["attempt"] for a in db.attempts(spec.job_id)), default=0)
     first_attempt = attempt
     while True:
         with (
             _devices_for_attempt(devices, ranks_per_node, spec.plan.world_size, priority) as group,
             holding_gpus(group, spec.plan.world_size),  # other runs on this machine, seen in the Prefect UI
         ):
-            outcome = run_job(spec, db_url, timeout_s, attempt, group)
-        collected = collect_attempt(spec, db_url, output)
+            outcome = run_job(spec, db, timeout_s, attempt, group)
+        collected = collect_attempt(spec, db, output)
         done += len(collected.done)
         failure = None if not collected.remaining else _failure_of(outcome, collected.problems)
         decision = policy.decide(failure, attempt) if failure else None
@@ -197,8 +196,7 @@ def execute_job(
                 tail="\n".join(failure.tail),
                 retry_delay_s=decision.delay_s if decision and decision.retry else None,
             )
-        with Database(db_url) as db:
-            db.record_attempt(spec, attempt, **attempt_fields)
+        db.record_attempt(spec, attempt, **attempt_fields)
         retry_spec = (
             next_attempt(spec, collected.remaining, decision.lower_memory) if decision and decision.retry else None
         )
@@ -209,18 +207,17 @@ def execute_job(
                 error = f"[{failure.kind}] after {attempt} attempt(s): {failure.message}\n" + "\n".join(
                     failure.tail[-8:]
                 )
-            with Database(db_url) as db:
-                db.finish_job(
-                    spec.job_id, status=status, returncode=outcome.returncode, seconds=outcome.seconds, error=error
-                )
+            db.finish_job(
+                spec.job_id, status=status, returncode=outcome.returncode, seconds=outcome.seconds, error=error
+            )
             return JobResult(
                 spec.job_id, status, attempt - first_attempt + 1, done, total - done, failure.kind if failure else None
             )
         assert decision is not None  # a retry spec exists only for a decision to retry
         time.sleep(decision.delay_s)
         if retry_spec.plan != spec.plan or retry_spec.bucket != spec.bucket:
-            with Database(db_url) as db:  # the job row records the plan that runs now
-                db.add_job(spec.run_id, retry_spec, backend=retry_spec.backend, log_path=str(rank_log_path(retry_spec)))
+            # The job row records the plan that runs now.
+            db.add_job(spec.run_id, retry_spec, backend=retry_spec.backend, log_path=str(rank_log_path(retry_spec)))
         spec, attempt = retry_spec, attempt + 1
 
 

@@ -17,6 +17,7 @@ from prefect.futures import PrefectFuture, as_completed
 
 from reelbatch.contract import JobSpec
 from reelbatch.infra.dask_cluster import task_runner_for
+from reelbatch.infra.db import Database
 from reelbatch.infra.devices import DeviceGroup, DevicePool, local_pool
 from reelbatch.infra.failures import RetryPolicy
 from reelbatch.tasks.execute import JobResult, execute_job_task
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 class JobSettings:
     """What every job of a run is run with, whichever executor runs it."""
 
-    db_url: str
+    db: Database  # the flow's; on a Dask worker each job's copy is that process's shared one (Database.shared)
     output: str
     timeout_s: float | None  # per attempt; None: the planner's estimate with a margin
     policy: RetryPolicy
@@ -65,7 +66,7 @@ class LocalExecutor(JobExecutor):
         # Progress comes from the jobs' own events on this machine, so on_job_done is not needed here.
         def start(spec: JobSpec, priority: int, devices: DeviceGroup) -> PrefectFuture[JobResult]:
             return execute_job_task.submit(
-                spec, settings.db_url, settings.output, settings.timeout_s, settings.policy, settings.ranks_per_node,
+                spec, settings.db, settings.output, settings.timeout_s, settings.policy, settings.ranks_per_node,
                 priority, devices,
             )  # fmt: skip
 
@@ -87,7 +88,7 @@ class DaskExecutor(JobExecutor):
     ) -> list[JobResult]:
         def submit(spec: JobSpec, priority: int) -> PrefectFuture[JobResult]:
             parameters = dict(
-                spec=spec, db_url=settings.db_url, output=settings.output, timeout_s=settings.timeout_s,
+                spec=spec, db=settings.db, output=settings.output, timeout_s=settings.timeout_s,
                 policy=settings.policy, ranks_per_node=settings.ranks_per_node, priority=priority,
             )  # fmt: skip
             return self.runner.submit(execute_job_task, parameters=parameters)

@@ -188,11 +188,10 @@ def write_gallery(run: dict, samples: list[dict], url: str, images_dir: Path | N
     return len(cards)
 
 
-def write_dataset_index(db_url: str, run_id: str, output_root: str) -> dict[str, str]:
+def write_dataset_index(db: Database, run_id: str, output_root: str) -> dict[str, str]:
     """metadata.csv, samples.parquet and the gallery for a run, next to its videos; returns their locations."""
-    with Database(db_url) as db:
-        summary = db.run_summary(run_id)
-        samples = db.samples(run_id)
+    summary = db.run_summary(run_id)
+    samples = db.samples(run_id)
     root = output_root.rstrip("/")
     if is_local(root):
         root = str(Path(root.removeprefix("file://")).resolve())

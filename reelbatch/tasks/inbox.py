@@ -105,7 +105,7 @@ def list_manifests(
     return sorted(found, key=lambda e: (e.modified or 0.0, e.uri))
 
 
-def release_stale_claims(db_url: str, inbox: str, older_than_hours: float | None) -> list[str]:
+def release_stale_claims(db: Database, inbox: str, older_than_hours: float | None) -> list[str]:
     """Mark ``running`` claims older than ``older_than_hours`` failed, so the next pass claims them again.
 
     A claim stays ``running`` forever when the process holding it died (worker lost, machine rebooted); without
@@ -114,31 +114,28 @@ def release_stale_claims(db_url: str, inbox: str, older_than_hours: float | None
     if older_than_hours is None:
         return []
     limit = datetime.now(UTC) - timedelta(hours=older_than_hours)
-    with Database(db_url) as db:
-        return db.release_stale_inbox_claims(
-            normalize_root(inbox),
-            limit,
-            f"claim abandoned (still running after {older_than_hours:g} h); released for a retry",
-        )
+    return db.release_stale_inbox_claims(
+        normalize_root(inbox),
+        limit,
+        f"claim abandoned (still running after {older_than_hours:g} h); released for a retry",
+    )
 
 
-def claim_manifests(db_url: str, inbox: str, entries: list[InboxEntry]) -> list[InboxEntry]:
+def claim_manifests(db: Database, inbox: str, entries: list[InboxEntry]) -> list[InboxEntry]:
     """The entries this caller now owns: new ones and ones whose earlier run failed.
 
     Claiming is one database transaction per file, so two passes at the same time never both run a manifest.
     """
     key = normalize_root(inbox)
-    with Database(db_url) as db:
-        return [e for e in entries if db.claim_inbox_manifest(key, e.uri, e.fingerprint)]
+    return [e for e in entries if db.claim_inbox_manifest(key, e.uri, e.fingerprint)]
 
 
 def finish_manifest(
-    db_url: str, entry: InboxEntry, status: str, run_id: str | None = None, error: str | None = None
+    db: Database, entry: InboxEntry, status: str, run_id: str | None = None, error: str | None = None
 ) -> None:
-    with Database(db_url) as db:
-        db.finish_inbox_manifest(
-            entry.uri, entry.fingerprint, status, run_id=run_id, error=redact_text(error, entry.uri) if error else None
-        )
+    db.finish_inbox_manifest(
+        entry.uri, entry.fingerprint, status, run_id=run_id, error=redact_text(error, entry.uri) if error else None
+    )
 
 
 def outcome(report: Any) -> tuple[str, str | None]:

@@ -44,23 +44,21 @@ class RunReport(BaseModel):
         return 0 if self.status == "done" and not self.rejected else 1
 
 
-def find_done_samples(db_url: str, output: str, rows: Sequence[ManifestRow], force: bool) -> dict[str, DoneOutput]:
+def find_done_samples(db: Database, output: str, rows: Sequence[ManifestRow], force: bool) -> dict[str, DoneOutput]:
     """Samples of these rows that some run already finished into ``output`` (none with ``force``)."""
     if force:
         return {}
     ids = [sample.sample_id for row in rows for sample in expand_row(row)]
-    with Database(db_url) as db:
-        return db.done_outputs(output, ids)
+    return db.done_outputs(output, ids)
 
 
-def prepare_database(db_url: str) -> None:
+def prepare_database(db: Database) -> None:
     """Create the schema in an empty database; refuse one at another revision (see Database.ensure_schema)."""
-    with Database(db_url) as db:
-        db.ensure_schema(auto_upgrade=True)
+    db.ensure_schema(auto_upgrade=True)
 
 
 def start_run(
-    db_url: str,
+    db: Database,
     manifest: ManifestReadResult,
     plan: RunPlan,
     output: str,
@@ -70,39 +68,38 @@ def start_run(
 ) -> str:
     """Create the run (or reopen the one being resumed) and record its rejected rows."""
     images = images_digest(manifest.rows)
-    with Database(db_url) as db:
-        if resume_run_id:
-            record = db.run_record(resume_run_id)
-            # The images are part of the videos' identities: changed ones would be other videos, not the rest of
-            # this run's.
-            if record["manifest_sha256"] != manifest.sha256 or record["params"].get("images_sha256") != images:
-                what = "changed" if record["manifest_sha256"] != manifest.sha256 else "has images that changed"
-                raise ManifestError(
-                    f"{manifest.source} {what} since run {resume_run_id} started: run it as a new run instead"
-                    " (videos already made are reused)"
-                )
-            db.reopen_run(resume_run_id)
-            # Ranks of the crashed orchestrator may still be running: stop them before their samples run again.
-            this_run = {job["id"] for job in db.jobs(resume_run_id)}
-            for job_id, launch_id in db.running_launches():
-                if job_id in this_run:
-                    kill_launch(launch_id)
-            db.interrupt_running_jobs(resume_run_id, INTERRUPTED)
-            run_id = resume_run_id
-        else:
-            run_id = db.create_run(
-                manifest_source=manifest.source,
-                manifest_sha256=manifest.sha256,
-                output_root=output,
-                gpus_per_node=gpus_per_node,
-                params={**params, "plan": plan.summary(), "images_sha256": images},
-                library_versions=library_versions(),
-                rows_total=plan.rows,
-                rows_accepted=plan.accepted,
-                rows_rejected=len({r.row for r in plan.rejected}),
+    if resume_run_id:
+        record = db.run_record(resume_run_id)
+        # The images are part of the videos' identities: changed ones would be other videos, not the rest of
+        # this run's.
+        if record["manifest_sha256"] != manifest.sha256 or record["params"].get("images_sha256") != images:
+            what = "changed" if record["manifest_sha256"] != manifest.sha256 else "has images that changed"
+            raise ManifestError(
+                f"{manifest.source} {what} since run {resume_run_id} started: run it as a new run instead"
+                " (videos already made are reused)"
             )
-            cells = rejected_cells(manifest, plan.rejected)
-            db.add_rejections(run_id, plan.rejected, {row: rejected_row_values(raw) for row, raw in cells.items()})
+        db.reopen_run(resume_run_id)
+        # Ranks of the crashed orchestrator may still be running: stop them before their samples run again.
+        this_run = {job["id"] for job in db.jobs(resume_run_id)}
+        for job_id, launch_id in db.running_launches():
+            if job_id in this_run:
+                kill_launch(launch_id)
+        db.interrupt_running_jobs(resume_run_id, INTERRUPTED)
+        run_id = resume_run_id
+    else:
+        run_id = db.create_run(
+            manifest_source=manifest.source,
+            manifest_sha256=manifest.sha256,
+            output_root=output,
+            gpus_per_node=gpus_per_node,
+            params={**params, "plan": plan.summary(), "images_sha256": images},
+            library_versions=library_versions(),
+            rows_total=plan.rows,
+            rows_accepted=plan.accepted,
+            rows_rejected=len({r.row for r in plan.rejected}),
+        )
+        cells = rejected_cells(manifest, plan.rejected)
+        db.add_rejections(run_id, plan.rejected, {row: rejected_row_values(raw) for row, raw in cells.items()})
     progress.sink().run_planned(len(plan.jobs), plan.samples)
     return run_id
 
@@ -131,7 +128,7 @@ def rejected_cells(manifest: ManifestReadResult, rejections: Sequence[RowRejecti
     return cells
 
 
-def record_reused(db_url: str, run_id: str, plan: RunPlan, done: dict[str, DoneOutput]) -> int:
+def record_reused(db: Database, run_id: str, plan: RunPlan, done: dict[str, DoneOutput]) -> int:
     """Samples whose video an earlier run already made: recorded done in this run, pointing at that file."""
     reused = [
         ReusedSample(
@@ -144,15 +141,13 @@ def record_reused(db_url: str, run_id: str, plan: RunPlan, done: dict[str, DoneO
         if done[sample.sample_id].run_id != run_id  # this run's own done rows are already recorded
     ]
     if reused:
-        with Database(db_url) as db:
-            db.add_reused_samples(run_id, reused)
+        db.add_reused_samples(run_id, reused)
     return len(reused)
 
 
-def finish_run(db_url: str, run_id: str, plan: RunPlan, output: str) -> RunReport:
-    with Database(db_url) as db:
-        status = db.finish_run(run_id)
-        summary = db.run_summary(run_id)
+def finish_run(db: Database, run_id: str, plan: RunPlan, output: str) -> RunReport:
+    status = db.finish_run(run_id)
+    summary = db.run_summary(run_id)
     started = summary.created_at.timestamp()
     return RunReport(
         run_id=run_id,

@@ -130,14 +130,13 @@ def start_progress(total_samples: int) -> ArtifactProgress | None:
     return ArtifactProgress(artifact_id, total_samples, progress.sink())
 
 
-def publish_run_report(db_url: str, report: Any) -> None:
+def publish_run_report(db: Database, report: Any) -> None:
     """The per-job table and the run summary (rejected rows, links to the outputs) as artifacts of this run."""
     if report.run_id is None:
         create_markdown_artifact(run_summary_markdown(report, report.rejected, {}), description="run refused")
         return
-    with Database(db_url) as db:
-        jobs = db.jobs(report.run_id)
-        samples = db.samples(report.run_id)
+    jobs = db.jobs(report.run_id)
+    samples = db.samples(report.run_id)
     create_table_artifact(job_table(jobs, samples), description=f"jobs of run {report.run_id}")
     create_markdown_artifact(
         run_summary_markdown(report, report.rejected, report.dataset),

@@ -28,8 +28,10 @@ from reelbatch.infra.db.engine import WRITE_OPTION, create_database_engine
 class Database:
     """One database, by URL. The engine (and its connection pool) is created on first use and kept until ``close``.
 
-    A ``Database`` pickles as its URL alone: a step sent to a Dask worker or another Prefect task runner opens its own
-    engine there, since connections cannot travel between processes.
+    A flow builds one and hands it to its steps, which use it and never close it; the flow closes it when it ends.
+
+    A ``Database`` pickles as its URL alone, since connections cannot travel between processes, and unpickles as the
+    receiving process's ``Database.shared`` instance for that URL (see ``__reduce__``).
     """
 
     def __init__(self, url: str | URL):
@@ -39,8 +41,22 @@ class Database:
         self._write_engine: Engine | None = None
         self._engine_lock = threading.Lock()
 
+    @classmethod
+    def shared(cls, url: str | URL) -> Database:
+        """This process's one ``Database`` for ``url`` (the full URL, password included, is the key); never closed
+        by its users, it lives as long as the process."""
+        key = make_url(url).render_as_string(hide_password=False)
+        with _SHARED_LOCK:
+            database = _SHARED.get(key)
+            if database is None:
+                database = _SHARED[key] = cls(key)
+            return database
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), (self._url.render_as_string(hide_password=False),)
+        # A Dask worker (or a Prefect task runner in another process) receives a copy with every job task it runs;
+        # nobody there closes those copies, so each would keep its own engine and pooled connections open. Unpickling
+        # into the worker's shared instance instead keeps one engine per database per process, however many tasks.
+        return _shared_database, (self._url.render_as_string(hide_password=False),)
 
     def __repr__(self) -> str:
         return f"Database({self.url_for_display!r})"
@@ -151,6 +167,16 @@ class Database:
     release_stale_inbox_claims = inbox.release_stale_inbox_claims
     finish_inbox_manifest = inbox.finish_inbox_manifest
     inbox_manifests = inbox.inbox_manifests
+
+
+# Database.shared's instances, by full URL: one engine per database in each process that receives pickled ones.
+_SHARED: dict[str, Database] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_database(url: str) -> Database:
+    # A module-level function, so that cloudpickle (Dask, Prefect) pickles it by name rather than by value.
+    return Database.shared(url)
 
 
 def upgrade_database(url: str) -> None:
