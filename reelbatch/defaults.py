@@ -20,13 +20,13 @@ OBJECTIVE: Final[Objective] = "throughput"
 
 # Packing: how samples are cut into jobs
 JOB_MINUTES = 30.0  # target wall time of one job, model load included
-PADDING = "pad"
-JOB_WIDTH = "group"
+PADDING: Final = "pad"
+JOB_WIDTH: Final = "group"
 
 # Fleet estimates of `plan` and `simulate`
 FLEET_NODES = 1
 FLEET_GPU = "h100"
-WEIGHTS_STORAGE = "local"
+WEIGHTS_STORAGE: Final = "local"
 SIMULATE_GPUS_PER_NODE = 8
 
 # Wall clock per job when not given: the cost model's estimate times a margin, never below a floor that covers

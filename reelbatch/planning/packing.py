@@ -30,7 +30,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from reelbatch.defaults import JOB_MINUTES
+from reelbatch.defaults import JOB_MINUTES, JOB_WIDTH, PADDING, WEIGHTS_STORAGE
 from reelbatch.identity import output_key, sample_id, sample_seed
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel, StorageKind
 from reelbatch.planning.fleet.schedule import FleetJob, schedule_jobs
@@ -49,9 +49,9 @@ SHORTER_TARGETS = (1.0, 0.75, 0.5, 0.33)  # fractions of target_seconds tried by
 @dataclass(frozen=True)
 class PackingOptions:
     target_seconds: float = DEFAULT_TARGET_SECONDS  # wall time per job, model load included
-    padding: PaddingPolicy = "pad"
-    width: JobWidth = "group"
-    storage: StorageKind = "local"  # where the weights are loaded from (load time per job)
+    padding: PaddingPolicy = PADDING
+    width: JobWidth = JOB_WIDTH
+    storage: StorageKind = WEIGHTS_STORAGE  # where the weights are loaded from (load time per job)
     nodes: int = 1  # the fleet the jobs are sized for
     gpus_per_node: int | None = None  # default: the ranks per node plan_run planned for
     gpu: str | None = None  # GPU type for the estimates; default: the cost model's
@@ -91,12 +91,12 @@ class Packing(BaseModel):
         "load included; small manifests get shorter jobs so every GPU has work.",
     )
     padding: PaddingPolicy = Field(
-        "pad",
+        PADDING,
         description="pad: padded slots are computed and thrown away; fill: they "
         "generate extra seeds of the bucket's own prompts (free videos).",
     )
     width: JobWidth = Field(
-        "group",
+        JOB_WIDTH,
         description="group: one sample's GPU group per job, several jobs side by side "
         "on a node; node: the chosen plan's data parallel degree, one job spans the node.",
     )
