@@ -234,9 +234,12 @@ def test_keyboard_interrupt_kills_the_job_and_propagates(tmp_path):
             _, stderr = orchestrator.communicate(timeout=10)
             pytest.fail(f"orchestrator still running {time.monotonic() - interrupted:.1f} s after SIGINT:\n{stderr}")
         assert orchestrator.returncode == 42, stderr
+        assert not any(is_running(pid) for pid in recorded_pids(tmp_path).values())
     finally:
         orchestrator.kill()
-    assert not any(is_running(pid) for pid in recorded_pids(tmp_path).values())
+        for pid in recorded_pids(tmp_path).values():  # a failed check leaves no ranks behind for later tests
+            if is_running(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.torchrun

@@ -1,7 +1,8 @@
 """Parallel plans: the rules a plan must pass before launch, and the choice of the best plan for a bucket.
 
-Pure Python (no torch, no weights): ``reelbatch plan`` and the tests run it anywhere. ``rules`` holds the checks
-and their fixes, ``chooser`` the enumeration, memory model, cost model and ranking.
+Pure Python (no torch, no weights): ``reelbatch plan`` and the tests run it anywhere. ``rules`` holds the checks,
+``fixes`` the plan each broken rule suggests and ``validate_plan``, ``chooser`` the enumeration, memory model, cost
+model and ranking.
 """
 
 from reelbatch.planning.chooser import (
@@ -15,7 +16,8 @@ from reelbatch.planning.chooser import (
     plan_efficiency,
     single_gpu_seconds,
 )
-from reelbatch.planning.rules import PlanCheck, PlanProblem, candidate_plans, validate_plan
+from reelbatch.planning.fixes import validate_plan
+from reelbatch.planning.rules import PlanCheck, PlanProblem, candidate_plans
 
 __all__ = [
     "DEFAULT_GPU_MEMORY_GIB",

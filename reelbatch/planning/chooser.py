@@ -32,6 +32,7 @@ from typing import NamedTuple
 from reelbatch.defaults import GPU_MEMORY_GIB, OBJECTIVE, OBJECTIVES, Objective  # noqa: F401 (re-exported)
 from reelbatch.models.registry import ModelFamily
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, REFERENCE_TOKENS, TOKENS_EXPONENT, CostModel  # noqa: F401 (were defined here)
+from reelbatch.planning.fixes import validate_plan
 from reelbatch.planning.rules import (
     PlanProblem,
     bucket_problems,
@@ -39,7 +40,6 @@ from reelbatch.planning.rules import (
     plan_violations,
     plan_warnings,
     preference_key,
-    validate_plan,
 )
 from reelbatch.schemas import Backend, BucketKey, ParallelPlan
 
