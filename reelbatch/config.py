@@ -8,9 +8,10 @@ Defaults come from ``reelbatch.defaults``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from reelbatch import defaults as default
 from reelbatch.defaults import Objective
@@ -87,6 +88,26 @@ class RunConfig(BaseModel):
     dask_local_workers: int = Field(
         0, ge=0, description="Run the jobs on a local Dask cluster of this many workers (0: no Dask)."
     )
+
+    @field_validator("model_paths", mode="before")
+    @classmethod
+    def _no_model_paths(cls, value: Any) -> Any:
+        return [] if value is None else value  # the flow parameter used to take null for none
+
+    @field_validator("job_timeout_s", mode="before")
+    @classmethod
+    def _zero_timeout_is_the_default(cls, value: Any) -> Any:
+        return None if value == 0 else value  # 0 used to mean "the estimate with a margin", as empty does
+
+    def over(self, base: Mapping[str, Any]) -> RunConfig:
+        """The fields this configuration was given, over ``base`` (the config a deployment was registered with).
+
+        Prefect replaces a deployment's parameter whole when a run gives its own, so a run started with
+        ``config={"gpus_per_node": 8}`` would lose the deployment's ``db_secret`` and write to a stray SQLite file.
+        """
+        if not base:
+            return self
+        return RunConfig.model_validate({**base, **self.model_dump(exclude_unset=True)})
 
     def resumable(self) -> dict[str, Any]:
         """What the database keeps so `reelbatch resume` runs this again (JSON; no output, database or cluster)."""

@@ -78,3 +78,23 @@ def test_the_flows_take_it_as_a_typed_described_parameter():
         fields = schema["definitions"]["RunConfig"]["properties"]
         assert set(fields) == set(RunConfig.model_fields)
         assert all(field.get("description") for field in fields.values())
+
+
+def test_a_run_keeps_what_it_leaves_out_from_its_deployment():
+    """Prefect replaces a deployment's parameter whole when a run gives its own: the fields the run does not give
+    come from the deployment's config (its database above all), the ones it gives win."""
+    deployment = {"output": "s3://bucket/videos", "db_secret": "reelbatch-database-url", "gpus_per_node": 8}
+    run = RunConfig.model_validate({"gpus_per_node": 2, "strict": True})
+    merged = run.over(deployment)
+    assert (merged.db_secret, merged.output) == ("reelbatch-database-url", "s3://bucket/videos")
+    assert (merged.gpus_per_node, merged.strict) == (2, True)
+    assert RunConfig(output="here").over({}) == RunConfig(output="here")
+
+
+def test_values_the_flat_parameters_took_still_mean_the_same():
+    assert RunConfig.model_validate({"model_paths": None}).model_paths == []
+    assert RunConfig.model_validate({"job_timeout_s": 0}).job_timeout_s is None  # 0 was "the estimate", as empty
+    with pytest.raises(ValidationError, match="job_timeout_s"):
+        RunConfig(job_timeout_s=-5)
+    old = {"defaults": RunDefaults().model_dump(mode="json"), "job_timeout_s": 0, "model_paths": None}
+    assert RunConfig.resumed(old, output="out", db_url="sqlite:///x.db", gpus_per_node=2).job_timeout_s is None

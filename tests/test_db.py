@@ -15,6 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from reelbatch.contract import JobSpec, SampleResult
 from reelbatch.infra import db as db_module
@@ -166,6 +167,9 @@ def test_unpickled_databases_share_one_instance_per_url(database_url: str, datab
     first, second = (pickle.loads(pickle.dumps(database)) for _ in range(2))
     assert first is second is Database.shared(database_url)
     assert first is not database  # the flow's own, which it closes, is never the shared one
+    with first.read_session() as session:
+        assert session.execute(text("select 1")).scalar() == 1
+    assert isinstance(first.engine.pool, NullPool)  # a worker keeps no idle connections open for its life
     other = Database.shared("postgresql+psycopg://reel:other@db.example:5432/reelbatch")
     assert other is not Database.shared("postgresql+psycopg://reel:hunter2@db.example:5432/reelbatch")
 

@@ -149,6 +149,11 @@ def submit_manifest(
         raise SubmitError(f"{manifest}: no such file")
     name = _deployment_name(deployment)
     found = read_deployment(name)
+    if "config" not in ((found.parameter_openapi_schema or {}).get("properties") or {}):
+        raise SubmitError(
+            f"deployment {name} was registered by an older reelbatch (its parameters are not under `config`): "
+            "register it again with `prefect --no-prompt deploy --all` (or restart `reelbatch serve`)"
+        )
     uri = copy_to_store(manifest.resolve(), manifest_store(store, output, found))
     from reelbatch.config import RunConfig
 
@@ -157,7 +162,10 @@ def submit_manifest(
     fields = {key: value for key, value in extra.items() if key in RunConfig.model_fields}
     parameters = {key: value for key, value in extra.items() if key not in fields}
     parameters["manifest"] = uri
-    config = {**deployment_config(found), **(parameters.pop("config", None) or {}), **fields}
+    given = parameters.pop("config", None) or {}
+    if not isinstance(given, dict):
+        raise SubmitError(f"--param config=...: a JSON object of config fields, not {type(given).__name__}")
+    config = {**deployment_config(found), **given, **fields}
     if output:
         config["output"] = output
     if config:

@@ -51,6 +51,19 @@ def database_url(db_url: str, db_secret: str | None) -> str:
     return value
 
 
+def deployment_parameters() -> dict:
+    """The parameters the deployment of this flow run was registered with ({} outside a deployment run, and in a
+    subflow: it has no deployment of its own)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import deployment
+
+    deployment_id = deployment.id
+    if not deployment_id:
+        return {}
+    with get_client(sync_client=True) as client:
+        return dict(client.read_deployment(deployment_id).parameters or {})
+
+
 def gpu_limit_name(host: str) -> str:
     # Limit names are shown in the UI and used in URLs: keep them to letters, digits and dashes.
     return "reelbatch-gpus-" + re.sub(r"[^a-z0-9]+", "-", host.lower()).strip("-")

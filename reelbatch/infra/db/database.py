@@ -34,8 +34,9 @@ class Database:
     receiving process's ``Database.shared`` instance for that URL (see ``__reduce__``).
     """
 
-    def __init__(self, url: str | URL):
+    def __init__(self, url: str | URL, *, pooled: bool = True):
         self._url = make_url(url)
+        self._pooled = pooled
         self.url_for_display = self._url.render_as_string(hide_password=True)
         self._engine: Engine | None = None
         self._write_engine: Engine | None = None
@@ -44,12 +45,13 @@ class Database:
     @classmethod
     def shared(cls, url: str | URL) -> Database:
         """This process's one ``Database`` for ``url`` (the full URL, password included, is the key); never closed
-        by its users, it lives as long as the process."""
+        by its users, it lives as long as the process. It keeps no idle connections (each session opens and closes
+        its own): a fleet of Dask workers would otherwise hold a pool each on the database server for their life."""
         key = make_url(url).render_as_string(hide_password=False)
         with _SHARED_LOCK:
             database = _SHARED.get(key)
             if database is None:
-                database = _SHARED[key] = cls(key)
+                database = _SHARED[key] = cls(key, pooled=False)
             return database
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -75,7 +77,7 @@ class Database:
         """The engine, and the same engine (same pool) with the option that makes its transactions writes."""
         with self._engine_lock:
             if self._engine is None or self._write_engine is None:
-                self._engine = create_database_engine(self._url)
+                self._engine = create_database_engine(self._url, pooled=self._pooled)
                 self._write_engine = self._engine.execution_options(**{WRITE_OPTION: True})
             return self._engine, self._write_engine
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -14,16 +15,18 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "reelbatch_write"
 
 
-def create_database_engine(url: URL) -> Engine:
+def create_database_engine(url: URL, *, pooled: bool = True) -> Engine:
+    """``pooled=False``: every session opens its own connection and closes it (nothing idle is kept open)."""
+    pool: dict[str, Any] = {} if pooled else {"poolclass": NullPool}
     if url.get_backend_name() == "sqlite":
         path = _sqlite_database_path(url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url)
+        engine = create_engine(url, **pool)
         _configure_sqlite(engine)
         return engine
     # Runs last hours; connections idle that long may have been dropped by the server or a proxy.
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 def _sqlite_database_path(url: URL) -> Path | None:
