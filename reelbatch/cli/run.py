@@ -168,8 +168,7 @@ def resume(run_id: RunIdArg, db: DbOpt = None, gpus: GpusOpt = None) -> None:
             params, output=record["output_root"], db_url=db_url, gpus_per_node=gpus or record["gpus_per_node"]
         )
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        values.fail(f"run {record['id']} cannot be resumed: its recorded settings are refused ({problems})")
+        values.fail(f"run {record['id']} cannot be resumed: its recorded settings are refused ({values.problems(exc)})")
     run_flow(record["manifest_source"], config, params.get("image_roots", []), resume_run_id=record["id"])
 
 

@@ -15,6 +15,8 @@ from reelbatch.cli.render import print_error
 from reelbatch.defaults import OBJECTIVES, Objective
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
+
     from reelbatch.config import RunConfig
     from reelbatch.planning.cost import StorageKind
 
@@ -90,6 +92,11 @@ def storage(name: str) -> StorageKind:
     return name  # a StorageKind: checked above
 
 
+def problems(exc: ValidationError) -> str:
+    """A pydantic refusal as one line: each refused field by its dotted name, and why."""
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+
+
 def packing(no_pack: bool, job_minutes: float, padding: str, job_width: str):
     from pydantic import ValidationError
 
@@ -98,8 +105,7 @@ def packing(no_pack: bool, job_minutes: float, padding: str, job_width: str):
     try:
         return Packing(enabled=not no_pack, job_minutes=job_minutes, padding=padding, width=job_width)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        fail(f"packing options: {problems} (--padding pad|fill, --job-width group|node)")
+        fail(f"packing options: {problems(exc)} (--padding pad|fill, --job-width group|node)")
 
 
 def run_config(**fields) -> RunConfig:
@@ -111,8 +117,7 @@ def run_config(**fields) -> RunConfig:
     try:
         return RunConfig(**fields)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        fail(f"run options: {problems}")
+        fail(f"run options: {problems(exc)}")
 
 
 def gpus(given: int | None) -> int:

@@ -16,7 +16,7 @@ from reelbatch.infra.dask_cluster import check_shared_storage
 from reelbatch.infra.db import Database
 from reelbatch.infra.failures import RetryPolicy
 from reelbatch.infra.images import ImagePolicy, configured_roots
-from reelbatch.infra.prefect_config import database_url, deployment_parameters
+from reelbatch.infra.prefect_config import database_url, deployment_config
 from reelbatch.infra.storage import images_root, normalize_root
 from reelbatch.manifest import ManifestLimits, check_columns
 from reelbatch.models.catalog import ModelCatalog
@@ -65,7 +65,7 @@ def generate_dataset(
     Image cells are read only from the manifest's own folder and the places the operator configured in the
     worker's environment (REELBATCH_IMAGE_ROOTS): never from a run parameter, which whoever starts a run sets.
     """
-    config = config.over(deployment_parameters().get("config") or {})  # what the run leaves out: its deployment's
+    config = config.over(deployment_config())  # what the run leaves out: its deployment's
     output = normalize_root(config.output)
     url = database_url(config.db_url, config.db_secret)
     executor = executor_for(config.dask_address, config.dask_local_workers, config.gpus_per_node)

@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from reelbatch.config import RunConfig
 from reelbatch.flows.generate import generate_dataset
 from reelbatch.infra.db import Database
-from reelbatch.infra.prefect_config import database_url, deployment_parameters
+from reelbatch.infra.prefect_config import database_url, deployment_config
 from reelbatch.tasks.inbox import (
     claim_manifests_task,
     finish_manifest_task,
@@ -50,7 +50,7 @@ def nightly_dataset(
     Image cells are read only from each manifest's own folder and REELBATCH_IMAGE_ROOTS (the worker's environment).
     """
     logger = get_run_logger()
-    config = config.over(deployment_parameters().get("config") or {})  # what the run leaves out: its deployment's
+    config = config.over(deployment_config())  # what the run leaves out: its deployment's
     if config.force:  # a manifest retried the next night resumes; it never remakes the videos it has
         logger.warning("config.force is ignored by the nightly pass: manifests that come back resume")
         config = config.model_copy(update={"force": False})

@@ -51,17 +51,19 @@ def database_url(db_url: str, db_secret: str | None) -> str:
     return value
 
 
-def deployment_parameters() -> dict:
-    """The parameters the deployment of this flow run was registered with ({} outside a deployment run, and in a
-    subflow: it has no deployment of its own)."""
+def deployment_config() -> dict:
+    """The ``config`` the deployment of this flow run was registered with: {} for a run that is not a deployment's
+    (a CLI run, a subflow), read from the run's own context without asking the API."""
     from prefect.client.orchestration import get_client
-    from prefect.runtime import deployment
+    from prefect.context import FlowRunContext
 
-    deployment_id = deployment.id
-    if not deployment_id:
+    context = FlowRunContext.get()
+    deployment_id = context.flow_run.deployment_id if context and context.flow_run else None
+    if deployment_id is None:
         return {}
     with get_client(sync_client=True) as client:
-        return dict(client.read_deployment(deployment_id).parameters or {})
+        parameters = client.read_deployment(deployment_id).parameters or {}
+    return dict(parameters.get("config") or {})
 
 
 def gpu_limit_name(host: str) -> str:

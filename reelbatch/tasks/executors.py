@@ -11,7 +11,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prefect.futures import PrefectFuture, as_completed
 
@@ -35,6 +35,13 @@ class JobSettings:
     timeout_s: float | None  # per attempt; None: the planner's estimate with a margin
     policy: RetryPolicy
     ranks_per_node: int  # what the run was planned for
+
+    def job_parameters(self, spec: JobSpec, priority: int) -> dict[str, Any]:
+        """The ``run-job`` task's parameters for one job (``tasks.execute.execute_job``), wherever it runs."""
+        return dict(
+            spec=spec, db=self.db, output=self.output, timeout_s=self.timeout_s, policy=self.policy,
+            ranks_per_node=self.ranks_per_node, priority=priority,
+        )  # fmt: skip
 
 
 class JobExecutor(ABC):
@@ -65,10 +72,7 @@ class LocalExecutor(JobExecutor):
     ) -> list[JobResult]:
         # Progress comes from the jobs' own events on this machine, so on_job_done is not needed here.
         def start(spec: JobSpec, priority: int, devices: DeviceGroup) -> PrefectFuture[JobResult]:
-            return execute_job_task.submit(
-                spec, settings.db, settings.output, settings.timeout_s, settings.policy, settings.ranks_per_node,
-                priority, devices,
-            )  # fmt: skip
+            return execute_job_task.submit(**settings.job_parameters(spec, priority), devices=devices)
 
         return execute_jobs(jobs, self.pool or local_pool(settings.ranks_per_node), start)
 
@@ -87,11 +91,7 @@ class DaskExecutor(JobExecutor):
         on_job_done: Callable[[int], None] | None = None,
     ) -> list[JobResult]:
         def submit(spec: JobSpec, priority: int) -> PrefectFuture[JobResult]:
-            parameters = dict(
-                spec=spec, db=settings.db, output=settings.output, timeout_s=settings.timeout_s,
-                policy=settings.policy, ranks_per_node=settings.ranks_per_node, priority=priority,
-            )  # fmt: skip
-            return self.runner.submit(execute_job_task, parameters=parameters)
+            return self.runner.submit(execute_job_task, parameters=settings.job_parameters(spec, priority))
 
         return execute_jobs_on_dask(jobs, self.runner, submit, on_job_done=on_job_done)
 
