@@ -535,9 +535,10 @@ def test_upgrade_from_0001_keeps_every_row(database_url: str) -> None:
         assert [len(rows) for rows in before.values()] == [1, 1, 3]
 
         database.upgrade()
-        assert database.current_revision() == head_revision() == "0005"
+        assert database.current_revision() == head_revision() == "0006"
         database.ensure_schema()
         after = {table: _rows(database, table) for table in ("runs", "jobs", "samples")}
+        assert [row.pop("heartbeat_at") for row in after["runs"]] == [None]  # revision 0006
         assert [row.pop("launch_id") for row in after["jobs"]] == [None]
         assert [row.pop("reused_from_run") for row in after["samples"]] == [None] * 3
         # Revision 0005: an old job was text-to-video; nothing else is known about old rows.
@@ -978,3 +979,26 @@ def test_each_attempt_of_a_job_is_kept_with_its_plan(database: Database) -> None
     first, second = database.attempts(job.job_id)
     assert (first["attempt"], first["failure_kind"], first["failed_rank"], first["cfg"]) == (1, "oom", 1, 2)
     assert (second["attempt"], second["failure_kind"], second["sequence_batch"], second["cfg"]) == (2, None, True, 1)
+
+
+def test_revision_0006_allows_interrupted_runs_and_still_checks_statuses(database_url: str) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    command.upgrade(db_module.alembic_config(database_url), "0001")
+    with Database(database_url) as database:
+        _fill_revision_0001(database)
+        database.upgrade()
+        run_id = "r" + "0" * 31
+        with database.write_session() as session:
+            session.execute(text("UPDATE runs SET status = 'interrupted' WHERE id = :id"), {"id": run_id})
+        assert database.run_record(run_id)["status"] == "interrupted"
+        with pytest.raises(IntegrityError), database.write_session() as session:
+            session.execute(text("UPDATE runs SET status = 'lost' WHERE id = :id"), {"id": run_id})
+        # Going back to 0005 turns interrupted runs into failed ones (0005 knows no other way to say it).
+        database.run_alembic(command.downgrade, "0005")
+        status = text("SELECT status FROM runs WHERE id = :id")
+        with database.read_session() as session:
+            assert session.execute(status, {"id": run_id}).scalar_one() == "failed"
+        with pytest.raises(IntegrityError), database.write_session() as session:
+            session.execute(text("UPDATE runs SET status = 'interrupted' WHERE id = :id"), {"id": run_id})
+        assert [len(_rows(database, table)) for table in ("runs", "jobs", "samples")] == [1, 1, 3]

@@ -26,7 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-RUN_STATUSES = ("pending", "running", "done", "failed", "partial")
+# interrupted: stopped by a signal, or found running with a stale heartbeat (its orchestrator died); resumable.
+RUN_STATUSES = ("pending", "running", "done", "failed", "partial", "interrupted")
 JOB_STATUSES = ("pending", "running", "done", "failed")
 SAMPLE_STATUSES = ("pending", "running", "done", "failed", "rejected")
 INBOX_STATUSES = ("running", "processed", "failed")
@@ -95,6 +96,8 @@ class RunRecord(Base):
     rows_total: Mapped[int]
     rows_accepted: Mapped[int]
     rows_rejected: Mapped[int]
+    # Revision 0006: renewed by the orchestrator while it runs; a running run with a stale one has died.
+    heartbeat_at: Mapped[datetime | None]
 
 
 class JobRecord(Base):
@@ -222,6 +225,26 @@ class JobAttemptRecord(Base):
     devices: Mapped[str | None] = mapped_column(String(255))
     world_size: Mapped[int | None]
     started_at: Mapped[datetime | None]
+
+
+class SampleClaimRecord(Base):
+    """A video being made under an output root, and by whom (revision 0006): one video, one maker.
+
+    The maker renews its lease (``heartbeat_at``, ``expires_at``) while its ranks run; another run that wants the same
+    video waits for it, or takes the claim over once the lease has expired (its maker was killed).
+    """
+
+    __tablename__ = "sample_claims"
+    __table_args__ = (Index("ix_sample_claims_run_id", "run_id"),)
+
+    output_root: Mapped[str] = mapped_column(Text, primary_key=True)
+    sample_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(32), ForeignKey("runs.id", ondelete="CASCADE"))
+    job_id: Mapped[str | None]
+    host: Mapped[str] = mapped_column(Text)
+    claimed_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
 
 
 class InboxManifestRecord(Base):
