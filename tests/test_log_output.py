@@ -188,3 +188,8 @@ def test_json_log_format_prints_one_object_a_line(tmp_path, fake_flow):
 def test_log_format_is_checked(tmp_path):
     done = reelbatch("run", str(tmp_path / "m.csv"), "--log-format", "xml")
     assert done.returncode == 2 and "xml" in done.stderr
+
+
+def test_resume_takes_the_same_output_options():
+    shown = reelbatch("resume", "--help").stdout
+    assert all(option in shown for option in ("--quiet", "--log-format", "--log-interval"))

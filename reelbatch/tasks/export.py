@@ -48,12 +48,10 @@ def neutralise_formula(value: object) -> object:
     return value
 
 
-def file_name(output_root: str, output_path: str) -> str:
-    """The video's path relative to the output folder (what ``videofolder`` expects in ``file_name``)."""
+def resolved_root(output_root: str) -> str:
+    """The output folder as the videos' recorded paths start: an absolute local path, or the URL."""
     root = output_root.rstrip("/")
-    if is_local(root):
-        root = str(Path(root.removeprefix("file://")).resolve())
-    return output_path[len(root) + 1 :] if output_path.startswith(root + "/") else output_path
+    return str(Path(root.removeprefix("file://")).resolve()) if is_local(root) else root
 
 
 def batched(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
@@ -77,7 +75,7 @@ class MetadataCsv:
     """metadata.csv: one line per done video, written a chunk at a time."""
 
     def __init__(self, fh, output_root: str) -> None:
-        self.output_root = output_root
+        self._prefix = resolved_root(output_root) + "/"  # resolved once: a filesystem call per line adds up
         self.lines = 0
         self._writer = csv.DictWriter(fh, fieldnames=METADATA_COLUMNS, extrasaction="ignore")
         self._writer.writeheader()
@@ -85,7 +83,7 @@ class MetadataCsv:
     def write(self, chunk: list[dict]) -> None:
         # Not neutralised: this file is the dataset itself, read by loaders, and must keep prompts verbatim.
         done = [
-            {**s, "file_name": file_name(self.output_root, s["output_path"])}
+            {**s, "file_name": s["output_path"].removeprefix(self._prefix)}
             for s in chunk
             if s["status"] == "done" and s["output_path"]
         ]
@@ -109,12 +107,16 @@ def _arrow_schema(first_chunk: list[dict]):
     return pa.schema(fields)
 
 
+def check_format(fmt: str) -> None:
+    if fmt not in ("parquet", "csv", "jsonl"):
+        raise ValueError(f"unknown export format {fmt!r}: use parquet, csv or jsonl")
+
+
 class SamplesFile:
     """Every column of every sample row as Parquet (a row group per chunk), JSON lines or CSV."""
 
     def __init__(self, fh, fmt: ExportFormat) -> None:
-        if fmt not in ("parquet", "csv", "jsonl"):
-            raise ValueError(f"unknown export format {fmt!r}: use parquet, csv or jsonl")
+        check_format(fmt)
         self.fh, self.fmt, self.rows = fh, fmt, 0
         self._parquet: Any = None
         self._csv: csv.DictWriter | None = None
@@ -196,9 +198,9 @@ def write_samples(
     samples: Iterable[dict], url: str, fmt: ExportFormat, chunk_rows: int = default.EXPORT_CHUNK_ROWS
 ) -> int:
     """Every column of every sample row (rejected and failed ones too); ``samples`` may be a generator."""
-    exported = SamplesFile(None, fmt)  # refuses an unknown format before a file is made
+    check_format(fmt)  # before a file is made
     with _open(url, "wb" if fmt == "parquet" else "w") as fh:
-        exported.fh = fh
+        exported = SamplesFile(fh, fmt)
         for chunk in batched(samples, chunk_rows):
             exported.write(chunk)
         exported.close()
@@ -231,9 +233,7 @@ def write_dataset_index(
 
     One pass over the run's sample rows, a chunk at a time, feeds all three."""
     summary = db.run_summary(run_id)
-    root = output_root.rstrip("/")
-    if is_local(root):
-        root = str(Path(root.removeprefix("file://")).resolve())
+    root = resolved_root(output_root)
     locations = {
         "metadata": f"{root}/metadata.csv",
         "samples": f"{root}/samples.parquet",
