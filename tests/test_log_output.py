@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import io
 import json
 from pathlib import Path
@@ -118,12 +119,15 @@ def fake_flow(monkeypatch):
 
     def generate_dataset(manifest, config, resume_run_id=None):
         sink = progress.sink()
-        sink.run_planned(2, 3)
-        for job_id, statuses in (("job-a", ["done", "done"]), ("job-b", ["failed"])):
-            sink.job_started(job_id, len(statuses), "tiny-wan 32x32x5")
-            for number, status in enumerate(statuses):
-                sink.sample_finished(job_id, f"{job_id}-{number}", status)
-            sink.job_finished(job_id, "done" if "failed" not in statuses else "unknown")
+        # The flow runs with Prefect's log_prints: a print inside it becomes a log record, not a line on stdout.
+        with monkeypatch.context() as flow_run:
+            flow_run.setattr(builtins, "print", lambda *args, **kwargs: None)
+            sink.run_planned(2, 3)
+            for job_id, statuses in (("job-a", ["done", "done"]), ("job-b", ["failed"])):
+                sink.job_started(job_id, len(statuses), "tiny-wan 32x32x5")
+                for number, status in enumerate(statuses):
+                    sink.sample_finished(job_id, f"{job_id}-{number}", status)
+                sink.job_finished(job_id, "done" if "failed" not in statuses else "unknown")
         return RunReport(
             run_id="run-1",
             status="partial",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -164,8 +165,11 @@ def now_iso() -> str:
 
 
 def print_line(line: str) -> None:
-    """A line for machines, on stdout (messages and errors stay on stderr), flushed for a reader that waits."""
-    print(line, flush=True)
+    """A line for machines, on stdout (messages and errors stay on stderr), flushed for a reader that waits.
+
+    Not `print`: the flow runs with Prefect's log_prints, which turns prints inside it into log records."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 @contextlib.contextmanager
