@@ -33,3 +33,13 @@ SIMULATE_GPUS_PER_NODE = 8
 # starting the ranks and loading the pipeline.
 JOB_TIMEOUT_MARGIN = 3.0
 JOB_TIMEOUT_FLOOR_S = 900.0
+
+# --- Output for logs and big outputs (`reelbatch run` away from a terminal; dataset exports) ---
+# Away from a terminal, `run` prints a progress line per finished job and at least this often in between.
+PROGRESS_LOG_INTERVAL_S = 30.0
+LogFormat = Literal["text", "json"]  # json: each progress line and the final report as one JSON object
+LOG_FORMAT: Final[LogFormat] = "text"
+# Sample rows read from the database, and written, per chunk by the exports: memory stays flat with the run's size.
+EXPORT_CHUNK_ROWS = 10_000
+# Cards per gallery page: the page of a 1M-video run would not open in a browser.
+GALLERY_PAGE_SIZE = 500

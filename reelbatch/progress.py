@@ -7,7 +7,9 @@ flow behaves the same under Prefect workers, tests and the CLI.
 from __future__ import annotations
 
 import contextlib
-from typing import Protocol
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
 
 class ProgressSink(Protocol):
@@ -46,3 +48,64 @@ def reporting_to(new_sink: ProgressSink):
         yield new_sink
     finally:
         _sink = previous
+
+
+class Tally:
+    """A run's videos and jobs over so far, as the events say, with the rate and the time left they imply.
+
+    A job that is retried reports its samples again: a sample that failed and is then done counts once, as done,
+    and a job counts once whatever its attempts. Only failed sample ids are kept, so memory follows failures,
+    not the run's size.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.total = 0
+        self.jobs = 0
+        self.done = 0
+        self._failed: set[str] = set()
+        self._jobs_over: dict[str, str] = {}
+        self.started_at: float | None = None  # the first job's start: planning and staging are not generating
+
+    def planned(self, jobs: int, samples: int) -> None:
+        self.jobs, self.total = jobs, samples
+
+    def job_started(self) -> None:
+        if self.started_at is None:
+            self.started_at = self._clock()
+
+    def sample(self, sample_id: str, status: str) -> None:
+        if status == "done":
+            self._failed.discard(sample_id)
+            self.done += 1
+        else:
+            self._failed.add(sample_id)
+
+    def job_over(self, job_id: str, status: str) -> None:
+        self._jobs_over[job_id] = status
+
+    @property
+    def failed(self) -> int:
+        return len(self._failed)
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counts, videos per minute and seconds left (None until a video is over)."""
+        elapsed = 0.0 if self.started_at is None else self._clock() - self.started_at
+        per_minute = 60.0 * self.finished / elapsed if elapsed > 0 else 0.0
+        left = max(self.total - self.finished, 0)
+        eta = 60.0 * left / per_minute if per_minute > 0 else (0.0 if left == 0 and self.total else None)
+        return {
+            "finished": self.finished,
+            "done": self.done,
+            "failed": self.failed,
+            "total": self.total,
+            "jobs_over": len(self._jobs_over),
+            "jobs": self.jobs,
+            "elapsed_s": round(elapsed, 1),
+            "videos_per_min": round(per_minute, 2),
+            "eta_s": None if eta is None else round(eta, 1),
+        }

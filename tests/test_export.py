@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from reelbatch.engine.video import write_mp4
-from reelbatch.tasks.export import METADATA_COLUMNS, neutralise_formula, write_dataset_index, write_samples
+from reelbatch.tasks.export import (
+    METADATA_COLUMNS,
+    neutralise_formula,
+    write_dataset_index,
+    write_metadata_csv,
+    write_samples,
+)
 from tests.test_db import create_run, make_job
 
 FORMULA = '=HYPERLINK("http://evil","x")'
@@ -66,13 +74,78 @@ def test_dataset_index_follows_the_videofolder_layout(database, finished_run):
     assert table.num_rows == 4 and {"status", "error", "reject_fix", "output_path"} <= set(table.column_names)
 
 
-def test_gallery_is_one_offline_page_with_previews(database, finished_run):
+def test_gallery_of_a_small_run_is_one_offline_page_with_previews(database, finished_run):
     run_id, out = finished_run
     page = open(write_dataset_index(database, run_id, str(out))["gallery"], encoding="utf-8").read()
     assert page.count("data:image/png;base64,") == 2  # previews inlined: nothing to fetch
     assert "http://" not in page.replace("http://evil", "")  # no external resources
     assert "decode: boom" in page and "use 32" in page
     assert "<script" not in page and "=HYPERLINK(&quot;" in page  # prompt text is escaped
+    assert "<nav>" not in page and len(list((out / "gallery").iterdir())) == 1
+
+
+def gallery_links(page: str) -> list[str]:
+    """The pages a page links to, in order (its navigation shows above and below the cards)."""
+    return list(dict.fromkeys(re.findall(r'<a href="([^"]+)"', page)))
+
+
+def test_gallery_pages_are_linked_from_the_index_page(database, finished_run):
+    run_id, out = finished_run
+    index = Path(write_dataset_index(database, run_id, str(out), page_size=3)["gallery"])
+    pages = sorted(index.parent.iterdir())
+    assert len(pages) == 2  # 4 rows, 3 cards a page
+    first = index.read_text(encoding="utf-8")
+    [second_name] = gallery_links(first)
+    second = (index.parent / second_name).read_text(encoding="utf-8")
+    assert first.count('class="card"') == 3 and second.count('class="card"') == 1
+    assert index.name in gallery_links(second)  # back to the index
+    assert "page 2 of 2" in second and "use 32" in second  # the rejected row, last in manifest order
+    one_a_page = Path(write_dataset_index(database, run_id, str(out), page_size=1)["gallery"])
+    index_links = gallery_links(one_a_page.read_text(encoding="utf-8"))
+    assert len(index_links) == 3 and all((one_a_page.parent / link).is_file() for link in index_links)
+    middle = (one_a_page.parent / index_links[1]).read_text(encoding="utf-8")
+    assert gallery_links(middle) == [
+        one_a_page.name,
+        index_links[0],
+        index_links[2],
+    ]  # index, previous, next
+
+
+def test_chunked_export_writes_what_a_whole_run_export_writes(database, finished_run, tmp_path):
+    """Rows read and written one at a time (a chunk of 1: the first chunk's error column is all null) give the
+    files the whole-table export gave."""
+    run_id, out = finished_run
+    samples = database.samples(run_id)
+    streamed = write_dataset_index(database, run_id, str(out), chunk_rows=1)
+    whole_csv = tmp_path / "whole.csv"
+    write_metadata_csv(samples, str(out), str(whole_csv))
+    assert Path(streamed["metadata"]).read_bytes() == whole_csv.read_bytes()
+    table = pq.read_table(streamed["samples"])
+    assert pq.ParquetFile(streamed["samples"]).num_row_groups == 4
+    assert table.to_pylist() == pa.Table.from_pylist(samples).to_pylist()
+    assert table.column_names == list(samples[0])
+    for fmt in ("csv", "jsonl"):
+        by_row, whole = tmp_path / f"by_row.{fmt}", tmp_path / f"whole.{fmt}"
+        assert write_samples(iter(samples), str(by_row), fmt, chunk_rows=1) == 4  # a generator is enough
+        write_samples(samples, str(whole), fmt)
+        assert by_row.read_bytes() == whole.read_bytes()
+
+
+@pytest.mark.server
+def test_dataset_index_streams_to_s3(database, finished_run, s3_bucket):
+    import s3fs
+
+    run_id, out = finished_run
+    root = f"s3://{s3_bucket}/dataset"
+    locations = write_dataset_index(database, run_id, root, chunk_rows=2, page_size=2)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    rows = list(csv.DictReader(fs.open(locations["metadata"], "r", encoding="utf-8")))
+    assert len(rows) == 2 and tuple(rows[0]) == METADATA_COLUMNS
+    with fs.open(locations["samples"], "rb") as fh:
+        assert pq.read_table(fh).num_rows == 4
+    index = fs.cat(locations["gallery"]).decode()
+    [second] = gallery_links(index)
+    assert fs.cat(f"{s3_bucket}/dataset/gallery/{second}").decode().count('class="card"') == 2
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
@@ -97,3 +170,14 @@ def test_exports_carry_every_sample_column(database, finished_run, tmp_path, fmt
 )
 def test_formula_neutralisation(value, expected):
     assert neutralise_formula(value) == expected
+
+
+def test_export_command_streams_the_run_to_a_file(database, database_url, finished_run, tmp_path):
+    from tests.cli_runner import reelbatch
+
+    run_id, _ = finished_run
+    target = tmp_path / "rows.jsonl"
+    done = reelbatch("export", run_id[:8], "--format", "jsonl", "-o", str(target), "--db", database_url)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in target.read_text(encoding="utf-8").splitlines()]
+    assert [r["row"] for r in rows] == [2, 3, 4, 9] and f"4 rows of run {run_id}" in done.stderr

@@ -310,6 +310,52 @@ PACKING = (
     ),
 )
 
+# How `run` and `resume` report while and after they run; the keys are cli.progress.RunOutput's fields.
+LOG_OUTPUT = (
+    option(
+        "quiet",
+        Annotated[
+            bool,
+            typer.Option(
+                "--quiet",
+                "-q",
+                help="No progress bars or lines: only the final report, warnings and errors.",
+                rich_help_panel="Output",
+            ),
+        ],
+        False,
+    ),
+    option(
+        "log_format",
+        Annotated[
+            defaults.LogFormat,
+            typer.Option(
+                "--log-format",
+                help=(
+                    "text: progress bars at a terminal, else a line per finished job and every --log-interval; "
+                    "json: each progress line and the final report as one JSON object per line on stdout."
+                ),
+                rich_help_panel="Output",
+            ),
+        ],
+        defaults.LOG_FORMAT,
+    ),
+    option(
+        "interval_s",
+        Annotated[
+            float,
+            typer.Option(
+                "--log-interval",
+                min=1,
+                metavar="SECONDS",
+                help="Away from a terminal (or with --log-format json), a progress line at least this often.",
+                rich_help_panel="Output",
+            ),
+        ],
+        defaults.PROGRESS_LOG_INTERVAL_S,
+    ),
+)
+
 
 def with_options(**groups: tuple[inspect.Parameter, ...]):
     """Give a command the options of `groups`; it receives each group as a dict under the group's keyword.

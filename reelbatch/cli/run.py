@@ -1,4 +1,6 @@
-"""`reelbatch run` and `reelbatch resume`: the generate-dataset flow in this process, with progress bars."""
+"""`reelbatch run` and `reelbatch resume`: the generate-dataset flow in this process, with its progress shown.
+
+Progress: bars at a terminal, lines in a log (see cli.progress); --quiet and --log-format json for scripts."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import reelbatch.cli.values as values  # noqa: PLR0402 - `from reelbatch.cli imp
 from reelbatch import defaults as default
 from reelbatch.cli.app import app
 from reelbatch.cli.options import (
+    LOG_OUTPUT,
     PACKING,
     PLANNER,
     ROW_DEFAULTS,
@@ -27,7 +30,8 @@ from reelbatch.cli.options import (
     StrictColumnsHelp,
     with_options,
 )
-from reelbatch.cli.render import console, print_rejections, print_report, print_warnings
+from reelbatch.cli.progress import RunOutput
+from reelbatch.cli.render import console
 from reelbatch.defaults import DEFAULT_OUTPUT
 
 if TYPE_CHECKING:
@@ -35,7 +39,7 @@ if TYPE_CHECKING:
 
 
 @app.command()
-@with_options(row=ROW_DEFAULTS, planner=PLANNER, packing=PACKING)
+@with_options(row=ROW_DEFAULTS, planner=PLANNER, packing=PACKING, output=LOG_OUTPUT)
 def run(
     manifest: ManifestArg,
     gpus: GpusOpt = None,
@@ -66,6 +70,7 @@ def run(
     planner: dict,
     retry_policy: RetryOpt = None,
     packing: dict,
+    output: dict,
     dask: Annotated[
         str | None,
         typer.Option(
@@ -139,11 +144,12 @@ def run(
         dask_local_workers=dask_local,
     )
     image_roots = [values.absolute(root) for root in planner["image_root"] or []]
-    run_flow(values.absolute(manifest), config, image_roots)
+    run_flow(values.absolute(manifest), config, image_roots, RunOutput(**output))
 
 
 @app.command()
-def resume(run_id: RunIdArg, db: DbOpt = None, gpus: GpusOpt = None) -> None:
+@with_options(output=LOG_OUTPUT)
+def resume(run_id: RunIdArg, db: DbOpt = None, gpus: GpusOpt = None, *, output: dict) -> None:
     """Continue a run that stopped (crash, kill, reboot): finished videos are kept, the rest runs again.
 
     Ranks the stopped orchestrator left behind are killed first. The manifest must still be readable where the
@@ -169,7 +175,8 @@ def resume(run_id: RunIdArg, db: DbOpt = None, gpus: GpusOpt = None) -> None:
         )
     except ValidationError as exc:
         values.fail(f"run {record['id']} cannot be resumed: its recorded settings are refused ({values.problems(exc)})")
-    run_flow(record["manifest_source"], config, params.get("image_roots", []), resume_run_id=record["id"])
+    image_roots = params.get("image_roots", [])
+    run_flow(record["manifest_source"], config, image_roots, RunOutput(**output), resume_run_id=record["id"])
 
 
 def use_image_roots(roots: list[str]) -> None:
@@ -186,22 +193,25 @@ def use_image_roots(roots: list[str]) -> None:
     os.environ[IMAGE_ROOTS_ENV] = ",".join(allowed)
 
 
-def run_flow(manifest: str, config: RunConfig, image_roots: Sequence[str], resume_run_id: str | None = None) -> None:
-    """generate_dataset(manifest, config) with progress bars on stderr; exits with the report's exit code."""
-    from reelbatch.cli.progress import RichProgressSink
+def run_flow(
+    manifest: str,
+    config: RunConfig,
+    image_roots: Sequence[str],
+    output: RunOutput,
+    resume_run_id: str | None = None,
+) -> None:
+    """generate_dataset(manifest, config) with its progress shown as `output` says; exits with the report's code."""
     from reelbatch.flows.generate import generate_dataset
     from reelbatch.manifest import ManifestError
     from reelbatch.progress import reporting_to
 
     use_image_roots(list(image_roots))
     try:
-        with RichProgressSink(console) as sink, reporting_to(sink):
+        with output.progress(console) as sink, reporting_to(sink):
             report = generate_dataset(manifest=manifest, config=config, resume_run_id=resume_run_id)
     except ManifestError as exc:
         values.fail(str(exc))
     except ValueError as exc:  # an --image-root that cannot be a root
         values.fail(str(exc))
-    print_warnings(report.warnings)
-    print_rejections(report.rejected)
-    print_report(report)
+    output.report(report, console)
     raise typer.Exit(report.exit_code)

@@ -78,15 +78,19 @@ def export(
     ] = None,
     db: DbOpt = None,
 ) -> None:
+    from itertools import chain
+
+    from reelbatch.defaults import EXPORT_CHUNK_ROWS
     from reelbatch.tasks.export import write_samples
 
     if fmt not in EXPORT_FORMATS:
         values.fail(f"--format {fmt!r}: use parquet, csv or jsonl")
     with values.open_database(db) as database:
         summary = values.run_summary(database, run_id)
-        samples = database.samples(summary.id)
-    target = output or f"{summary.output_root.rstrip('/')}/export/{summary.id}.{fmt}"
-    count = write_samples(samples, target, cast("ExportFormat", fmt))  # checked above
+        target = output or f"{summary.output_root.rstrip('/')}/export/{summary.id}.{fmt}"
+        # Streamed: rows are read and written a chunk at a time, so a run of any size exports in flat memory.
+        samples = chain.from_iterable(database.sample_chunks(summary.id, EXPORT_CHUNK_ROWS))
+        count = write_samples(samples, target, cast("ExportFormat", fmt))  # checked above
     console.print(f"{count} rows of run {summary.id} written to {target}")
 
 

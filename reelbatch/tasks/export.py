@@ -3,25 +3,31 @@
 - ``metadata.csv`` in the Hugging Face ``videofolder`` layout: ``file_name`` (relative to the output folder)
   plus the prompt and generation parameters, one line per done video;
 - ``samples.parquet``: every column of the run's samples table;
-- ``gallery/<run>.html``: one self-contained page (first frames inlined as PNG) that opens offline.
+- ``gallery/<run>.html``: self-contained pages (first frames inlined as PNG) that open offline; page 1 links the
+  others (see ``tasks.gallery``).
+
+Everything streams: sample rows are read from the database in chunks and each chunk is written (CSV rows,
+a Parquet row group, gallery cards) before the next is read, so memory follows the chunk, not the run.
 """
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import csv
-import html
-import io
 import json
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import fsspec
 
-from reelbatch.engine.inputs import open_staged
+from reelbatch import defaults as default
 from reelbatch.infra.db import Database
+from reelbatch.infra.db.models import SampleRecord
 from reelbatch.infra.storage import images_root, is_local
+from reelbatch.tasks.gallery import card, page_html, page_name
 
 ExportFormat = Literal["parquet", "csv", "jsonl"]
 
@@ -33,7 +39,6 @@ METADATA_COLUMNS = (
 
 # A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-THUMBNAIL_WIDTH = 256
 
 
 def neutralise_formula(value: object) -> object:
@@ -43,16 +48,17 @@ def neutralise_formula(value: object) -> object:
     return value
 
 
-def file_name(output_root: str, output_path: str) -> str:
-    """The video's path relative to the output folder (what ``videofolder`` expects in ``file_name``)."""
+def resolved_root(output_root: str) -> str:
+    """The output folder as the videos' recorded paths start: an absolute local path, or the URL."""
     root = output_root.rstrip("/")
-    if is_local(root):
-        root = str(Path(root.removeprefix("file://")).resolve())
-    return output_path[len(root) + 1 :] if output_path.startswith(root + "/") else output_path
+    return str(Path(root.removeprefix("file://")).resolve()) if is_local(root) else root
 
 
-def _done(samples: Iterable[dict]) -> list[dict]:
-    return [s for s in samples if s["status"] == "done" and s["output_path"]]
+def batched(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    """Rows in lists of at most ``size`` (itertools.batched is Python 3.12)."""
+    iterator = iter(rows)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
 
 
 def _open(url: str, mode: str):
@@ -61,149 +67,195 @@ def _open(url: str, mode: str):
     return fsspec.open(url, mode, **({"encoding": "utf-8", "newline": ""} if "b" not in mode else {}))
 
 
-def write_metadata_csv(samples: list[dict], output_root: str, url: str) -> int:
-    rows = _done(samples)
-    with _open(url, "w") as fh:
-        writer = csv.DictWriter(fh, fieldnames=METADATA_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for s in rows:
-            # Not neutralised: this file is the dataset itself, read by loaders, and must keep prompts verbatim.
-            writer.writerow({**s, "file_name": file_name(output_root, s["output_path"])})
-    return len(rows)
-
-
 def _jsonable(value: object) -> object:
     return value.isoformat() if hasattr(value, "isoformat") else value
 
 
-def write_samples(samples: list[dict], url: str, fmt: ExportFormat) -> int:
-    """Every column of every sample row of the run (rejected and failed ones too)."""
-    if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+class MetadataCsv:
+    """metadata.csv: one line per done video, written a chunk at a time."""
 
-        with _open(url, "wb") as fh:
-            pq.write_table(pa.Table.from_pylist(samples), fh)
-    elif fmt == "jsonl":
-        with _open(url, "w") as fh:
-            for s in samples:
-                fh.write(json.dumps({k: _jsonable(v) for k, v in s.items()}, ensure_ascii=False) + "\n")
-    elif fmt == "csv":
-        columns = list(samples[0]) if samples else []
-        with _open(url, "w") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            for s in samples:
-                writer.writerow({k: neutralise_formula(_jsonable(v)) for k, v in s.items()})
-    else:
+    def __init__(self, fh, output_root: str) -> None:
+        self._prefix = resolved_root(output_root) + "/"  # resolved once: a filesystem call per line adds up
+        self.lines = 0
+        self._writer = csv.DictWriter(fh, fieldnames=METADATA_COLUMNS, extrasaction="ignore")
+        self._writer.writeheader()
+
+    def write(self, chunk: list[dict]) -> None:
+        # Not neutralised: this file is the dataset itself, read by loaders, and must keep prompts verbatim.
+        done = [
+            {**s, "file_name": s["output_path"].removeprefix(self._prefix)}
+            for s in chunk
+            if s["status"] == "done" and s["output_path"]
+        ]
+        self._writer.writerows(done)
+        self.lines += len(done)
+
+
+def _arrow_schema(first_chunk: list[dict]):
+    """The first chunk's inferred schema, with a type from the samples table for a column that chunk has only
+    nulls in: a later chunk's values must fit the file's one schema."""
+    import pyarrow as pa
+
+    by_python_type = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+    columns = SampleRecord.__table__.columns
+    fields = []
+    for field in pa.Table.from_pylist(first_chunk).schema:
+        if pa.types.is_null(field.type):
+            python_type = columns[field.name].type.python_type if field.name in columns else str
+            field = field.with_type(by_python_type.get(python_type, pa.timestamp("us")))
+        fields.append(field)
+    return pa.schema(fields)
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in ("parquet", "csv", "jsonl"):
         raise ValueError(f"unknown export format {fmt!r}: use parquet, csv or jsonl")
-    return len(samples)
 
 
-def _first_frame_png(video_url: str) -> str | None:
-    """The video's first frame as a base64 PNG, scaled to THUMBNAIL_WIDTH; None if it cannot be read."""
-    try:
-        import av
+class SamplesFile:
+    """Every column of every sample row as Parquet (a row group per chunk), JSON lines or CSV."""
 
-        with fsspec.open(video_url, "rb") as fh, av.open(fh) as container:
-            frame = next(container.decode(video=0)).to_image()
-    except Exception:  # a missing or unreadable file shows as "no preview", it must not break the page
-        return None
-    return _thumbnail_png(frame)
+    def __init__(self, fh, fmt: ExportFormat) -> None:
+        check_format(fmt)
+        self.fh, self.fmt, self.rows = fh, fmt, 0
+        self._parquet: Any = None
+        self._csv: csv.DictWriter | None = None
 
+    def write(self, chunk: list[dict]) -> None:
+        if not chunk:
+            return
+        self.rows += len(chunk)
+        if self.fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-def _input_frame_png(images_dir: Path | None, sha256: str | None) -> str | None:
-    """The staged input image (the frame the video starts from) as a base64 PNG thumbnail, or None."""
-    if images_dir is None or not sha256:
-        return None
-    try:
-        return _thumbnail_png(open_staged(images_dir, sha256))
-    except Exception:  # a staged copy gone (another machine, cleaned up) shows as "no preview"
-        return None
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(self.fh, _arrow_schema(chunk))
+            self._parquet.write_table(pa.Table.from_pylist(chunk, schema=self._parquet.schema))
+        elif self.fmt == "jsonl":
+            self.fh.writelines(
+                json.dumps({k: _jsonable(v) for k, v in s.items()}, ensure_ascii=False) + "\n" for s in chunk
+            )
+        else:
+            if self._csv is None:
+                self._csv = csv.DictWriter(self.fh, fieldnames=list(chunk[0]))
+                self._csv.writeheader()
+            self._csv.writerows({k: neutralise_formula(_jsonable(v)) for k, v in s.items()} for s in chunk)
 
+    def close(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+        elif self.fmt == "parquet":  # no rows: a valid file all the same, as pyarrow writes an empty table
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-def _thumbnail_png(frame) -> str:
-    from PIL import Image
-
-    height = max(1, round(frame.height * THUMBNAIL_WIDTH / frame.width))
-    frame = frame.resize((THUMBNAIL_WIDTH, height), Image.Resampling.NEAREST)
-    buffer = io.BytesIO()
-    frame.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-GALLERY_STYLE = """
-body{font-family:system-ui,sans-serif;margin:2rem;background:#fafafa;color:#222}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(270px,1fr));gap:1rem}
-.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.6rem;font-size:.85rem}
-.card img{width:256px;image-rendering:pixelated;display:block;margin-bottom:.4rem}
-.pair{display:flex;gap:.3rem}.pair img{width:128px}
-.status-done{color:#17803d}.status-failed{color:#b91c1c}.status-rejected{color:#92400e}
-.prompt{font-weight:600;white-space:pre-wrap;word-break:break-word}.params{color:#555}
-"""
-
-
-def _image_tag(png: str | None, alt: str) -> str:
-    return f'<img alt="{alt}" src="data:image/png;base64,{png}">' if png else ""
+            pq.write_table(pa.table({}), self.fh)
+        elif self.fmt == "csv" and self._csv is None:
+            self.fh.write("\r\n")  # csv.DictWriter's header of no columns
 
 
-def write_gallery(run: dict, samples: list[dict], url: str, images_dir: Path | None = None) -> int:
-    """A static page per run: preview, prompt, parameters and status of every row; everything inline.
+class Gallery:
+    """The gallery pages, each written as soon as it holds ``page_size`` cards.
 
-    An image-to-video row shows its input frame (from the run's staged images) next to the video's first frame,
-    with the input's location and content hash."""
-    cards = []
-    for s in samples:
-        preview = _first_frame_png(s["output_path"]) if s["status"] == "done" and s["output_path"] else None
-        image = _image_tag(preview, "first frame") or "<p>no preview</p>"
-        given = _image_tag(_input_frame_png(images_dir, s.get("image_sha256")), "input image")
-        if given:
-            image = f'<div class="pair">{given}{image}</div>'
-        params = (
-            f"{s['model']} {s['height']}x{s['width']}x{s['num_frames']}, {s['num_inference_steps']} steps, "
-            f"guidance {s['guidance_scale']}, seed {s['seed']}"
-        )
-        for column in ("image", "last_image"):
-            if s.get(column):
-                params += f", {column} {s[column]} (sha256 {(s.get(column + '_sha256') or '?')[:12]})"
-        problem = s["error"] or ""
-        if s.get("reject_fix"):
-            problem += f" (fix: {s['reject_fix']})"
-        cards.append(
-            f'<div class="card">{image}<div class="prompt">{html.escape(s["prompt"] or "")}</div>'
-            f'<div class="params">line {s["row"]}, {html.escape(params)}</div>'
-            f'<div class="status-{html.escape(s["status"])}">{html.escape(s["status"])}'
-            f"{(': ' + html.escape(problem)) if problem else ''}</div></div>"
-        )
-    title = f"reelbatch run {run['id']}"
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{GALLERY_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-        f"<p>{html.escape(str(run.get('manifest_source', '')))} &middot; status {html.escape(run['status'])}"
-        f" &middot; {len(_done(samples))} of {len(samples)} rows done</p>"
-        f"<div class='grid'>{''.join(cards)}</div></body></html>"
-    )
+    ``run`` holds id, status, manifest_source, rows and done: the page count and every page's header are known
+    before the first card."""
+
+    def __init__(self, run: dict, url: str, images_dir: Path | None, page_size: int) -> None:
+        self.run, self.images_dir, self.page_size = run, images_dir, page_size
+        self.folder = url.rsplit("/", 1)[0]
+        self.pages = max(1, math.ceil(run["rows"] / page_size))
+        self.cards = 0
+        self._page = 1
+        self._pending: list[str] = []
+
+    def write(self, chunk: list[dict]) -> None:
+        for s in chunk:
+            self._pending.append(card(s, self.images_dir))
+            self.cards += 1
+            if len(self._pending) == self.page_size and self._page < self.pages:
+                self._flush()
+
+    def _flush(self) -> None:
+        with _open(f"{self.folder}/{page_name(self.run['id'], self._page)}", "w") as fh:
+            fh.write(page_html(self.run, self._pending, self._page, self.pages))
+        self._page, self._pending = self._page + 1, []
+
+    def close(self) -> None:
+        """The last page (the first, if the run has no rows); the rows counted at the start may have been fewer."""
+        while self._page <= self.pages:
+            self._flush()
+
+
+def write_metadata_csv(samples: Iterable[dict], output_root: str, url: str) -> int:
     with _open(url, "w") as fh:
-        fh.write(page)
-    return len(cards)
+        metadata = MetadataCsv(fh, output_root)
+        for chunk in batched(samples, default.EXPORT_CHUNK_ROWS):
+            metadata.write(chunk)
+    return metadata.lines
 
 
-def write_dataset_index(db: Database, run_id: str, output_root: str) -> dict[str, str]:
-    """metadata.csv, samples.parquet and the gallery for a run, next to its videos; returns their locations."""
+def write_samples(
+    samples: Iterable[dict], url: str, fmt: ExportFormat, chunk_rows: int = default.EXPORT_CHUNK_ROWS
+) -> int:
+    """Every column of every sample row (rejected and failed ones too); ``samples`` may be a generator."""
+    check_format(fmt)  # before a file is made
+    with _open(url, "wb" if fmt == "parquet" else "w") as fh:
+        exported = SamplesFile(fh, fmt)
+        for chunk in batched(samples, chunk_rows):
+            exported.write(chunk)
+        exported.close()
+    return exported.rows
+
+
+def write_gallery(
+    run: dict,
+    samples: Iterable[dict],
+    url: str,
+    images_dir: Path | None = None,
+    page_size: int = default.GALLERY_PAGE_SIZE,
+) -> int:
+    """The gallery pages of a run, page 1 at ``url``; ``run``: id, status, manifest_source, rows, done."""
+    gallery = Gallery(run, url, images_dir, page_size)
+    for chunk in batched(samples, page_size):
+        gallery.write(chunk)
+    gallery.close()
+    return gallery.cards
+
+
+def write_dataset_index(
+    db: Database,
+    run_id: str,
+    output_root: str,
+    chunk_rows: int = default.EXPORT_CHUNK_ROWS,
+    page_size: int = default.GALLERY_PAGE_SIZE,
+) -> dict[str, str]:
+    """metadata.csv, samples.parquet and the gallery for a run, next to its videos; returns their locations.
+
+    One pass over the run's sample rows, a chunk at a time, feeds all three."""
     summary = db.run_summary(run_id)
-    samples = db.samples(run_id)
-    root = output_root.rstrip("/")
-    if is_local(root):
-        root = str(Path(root.removeprefix("file://")).resolve())
+    root = resolved_root(output_root)
     locations = {
         "metadata": f"{root}/metadata.csv",
         "samples": f"{root}/samples.parquet",
-        "gallery": f"{root}/gallery/{summary.id}.html",
+        "gallery": f"{root}/gallery/{page_name(summary.id, 1)}",
     }
-    write_metadata_csv(samples, output_root, locations["metadata"])
-    write_samples(samples, locations["samples"], "parquet")
-    run = {"id": summary.id, "status": summary.status, "manifest_source": summary.manifest_source}
-    write_gallery(run, samples, locations["gallery"], images_root(output_root))
+    run = {
+        "id": summary.id,
+        "status": summary.status,
+        "manifest_source": summary.manifest_source,
+        "rows": sum(summary.counts.values()),
+        "done": summary.counts.get("done", 0),
+    }
+    with contextlib.ExitStack() as files:
+        metadata = MetadataCsv(files.enter_context(_open(locations["metadata"], "w")), output_root)
+        samples = SamplesFile(files.enter_context(_open(locations["samples"], "wb")), "parquet")
+        gallery = Gallery(run, locations["gallery"], images_root(output_root), page_size)
+        for chunk in db.sample_chunks(summary.id, chunk_rows):
+            metadata.write(chunk)
+            samples.write(chunk)
+            gallery.write(chunk)
+        samples.close()
+        gallery.close()
     return locations
 
 

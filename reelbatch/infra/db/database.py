@@ -160,6 +160,7 @@ class Database:
     done_outputs = queries.done_outputs
     running_launches = queries.running_launches
     samples = queries.samples
+    sample_chunks = queries.sample_chunks
     jobs = queries.jobs
     attempts = queries.attempts
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -163,6 +163,22 @@ def samples(database: SessionSource, run_id: str) -> list[dict[str, Any]]:
             select(table).where(table.c.run_id == resolved).order_by(table.c.row, table.c.video_index, table.c.id)
         )
         return [dict(row) for row in rows.mappings()]
+
+
+def sample_chunks(database: SessionSource, run_id: str, chunk_rows: int) -> Iterator[list[dict[str, Any]]]:
+    """What ``samples`` returns, in lists of at most ``chunk_rows`` rows: one query whose rows are fetched as they
+    are consumed, so an export's memory follows the chunk, not the run. Holds a read session until exhausted."""
+    table = SampleRecord.__table__
+    with database.read_session() as session:
+        resolved = _resolve_run_id(session, run_id)
+        rows = session.execute(
+            select(table)
+            .where(table.c.run_id == resolved)
+            .order_by(table.c.row, table.c.video_index, table.c.id)
+            .execution_options(yield_per=chunk_rows)
+        )
+        for partition in rows.mappings().partitions():
+            yield [dict(row) for row in partition]
 
 
 def jobs(database: SessionSource, run_id: str) -> list[dict[str, Any]]:
