@@ -130,6 +130,20 @@ def test_claims_go_with_their_run(database: Database) -> None:
     assert database.sample_claims(ROOT, IDS) == {}
 
 
+def test_an_attempt_marks_running_only_the_samples_it_makes(database: Database) -> None:
+    """The job's other samples are another run's to make for now: they stay pending, their attempts uncounted."""
+    run_id = create_run(database)
+    job = make_job("job", run_id, rows=[1, 2, 3])
+    database.add_job(run_id, job)
+    database.mark_job_running("job", [job.samples[0].sample_id])
+    rows = {row["sample_id"]: row for row in database.samples(run_id)}
+    assert [(rows[s.sample_id]["status"], rows[s.sample_id]["attempts"]) for s in job.samples] == [
+        ("running", 1),
+        ("pending", 0),
+        ("pending", 0),
+    ]
+
+
 def test_the_lease_comes_from_the_run_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from reelbatch.defaults import CLAIM_LEASE_S
 

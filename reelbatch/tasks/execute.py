@@ -225,6 +225,7 @@ def execute_job(
         failure = None if not collected.remaining else _failure_of(outcome, collected.problems)
         decision = policy.decide(failure, attempt) if failure else None
         db.record_attempt(run, attempt, **_attempt_fields(outcome, group, run, failure, decision))
+        attempt += 1  # also after a success: a video another run let go unmade is made by a later attempt
         if failure is None:
             continue  # samples another run was making may be left: wait for them
         assert decision is not None  # decided for every failure
@@ -233,11 +234,11 @@ def execute_job(
             break  # given up: what is not made yet fails with this job (a later run reuses what others made)
         time.sleep(decision.delay_s)
         replanned = leaner.plan != job.plan or leaner.bucket != job.bucket
-        job, failure, attempt = leaner, None, attempt + 1
+        job, failure = leaner, None
     status = "failed" if failure else "done"
     error = None
     if failure:
-        error = f"[{failure.kind}] after {attempt} attempt(s): {failure.message}\n" + "\n".join(failure.tail[-8:])
+        error = f"[{failure.kind}] after {attempt - 1} attempt(s): {failure.message}\n" + "\n".join(failure.tail[-8:])
     db.finish_job(
         spec.job_id,
         status=status,
