@@ -8,6 +8,7 @@ Defaults come from ``reelbatch.defaults``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +23,7 @@ from reelbatch.schemas import RunDefaults
 # has its output root, and the database is the one `resume` reads).
 RESUMABLE_FIELDS = (
     "defaults", "strict", "model_paths", "max_samples_per_job", "job_timeout_s", "gpu_memory_gib", "objective",
-    "retry_policy", "limits", "packing",
+    "retry_policy", "limits", "packing", "claim_lease_s",
 )  # fmt: skip
 
 
@@ -88,6 +89,15 @@ class RunConfig(BaseModel):
     dask_local_workers: int = Field(
         0, ge=0, description="Run the jobs on a local Dask cluster of this many workers (0: no Dask)."
     )
+    claim_lease_s: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Lease in seconds on each video a job is making, renewed every third of it: another run into the same "
+            f"output waits for the video, or makes it once the lease ran out (default: ${default.CLAIM_LEASE_ENV}, "
+            f"else {default.CLAIM_LEASE_S:g})."
+        ),
+    )
 
     @field_validator("model_paths", mode="before")
     @classmethod
@@ -98,6 +108,21 @@ class RunConfig(BaseModel):
     @classmethod
     def _zero_timeout_is_the_default(cls, value: Any) -> Any:
         return None if value == 0 else value  # 0 used to mean "the estimate with a margin", as empty does
+
+    def claim_lease(self) -> float:
+        """The lease this run's jobs hold on the videos they make: the field, else the environment, else the default."""
+        if self.claim_lease_s is not None:
+            return self.claim_lease_s
+        configured = os.environ.get(default.CLAIM_LEASE_ENV, "").strip()
+        if not configured:
+            return default.CLAIM_LEASE_S
+        try:
+            lease = float(configured)
+        except ValueError:
+            lease = 0.0
+        if not lease > 0:
+            raise ValueError(f"{default.CLAIM_LEASE_ENV}={configured!r}: give a lease in seconds above 0, e.g. 120")
+        return lease
 
     def over(self, base: Mapping[str, Any]) -> RunConfig:
         """The fields this configuration was given, over ``base`` (the config a deployment was registered with).

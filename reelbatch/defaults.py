@@ -43,3 +43,11 @@ LOG_FORMAT: Final[LogFormat] = "text"
 EXPORT_CHUNK_ROWS = 10_000
 # Cards per gallery page: the page of a 1M-video run would not open in a browser.
 GALLERY_PAGE_SIZE = 500
+
+# Claims on videos being made (one video, one maker across concurrent runs into one output and database): the
+# lease a job holds on the samples it makes, renewed every third of it while its ranks run, so a maker that was
+# killed frees its videos within one lease; and how often a run waiting for another run's videos looks again.
+CLAIM_LEASE_S = 120.0
+CLAIM_RENEWALS_PER_LEASE = 3
+CLAIM_POLL_S = 5.0
+CLAIM_LEASE_ENV = "REELBATCH_CLAIM_LEASE_S"  # overrides the lease of every run of the process (tests, operators)

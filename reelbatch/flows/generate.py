@@ -74,6 +74,7 @@ def generate_dataset(
     image_roots = configured_roots()
     ImagePolicy.for_manifest(None, image_roots)  # a root that cannot be one (credentials in it...) stops here
     policy = RetryPolicy.from_dict(config.retry_policy)
+    claim_lease_s = config.claim_lease()  # a bad REELBATCH_CLAIM_LEASE_S stops the run before anything is recorded
     # One Database for the whole run, handed to every step (they never close it); its repr hides the password.
     with Database(url) as db:
         prepare_database_task(db)
@@ -110,7 +111,14 @@ def generate_dataset(
         jobs = longest_first(plan.jobs, specs)
         bar = start_progress(plan.samples)
         with progress.reporting_to(bar or progress.sink()):
-            settings = JobSettings(db, output, config.job_timeout_s, policy, ranks_per_node=config.gpus_per_node)
+            settings = JobSettings(
+                db,
+                output,
+                config.job_timeout_s,
+                policy,
+                ranks_per_node=config.gpus_per_node,
+                claim_lease_s=claim_lease_s,
+            )
             executor.run(jobs, settings, on_job_done=bar.set_done if bar else None)
         report = finish_run_task(db, run_id, plan, output)
         report.warnings = manifest_read.warnings

@@ -99,7 +99,7 @@ def run_job(
         logger = logging.getLogger("reelbatch.dispatch")
     sink = progress.sink()
     launch_id = new_launch_id()
-    db.mark_job_running(spec.job_id)
+    db.mark_job_running(spec.job_id, [sample.sample_id for sample in spec.samples])
     db.set_job_launch(spec.job_id, launch_id)  # a later orchestrator can find these ranks if this one dies
     crash_point("before_launch")
     b = spec.bucket

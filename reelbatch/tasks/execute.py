@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 
@@ -26,16 +27,18 @@ from reelbatch.contract import (
     spec_path,
     write_job_spec,
 )
+from reelbatch.defaults import CLAIM_LEASE_S
 from reelbatch.engine.inputs import staged_path
 from reelbatch.gpus import visible_gpus
 from reelbatch.infra.db import Database
 from reelbatch.infra.devices import DeviceGroup, local_pool
-from reelbatch.infra.failures import Failure, RetryPolicy
+from reelbatch.infra.failures import Failure, RetryDecision, RetryPolicy
 from reelbatch.infra.prefect_config import holding_gpus
 from reelbatch.models.catalog import ModelCatalog, UnknownModel, family_from_folder
 from reelbatch.planning import validate_plan
 from reelbatch.planning.jobs import PlannedJob
 from reelbatch.schemas import ParallelPlan
+from reelbatch.tasks.claiming import JobClaims, poll_interval
 from reelbatch.tasks.collect import collect_attempt
 from reelbatch.tasks.dispatch import JobOutcome, run_job
 
@@ -45,9 +48,15 @@ class JobResult:
     job_id: str
     status: str  # done | failed
     attempts: int
-    done: int
+    done: int  # videos this job made
     failed: int
     failure_kind: str | None = None
+    reused: int = 0  # videos another run made (before this job, or while it waited for them)
+
+    @property
+    def over(self) -> int:
+        """Videos that need nothing more from this job: made, reused or failed."""
+        return self.done + self.reused + self.failed
 
 
 def lower_memory_variant(spec: JobSpec) -> JobSpec | None:
@@ -72,14 +81,9 @@ def lower_memory_variant(spec: JobSpec) -> JobSpec | None:
     return spec.model_copy(update={"plan": plan})
 
 
-def next_attempt(spec: JobSpec, remaining: list[str], lower_memory: bool) -> JobSpec | None:
-    """The job narrowed to its remaining samples, in a fresh folder (a stuck rank may still write the old one)."""
-    if lower_memory:
-        leaner = lower_memory_variant(spec)
-        if leaner is None:
-            return None
-        spec = leaner
-    keep = set(remaining)
+def narrowed(spec: JobSpec, sample_ids: Sequence[str]) -> JobSpec:
+    """The job narrowed to these samples, in a fresh folder (a stuck rank may still write the old one)."""
+    keep = set(sample_ids)
     samples = [s for s in spec.samples if s.sample_id in keep]
     folder = new_attempt_folder(attempt_folder(spec).parent)
     spec = spec.model_copy(
@@ -87,6 +91,16 @@ def next_attempt(spec: JobSpec, remaining: list[str], lower_memory: bool) -> Job
     )
     write_job_spec(spec)
     return spec
+
+
+def next_attempt(spec: JobSpec, remaining: list[str], lower_memory: bool) -> JobSpec | None:
+    """The job narrowed to its remaining samples, with a lower-memory plan if asked (None: there is none)."""
+    if lower_memory:
+        leaner = lower_memory_variant(spec)
+        if leaner is None:
+            return None
+        spec = leaner
+    return narrowed(spec, remaining)
 
 
 def _failure_of(outcome: JobOutcome, problems: dict[str, str]) -> Failure:
@@ -153,6 +167,7 @@ def execute_job(
     ranks_per_node: int | None = None,
     priority: float = 0.0,
     devices: DeviceGroup | None = None,
+    claim_lease_s: float = CLAIM_LEASE_S,
 ) -> JobResult:
     """``timeout_s``: the wall-clock limit per attempt; None takes the planner's estimate with a margin.
 
@@ -160,65 +175,104 @@ def execute_job(
     (a task on a Dask worker) each attempt waits for a group of free devices of this machine as wide as the job
     (``infra.devices``; ``ranks_per_node`` is what the run was planned for, ``priority`` orders waiting jobs,
     lower first), and gives it back before a retry's back-off.
+
+    One video, one maker (``tasks.claiming``): each attempt makes only the samples this job claimed, with a lease
+    of ``claim_lease_s`` renewed while its ranks run. Samples another run made are recorded as reused; those
+    another run is making are waited for, then reused, or made here once their claim is let go or its lease ran out.
     """
     timeout_s = timeout_s or spec.timeout_s
-    total = len(spec.samples)
-    done = 0
     ensure_job_files(spec)
     # A task Dask re-runs (its worker was lost) continues the count instead of colliding with recorded attempts.
     attempt = 1 + max((a["attempt"] for a in db.attempts(spec.job_id)), default=0)
-    first_attempt = attempt
+    claims = JobClaims(db, output, spec, claim_lease_s)
+    pending = [sample.sample_id for sample in spec.samples]  # neither made nor reused yet, in job order
+    job, launched, replanned = spec, 0, False  # job: every sample, with the plan the next attempt runs
+    generated = reused = 0
+    outcome: JobOutcome | None = None
+    failure: Failure | None = None
     while True:
-        with (
-            _devices_for_attempt(devices, ranks_per_node, spec.plan.world_size, priority) as group,
-            holding_gpus(group, spec.plan.world_size),  # other runs on this machine, seen in the Prefect UI
-        ):
-            outcome = run_job(spec, db, timeout_s, attempt, group)
-        collected = collect_attempt(spec, db, output)
-        done += len(collected.done)
+        settled = claims.settle(pending)
+        reused += len(settled.reused)
+        generated += len(settled.done_here)
+        finished = set(settled.finished)
+        pending = [sample_id for sample_id in pending if sample_id not in finished]
+        if not pending:
+            break
+        if not settled.held:
+            claims.log_waiting(settled)
+            time.sleep(poll_interval(claim_lease_s))
+            continue
+        # The prepared folder serves a first attempt that makes the whole job; any other gets a fresh one.
+        held_all = launched == 0 and settled.held == [s.sample_id for s in job.samples]
+        run = job if held_all else narrowed(job, settled.held)
+        if replanned:  # the job row records the plan that runs now
+            db.add_job(run.run_id, run, backend=run.backend, log_path=str(rank_log_path(run)))
+            replanned = False
+        try:
+            with claims.heartbeat(len(settled.held)):
+                with (
+                    _devices_for_attempt(devices, ranks_per_node, run.plan.world_size, priority) as group,
+                    holding_gpus(group, run.plan.world_size),  # other runs on this machine, seen in the Prefect UI
+                ):
+                    outcome = run_job(run, db, timeout_s, attempt, group)
+                collected = collect_attempt(run, db, output)
+        finally:
+            claims.release(settled.held)  # made ones are in the database now; the rest are free for any run
+        launched += 1
+        generated += len(collected.done)
+        made = set(collected.done)
+        pending = [sample_id for sample_id in pending if sample_id not in made]
         failure = None if not collected.remaining else _failure_of(outcome, collected.problems)
         decision = policy.decide(failure, attempt) if failure else None
-        attempt_fields = dict(
-            launch_id=outcome.launch_id,
-            returncode=outcome.returncode,
-            timed_out=outcome.timed_out,
-            seconds=outcome.seconds,
-            host=group.host,
-            devices=group.describe(),
-            world_size=spec.plan.world_size,
-            started_at=outcome.started_at,
-        )
-        if failure:
-            attempt_fields.update(
-                failure_kind=failure.kind,
-                failed_rank=failure.rank,
-                message=failure.message,
-                tail="\n".join(failure.tail),
-                retry_delay_s=decision.delay_s if decision and decision.retry else None,
-            )
-        db.record_attempt(spec, attempt, **attempt_fields)
-        retry_spec = (
-            next_attempt(spec, collected.remaining, decision.lower_memory) if decision and decision.retry else None
-        )
-        if retry_spec is None:
-            status = "failed" if failure else "done"
-            error = None
-            if failure:
-                error = f"[{failure.kind}] after {attempt} attempt(s): {failure.message}\n" + "\n".join(
-                    failure.tail[-8:]
-                )
-            db.finish_job(
-                spec.job_id, status=status, returncode=outcome.returncode, seconds=outcome.seconds, error=error
-            )
-            return JobResult(
-                spec.job_id, status, attempt - first_attempt + 1, done, total - done, failure.kind if failure else None
-            )
-        assert decision is not None  # a retry spec exists only for a decision to retry
+        db.record_attempt(run, attempt, **_attempt_fields(outcome, group, run, failure, decision))
+        attempt += 1  # also after a success: a video another run let go unmade is made by a later attempt
+        if failure is None:
+            continue  # samples another run was making may be left: wait for them
+        assert decision is not None  # decided for every failure
+        leaner = lower_memory_variant(job) if decision.retry and decision.lower_memory else job
+        if not decision.retry or leaner is None:
+            break  # given up: what is not made yet fails with this job (a later run reuses what others made)
         time.sleep(decision.delay_s)
-        if retry_spec.plan != spec.plan or retry_spec.bucket != spec.bucket:
-            # The job row records the plan that runs now.
-            db.add_job(spec.run_id, retry_spec, backend=retry_spec.backend, log_path=str(rank_log_path(retry_spec)))
-        spec, attempt = retry_spec, attempt + 1
+        replanned = leaner.plan != job.plan or leaner.bucket != job.bucket
+        job, failure = leaner, None
+    status = "failed" if failure else "done"
+    error = None
+    if failure:
+        error = f"[{failure.kind}] after {attempt - 1} attempt(s): {failure.message}\n" + "\n".join(failure.tail[-8:])
+    db.finish_job(
+        spec.job_id,
+        status=status,
+        returncode=outcome.returncode if outcome else None,
+        seconds=outcome.seconds if outcome else 0.0,
+        error=error,
+    )
+    return JobResult(
+        spec.job_id, status, launched, generated, len(pending), failure.kind if failure else None, reused=reused
+    )
+
+
+def _attempt_fields(
+    outcome: JobOutcome, group: DeviceGroup, run: JobSpec, failure: Failure | None, decision: RetryDecision | None
+) -> dict[str, Any]:
+    fields: dict[str, Any] = dict(
+        launch_id=outcome.launch_id,
+        returncode=outcome.returncode,
+        timed_out=outcome.timed_out,
+        seconds=outcome.seconds,
+        host=group.host,
+        devices=group.describe(),
+        world_size=run.plan.world_size,
+        started_at=outcome.started_at,
+    )
+    if failure:
+        fields.update(
+            failure_kind=failure.kind,
+            failed_rank=failure.rank,
+            message=failure.message,
+            tail="\n".join(failure.tail),
+            retry_delay_s=decision.delay_s if decision and decision.retry else None,
+        )
+    return fields
 
 
 def longest_first(planned: Sequence[PlannedJob], specs: Sequence[JobSpec]) -> list[tuple[int, JobSpec]]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from prefect.futures import PrefectFuture, as_completed
 
 from reelbatch.contract import JobSpec
+from reelbatch.defaults import CLAIM_LEASE_S
 from reelbatch.infra.dask_cluster import task_runner_for
 from reelbatch.infra.db import Database
 from reelbatch.infra.devices import DeviceGroup, DevicePool, local_pool
@@ -35,12 +36,13 @@ class JobSettings:
     timeout_s: float | None  # per attempt; None: the planner's estimate with a margin
     policy: RetryPolicy
     ranks_per_node: int  # what the run was planned for
+    claim_lease_s: float = CLAIM_LEASE_S  # lease on each video a job is making (``tasks.claiming``)
 
     def job_parameters(self, spec: JobSpec, priority: int) -> dict[str, Any]:
         """The ``run-job`` task's parameters for one job (``tasks.execute.execute_job``), wherever it runs."""
         return dict(
             spec=spec, db=self.db, output=self.output, timeout_s=self.timeout_s, policy=self.policy,
-            ranks_per_node=self.ranks_per_node, priority=priority,
+            ranks_per_node=self.ranks_per_node, priority=priority, claim_lease_s=self.claim_lease_s,
         )  # fmt: skip
 
 
@@ -184,6 +186,6 @@ def execute_jobs_on_dask(
         for future in as_completed(futures):
             if on_job_done is not None and future.state.is_completed():
                 result = future.result()
-                finished += result.done + result.failed  # the bar counts videos that are over, as locally
+                finished += result.over  # the bar counts videos that are over, as locally
                 on_job_done(finished)
         return [future.result() for future in futures]

@@ -6,9 +6,11 @@ results of different jobs of one run at the same time. Nothing here imports torc
 - ``models``: the tables. ``schema``: the Alembic migrations' revisions and the schema checks.
 - ``engine``: the SQLAlchemy engine and its SQLite settings. ``database``: ``Database``, the engine and sessions of one
   URL, with every read and write below as a method.
-- Writes: ``runs``, ``jobs``, ``samples``. Reads: ``queries``. The manifest inbox: ``inbox``.
+- Writes: ``runs``, ``jobs``, ``samples``. Reads: ``queries``. The manifest inbox: ``inbox``. Videos being made,
+  one maker each: ``claims``.
 """
 
+from reelbatch.infra.db.claims import Claim
 from reelbatch.infra.db.database import Database, upgrade_database
 from reelbatch.infra.db.engine import SQLITE_BUSY_TIMEOUT_MS
 from reelbatch.infra.db.jobs import LAUNCH_ID_MAX_LENGTH, NO_RESULT_ERROR
@@ -43,6 +45,7 @@ __all__ = [
     "SAMPLE_STATUSES",
     "SQLITE_BUSY_TIMEOUT_MS",
     "Base",
+    "Claim",
     "Database",
     "DoneOutput",
     "InboxManifestRecord",

@@ -1,7 +1,8 @@
 """``Database``: a database URL, the engine made from it, and the sessions every read and write runs in.
 
-The writes and reads themselves are functions in the repository modules (runs, jobs, samples, queries, inbox), each
-taking the ``Database`` first; they are methods here too, so a caller holding one writes ``database.create_run(...)``.
+The writes and reads themselves are functions in the repository modules (runs, jobs, samples, queries, claims,
+inbox), each taking the ``Database`` first; they are methods here too, so a caller holding one writes
+``database.create_run(...)``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session
 
+import reelbatch.infra.db.claims as claims
 import reelbatch.infra.db.inbox as inbox
 import reelbatch.infra.db.jobs as job_writes
 import reelbatch.infra.db.queries as queries
@@ -163,6 +165,13 @@ class Database:
     sample_chunks = queries.sample_chunks
     jobs = queries.jobs
     attempts = queries.attempts
+
+    # --- videos being made, one maker each (claims.py) ---
+
+    claim_samples = claims.claim_samples
+    renew_claims = claims.renew_claims
+    release_claims = claims.release_claims
+    sample_claims = claims.sample_claims
 
     # --- manifest inbox (inbox.py) ---
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import select, update
@@ -126,8 +127,9 @@ def interrupt_running_jobs(database: SessionSource, run_id: str, error: str) -> 
     return interrupted
 
 
-def mark_job_running(database: SessionSource, job_id: str) -> None:
-    """Start an attempt of a job: the job and its samples not done yet become ``running``."""
+def mark_job_running(database: SessionSource, job_id: str, sample_ids: Collection[str] | None = None) -> None:
+    """Start an attempt of a job: the job and its samples not done yet become ``running`` (``sample_ids``: only
+    those, the ones this attempt makes; the others may be another run's to make)."""
     now = utcnow()
     with database.write_session() as session:
         started = session.execute(
@@ -145,7 +147,7 @@ def mark_job_running(database: SessionSource, job_id: str) -> None:
         )
         if rows_matched(started) == 0:
             raise KeyError(f"no job {job_id!r}")
-        session.execute(
+        attempted = (
             update(SampleRecord)
             .where(SampleRecord.job_id == job_id, SampleRecord.status != "done")
             .values(
@@ -156,6 +158,11 @@ def mark_job_running(database: SessionSource, job_id: str) -> None:
                 error=None,
             )
         )
+        if sample_ids is None:
+            session.execute(attempted)
+            return
+        for chunk in chunks(sorted(sample_ids)):
+            session.execute(attempted.where(SampleRecord.sample_id.in_(chunk)))
 
 
 def finish_job(
