@@ -120,30 +120,6 @@ class RowTable(Sequence[ManifestRow]):
         return videos
 
 
-def numpy_of(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A numeric or boolean arrow array as numpy, read from its buffers.
-
-    ``Array.to_numpy`` goes through pyarrow's pandas bridge, which imports pandas (about a second: more than
-    planning a 100,000-row manifest takes); arrays with nulls, or of other types, still do.
-    """
-    if isinstance(array, pa.ChunkedArray):
-        parts = [numpy_of(chunk) for chunk in array.chunks] or [numpy_of(pa.array([], type=array.type))]
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
-    kind = array.type
-    if array.null_count or not (pa.types.is_boolean(kind) or pa.types.is_integer(kind) or pa.types.is_floating(kind)):
-        return array.to_numpy(zero_copy_only=False)
-    start, stop = array.offset, array.offset + len(array)
-    data = array.buffers()[1]
-    if pa.types.is_boolean(kind):
-        bits = np.frombuffer(data, dtype=np.uint8) if data is not None and len(array) else np.zeros(0, np.uint8)
-        return np.unpackbits(bits, bitorder="little")[start:stop].astype(bool)
-    code = "f" if pa.types.is_floating(kind) else "i" if pa.types.is_signed_integer(kind) else "u"
-    dtype = np.dtype(f"{code}{kind.bit_width // 8}")
-    if data is None or not len(array):
-        return np.zeros(0, dtype)
-    return np.frombuffer(data, dtype=dtype, count=stop)[start:]
-
-
 def dictionary_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """(index of each cell in the distinct cells, the distinct cells in order of first appearance).
 
@@ -154,7 +130,7 @@ def dictionary_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
         column = pc.dictionary_encode(column)
     if not column.num_chunks:
         return np.zeros(0, dtype=np.int64), pa.array([], type=column.type.value_type)
-    indices = np.concatenate([numpy_of(chunk.indices) for chunk in column.chunks])
+    indices = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in column.chunks])
     return indices, column.chunk(column.num_chunks - 1).dictionary
 
 

@@ -45,7 +45,7 @@ from reelbatch.manifest.types import (
     Models,
     Sha256Of,
 )
-from reelbatch.rows import RowTable, dictionary_codes, numpy_of
+from reelbatch.rows import RowTable, dictionary_codes
 from reelbatch.schemas import ManifestRow, RowRejection, RunDefaults, many_models
 
 # Cells that differ on most rows: checked with vector operations. Every other column is checked per distinct value.
@@ -207,7 +207,7 @@ def _plain_seeds(column: pa.ChunkedArray) -> np.ndarray:
         if ((digits >= 48) & (digits <= 57)).all():
             parts.append((sizes >= 1) & (sizes <= 18))
         else:
-            parts.append(numpy_of(pc.match_substring_regex(chunk, _PLAIN_SEED)))
+            parts.append(pc.match_substring_regex(chunk, _PLAIN_SEED).to_numpy(zero_copy_only=False))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
 
@@ -316,7 +316,7 @@ def _check_table(
             empty_value = checker.parse_cell(column, "", {})
             flagged |= ~(plain | empty) | (empty & (empty_value is FAILED))
             if column in _IMAGE_COLUMNS:  # a URL with a secret in it is refused by the line reader's parser
-                flagged |= numpy_of(pc.match_substring_regex(cells, "[@?]"))
+                flagged |= pc.match_substring_regex(cells, "[@?]").to_numpy(zero_copy_only=False)
             if empty.any() and column == "negative_prompt" and empty_value is None:
                 cells = pc.if_else(pa.array(empty), shapes.model_default(column, context), cells)
             elif empty.any() and empty_value != "":
@@ -336,14 +336,14 @@ def _check_table(
         )
         if skips.any():
             no_negative = pc.fill_null(pc.equal(columns["negative_prompt"], ""), False)
-            flagged |= skips[shapes.of_row] & numpy_of(no_negative)
+            flagged |= skips[shapes.of_row] & no_negative.to_numpy(zero_copy_only=False)
     if "last_image" in columns:  # a last frame without a first: the line reader writes the rejection
         no_first = columns["image"].is_null() if "image" in columns else pa.scalar(True)
-        flagged |= numpy_of(pc.and_(columns["last_image"].is_valid(), no_first))
+        flagged |= pc.and_(columns["last_image"].is_valid(), no_first).to_numpy(zero_copy_only=False)
     position = header.positions.get(_SEED)
     if position is not None:
         cells = table.column(position)
-        empty = numpy_of(pc.equal(pc.binary_length(cells), 0))
+        empty = pc.equal(pc.binary_length(cells), 0).to_numpy()
         plain = _plain_seeds(cells)
         empty_value = checker.parse_cell(_SEED, "", {})
         flagged |= ~(plain | empty) | (empty & (empty_value is FAILED))

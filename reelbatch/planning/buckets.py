@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reelbatch.identity import expand_row
-from reelbatch.rows import RowTable, SampleRefs, dictionary_codes, numpy_of
+from reelbatch.rows import RowTable, SampleRefs, dictionary_codes
 from reelbatch.schemas import BucketKey, ManifestRow, RowRejection, Sample
 
 
@@ -106,7 +106,7 @@ def duplicate_suspects(table: RowTable) -> np.ndarray:
         return np.zeros(0, dtype=bool)
     seeds = table.columns.get("seed")
     if seeds is not None and not table.overrides and not seeds.null_count:
-        values = numpy_of(seeds)[table.positions]
+        values = np.concatenate([chunk.to_numpy() for chunk in seeds.chunks])[table.positions]
         if (values[1:] > values[:-1]).all() or len(np.unique(values)) == len(values):
             return np.zeros(len(table), dtype=bool)
     prompts = table.columns["prompt"]
@@ -114,7 +114,7 @@ def duplicate_suspects(table: RowTable) -> np.ndarray:
     suspects = np.bincount(codes)[codes] > 1
     if table.overrides:  # their prompt was stripped: compare it with every row's
         stripped = pa.array([row.prompt for row in table.overrides.values()])
-        suspects |= numpy_of(pc.is_in(prompts, value_set=stripped))[table.positions]
+        suspects |= pc.is_in(prompts, value_set=stripped).to_numpy(zero_copy_only=False)[table.positions]
         suspects[list(table.overrides)] = True
     return suspects
 
