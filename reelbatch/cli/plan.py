@@ -196,9 +196,8 @@ def read_for_planning(manifest: str, run_defaults, catalog, limits: dict, image_
     """The manifest read and its images checked as `run` checks them (into a throwaway store: nothing runs)."""
     import tempfile
 
-    from reelbatch.infra.images import configured_roots
     from reelbatch.manifest import ManifestError, ManifestLimits, check_columns, read_manifest
-    from reelbatch.manifest.images import check_images
+    from reelbatch.manifest.images import check_images, names_images
 
     manifest_limits = ManifestLimits(**limits)
     try:
@@ -207,6 +206,10 @@ def read_for_planning(manifest: str, run_defaults, catalog, limits: dict, image_
     except ManifestError as exc:
         values.fail(str(exc))
     print_warnings(read.warnings)
+    if not names_images(read):
+        return read
+    from reelbatch.infra.images import configured_roots
+
     with tempfile.TemporaryDirectory(prefix="reelbatch-plan-images-") as store:
         try:
             roots = [*configured_roots(), *(values.absolute(root) for root in image_roots)]

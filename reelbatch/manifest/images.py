@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from reelbatch.infra.images import ImagePolicy, ImageProblem, ImageStager
 from reelbatch.manifest.rejected import row_cells
 from reelbatch.manifest.types import ManifestLimits, ManifestReadResult
 from reelbatch.models.catalog import ModelCatalog, UnknownModel
@@ -35,6 +34,14 @@ def _takes_images(row: ManifestRow, catalog: ModelCatalog) -> bool:
     return family.image_input != "none" or family.last_image != "none"
 
 
+def names_images(read: ManifestReadResult) -> bool:
+    """Whether any row names an image (when none does, ``check_images`` has nothing to read)."""
+    rows = read.rows
+    if isinstance(rows, RowTable) and not rows.has_images():
+        return False  # (without reading a row)
+    return any(_names_images(row) for row in rows)
+
+
 def check_images(
     read: ManifestReadResult,
     catalog: ModelCatalog,
@@ -44,11 +51,11 @@ def check_images(
 ) -> ManifestReadResult:
     """``read`` with every named image checked and staged under ``store_dir``, and rows whose image cannot be
     used moved to the rejections. A manifest without images comes back as it is (and nothing is read)."""
+    if not names_images(read):
+        return read
+    from reelbatch.infra.images import ImagePolicy, ImageProblem, ImageStager  # fsspec: only for images
+
     rows = read.rows
-    if isinstance(rows, RowTable) and not rows.has_images():
-        return read
-    if not any(_names_images(row) for row in rows):
-        return read
     policy = ImagePolicy.for_manifest(
         read.source, roots, max_bytes=limits.max_image_bytes, max_side=limits.max_image_side
     )
