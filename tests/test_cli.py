@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,10 +30,11 @@ def test_plan_json_follows_the_documented_schema(tmp_path):
         + "d,bad frames,tiny-wan,32,32,6,5,\n"
         + "e,no cfg,tiny-hunyuan,32,32,5,1,\n",
     )
-    done = reelbatch("plan", manifest, "--gpus", "2", "--json", "--no-pack")
+    done = reelbatch("plan", manifest, "--gpus", "2", "--json", "--jobs", "--no-pack", "--nodes", "1")
     assert done.returncode == 1, done.stderr  # a row was rejected
+    assert done.stdout.count("\n") == 1  # one compact line
     doc = json.loads(done.stdout)
-    assert set(doc) == {"rows", "accepted", "rejected", "jobs", "summary", "fleet"}
+    assert set(doc) == {"rows", "accepted", "rejected", "buckets", "jobs", "summary", "fleet"}
     assert (doc["rows"], doc["accepted"]) == (5, 4)
     [rejected] = doc["rejected"]
     assert rejected["row"] == 5 and rejected["column"] == "num_frames" and rejected["rule"] == "frames_not_4k_plus_1"
@@ -53,16 +56,18 @@ def test_plan_json_follows_the_documented_schema(tmp_path):
     )
 
 
-def test_plan_packs_by_default_and_estimates_the_fleet(tmp_path):
+def test_plan_packs_by_default_and_estimates_the_fleet_when_asked(tmp_path):
     rows = "".join(f"p{i},prompt {i},tiny-wan,32,32,5,5,\n" for i in range(6)) + "h,other,tiny-hunyuan,32,32,5,1,\n"
     manifest = write(tmp_path, HEADER + rows)
-    one = json.loads(reelbatch("plan", manifest, "--gpus", "2", "--json").stdout)
+    one = json.loads(reelbatch("plan", manifest, "--gpus", "2", "--json", "--jobs", "--gpu", "h100").stdout)
     # Packed: one sample's group per job (dp=1), so no slot is padded; longest first.
     assert all(j["plan"]["dp"] == 1 and j["padded_slots"] == 0 for j in one["jobs"])
     assert sum(j["samples"] for j in one["jobs"]) == 7
     walls = [j["estimated_seconds"] for j in one["jobs"]]
     assert walls == sorted(walls, reverse=True)
-    four = json.loads(reelbatch("plan", manifest, "--gpus", "2", "--json", "--nodes", "4", "--gpu", "rtx4090").stdout)
+    four = json.loads(
+        reelbatch("plan", manifest, "--gpus", "2", "--json", "--jobs", "--nodes", "4", "--gpu", "rtx4090").stdout
+    )
     assert (four["fleet"]["nodes"], four["fleet"]["gpu"]) == (4, "rtx4090")
     assert four["fleet"]["makespan_s"] <= one["fleet"]["makespan_s"] * 4  # a slower GPU on more nodes
     text = reelbatch("plan", manifest, "--gpus", "2", "--nodes", "2")
@@ -140,3 +145,182 @@ def test_storage_help_offers_only_the_kinds_the_cost_model_knows():
     example = str(Path(__file__).resolve().parent.parent / "examples" / "prompts.csv")
     refused = reelbatch("plan", example, "--storage", "nfs")
     assert refused.returncode == 2 and "use one of local, s3" in refused.stderr
+
+
+# --- plan at scale: a summary by bucket, jobs on request, the fleet estimate when asked ---
+
+MIXED = (
+    HEADER
+    + "".join(f"w{i},wan {i},tiny-wan,32,32,5,5,\n" for i in range(5))
+    + "".join(f"h{i},hunyuan {i},tiny-hunyuan,32,32,5,1,\n" for i in range(3))
+    + "bad,bad frames,tiny-wan,32,32,6,5,\n"
+)
+
+
+def test_plan_prints_one_line_per_bucket_and_every_job_only_with_jobs(tmp_path):
+    manifest = write(tmp_path, MIXED)
+    doc = json.loads(
+        reelbatch("plan", manifest, "--gpus", "2", "--json", "--jobs", "--max-samples-per-job", "2").stdout
+    )
+    assert len(doc["jobs"]) > len(doc["buckets"]) == 2  # several jobs per bucket
+    summary = reelbatch("plan", manifest, "--gpus", "2", "--max-samples-per-job", "2")
+    assert summary.returncode == 1  # the rejected row
+    lines = summary.stdout.splitlines()
+    for bucket in doc["buckets"]:
+        [line] = [line for line in lines if f" {bucket['model']} " in line]
+        assert f" {bucket['jobs']} " in line and f" {bucket['samples']} " in line and bucket["plan"] is not None
+    assert not any(job["job_id"] in summary.stdout for job in doc["jobs"])
+    assert "9 rows, 8 accepted, 1 rejected" in summary.stdout
+    listed = reelbatch("plan", manifest, "--gpus", "2", "--max-samples-per-job", "2", "--jobs").stdout
+    job_lines = [line for line in listed.splitlines() if line.startswith("job-")]
+    assert [line.split()[0] for line in job_lines] == [job["job_id"] for job in doc["jobs"]]
+    assert "9 rows, 8 accepted, 1 rejected" in listed  # the summary follows the listing
+
+
+def test_plan_json_sums_the_jobs_by_bucket_and_lists_them_only_with_jobs(tmp_path):
+    manifest = write(tmp_path, MIXED)
+    done = reelbatch("plan", manifest, "--gpus", "2", "--json", "--max-samples-per-job", "2")
+    assert done.stdout.count("\n") == 1  # compact: one line
+    doc = json.loads(done.stdout)
+    assert set(doc) == {"rows", "accepted", "rejected", "buckets", "summary"}  # no jobs, no fleet unless asked
+    full = json.loads(
+        reelbatch("plan", manifest, "--gpus", "2", "--json", "--jobs", "--max-samples-per-job", "2").stdout
+    )
+    assert full["buckets"] == doc["buckets"] and full["summary"] == doc["summary"]
+    for bucket in doc["buckets"]:
+        jobs = [
+            j for j in full["jobs"] if (j["model"], j["guidance_scale"]) == (bucket["model"], bucket["guidance_scale"])
+        ]
+        assert bucket["jobs"] == len(jobs) and bucket["samples"] == sum(j["samples"] for j in jobs)
+        assert bucket["padded_slots"] == sum(j["padded_slots"] for j in jobs)
+        assert bucket["plan"] == jobs[0]["plan"] and bucket["longest_job_seconds"] == max(
+            j["estimated_seconds"] for j in jobs
+        )
+    assert sum(b["jobs"] for b in doc["buckets"]) == doc["summary"]["jobs"] == len(full["jobs"])
+    assert sum(b["samples"] for b in doc["buckets"]) == doc["summary"]["samples"]
+
+
+@pytest.mark.parametrize("option", [("--nodes", "2"), ("--gpu", "a800"), ("--storage", "s3")])
+def test_plan_estimates_the_fleet_only_when_asked(tmp_path, option):
+    manifest = write(tmp_path, MIXED)
+    plain = reelbatch("plan", manifest, "--gpus", "2")
+    assert "of wall time" not in plain.stdout and "fleet" not in json.loads(
+        reelbatch("plan", manifest, "--gpus", "2", "--json").stdout
+    )
+    asked = reelbatch("plan", manifest, "--gpus", "2", *option)
+    assert "of wall time" in asked.stdout and "GPU utilisation" in asked.stdout
+    fleet = json.loads(reelbatch("plan", manifest, "--gpus", "2", "--json", *option).stdout)["fleet"]
+    assert fleet["makespan_s"] >= fleet["lower_bound_s"] and fleet["makespan_s"] > 0 and fleet["jobs"] > 0
+    assert option[1] in (str(fleet["nodes"]), fleet["gpu"], fleet["storage"])
+
+
+def test_plan_output_piped_is_not_cut_to_80_columns(tmp_path):
+    manifest = write(tmp_path, MIXED)
+    done = reelbatch("plan", manifest, "--gpus", "2")  # the runner's stdout is not a terminal
+    assert "…" not in done.stdout
+    header = next(line for line in done.stdout.splitlines() if "model" in line and "GPU-h" in line)
+    assert len(header) > 80 and "longest job" in header
+    # A footnote is one line, however long.
+    assert any(line.startswith("[1] ") and len(line) > 80 for line in done.stdout.splitlines())
+
+
+@pytest.mark.parametrize("example", ["prompts.csv", "image-to-video.csv"])
+def test_plan_imports_neither_prefect_nor_torch(example):
+    manifest = Path(__file__).resolve().parent.parent / "examples" / example
+    code = (
+        "import sys\n"
+        "from reelbatch.cli import app\n"
+        f"try:\n    app(args=['plan', {str(manifest)!r}, '--gpus', '2', '--json'], standalone_mode=False)\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = ('prefect', 'torch', 'diffusers', 'transformers')\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in heavy), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["accepted"] > 0
+    assert done.stderr.strip().splitlines()[-1] == "[]"
+
+
+# --- status: a summary from the database's sums, jobs on request ---
+
+
+def _recorded_run(url: str) -> str:
+    from reelbatch.contract import JobSpec, SampleResult
+    from reelbatch.infra.db import Database, library_versions
+    from reelbatch.schemas import BucketKey, ParallelPlan, RowRejection, Sample
+
+    def job(job_id: str, run_id: str, model: str, rows: range) -> JobSpec:
+        samples = [
+            Sample(sample_id=f"{job_id}-{r}", row=r, prompt=f"prompt {r}", seed=r, output_key=f"{job_id}-{r}.mp4")
+            for r in rows
+        ]
+        bucket = BucketKey(model=model, height=32, width=48, num_frames=5, num_inference_steps=4, guidance_scale=5.0)
+        return JobSpec(
+            job_id=job_id,
+            run_id=run_id,
+            bucket=bucket,
+            model_path=f"/models/{model}",
+            family="wan",
+            plan=ParallelPlan(),
+            samples=samples,
+            padded_slots=0,
+            tokens=96,
+            output_dir=f"/tmp/out/{job_id}",
+            results_path=f"/tmp/out/{job_id}/results.jsonl",
+        )
+
+    with Database(url) as database:
+        database.upgrade()
+        run_id = database.create_run(
+            manifest_source="m.csv",
+            manifest_sha256="ab" * 32,
+            output_root="/data/videos",
+            gpus_per_node=2,
+            params={},
+            library_versions=library_versions(),
+            rows_total=30,
+            rows_accepted=24,
+            rows_rejected=26,
+        )
+        specs = [
+            job("job-a1", run_id, "tiny-wan", range(2, 8)),
+            job("job-a2", run_id, "tiny-wan", range(8, 14)),
+            job("job-b1", run_id, "tiny-hunyuan", range(14, 20)),
+            job("job-b2", run_id, "tiny-hunyuan", range(20, 26)),
+        ]
+        for spec in specs:
+            database.add_job(run_id, spec)
+        done = [SampleResult(sample_id=f"job-a1-{r}", status="done", seconds=1.0) for r in range(2, 8)]
+        database.record_sample_results("job-a1", done, {s.sample_id: f"/v/{s.sample_id}.mp4" for s in done})
+        database.finish_job("job-a1", status="done", returncode=0, seconds=10.0)
+        database.finish_job("job-b1", status="failed", returncode=1, seconds=4.0, error="CUDA out of memory")
+        rejections = [
+            RowRejection(row=100 + r, column="num_frames", rule="frames_not_4k_plus_1", message="bad", fix="use 5")
+            for r in range(24)
+        ]
+        database.add_rejections(run_id, rejections)
+    return run_id
+
+
+def test_status_sums_by_bucket_and_lists_jobs_only_with_jobs(tmp_path):
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    run_id = _recorded_run(url)
+    done = reelbatch("status", run_id[:8], "--db", url)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert "samples: 6 done, 6 failed, 24 rejected, 0 running, 12 pending" in text
+    assert "jobs: 4 (1 done, 1 failed, 0 running, 2 pending)" in text
+    wan = next(line for line in text.splitlines() if " tiny-wan " in line)
+    hunyuan = next(line for line in text.splitlines() if " tiny-hunyuan " in line)
+    # jobs, done, failed, running, pending, samples, samples done, samples failed, job seconds
+    assert [cell.strip() for cell in wan.split("│")[6:15]] == ["2", "1", "0", "0", "1", "12", "6", "0", "10"]
+    assert [cell.strip() for cell in hunyuan.split("│")[6:15]] == ["2", "0", "1", "0", "1", "12", "0", "6", "4"]
+    assert "job-a1" not in text
+    assert "The first 20 of 30 failed and rejected rows" in text  # 6 failed + 24 rejected
+    listed = reelbatch("status", run_id, "--db", url, "--jobs").stdout
+    assert [line.split()[:2] for line in listed.splitlines() if line.startswith("job-")] == [
+        ["job-a1", "done"],
+        ["job-a2", "pending"],
+        ["job-b1", "failed"],
+        ["job-b2", "pending"],
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -26,7 +27,14 @@ from reelbatch.cli.options import (
     ObjectiveOpt,
     with_options,
 )
-from reelbatch.cli.render import out, print_fleet, print_plan, print_rejections, print_warnings
+from reelbatch.cli.render import out, print_fleet, print_plan, print_plan_jobs, print_rejections, print_warnings
+
+JSON_HELP = (
+    "Print the plan as one line of JSON: rows, rejected rows, buckets (the table's lines), summary, and fleet when "
+    "estimated; --jobs adds every job (schema in README.md)."
+)
+JOBS_HELP = "Also list every job (the table: after the buckets; JSON: a `jobs` array). Slow on big manifests."
+FLEET_PANEL = "Fleet estimate (only when one of these is given)"
 
 
 @app.command()
@@ -34,7 +42,8 @@ from reelbatch.cli.render import out, print_fleet, print_plan, print_rejections,
 def plan(
     manifest: ManifestArg,
     gpus: GpusOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON (schema in README.md).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+    list_jobs: Annotated[bool, typer.Option("--jobs", help=JOBS_HELP)] = False,
     max_samples_per_job: MaxSamplesOpt = default.MAX_SAMPLES_PER_JOB,
     model_path: ModelPathOpt = None,
     models_file: ModelsFileOpt = None,
@@ -46,22 +55,36 @@ def plan(
     ] = False,
     packing: dict,
     nodes: Annotated[
-        int,
+        int | None,
         typer.Option(
-            min=1, help="Nodes of the fleet the cost and wall time are estimated for.", rich_help_panel="Fleet estimate"
+            min=1,
+            help=f"Nodes of the fleet to estimate (default {default.FLEET_NODES}); jobs are sized for it too.",
+            rich_help_panel=FLEET_PANEL,
         ),
-    ] = default.FLEET_NODES,
+    ] = None,
     gpu: Annotated[
-        str, typer.Option(help="GPU type for the estimate: h100, a800 or rtx4090.", rich_help_panel="Fleet estimate")
-    ] = default.FLEET_GPU,
+        str | None,
+        typer.Option(
+            help=f"GPU type for the estimate: h100, a800 or rtx4090 (default {default.FLEET_GPU}).",
+            rich_help_panel=FLEET_PANEL,
+        ),
+    ] = None,
     storage: Annotated[
-        str, typer.Option(help=STORAGE_HELP, rich_help_panel="Fleet estimate")
-    ] = default.WEIGHTS_STORAGE,
+        str | None,
+        typer.Option(help=f"{STORAGE_HELP} Default {default.WEIGHTS_STORAGE}.", rich_help_panel=FLEET_PANEL),
+    ] = None,
 ) -> None:
     """Dry run: validate the manifest and show the jobs that `run` would launch, and what they cost. Nothing runs.
 
-    Jobs are planned as `run` plans them on this machine (--gpus-per-node ranks); the estimate plays them on a
-    fleet of --nodes such machines with --gpu GPUs: wall time (makespan), GPU-hours, utilisation.
+    Prints one line per bucket (model, shape, steps, guidance: the rows that share a model load and a plan) with
+    its plan, jobs, samples, padding and GPU-hours, then the rejected rows and the totals; --jobs lists every job
+    too. Jobs are planned as `run` plans them on this machine (--gpus-per-node ranks).
+
+    Given --nodes, --gpu or --storage, it also plays the jobs on a fleet of --nodes such machines with --gpu GPUs:
+    wall time (makespan), GPU-hours, utilisation.
+
+    --json prints one JSON document on one line: `rows`, `accepted`, `rejected` (every rejected row),
+    `buckets` (the table's lines), `summary`, `fleet` (only when estimated) and, with --jobs, `jobs`.
 
     Exit 0 when every row is accepted, 1 when some rows are rejected, 2 for usage or file errors.
     """
@@ -74,7 +97,9 @@ def plan(
         manifest, run_defaults, catalog, values.limits(planner["limit"]), planner["image_root"] or [], strict
     )
     ranks = values.gpus(gpus)
-    storage_kind = values.storage(storage)
+    estimate = nodes is not None or gpu is not None or storage is not None
+    storage_kind = values.storage(storage or default.WEIGHTS_STORAGE)
+    fleet_nodes = nodes or default.FLEET_NODES
     packing_choice = values.packing(**packing)
     try:
         run_plan = plan_run(
@@ -86,17 +111,40 @@ def plan(
             max_samples_per_job,
             gpu_memory_gib=planner["gpu_memory_gib"],
             objective=objective,
-            packing=packing_choice.options(ranks, max_samples_per_job, nodes=nodes, storage=storage_kind),
+            packing=packing_choice.options(ranks, max_samples_per_job, nodes=fleet_nodes, storage=storage_kind),
         )
-        fleet = fleet_estimate(run_plan, nodes, ranks, gpu.lower(), storage_kind)
+        del read  # the plan holds what it needs of the rows
+        fleet = (
+            fleet_estimate(run_plan, fleet_nodes, ranks, (gpu or default.FLEET_GPU).lower(), storage_kind)
+            if estimate
+            else None
+        )
     except (KeyError, ValueError) as exc:
         values.fail(f"plan: {exc}")
     if as_json:
-        print(json.dumps({**run_plan.to_json(), "fleet": fleet}, indent=2))
+        write_plan_json(run_plan, fleet, list_jobs)
     else:
+        if list_jobs:
+            print_plan_jobs(run_plan)
         print_plan(run_plan, ranks)
-        print_fleet(fleet)
+        if fleet is not None:
+            print_fleet(fleet)
     raise typer.Exit(EXIT_PARTIAL if run_plan.rejected else EXIT_OK)
+
+
+def write_plan_json(run_plan, fleet: dict | None, list_jobs: bool) -> None:
+    """One compact JSON document; the jobs, when listed, are encoded one at a time (never one big string)."""
+    doc = run_plan.to_json()
+    if fleet is not None:
+        doc["fleet"] = fleet
+    if not list_jobs:
+        print(json.dumps(doc))
+        return
+    write = sys.stdout.write
+    write(json.dumps(doc)[:-1] + ', "jobs": [')
+    for index, job in enumerate(run_plan.jobs):
+        write((", " if index else "") + json.dumps(job.to_json()))
+    write("]}\n")
 
 
 @app.command()
@@ -148,9 +196,8 @@ def read_for_planning(manifest: str, run_defaults, catalog, limits: dict, image_
     """The manifest read and its images checked as `run` checks them (into a throwaway store: nothing runs)."""
     import tempfile
 
-    from reelbatch.infra.images import configured_roots
     from reelbatch.manifest import ManifestError, ManifestLimits, check_columns, read_manifest
-    from reelbatch.tasks.images import check_images
+    from reelbatch.manifest.images import check_images, names_images
 
     manifest_limits = ManifestLimits(**limits)
     try:
@@ -159,6 +206,10 @@ def read_for_planning(manifest: str, run_defaults, catalog, limits: dict, image_
     except ManifestError as exc:
         values.fail(str(exc))
     print_warnings(read.warnings)
+    if not names_images(read):
+        return read
+    from reelbatch.infra.images import configured_roots
+
     with tempfile.TemporaryDirectory(prefix="reelbatch-plan-images-") as store:
         try:
             roots = [*configured_roots(), *(values.absolute(root) for root in image_roots)]
@@ -169,13 +220,14 @@ def read_for_planning(manifest: str, run_defaults, catalog, limits: dict, image_
 
 def fleet_estimate(run_plan, nodes: int, gpus_per_node: int, gpu: str, storage: StorageKind) -> dict:
     """The plan's jobs played on the fleet by the simulator: wall time, GPU-hours, utilisation."""
-    from reelbatch.planning.fleet.simulation import simulate_plan
+    from reelbatch.planning.cost import gpu_name
+    from reelbatch.planning.fleet.simulation import estimate_fleet
 
-    report = simulate_plan(run_plan, nodes=nodes, gpus_per_node=gpus_per_node, gpu=gpu, storage=storage)
+    figures = estimate_fleet(run_plan, nodes=nodes, gpus_per_node=gpus_per_node, gpu=gpu, storage=storage)
     return {
         "nodes": nodes,
         "gpus_per_node": gpus_per_node,
-        "gpu": report.gpu,
+        "gpu": gpu_name(gpu),
         "storage": storage,
-        **report.packed.to_json(),
+        **figures.to_json(),
     }

@@ -5,14 +5,43 @@ Cells that come from a manifest or the database are escaped: a prompt like "[red
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 console = Console(stderr=True)
 out = Console()
+
+
+def print_table(table: Table, to: Console = out) -> None:
+    """A table on a terminal fits its width; piped or redirected, it keeps its natural width (rich would cut
+    every cell to fit 80 columns: `st…`)."""
+    if not to.is_terminal:
+        table.width = Measurement.get(to, to.options.update_width(UNBOUNDED_WIDTH), table).maximum
+    to.print(table, crop=to.is_terminal)
+
+
+UNBOUNDED_WIDTH = 1 << 20
+MANY_ROWS = 200  # above this many rows, a listing is plain columns (print_columns), not a rich table
+
+
+def print_columns(
+    columns: Sequence[str], rows: Iterable[Sequence[str]], right: Collection[str] = (), to: Console = out
+) -> None:
+    """Plain aligned columns, one line per row, never cut and no markup: a long listing to read, grep or sort."""
+    cells = [tuple(columns), *rows]
+    widths = (
+        [max(map(len, column)) for column in zip(*cells, strict=True)] if len(cells) > 1 else list(map(len, columns))
+    )
+    aligned = [str.rjust if column in right else str.ljust for column in columns]
+    write = to.file.write
+    for line in cells:
+        write("  ".join(align(cell, width) for align, cell, width in zip(aligned, line, widths, strict=True)).rstrip())
+        write("\n")
 
 
 def print_error(message: str) -> None:
@@ -27,12 +56,21 @@ def print_warnings(warnings: list[str]) -> None:
 def print_rejections(rejections) -> None:
     if not rejections:
         return
+    ordered = sorted(rejections, key=lambda r: r.row)
+    if len(ordered) > MANY_ROWS:  # a rich table of them all would take minutes
+        console.print(f"{len(ordered):,} rejected", highlight=False)
+        print_columns(
+            ("line", "column", "rule", "problem", "fix"),
+            ((str(r.row), r.column or "", r.rule, r.message, r.fix) for r in ordered),
+            to=console,
+        )
+        return
     table = Table(title=f"{len(rejections)} rejected", title_justify="left", show_lines=False)
     for column in ("line", "column", "rule", "problem", "fix"):
         table.add_column(column, overflow="fold")
-    for r in sorted(rejections, key=lambda r: r.row):
+    for r in ordered:
         table.add_row(str(r.row), escape(r.column or ""), r.rule, escape(r.message), escape(r.fix))
-    console.print(table)
+    print_table(table, console)
 
 
 def duration(seconds: float) -> str:
@@ -42,62 +80,91 @@ def duration(seconds: float) -> str:
 
 
 def print_plan(run_plan, gpus: int) -> None:
-    from reelbatch.schemas import ParallelPlan
-
-    table = Table(title=f"Plan for {gpus} ranks per node", title_justify="left")
-    columns = (
-        "job",
-        "model",
-        "HxWxF",
-        "steps",
-        "guidance",
-        "plan",
-        "samples",
-        "padded",
-        "tokens",
-        "GPU-s",
-        "wall",
-        "notes",
-    )
-    for column in columns:
-        table.add_column(column, no_wrap=column in ("job", "plan", "HxWxF"))
+    """One line per bucket (and plan), footnotes, rejected rows, totals."""
+    table = Table(title=f"Plan for {gpus} ranks per node, by bucket", title_justify="left")
+    numbers = ("jobs", "samples", "padded", "GPU-h", "longest job")
+    for column in ("model", "HxWxF", "steps", "guidance", "plan", *numbers, "notes"):
+        table.add_column(column, no_wrap=column != "notes", justify="right" if column in numbers else "left")
     footnotes: list[str] = []
-    for job in run_plan.jobs:
+    for bucket in run_plan.buckets():
+        job = bucket.first
         b = job.bucket
-        marks = []
-        why_not = [
-            f"{ParallelPlan(**{k: v for k, v in r['plan'].items() if k != 'world_size'}).short()} refused"
-            f" ({r['rule']}): {r['message']}"
-            for r in job.refused
-        ]
-        for note in [*job.notes, *job.warnings, *why_not]:
-            if note not in footnotes:
-                footnotes.append(note)
-            marks.append(f"[{footnotes.index(note) + 1}]")
         table.add_row(
-            job.job_id,
-            b.model,
+            escape(b.model),
             f"{b.height}x{b.width}x{b.num_frames}",
             str(b.num_inference_steps),
             f"{b.guidance_scale:g}",
             job.plan.short(),
-            str(len(job.samples)),
-            str(job.padded_slots),
-            str(job.tokens),
-            f"{job.estimated_gpu_seconds:,.0f}",
-            duration(job.estimated_seconds),
-            " ".join(marks),
+            f"{bucket.jobs:,}",
+            f"{bucket.samples:,}",
+            f"{bucket.padded_slots:,}",
+            f"{bucket.estimated_gpu_seconds / 3600:,.1f}",
+            duration(bucket.longest_job_seconds),
+            " ".join(_marks(_job_notes(job), footnotes)),
         )
-    out.print(table)
+    print_table(table)
     for number, note in enumerate(footnotes, 1):
-        out.print(f"[{number}] {note}", highlight=False)
+        out.print(f"[{number}] {escape(note)}", highlight=False, soft_wrap=True)
     print_rejections(run_plan.rejected)
     s = run_plan.summary()
     out.print(
-        f"{run_plan.rows} rows, {run_plan.accepted} accepted, {len(run_plan.rejected)} rejected; "
-        f"{s['jobs']} jobs, {s['samples']} samples, {s['padded_slots']} padded slots ({s['padding_ratio']:.1%}); "
-        f"about {s['estimated_gpu_seconds'] / 3600:,.2f} H100 GPU-hours of compute (model loads not included)."
+        f"{run_plan.rows:,} rows, {run_plan.accepted:,} accepted, {len(run_plan.rejected):,} rejected; "
+        f"{s['jobs']:,} jobs, {s['samples']:,} samples, {s['padded_slots']:,} padded slots "
+        f"({s['padding_ratio']:.1%}); about {s['estimated_gpu_seconds'] / 3600:,.2f} H100 GPU-hours of compute "
+        "(model loads not included).",
+        highlight=False,
+        soft_wrap=True,
     )
+
+
+def print_plan_jobs(run_plan) -> None:
+    """Every job, one plain line each (a big manifest has tens of thousands: no rich table)."""
+    footnotes: list[str] = []
+    print_columns(
+        ("job", "model", "HxWxF", "steps", "guidance", "plan", "samples", "padded", "tokens", "GPU-s", "wall", "notes"),
+        (
+            (
+                job.job_id,
+                job.bucket.model,
+                f"{job.bucket.height}x{job.bucket.width}x{job.bucket.num_frames}",
+                str(job.bucket.num_inference_steps),
+                f"{job.bucket.guidance_scale:g}",
+                job.plan.short(),
+                str(len(job.samples)),
+                str(job.padded_slots),
+                str(job.tokens),
+                f"{job.estimated_gpu_seconds:,.0f}",
+                duration(job.estimated_seconds),
+                " ".join(_marks(_job_notes(job), footnotes)),
+            )
+            for job in run_plan.jobs
+        ),
+        right=("steps", "guidance", "samples", "padded", "tokens", "GPU-s", "wall"),
+    )
+    for number, note in enumerate(footnotes, 1):
+        out.file.write(f"[{number}] {note}\n")
+    out.file.write("\n")
+
+
+def _job_notes(job) -> list[str]:
+    from reelbatch.schemas import ParallelPlan
+
+    why_not = [
+        f"{ParallelPlan(**{k: v for k, v in r['plan'].items() if k != 'world_size'}).short()} refused"
+        f" ({r['rule']}): {r['message']}"
+        for r in job.refused
+    ]
+    return [*job.notes, *job.warnings, *why_not]
+
+
+def _marks(notes: list[str], footnotes: list[str]) -> list[str]:
+    """``[n]`` for each note, numbering new notes at the end of ``footnotes``."""
+    marks = []
+    for note in notes:
+        if note not in footnotes:
+            footnotes.append(note)
+        marks.append(f"[{footnotes.index(note) + 1}]")
+    return marks
 
 
 def print_fleet(fleet: dict) -> None:
@@ -108,6 +175,7 @@ def print_fleet(fleet: dict) -> None:
         f"{duration(fleet['lower_bound_s'])}), {fleet['gpu_hours']:,.2f} GPU-hours, "
         f"GPU utilisation {fleet['gpu_utilization']:.0%}.",
         highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -128,7 +196,7 @@ def print_report(report) -> None:
     if report.dataset:
         table.add_row("dataset index", report.dataset["metadata"])
         table.add_row("gallery", report.dataset["gallery"])
-    console.print(table)
+    print_table(table, console)
     if report.status == "refused":
         console.print("[bold red]--strict:[/] the manifest has bad rows, nothing was launched.")
 
@@ -150,48 +218,104 @@ def print_runs(recent, shown_url: str) -> None:
             str(r.jobs),
             r.manifest_source,
         )
-    out.print(table)
+    print_table(table)
 
 
-def print_status(summary, jobs: list[dict], samples: list[dict]) -> None:
+def print_status(summary, report) -> None:
+    """A run's counts, its buckets (jobs and samples by status) and its first failed or rejected rows."""
     from reelbatch.schemas import ParallelPlan
 
-    c = summary.counts
+    c, j = summary.counts, report.jobs
+    reused = f" ({summary.reused:,} reused)" if summary.reused else ""
     out.print(
-        f"run {summary.id}  [bold]{summary.status}[/]  manifest {summary.manifest_source}  "
-        f"output {summary.output_root}\n"
-        f"done {c.get('done', 0)}, failed {c.get('failed', 0)}, rejected {c.get('rejected', 0)}, "
-        f"pending {c.get('pending', 0) + c.get('running', 0)}"
+        f"run {summary.id}  [bold]{summary.status}[/]  manifest {escape(summary.manifest_source)}  "
+        f"output {escape(summary.output_root)}",
+        soft_wrap=True,
     )
-    table = Table(title="Jobs", title_justify="left")
-    for column in ("job", "status", "plan", "backend", "samples", "padded", "tokens", "seconds", "attempts"):
-        table.add_column(column, no_wrap=column == "job")
-    for j in jobs:
-        plan = ParallelPlan(dp=j["dp"], cfg=j["cfg"], ulysses=j["ulysses"], ring=j["ring"]).short()
-        seconds = f"{j['seconds']:.1f}" if j["seconds"] is not None else "-"
-        table.add_row(
-            j["id"],
-            j["status"],
-            plan,
-            j["backend"],
-            str(j["samples_count"]),
-            str(j["padded_slots"]),
-            str(j["tokens"]),
-            seconds,
-            str(j["attempts"]),
+    out.print(
+        f"samples: {c.get('done', 0):,} done{reused}, {c.get('failed', 0):,} failed, {c.get('rejected', 0):,} "
+        f"rejected, {c.get('running', 0):,} running, {c.get('pending', 0):,} pending\n"
+        f"jobs: {sum(j.values()):,} ({j.get('done', 0):,} done, {j.get('failed', 0):,} failed, "
+        f"{j.get('running', 0):,} running, {j.get('pending', 0):,} pending)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if report.buckets:
+        table = Table(title="By bucket", title_justify="left")
+        numbers = (
+            "jobs",
+            "jobs done",
+            "jobs failed",
+            "running",
+            "pending",
+            "samples",
+            "samples done",
+            "samples failed",
+            "job seconds",
         )
-    out.print(table)
-    failed = [s for s in samples if s["status"] in ("failed", "rejected")]
-    if failed:
+        for column in ("model", "HxWxF", "steps", "guidance", "plan", *numbers):
+            table.add_column(column, no_wrap=True, justify="right" if column in numbers else "left")
+        for bucket in report.buckets:
+            b, jobs, samples = bucket.bucket, bucket.jobs, bucket.samples
+            plan = ParallelPlan(dp=b["dp"], cfg=b["cfg"], ulysses=b["ulysses"], ring=b["ring"]).short()
+            table.add_row(
+                escape(b["model"]),
+                f"{b['height']}x{b['width']}x{b['num_frames']}",
+                str(b["num_inference_steps"]),
+                f"{b['guidance_scale']:g}",
+                plan,
+                f"{sum(jobs.values()):,}",
+                *(f"{jobs.get(status, 0):,}" for status in ("done", "failed", "running", "pending")),
+                f"{sum(samples.values()):,}",
+                f"{samples.get('done', 0):,}",
+                f"{samples.get('failed', 0):,}",
+                f"{bucket.seconds:,.0f}",
+            )
+        print_table(table)
+    if report.problems:
         problems = Table(title="Failed and rejected rows", title_justify="left")
         for column in ("line", "status", "prompt", "problem"):
             problems.add_column(column, overflow="fold")
-        for s in failed:
+        for s in report.problems:
             problem = s["error"] or ""
             if s["reject_fix"]:
                 problem += f" (fix: {s['reject_fix']})"
             problems.add_row(str(s["row"]), s["status"], escape((s["prompt"] or "")[:60]), escape(problem))
-        out.print(problems)
+        print_table(problems)
+        if report.problem_count > len(report.problems):
+            out.print(
+                f"The first {len(report.problems)} of {report.problem_count:,} failed and rejected rows; "
+                f"`reelbatch export {summary.id[:12]} --format csv` has them all.",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
+def print_status_jobs(jobs: list[dict]) -> None:
+    """Every job of a run, one plain line each."""
+    from reelbatch.schemas import ParallelPlan
+
+    print_columns(
+        ("job", "status", "model", "HxWxF", "plan", "backend", "samples", "padded", "tokens", "seconds", "attempts"),
+        (
+            (
+                j["id"],
+                j["status"],
+                j["model"],
+                f"{j['height']}x{j['width']}x{j['num_frames']}",
+                ParallelPlan(dp=j["dp"], cfg=j["cfg"], ulysses=j["ulysses"], ring=j["ring"]).short(),
+                j["backend"],
+                str(j["samples_count"]),
+                str(j["padded_slots"]),
+                str(j["tokens"]),
+                f"{j['seconds']:.1f}" if j["seconds"] is not None else "-",
+                str(j["attempts"]),
+            )
+            for j in jobs
+        ),
+        right=("samples", "padded", "tokens", "seconds", "attempts"),
+    )
+    out.file.write("\n")
 
 
 def print_models(rows: list[tuple[str, str, str, str, str]]) -> None:
@@ -201,7 +325,7 @@ def print_models(rows: list[tuple[str, str, str, str, str]]) -> None:
         table.add_column(column, no_wrap=column in ("model", "pipeline"))
     for row in rows:
         table.add_row(*row)
-    out.print(table)
+    print_table(table)
 
 
 def print_facts(title: str, facts: dict) -> None:
@@ -211,4 +335,4 @@ def print_facts(title: str, facts: dict) -> None:
     for key, value in facts.items():
         shown = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
         table.add_row(key, shown)
-    out.print(table)
+    print_table(table)

@@ -10,7 +10,7 @@ import typer
 import reelbatch.cli.values as values  # noqa: PLR0402 - `from reelbatch.cli import` would import the package: a cycle
 from reelbatch.cli.app import app, db_app
 from reelbatch.cli.options import DbOpt, RunIdArg
-from reelbatch.cli.render import console, print_runs, print_status
+from reelbatch.cli.render import console, print_runs, print_status, print_status_jobs
 
 if TYPE_CHECKING:
     from reelbatch.tasks.export import ExportFormat
@@ -51,13 +51,25 @@ def runs(
 
 
 @app.command()
-def status(run_id: RunIdArg, db: DbOpt = None) -> None:
-    """Counts, jobs and failures of one run."""
+def status(
+    run_id: RunIdArg,
+    db: DbOpt = None,
+    list_jobs: Annotated[bool, typer.Option("--jobs", help="Also list every job, one line each.")] = False,
+) -> None:
+    """One run: sample and job counts by status, one line per bucket (jobs and samples by status), the first
+    failed and rejected rows; --jobs lists every job. `reelbatch export RUN` has every row."""
+    from reelbatch.infra.db.queries import status_report
+
     with values.open_database(db) as database:
         summary = values.run_summary(database, run_id)
-        jobs = database.jobs(summary.id)
-        samples = database.samples(summary.id)
-    print_status(summary, jobs, samples)
+        report = status_report(database, summary.id, first_problems=FIRST_PROBLEMS)
+        jobs = database.jobs(summary.id) if list_jobs else None
+    if jobs is not None:
+        print_status_jobs(jobs)
+    print_status(summary, report)
+
+
+FIRST_PROBLEMS = 20  # failed and rejected rows `status` shows; `export` has them all
 
 
 # The help is one line in `reelbatch --help`'s command list, too long for a docstring line.

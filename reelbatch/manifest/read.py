@@ -15,8 +15,6 @@ import io
 import os
 from typing import BinaryIO, cast
 
-import fsspec
-
 from reelbatch.manifest.columnar import read_columnar
 from reelbatch.manifest.lines import read_lines
 from reelbatch.manifest.tables import read_jsonl, read_parquet
@@ -25,8 +23,10 @@ from reelbatch.redact import INLINE_SOURCE, redact_text, redact_url
 from reelbatch.schemas import RunDefaults
 
 # A CSV manifest up to this size is read whole and tried on the columnar fast path (``columnar``); a
-# bigger one, or one that is not regular, is streamed through the line reader (``lines``).
-COLUMNAR_MAX_BYTES = 128 * 1024 * 1024
+# bigger one, or one that is not regular, is streamed through the line reader (``lines``). The line reader keeps
+# every row as an object, so it saves no memory: a 1,000,000-row manifest (173 MB) peaks at 3.3 GB and 78 CPU
+# seconds there, at 1.3 GB and 13 s on the fast path (docs/BENCHMARKS.md, "Planning at scale").
+COLUMNAR_MAX_BYTES = 512 * 1024 * 1024
 
 
 class _PrefixedStream(io.RawIOBase):
@@ -95,6 +95,16 @@ def _parse_csv(
     return read_lines(io.BytesIO(head), defaults, known_models, limits, source)
 
 
+def _open(location: str) -> BinaryIO:
+    """A local path is opened directly: importing fsspec (and asyncio with it) costs more than reading a 100,000-row
+    manifest's columns; any URL goes through fsspec."""
+    if "://" not in location and not location.startswith(("file:", "~")):
+        return open(location, "rb")  # noqa: SIM115 - the caller's `with` closes it
+    import fsspec
+
+    return cast(BinaryIO, fsspec.open(location, "rb").open())
+
+
 MANIFEST_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -122,7 +132,7 @@ def read_manifest(
     """
     location = os.fspath(source)
     try:
-        stream = fsspec.open(location, "rb").open()
+        stream = _open(location)
     except Exception as error:  # every storage backend fails its own way; the user needs one sentence
         reason = redact_text(str(getattr(error, "strerror", None) or error), location)
         raise ManifestError(f"Cannot open manifest {redact_url(location)}: {reason}") from None

@@ -54,9 +54,9 @@ class PlannedJob:
         wall = self.estimated_gpu_seconds / self.plan.world_size
         return max(JOB_TIMEOUT_FLOOR_S, JOB_TIMEOUT_MARGIN * wall)
 
-    def to_json(self) -> dict:
+    def to_json(self, with_id: bool = True) -> dict:
         return {
-            "job_id": self.job_id,
+            **({"job_id": self.job_id} if with_id else {}),
             "model": self.bucket.model,
             "height": self.bucket.height,
             "width": self.bucket.width,
@@ -155,12 +155,102 @@ class RunPlan:
             "estimated_gpu_seconds": round(sum(job.estimated_gpu_seconds for job in self.jobs), 6),
         }
 
-    def to_json(self) -> dict:
-        """The ``plan --json`` document (schema in README.md)."""
-        return {
+    def buckets(self) -> list[BucketSummary]:
+        """The jobs summed per bucket and plan, in order of each bucket's first (longest) job."""
+        by_bucket: dict[tuple[int, int], BucketSummary] = {}
+        for job in self.jobs:
+            key = (id(job.bucket), id(job.plan))  # a bucket's jobs share its key and plan objects: no hashing
+            summary = by_bucket.get(key)
+            if summary is None:
+                summary = by_bucket[key] = BucketSummary(job)
+            summary.add(job)
+        # Two equal buckets made apart (never by plan_run, maybe by hand) are one bucket.
+        merged: dict[tuple[BucketKey, ParallelPlan], BucketSummary] = {}
+        for summary in by_bucket.values():
+            kept = merged.setdefault((summary.first.bucket, summary.first.plan), summary)
+            if kept is not summary:
+                kept.merge(summary)
+        return list(merged.values())
+
+    def to_json(self, jobs: bool = False) -> dict:
+        """The ``plan --json`` document (schema in README.md): ``jobs`` lists every job (their ids hash every
+        sample id: slow on a big manifest), ``buckets`` sums them."""
+        doc = {
             "rows": self.rows,
             "accepted": self.accepted,
             "rejected": [r.model_dump() for r in sorted(self.rejected, key=lambda r: r.row)],
-            "jobs": [job.to_json() for job in self.jobs],
+            "buckets": [bucket.to_json() for bucket in self.buckets()],
             "summary": self.summary(),
         }
+        if jobs:
+            doc["jobs"] = [job.to_json() for job in self.jobs]
+        return doc
+
+
+@dataclass
+class BucketSummary:
+    """The jobs of one bucket under one plan, summed: a line of `reelbatch plan`'s table."""
+
+    first: PlannedJob  # the bucket's first job (its notes, refused plans and memory are the bucket's)
+    jobs: int = 0
+    samples: int = 0
+    padded_slots: int = 0
+    filled_slots: int = 0
+    estimated_gpu_seconds: float = 0.0
+    longest_job_seconds: float = 0.0
+
+    def add(self, job: PlannedJob) -> None:
+        self.jobs += 1
+        self.samples += len(job.samples)
+        self.padded_slots += job.padded_slots
+        self.filled_slots += job.filled_slots
+        self.estimated_gpu_seconds += job.estimated_gpu_seconds
+        self.longest_job_seconds = max(self.longest_job_seconds, job.estimated_seconds)
+
+    def merge(self, other: BucketSummary) -> None:
+        self.jobs += other.jobs
+        self.samples += other.samples
+        self.padded_slots += other.padded_slots
+        self.filled_slots += other.filled_slots
+        self.estimated_gpu_seconds += other.estimated_gpu_seconds
+        self.longest_job_seconds = max(self.longest_job_seconds, other.longest_job_seconds)
+
+    @property
+    def padding_ratio(self) -> float:
+        slots = self.samples + self.padded_slots
+        return self.padded_slots / slots if slots else 0.0
+
+    def to_json(self) -> dict:
+        job = self.first
+        return {
+            **{key: value for key, value in job.to_json(with_id=False).items() if key in BUCKET_FIELDS},
+            "jobs": self.jobs,
+            "samples": self.samples,
+            "padded_slots": self.padded_slots,
+            "filled_slots": self.filled_slots,
+            "padding_ratio": round(self.padding_ratio, 6),
+            "estimated_gpu_seconds": round(self.estimated_gpu_seconds, 6),
+            "longest_job_seconds": self.longest_job_seconds,
+        }
+
+
+# What a bucket's jobs have in common: the fields of a job's JSON that a bucket's JSON repeats.
+BUCKET_FIELDS = (
+    "model",
+    "height",
+    "width",
+    "num_frames",
+    "num_inference_steps",
+    "guidance_scale",
+    "guidance_scale_2",
+    "embedded_guidance_scale",
+    "conditioning",
+    "sequence_batch",
+    "plan",
+    "tokens",
+    "notes",
+    "backend",
+    "refused_plans",
+    "memory_gib_per_gpu",
+    "warnings",
+)

@@ -380,7 +380,10 @@ def pack_buckets(
                 )
             )
     order = sorted(range(len(packed)), key=lambda i: (-packed[i].estimated_seconds, i))
-    return [replace(packed[i], index=n) for n, i in enumerate(order)]
+    jobs = [packed[i] for i in order]
+    for index, job in enumerate(jobs):
+        job.index = index  # made above, so no id was computed yet (an id hashes the index): no copy needed
+    return jobs
 
 
 def pack_plan(

@@ -10,7 +10,14 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from reelbatch.infra.db.models import SAMPLE_STATUSES, JobAttemptRecord, JobRecord, RunRecord, SampleRecord
+from reelbatch.infra.db.models import (
+    JOB_STATUSES,
+    SAMPLE_STATUSES,
+    JobAttemptRecord,
+    JobRecord,
+    RunRecord,
+    SampleRecord,
+)
 from reelbatch.infra.db.sessions import SessionSource, chunks
 
 
@@ -196,3 +203,84 @@ def attempts(database: SessionSource, job_id: str) -> list[dict[str, Any]]:
     with database.read_session() as session:
         rows = session.execute(select(table).where(table.c.job_id == job_id).order_by(table.c.attempt))
         return [dict(row) for row in rows.mappings()]
+
+
+# The columns a run's jobs are summed by in `reelbatch status`: a bucket (shape) under one plan.
+BUCKET_COLUMNS = (
+    "model",
+    "height",
+    "width",
+    "num_frames",
+    "num_inference_steps",
+    "guidance_scale",
+    "dp",
+    "cfg",
+    "ulysses",
+    "ring",
+)
+
+
+@dataclass
+class BucketStatus:
+    """A run's jobs of one bucket and plan: ``bucket`` by BUCKET_COLUMNS, jobs and samples per status."""
+
+    bucket: dict[str, Any]
+    jobs: dict[str, int]
+    samples: dict[str, int]
+    seconds: float = 0.0  # wall seconds of its finished jobs, summed
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """What `reelbatch status` prints first: every figure summed by the database, nothing per job or row."""
+
+    jobs: dict[str, int]  # jobs per status
+    buckets: list[BucketStatus]
+    problems: list[dict[str, Any]]  # the first failed or rejected sample rows, in manifest order
+    problem_count: int
+
+
+def status_report(database: SessionSource, run_id: str, first_problems: int = 20) -> StatusReport:
+    """A run's jobs per status, jobs and samples per bucket and status, and its first ``first_problems`` failed or
+    rejected rows: a few aggregate queries, however many jobs and samples the run has."""
+    jobs, samples = JobRecord.__table__, SampleRecord.__table__
+    bucket_columns = [jobs.c[name] for name in BUCKET_COLUMNS]
+    with database.read_session() as session:
+        resolved = _resolve_run_id(session, run_id)
+        job_counts = dict.fromkeys(JOB_STATUSES, 0)
+        buckets: dict[tuple, BucketStatus] = {}
+        rows = session.execute(
+            select(*bucket_columns, jobs.c.status, func.count(), func.coalesce(func.sum(jobs.c.seconds), 0.0))
+            .where(jobs.c.run_id == resolved)
+            .group_by(*bucket_columns, jobs.c.status)
+            .order_by(*bucket_columns)
+        )
+        for *key, status, count, seconds in rows:
+            job_counts[status] = job_counts.get(status, 0) + count
+            entry = buckets.setdefault(
+                tuple(key),
+                BucketStatus(dict(zip(BUCKET_COLUMNS, key, strict=True)), dict.fromkeys(JOB_STATUSES, 0), {}),
+            )
+            entry.jobs[status] += count
+            entry.seconds += seconds
+        rows = session.execute(
+            select(*bucket_columns, samples.c.status, func.count())
+            .join(jobs, jobs.c.id == samples.c.job_id)
+            .where(samples.c.run_id == resolved)
+            .group_by(*bucket_columns, samples.c.status)
+        )
+        for *key, status, count in rows:
+            with_samples = buckets.get(tuple(key))
+            if with_samples is not None:
+                with_samples.samples[status] = with_samples.samples.get(status, 0) + count
+        failing = (samples.c.run_id == resolved) & samples.c.status.in_(("failed", "rejected"))
+        problem_count = session.scalar(select(func.count()).select_from(samples).where(failing)) or 0
+        problems = session.execute(
+            select(samples.c.row, samples.c.status, samples.c.prompt, samples.c.error, samples.c.reject_fix)
+            .where(failing)
+            .order_by(samples.c.row, samples.c.video_index, samples.c.id)
+            .limit(first_problems)
+        )
+        return StatusReport(
+            job_counts, list(buckets.values()), [dict(row) for row in problems.mappings()], problem_count
+        )

@@ -145,9 +145,91 @@ def naive_plan(
     return ParallelPlan()
 
 
-def _job_seconds(job: PlannedJob, cost: CostModel, storage: str) -> float:
-    """The job's wall time under ``cost`` (what packing put in ``estimated_seconds`` when the models agree)."""
-    return cost.job_seconds(job.bucket, job.family, job.plan, len(job.samples) + job.padded_slots, storage)
+def _packed_figures(
+    run_plan: RunPlan, cost: CostModel, storage: str, memory: float, nodes: int, gpus_per_node: int, name
+) -> tuple[PolicyFigures, Schedule]:
+    """The plan's own jobs played on the fleet: figures and schedule. ``name(job)`` names each placement.
+
+    Durations are the cost model's, computed once per (bucket, plan, slots): the jobs of a big manifest are
+    thousands of copies of a few shapes. Nothing here reads a job's samples, only their number.
+    """
+    seconds_of: dict[tuple[int, int, int], float] = {}
+    load_of: dict[int, float] = {}
+    best: dict[int, float] = {}  # per bucket: the best GPU-seconds per sample a plan on one node reaches
+    jobs: list[FleetJob] = []
+    load_held = bound_gpu_seconds = 0.0
+    real_samples = all_samples = padded = 0
+    for job in run_plan.jobs:
+        size = len(job.samples)
+        slots = size + job.padded_slots
+        key = (id(job.bucket), id(job.plan), slots)  # the run plan holds these objects for as long as this runs
+        seconds = seconds_of.get(key)
+        if seconds is None:
+            seconds = seconds_of[key] = cost.job_seconds(job.bucket, job.family, job.plan, slots, storage)
+        jobs.append(FleetJob(name(job), job.plan.world_size, seconds))
+        load = load_of.get(id(job.family))
+        if load is None:
+            load = load_of[id(job.family)] = cost.load_seconds(job.family, storage)
+        load_held += load * job.plan.world_size
+        if id(job.bucket) not in best:
+            best[id(job.bucket)] = _best_sample_gpu_seconds(job, cost, gpus_per_node, memory)
+        count = size - job.filled_slots
+        real_samples += count
+        all_samples += size
+        padded += job.padded_slots
+        bound_gpu_seconds += best[id(job.bucket)] * count
+    schedule = schedule_jobs(jobs, nodes, gpus_per_node)
+    figures = PolicyFigures(
+        makespan_s=schedule.makespan,
+        # The bound: every real sample at its best GPU-seconds, over all GPUs of the fleet.
+        lower_bound_s=bound_gpu_seconds / (nodes * gpus_per_node),
+        gpu_utilization=schedule.utilization(),
+        padding_ratio=padded / (all_samples + padded) if all_samples + padded else 0.0,
+        gpu_hours=schedule.busy_gpu_seconds / 3600,
+        jobs=len(jobs),
+        samples=all_samples,
+        padded_slots=padded,
+        extra_samples=all_samples - real_samples,
+        load_gpu_hours=load_held / 3600,
+    )
+    return figures, schedule
+
+
+def _best_sample_gpu_seconds(job: PlannedJob, cost: CostModel, gpus_per_node: int, memory: float) -> float:
+    free = job.bucket.model_copy(update={"plan": None})
+    choice = choose_plan(
+        free,
+        job.family,
+        gpus_per_node,
+        backend=job.bucket.backend,
+        device=SIMULATION_DEVICE,
+        gpu_memory_gib=memory,
+        cost_model=cost,
+    )
+    if choice.plan is not None:
+        return choice.estimated_gpu_seconds_per_sample
+    return cost.sample_gpu_seconds(job.bucket, job.family, job.plan)
+
+
+def estimate_fleet(
+    run_plan: RunPlan,
+    *,
+    nodes: int = 1,
+    gpus_per_node: int = 8,
+    gpu: str = "h100",
+    cost_model: CostModel | None = None,
+    storage: StorageKind = "local",
+    gpu_memory_gib: float | None = None,
+) -> PolicyFigures:
+    """The plan's jobs played on the fleet (``simulate_plan``'s packed figures, without the naive policy).
+
+    What `reelbatch plan --nodes/--gpu` reports; placements are named by job position, so no job id (a hash of
+    every sample id) is computed.
+    """
+    cost = (cost_model or DEFAULT_COST_MODEL).on(gpu)
+    memory = gpu_memory_gib or cost.memory_gib() or DEFAULT_GPU_MEMORY_GIB
+    figures, _ = _packed_figures(run_plan, cost, storage, memory, nodes, gpus_per_node, lambda job: str(job.index))
+    return figures
 
 
 def simulate_plan(
@@ -167,53 +249,8 @@ def simulate_plan(
     """
     cost = (cost_model or DEFAULT_COST_MODEL).on(gpu)
     memory = gpu_memory_gib or cost.memory_gib() or DEFAULT_GPU_MEMORY_GIB
-    fleet_gpus = nodes * gpus_per_node
-
-    # The packed policy.
-    jobs = [FleetJob(j.job_id, j.plan.world_size, _job_seconds(j, cost, storage)) for j in run_plan.jobs]
-    schedule = schedule_jobs(jobs, nodes, gpus_per_node)
-    load_held = sum(cost.load_seconds(j.family, storage) * j.plan.world_size for j in run_plan.jobs)
-
-    # The bound: every real sample at the best GPU-seconds a plan on one node reaches.
-    best: dict[BucketKey, float] = {}
-    bound_gpu_seconds = 0.0
-    real_samples = 0
-    for job in run_plan.jobs:
-        if job.bucket not in best:
-            free = job.bucket.model_copy(update={"plan": None})
-            choice = choose_plan(
-                free,
-                job.family,
-                gpus_per_node,
-                backend=job.bucket.backend,
-                device=SIMULATION_DEVICE,
-                gpu_memory_gib=memory,
-                cost_model=cost,
-            )
-            best[job.bucket] = (
-                choice.estimated_gpu_seconds_per_sample
-                if choice.plan is not None
-                else cost.sample_gpu_seconds(job.bucket, job.family, job.plan)
-            )
-        count = len(job.samples) - job.filled_slots
-        real_samples += count
-        bound_gpu_seconds += best[job.bucket] * count
-    lower_bound = bound_gpu_seconds / fleet_gpus
-
-    padded = sum(j.padded_slots for j in run_plan.jobs)
-    all_samples = sum(len(j.samples) for j in run_plan.jobs)
-    packed = PolicyFigures(
-        makespan_s=schedule.makespan,
-        lower_bound_s=lower_bound,
-        gpu_utilization=schedule.utilization(),
-        padding_ratio=padded / (all_samples + padded) if all_samples + padded else 0.0,
-        gpu_hours=schedule.busy_gpu_seconds / 3600,
-        jobs=len(jobs),
-        samples=all_samples,
-        padded_slots=padded,
-        extra_samples=all_samples - real_samples,
-        load_gpu_hours=load_held / 3600,
-    )
+    packed, schedule = _packed_figures(run_plan, cost, storage, memory, nodes, gpus_per_node, lambda job: job.job_id)
+    lower_bound, real_samples = packed.lower_bound_s, packed.samples - packed.extra_samples
 
     # The naive policy: one job per row, a whole node each.
     per_row: dict[tuple[BucketKey, int], tuple[PlannedJob, int]] = {}
