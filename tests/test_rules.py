@@ -469,7 +469,7 @@ def test_plan_json_carries_backend_estimates_and_refusals():
             num_videos=3,
         )
     ]
-    doc = plan_run(rows, [], 1, CATALOG, gpus=2, device="cuda").to_json()
+    doc = plan_run(rows, [], 1, CATALOG, gpus=2, device="cuda").to_json(jobs=True)
     [job] = doc["jobs"]
     assert job["backend"] == "native" and job["plan"]["ulysses"] * job["plan"]["ring"] == 2
     assert job["refused_plans"][0] == {

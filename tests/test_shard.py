@@ -121,7 +121,7 @@ def test_plan_run_buckets_by_shape_and_pads_only_the_last_job():
     summary = result.summary()
     assert summary.pop("estimated_gpu_seconds") == pytest.approx(sum(j.estimated_gpu_seconds for j in result.jobs))
     assert summary == {"jobs": 3, "samples": 10, "padded_slots": 2, "padding_ratio": round(2 / 12, 6)}
-    doc = result.to_json()
+    doc = result.to_json(jobs=True)
     assert doc["rows"] == 8 and doc["accepted"] == 8 and doc["rejected"] == []
     assert set(doc["jobs"][0]) >= {
         "job_id",
