@@ -33,3 +33,10 @@ SIMULATE_GPUS_PER_NODE = 8
 # starting the ranks and loading the pipeline.
 JOB_TIMEOUT_MARGIN = 3.0
 JOB_TIMEOUT_FLOOR_S = 900.0
+
+# --- Stopping and heartbeats (infra/shutdown.py, infra/db/runs.py) ---
+# A running run renews runs.heartbeat_at this often (seconds; REELBATCH_HEARTBEAT_S overrides it, for the orchestrator
+# and for whoever reads the run). A `running` run whose heartbeat is older than RUN_STALE_AFTER_BEATS intervals is
+# shown as `interrupted`: its orchestrator died without a word (SIGKILL, power loss).
+RUN_HEARTBEAT_S = 30.0
+RUN_STALE_AFTER_BEATS = 4

@@ -28,6 +28,7 @@ from reelbatch.cli.options import (
     with_options,
 )
 from reelbatch.cli.render import console, print_rejections, print_report, print_warnings
+from reelbatch.cli.stop import stopping_cleanly
 from reelbatch.defaults import DEFAULT_OUTPUT
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ def run(
 
 @app.command()
 def resume(run_id: RunIdArg, db: DbOpt = None, gpus: GpusOpt = None) -> None:
-    """Continue a run that stopped (crash, kill, reboot): finished videos are kept, the rest runs again.
+    """Continue a run that stopped (interrupted, crash, kill, reboot): finished videos are kept, the rest runs again.
 
     Ranks the stopped orchestrator left behind are killed first. The manifest must still be readable where the
     run found it, unchanged.
@@ -194,13 +195,14 @@ def run_flow(manifest: str, config: RunConfig, image_roots: Sequence[str], resum
     from reelbatch.progress import reporting_to
 
     use_image_roots(list(image_roots))
-    try:
-        with RichProgressSink(console) as sink, reporting_to(sink):
-            report = generate_dataset(manifest=manifest, config=config, resume_run_id=resume_run_id)
-    except ManifestError as exc:
-        values.fail(str(exc))
-    except ValueError as exc:  # an --image-root that cannot be a root
-        values.fail(str(exc))
+    with stopping_cleanly():  # SIGTERM/SIGINT: the run ends interrupted, the command exits 143/130
+        try:
+            with RichProgressSink(console) as sink, reporting_to(sink):
+                report = generate_dataset(manifest=manifest, config=config, resume_run_id=resume_run_id)
+        except ManifestError as exc:
+            values.fail(str(exc))
+        except ValueError as exc:  # an --image-root that cannot be a root
+            values.fail(str(exc))
     print_warnings(report.warnings)
     print_rejections(report.rejected)
     print_report(report)
