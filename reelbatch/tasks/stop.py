@@ -65,7 +65,10 @@ def stop_handling(db: Database) -> Iterator[RunWatch]:
     except BaseException as exc:
         if not shutdown.stopping.is_set():
             raise
-        run.record_interrupt()
+        try:
+            run.record_interrupt()
+        except Exception:  # the database may be what failed; the heartbeat going stale shows the run interrupted
+            logger.exception("recording the stopped run as interrupted failed")
         if shutdown.prefect_server_gone():
             # The signal reached Prefect's ephemeral server too (Ctrl-C in a terminal, a kill of the process group):
             # each call Prefect's engine makes from here on would retry for about a minute. The run is recorded.
