@@ -51,3 +51,10 @@ CLAIM_LEASE_S = 120.0
 CLAIM_RENEWALS_PER_LEASE = 3
 CLAIM_POLL_S = 5.0
 CLAIM_LEASE_ENV = "REELBATCH_CLAIM_LEASE_S"  # overrides the lease of every run of the process (tests, operators)
+
+# --- Stopping and heartbeats (infra/shutdown.py, infra/db/runs.py) ---
+# A running run renews runs.heartbeat_at this often (seconds; REELBATCH_HEARTBEAT_S overrides it, for the orchestrator
+# and for whoever reads the run). A `running` run whose heartbeat is older than RUN_STALE_AFTER_BEATS intervals is
+# shown as `interrupted`: its orchestrator died without a word (SIGKILL, power loss).
+RUN_HEARTBEAT_S = 30.0
+RUN_STALE_AFTER_BEATS = 4

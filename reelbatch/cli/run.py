@@ -32,6 +32,7 @@ from reelbatch.cli.options import (
 )
 from reelbatch.cli.progress import RunOutput
 from reelbatch.cli.render import console
+from reelbatch.cli.stop import stopping_cleanly
 from reelbatch.defaults import DEFAULT_OUTPUT
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def run(
 @app.command()
 @with_options(output=LOG_OUTPUT)
 def resume(run_id: RunIdArg, db: DbOpt = None, gpus: GpusOpt = None, *, output: dict) -> None:
-    """Continue a run that stopped (crash, kill, reboot): finished videos are kept, the rest runs again.
+    """Continue a run that stopped (interrupted, crash, kill, reboot): finished videos are kept, the rest runs again.
 
     Ranks the stopped orchestrator left behind are killed first. The manifest must still be readable where the
     run found it, unchanged.
@@ -206,12 +207,13 @@ def run_flow(
     from reelbatch.progress import reporting_to
 
     use_image_roots(list(image_roots))
-    try:
-        with output.progress(console) as sink, reporting_to(sink):
-            report = generate_dataset(manifest=manifest, config=config, resume_run_id=resume_run_id)
-    except ManifestError as exc:
-        values.fail(str(exc))
-    except ValueError as exc:  # an --image-root that cannot be a root
-        values.fail(str(exc))
+    with stopping_cleanly():  # SIGTERM/SIGINT: the run ends interrupted, the command exits 143/130
+        try:
+            with output.progress(console) as sink, reporting_to(sink):
+                report = generate_dataset(manifest=manifest, config=config, resume_run_id=resume_run_id)
+        except ManifestError as exc:
+            values.fail(str(exc))
+        except ValueError as exc:  # an --image-root that cannot be a root
+            values.fail(str(exc))
     output.report(report, console)
     raise typer.Exit(report.exit_code)

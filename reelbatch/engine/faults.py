@@ -9,7 +9,7 @@ Grammar (faults separated by ``,``; fields by ``:``)::
 
     REELBATCH_FAULT = FAULT ("," FAULT)*
     FAULT           = KIND (":" QUALIFIER)*
-    KIND            = crash | hang | oom | corrupt | collective | load
+    KIND            = crash | hang | stubborn | oom | corrupt | collective | load
     QUALIFIER       = rank=R       global rank the fault fires on (default: every rank)
                     | sample=S     the rank's own S-th processed sample, 0-based (default 0); padding slots
                                    are never processed and do not count
@@ -26,6 +26,8 @@ What each kind does, and where (hooks in ``engine/rank.py``):
                  on the rank's stderr, exit code 1), like any bug in the rank.
 * ``hang``       same point: sleeps forever (never returns, ignores nothing: SIGTERM still ends it), like a
                  deadlocked rank; only the orchestrator's wall clock ends the job.
+* ``stubborn``   same point: ignores SIGTERM, then sleeps forever: a rank only SIGKILL ends (what the grace
+                 period before the launcher's SIGKILL is for).
 * ``oom``        same point: raises ``torch.OutOfMemoryError("CUDA out of memory. Tried to allocate ...")``, the
                  exact type and text torch raises on a GPU (a RuntimeError with the same text on a torch too old
                  to have the class).
@@ -44,6 +46,7 @@ What each kind does, and where (hooks in ``engine/rank.py``):
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,7 +54,7 @@ from pathlib import Path
 
 from reelbatch.contract import ATTEMPT_ENV, FAULT_ENV
 
-KINDS = ("crash", "hang", "oom", "corrupt", "collective", "load")
+KINDS = ("crash", "hang", "stubborn", "oom", "corrupt", "collective", "load")
 COLLECTIVE_STALL_S = 2.0
 OOM_TEXT = (
     "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB of which "
@@ -137,7 +140,7 @@ class FaultInjector:
 
     def before_batch(self, first: int, count: int) -> None:
         """Before the rank generates its samples ``first .. first+count-1`` (its own 0-based count)."""
-        for fault in self._due(("crash", "hang", "oom", "collective"), first, count):
+        for fault in self._due(("crash", "hang", "stubborn", "oom", "collective"), first, count):
             self._announce(fault)
             if fault.kind == "crash":
                 raise RuntimeError(f"injected crash on rank {self.rank} at sample {fault.sample} (REELBATCH_FAULT)")
@@ -146,7 +149,9 @@ class FaultInjector:
             if fault.kind == "collective":
                 time.sleep(COLLECTIVE_STALL_S)
                 os._exit(1)  # no traceback, no atexit, no flush: the peers only see the sockets close
-            while True:  # hang
+            if fault.kind == "stubborn":
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            while True:  # hang, stubborn
                 time.sleep(3600)
 
     def after_write(self, first: int, videos: Sequence[Path | None]) -> None:

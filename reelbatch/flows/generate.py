@@ -38,6 +38,7 @@ from reelbatch.tasks.record import (
 )
 from reelbatch.tasks.report import publish_run_report_task, start_progress
 from reelbatch.tasks.shard import plan_run_task
+from reelbatch.tasks.stop import stop_handling
 
 # The local executor submits a job only once it has devices, so threads beyond the devices of a big node are never used.
 JOB_THREADS = 16
@@ -76,7 +77,7 @@ def generate_dataset(
     policy = RetryPolicy.from_dict(config.retry_policy)
     claim_lease_s = config.claim_lease()  # a bad REELBATCH_CLAIM_LEASE_S stops the run before anything is recorded
     # One Database for the whole run, handed to every step (they never close it); its repr hides the password.
-    with Database(url) as db:
+    with Database(url) as db, stop_handling(db) as stop:  # SIGTERM/SIGINT: the run ends interrupted, resumable
         prepare_database_task(db)
         catalog = ModelCatalog.from_config(config.model_paths)
         source = resolve_manifest_task(manifest, manifest_text, output)
@@ -106,6 +107,7 @@ def generate_dataset(
 
         resumable = {**config.resumable(), "image_roots": image_roots}  # what `reelbatch resume` needs
         run_id = start_run_task(db, manifest_read, plan, output, config.gpus_per_node, resumable, resume_run_id)
+        stop.watch(run_id, plan, output)
         record_reused_task(db, run_id, plan, done)
         specs = [prepare_job_task(job, run_id, output, db, catalog, config.defaults.fps) for job in plan.jobs]
         jobs = longest_first(plan.jobs, specs)

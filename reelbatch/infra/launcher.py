@@ -53,11 +53,21 @@ from reelbatch.contract import (
     FailureReport,
     split_output,
 )
+from reelbatch.infra import shutdown
 
 logger = logging.getLogger(__name__)
 
 TAIL_LINES = 50
 _POLL_S = 0.1
+_WATCH_S = 0.25  # how soon a running launch notices a stop
+
+# torchrun's pid of every launch running in this process, by launch id: a second stop signal kills them all.
+_live: dict[str, int] = {}
+_live_lock = threading.Lock()
+
+
+class LaunchStopped(RuntimeError):
+    """The orchestrator is stopping (SIGTERM/SIGINT): the job was ended, or never started."""
 
 
 @dataclass
@@ -152,7 +162,12 @@ def launch(
     On timeout the job gets SIGTERM (torchrun's process group and every rank), then
     ``grace_s`` seconds to exit, then SIGKILL. Whatever happens, including KeyboardInterrupt
     in the caller, every process of the job is SIGKILLed before this function returns or raises.
+
+    Once the orchestrator is stopping (``shutdown.stopping``), the job ends the same way and this raises
+    :class:`LaunchStopped`; it raises that too, starting nothing, when called while stopping.
     """
+    if shutdown.stopping.is_set():
+        raise LaunchStopped(f"not launched: stopping ({shutdown.signal_name(shutdown.stop_signal() or 0)})")
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     launch_id = launch_id or new_launch_id()
@@ -184,20 +199,33 @@ def launch(
             target=output.consume, args=(proc.stdout,), name=f"torchrun-log-{proc.pid}", daemon=True
         )
         reader.start()
-        timed_out = False
+        with _live_lock:
+            _live[launch_id] = proc.pid
+        timed_out = stopped = False
         try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            logger.warning("job %s timed out after %ss; terminating", launch_id, timeout_s)
-            _terminate(proc, launch_id, grace_s)
+            timed_out, stopped = _watch(proc, None if timeout_s is None else started + timeout_s)
+            if timed_out:
+                logger.warning("job %s timed out after %ss; terminating", launch_id, timeout_s)
+            elif stopped:
+                logger.warning("job %s: the orchestrator is stopping; terminating", launch_id)
+            if timed_out or stopped:
+                # A stopped job's report is of no use: torchrun is killed as soon as its ranks are gone (it was
+                # seen busy for over 10 s after them, under load).
+                _terminate(proc, launch_id, grace_s, ranks_only=stopped)
         finally:
             _kill(proc.pid, launch_id)
             proc.wait()
+            with _live_lock:
+                _live.pop(launch_id, None)
             # Ranks never hold our pipe (torchrun points their stdout/stderr at files), so EOF
             # follows torchrun's exit; the timeout only guards against surprises.
             reader.join(timeout=10)
         seconds = time.monotonic() - started
+    if stopped:
+        raise LaunchStopped(
+            f"job {launch_id} was stopped after {seconds:.0f} s: the orchestrator got "
+            f"{shutdown.signal_name(shutdown.stop_signal() or 0)}"
+        )
     return LaunchResult(
         returncode=proc.returncode,
         timed_out=timed_out,
@@ -206,6 +234,32 @@ def launch(
         first_failed_rank=output.first_failed_rank,
         tail=list(output.tail),
     )
+
+
+def _watch(proc: subprocess.Popen, deadline: float | None) -> tuple[bool, bool]:
+    """Wait for torchrun to exit; (timed out, stopping) when it has to be ended instead."""
+    while True:
+        if shutdown.stopping.is_set():
+            return False, True
+        wait_s = _WATCH_S if deadline is None else min(_WATCH_S, deadline - time.monotonic())
+        if wait_s <= 0:
+            return True, False
+        try:
+            proc.wait(timeout=wait_s)
+            return False, False
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def kill_live_launches() -> None:
+    """SIGKILL every launch of this process that is still running (a second stop signal: no grace)."""
+    with _live_lock:
+        live = list(_live.items())
+    for launch_id, torchrun_pid in live:
+        _signal_job(torchrun_pid, launch_id, signal.SIGKILL)
+
+
+shutdown.at_once(kill_live_launches)
 
 
 def _job_environment(overrides: Mapping[str, str] | None, launch_id: str) -> dict[str, str]:
@@ -256,14 +310,14 @@ class _OutputCollector:
                 logger.exception("on_line callback failed")
 
 
-def _terminate(proc: subprocess.Popen, launch_id: str, grace_s: float) -> None:
-    """SIGTERM the whole job, then wait up to ``grace_s`` for all of it to exit."""
+def _terminate(proc: subprocess.Popen, launch_id: str, grace_s: float, ranks_only: bool = False) -> None:
+    """SIGTERM the whole job, then wait up to ``grace_s`` for all of it (``ranks_only``: all but torchrun) to exit."""
     # torchrun would forward SIGTERM to the ranks as well, but we signal them directly,
     # in case torchrun itself is stuck.
     _signal_job(proc.pid, launch_id, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None and not _tagged_pids(launch_id):
+        if (ranks_only or proc.poll() is not None) and not set(_tagged_pids(launch_id)) - {proc.pid}:
             return
         time.sleep(_POLL_S)
 

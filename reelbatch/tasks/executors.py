@@ -145,8 +145,9 @@ def execute_jobs(
             except TimeoutError:
                 continue  # devices another run held may be free now
             pool.give_back(running.pop(finished))
-    except Exception:
+    except BaseException:
         # The pool outlives this run (a nightly pass runs several): let the started jobs end, then free their devices.
+        # On a stop signal (a BaseException) no job starts any more and the running ones end their ranks.
         for future, group in running.items():
             future.wait()
             pool.give_back(group)

@@ -24,7 +24,7 @@ INTERRUPTED = "the orchestrator stopped before this job finished (crash or kill)
 
 class RunReport(BaseModel):
     run_id: str | None
-    status: str  # done | partial | failed | refused
+    status: str  # done | partial | failed | refused | interrupted
     rows: int
     accepted: int
     rejected: list[RowRejection]
@@ -146,12 +146,24 @@ def record_reused(db: Database, run_id: str, plan: RunPlan, done: dict[str, Done
 
 
 def finish_run(db: Database, run_id: str, plan: RunPlan, output: str) -> RunReport:
-    status = db.finish_run(run_id)
+    return run_report(db, run_id, plan, output, db.finish_run(run_id))
+
+
+def interrupt_run(db: Database, run_id: str, plan: RunPlan, output: str, signal_name: str) -> RunReport:
+    """A run stopped by a signal: ``interrupted`` in the database, its unfinished jobs and samples ``pending`` again
+    (``reelbatch resume`` continues it). A run that had already finished keeps its status."""
+    reason = f"interrupted: the orchestrator got {signal_name} (`reelbatch resume` continues the run)"
+    db.interrupt_run(run_id, reason)
+    return run_report(db, run_id, plan, output)
+
+
+def run_report(db: Database, run_id: str, plan: RunPlan, output: str, status: str | None = None) -> RunReport:
+    """The report of a recorded run; ``status`` None: the run's status as the database shows it."""
     summary = db.run_summary(run_id)
     started = summary.created_at.timestamp()
     return RunReport(
         run_id=run_id,
-        status=status,
+        status=status or summary.status,
         rows=plan.rows,
         accepted=plan.accepted,
         rejected=plan.rejected,

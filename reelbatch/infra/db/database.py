@@ -144,6 +144,9 @@ class Database:
     create_run = run_writes.create_run
     reopen_run = run_writes.reopen_run
     finish_run = run_writes.finish_run
+    beat_run = run_writes.beat_run
+    run_heartbeat = run_writes.run_heartbeat
+    interrupt_run = run_writes.interrupt_run
     add_rejections = sample_writes.add_rejections
     add_reused_samples = sample_writes.add_reused_samples
     record_sample_results = sample_writes.record_sample_results

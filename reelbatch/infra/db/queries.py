@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from reelbatch.defaults import RUN_HEARTBEAT_S, RUN_STALE_AFTER_BEATS
 from reelbatch.infra.db.models import (
     JOB_STATUSES,
     SAMPLE_STATUSES,
@@ -17,6 +19,7 @@ from reelbatch.infra.db.models import (
     JobRecord,
     RunRecord,
     SampleRecord,
+    utcnow,
 )
 from reelbatch.infra.db.sessions import SessionSource, chunks
 
@@ -55,6 +58,23 @@ def status_counts(session: Session, run_ids: list[str]) -> dict[str, dict[str, i
     return counts
 
 
+HEARTBEAT_ENV = "REELBATCH_HEARTBEAT_S"
+
+
+def heartbeat_interval_s() -> float:
+    """How often a running run renews its heartbeat: REELBATCH_HEARTBEAT_S, else the default."""
+    return float(os.environ.get(HEARTBEAT_ENV) or RUN_HEARTBEAT_S)
+
+
+def shown_status(run: RunRecord) -> str:
+    """The run's status as recorded, except that a ``running`` run whose heartbeat is stale is ``interrupted``:
+    its orchestrator died without recording it (SIGKILL, power loss). Derived when read, never written."""
+    stale_before = utcnow() - timedelta(seconds=RUN_STALE_AFTER_BEATS * heartbeat_interval_s())
+    if run.status == "running" and run.heartbeat_at is not None and run.heartbeat_at < stale_before:
+        return "interrupted"
+    return run.status
+
+
 def _resolve_run_id(session: Session, run_id_or_prefix: str) -> str:
     if not run_id_or_prefix:
         raise KeyError("empty run id")
@@ -88,7 +108,7 @@ def _summaries(session: Session, runs: list[RunRecord]) -> list[RunSummary]:
             id=run.id,
             created_at=run.created_at,
             finished_at=run.finished_at,
-            status=run.status,
+            status=shown_status(run),
             manifest_source=run.manifest_source,
             output_root=run.output_root,
             counts=counts[run.id],

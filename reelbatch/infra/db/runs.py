@@ -1,16 +1,23 @@
-"""Writes of a run's own row: created when a run starts, reopened to resume it, finished from its samples' counts."""
+"""Writes of a run's own row: created when a run starts, reopened to resume it, kept alive by its heartbeat,
+finished from its samples' counts, or interrupted (stopped by a signal)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
 import uuid
+from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
 
 from sqlalchemy import update
 
-from reelbatch.infra.db.models import RunRecord, utcnow
-from reelbatch.infra.db.queries import status_counts
+from reelbatch.infra.db.models import JobRecord, RunRecord, SampleRecord, utcnow
+from reelbatch.infra.db.queries import heartbeat_interval_s, status_counts
 from reelbatch.infra.db.sessions import SessionSource, rows_matched
+
+log = logging.getLogger(__name__)
 
 
 def library_versions() -> dict[str, str]:
@@ -53,6 +60,7 @@ def create_run(
         rows_total=rows_total,
         rows_accepted=rows_accepted,
         rows_rejected=rows_rejected,
+        heartbeat_at=utcnow(),
     )
     with database.write_session() as session:
         session.add(run)
@@ -63,10 +71,70 @@ def reopen_run(database: SessionSource, run_id: str) -> None:
     """Make a finished (or crashed) run ``running`` again, to resume it."""
     with database.write_session() as session:
         reopened = session.execute(
-            update(RunRecord).where(RunRecord.id == run_id).values(status="running", finished_at=None)
+            update(RunRecord)
+            .where(RunRecord.id == run_id)
+            .values(status="running", finished_at=None, heartbeat_at=utcnow())
         )
         if rows_matched(reopened) == 0:
             raise KeyError(f"no run {run_id!r}")
+
+
+def beat_run(database: SessionSource, run_id: str) -> None:
+    """The run's orchestrator is alive: renew its heartbeat (only while the run is ``running``)."""
+    with database.write_session() as session:
+        session.execute(
+            update(RunRecord).where(RunRecord.id == run_id, RunRecord.status == "running").values(heartbeat_at=utcnow())
+        )
+
+
+@contextlib.contextmanager
+def run_heartbeat(database: SessionSource, run_id: str, interval_s: float | None = None) -> Iterator[None]:
+    """Renew the run's heartbeat every ``interval_s`` (default: ``queries.heartbeat_interval_s()``) on a daemon
+    thread while the block runs. A failed renewal is logged and tried again at the next beat."""
+    interval = interval_s or heartbeat_interval_s()
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(interval):
+            try:
+                beat_run(database, run_id)
+            except Exception:  # the database may be back at the next beat; the run itself goes on meanwhile
+                log.warning("run %s: renewing its heartbeat failed", run_id, exc_info=True)
+
+    beat_run(database, run_id)
+    thread = threading.Thread(target=beat, name=f"run-heartbeat-{run_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=5)
+
+
+def interrupt_run(database: SessionSource, run_id: str, reason: str) -> bool:
+    """Record a run stopped by a signal as ``interrupted`` (``reelbatch resume`` continues it): its jobs and samples
+    not finished go back to ``pending`` (jobs that were running keep ``reason`` as their error), ``finished_at`` is
+    now. Done and failed rows stay as they are. Only a ``running`` run is interrupted: False for any other."""
+    now = utcnow()
+    with database.write_session() as session:
+        interrupted = session.execute(
+            update(RunRecord)
+            .where(RunRecord.id == run_id, RunRecord.status == "running")
+            .values(status="interrupted", finished_at=now, heartbeat_at=now)
+        )
+        if rows_matched(interrupted) == 0:
+            return False
+        session.execute(
+            update(JobRecord)
+            .where(JobRecord.run_id == run_id, JobRecord.status == "running")
+            .values(status="pending", error=reason, finished_at=now)
+        )
+        session.execute(
+            update(SampleRecord)
+            .where(SampleRecord.run_id == run_id, SampleRecord.status == "running")
+            .values(status="pending", finished_at=None)
+        )
+    return True
 
 
 def finish_run(database: SessionSource, run_id: str) -> str:
