@@ -273,10 +273,17 @@ def live_launches(db_url: str) -> list[str]:
 class MidRun:
     """`reelbatch run` with a rank that hangs (``fault``), once its ranks run; its Prefect server's pid."""
 
-    def __init__(self, tmp_path: Path, db_url: str, fault: str = "hang:rank=0:sample=0", **env: str) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        db_url: str,
+        fault: str = "hang:rank=0:sample=0",
+        args: tuple[str, ...] = RUN_ARGS,
+        **env: str,
+    ) -> None:
         (tmp_path / "m.csv").write_text(MANIFEST)
         self.db_url = db_url
-        self.command = Cli(tmp_path, db_url, "run", *RUN_ARGS, env={FAULT_ENV: fault, **env})
+        self.command = Cli(tmp_path, db_url, "run", *args, env={FAULT_ENV: fault, **env})
         try:
             wait_until(lambda: live_launches(db_url) or self.command.process.poll() is not None, "no job started")
             assert self.command.process.poll() is None, self.command.stderr[-3000:]
@@ -332,9 +339,14 @@ def test_sigterm_interrupts_the_run_and_resume_finishes_it(tmp_path: Path, datab
 
 @pytest.mark.torchrun
 def test_sigint_interrupts_the_run_with_exit_130(tmp_path: Path) -> None:
+    """One job of four videos on two ranks; rank 0 hangs on its second video, so its first one is made before the
+    stop: that video is kept (done, its file there), the unmade ones are pending."""
     db_url = f"sqlite:///{tmp_path / 'state.db'}"
-    mid_run = MidRun(tmp_path, db_url)
+    one_job = ("m.csv", "--gpus", "2", "--out", "videos", "--max-samples-per-job", "4")
+    mid_run = MidRun(tmp_path, db_url, fault="hang:rank=0:sample=1", args=one_job)
     try:
+        reported = lambda: any(path.read_text().strip() for path in (tmp_path / "videos").rglob("results.jsonl"))  # noqa: E731
+        wait_until(reported, "rank 0 never finished its first video")
         mid_run.signal(signal.SIGINT)
         returncode = mid_run.command.wait()
         assert returncode == 130, mid_run.command.stderr[-3000:]
@@ -343,7 +355,9 @@ def test_sigint_interrupts_the_run_with_exit_130(tmp_path: Path) -> None:
         mid_run.clean_up()
     run, samples, _ = only_run(db_url)
     assert run.status == "interrupted"
-    assert {s["status"] for s in samples} == {"pending"}
+    made = [s for s in samples if s["status"] == "done"]
+    assert made and all(Path(s["output_path"]).is_file() for s in made), "a finished video was not kept"
+    assert {s["status"] for s in samples if s not in made} == {"pending"}
 
 
 @pytest.mark.torchrun

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +29,11 @@ from reelbatch.contract import (
 from reelbatch.defaults import CLAIM_LEASE_S
 from reelbatch.engine.inputs import staged_path
 from reelbatch.gpus import visible_gpus
+from reelbatch.infra import shutdown
 from reelbatch.infra.db import Database
 from reelbatch.infra.devices import DeviceGroup, local_pool
 from reelbatch.infra.failures import Failure, RetryDecision, RetryPolicy
+from reelbatch.infra.launcher import LaunchStopped
 from reelbatch.infra.prefect_config import holding_gpus
 from reelbatch.models.catalog import ModelCatalog, UnknownModel, family_from_folder
 from reelbatch.planning import validate_plan
@@ -200,7 +201,8 @@ def execute_job(
             break
         if not settled.held:
             claims.log_waiting(settled)
-            time.sleep(poll_interval(claim_lease_s))
+            if shutdown.stopping.wait(poll_interval(claim_lease_s)):
+                raise LaunchStopped("stopping while waiting for videos another run is making")
             continue
         # The prepared folder serves a first attempt that makes the whole job; any other gets a fresh one.
         held_all = launched == 0 and settled.held == [s.sample_id for s in job.samples]
@@ -210,11 +212,15 @@ def execute_job(
             replanned = False
         try:
             with claims.heartbeat(len(settled.held)):
-                with (
-                    _devices_for_attempt(devices, ranks_per_node, run.plan.world_size, priority) as group,
-                    holding_gpus(group, run.plan.world_size),  # other runs on this machine, seen in the Prefect UI
-                ):
-                    outcome = run_job(run, db, timeout_s, attempt, group)
+                try:
+                    with (
+                        _devices_for_attempt(devices, ranks_per_node, run.plan.world_size, priority) as group,
+                        holding_gpus(group, run.plan.world_size),  # other runs on this machine, seen in the Prefect UI
+                    ):
+                        outcome = run_job(run, db, timeout_s, attempt, group)
+                except LaunchStopped:
+                    collect_attempt(run, db, output)  # the videos the stopped ranks finished are kept, not remade
+                    raise
                 collected = collect_attempt(run, db, output)
         finally:
             claims.release(settled.held)  # made ones are in the database now; the rest are free for any run
@@ -232,7 +238,7 @@ def execute_job(
         leaner = lower_memory_variant(job) if decision.retry and decision.lower_memory else job
         if not decision.retry or leaner is None:
             break  # given up: what is not made yet fails with this job (a later run reuses what others made)
-        time.sleep(decision.delay_s)
+        shutdown.stopping.wait(decision.delay_s)  # a stop ends the back-off; the next launch then refuses to start
         replanned = leaner.plan != job.plan or leaner.bucket != job.bucket
         job, failure = leaner, None
     status = "failed" if failure else "done"
