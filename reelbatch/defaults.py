@@ -58,3 +58,4 @@ CLAIM_LEASE_ENV = "REELBATCH_CLAIM_LEASE_S"  # overrides the lease of every run 
 # shown as `interrupted`: its orchestrator died without a word (SIGKILL, power loss).
 RUN_HEARTBEAT_S = 30.0
 RUN_STALE_AFTER_BEATS = 4
+HEARTBEAT_ENV = "REELBATCH_HEARTBEAT_S"

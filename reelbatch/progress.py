@@ -63,6 +63,7 @@ class Tally:
         self.total = 0
         self.jobs = 0
         self.done = 0
+        self.reused = 0  # made by another run meanwhile (claims): over, but not this run's work, so not in the rate
         self._failed: set[str] = set()
         self._jobs_over: dict[str, str] = {}
         self.started_at: float | None = None  # the first job's start: planning and staging are not generating
@@ -75,7 +76,9 @@ class Tally:
             self.started_at = self._clock()
 
     def sample(self, sample_id: str, status: str) -> None:
-        if status == "done":
+        if status == "reused":
+            self.reused += 1
+        elif status == "done":
             self._failed.discard(sample_id)
             self.done += 1
         else:
@@ -90,17 +93,18 @@ class Tally:
 
     @property
     def finished(self) -> int:
-        return self.done + self.failed
+        return self.done + self.reused + self.failed
 
     def snapshot(self) -> dict[str, Any]:
         """Counts, videos per minute and seconds left (None until a video is over)."""
         elapsed = 0.0 if self.started_at is None else self._clock() - self.started_at
-        per_minute = 60.0 * self.finished / elapsed if elapsed > 0 else 0.0
+        per_minute = 60.0 * (self.finished - self.reused) / elapsed if elapsed > 0 else 0.0
         left = max(self.total - self.finished, 0)
         eta = 60.0 * left / per_minute if per_minute > 0 else (0.0 if left == 0 and self.total else None)
         return {
             "finished": self.finished,
             "done": self.done,
+            "reused": self.reused,
             "failed": self.failed,
             "total": self.total,
             "jobs_over": len(self._jobs_over),

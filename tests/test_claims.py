@@ -346,3 +346,25 @@ def test_a_killed_makers_videos_are_made_by_the_other_run_after_its_lease(tmp_pa
 def _claimed_ids(database: Database) -> list[str]:
     with database.read_session() as session:
         return list(session.scalars(select(SampleClaimRecord.sample_id)))
+
+
+def test_a_forced_run_remakes_earlier_videos_but_reuses_what_a_concurrent_run_makes(
+    database: Database, tmp_path: Path
+) -> None:
+    """--force: a video made before the run started is claimed and made again; one a concurrent run makes after
+    the forced run started is reused (one video, one maker still holds between the two)."""
+    output = str(tmp_path / "videos")
+    earlier = create_run(database, output_root=output)
+    earlier_job = make_job("earlier-job", earlier, rows=[1, 2])
+    old, new = (sample.sample_id for sample in earlier_job.samples)
+    database.add_job(earlier, earlier_job)
+    database.record_sample_results("earlier-job", [done(old)], {old: f"{output}/old.mp4"})
+    forced = create_run(database, output_root=output)
+    database.record_sample_results("earlier-job", [done(new)], {new: f"{output}/new.mp4"})
+    spec = earlier_job.model_copy(update={"job_id": "forced-job", "run_id": forced})
+    database.add_job(forced, spec)
+
+    settled = JobClaims(database, output, spec, lease_s=60.0, force=True).settle([old, new])
+    assert (settled.held, settled.reused) == ([old], [new])
+    unforced = JobClaims(database, output, spec, lease_s=60.0).settle([old, new])
+    assert unforced.reused == [old] and unforced.held == []

@@ -131,6 +131,14 @@ def test_chunked_export_writes_what_a_whole_run_export_writes(database, finished
         assert by_row.read_bytes() == whole.read_bytes()
 
 
+def test_a_column_the_first_chunk_has_only_nulls_in_gets_the_tables_type():
+    from reelbatch.tasks.export import _arrow_schema
+
+    schema = _arrow_schema([{"finished_at": None, "error": None, "frames": None}])
+    assert schema.field("finished_at").type == pa.timestamp("us", tz="UTC")  # stored UTC, exported UTC
+    assert (schema.field("error").type, schema.field("frames").type) == (pa.string(), pa.int64())
+
+
 @pytest.mark.server
 def test_dataset_index_streams_to_s3(database, finished_run, s3_bucket):
     import s3fs

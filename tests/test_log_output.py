@@ -15,7 +15,7 @@ from reelbatch.progress import NullSink
 from tests.cli_runner import reelbatch
 
 PROGRESS_KEYS = {"event", "time", "finished", "done", "failed", "total", "jobs_over", "jobs", "elapsed_s"}
-PROGRESS_KEYS |= {"videos_per_min", "eta_s"}
+PROGRESS_KEYS |= {"videos_per_min", "eta_s", "reused"}
 
 
 class Clock:
@@ -61,6 +61,20 @@ def test_a_retried_sample_counts_once():
     last = json.loads(lines[-1])
     assert (last["finished"], last["done"], last["failed"], last["total"]) == (2, 2, 0, 2)
     assert (last["jobs_over"], last["jobs"], last["eta_s"]) == (1, 1, 0.0)
+
+
+def test_videos_another_run_made_are_over_but_not_in_the_rate():
+    sink, lines, clock = lines_of("json")
+    sink.run_planned(jobs=1, samples=4)
+    sink.job_started("job-a", 4, "")
+    clock.now += 60
+    sink.sample_finished("job-a", "s1", "reused")
+    sink.sample_finished("job-a", "s2", "reused")
+    sink.sample_finished("job-a", "s3", "done")
+    sink.job_finished("job-a", "done")
+    last = json.loads(lines[-1])
+    assert (last["finished"], last["done"], last["reused"], last["failed"]) == (3, 1, 2, 0)
+    assert (last["videos_per_min"], last["eta_s"]) == (1.0, 60.0)  # one video made in a minute, one left
 
 
 def test_a_heartbeat_line_when_no_job_finished_for_the_interval():

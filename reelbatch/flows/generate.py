@@ -14,6 +14,7 @@ from reelbatch import progress
 from reelbatch.config import RunConfig
 from reelbatch.infra.dask_cluster import check_shared_storage
 from reelbatch.infra.db import Database
+from reelbatch.infra.db.queries import heartbeat_interval_s
 from reelbatch.infra.failures import RetryPolicy
 from reelbatch.infra.images import ImagePolicy, configured_roots
 from reelbatch.infra.prefect_config import database_url, deployment_config
@@ -76,6 +77,7 @@ def generate_dataset(
     ImagePolicy.for_manifest(None, image_roots)  # a root that cannot be one (credentials in it...) stops here
     policy = RetryPolicy.from_dict(config.retry_policy)
     claim_lease_s = config.claim_lease()  # a bad REELBATCH_CLAIM_LEASE_S stops the run before anything is recorded
+    heartbeat_interval_s()  # so does a bad REELBATCH_HEARTBEAT_S
     # One Database for the whole run, handed to every step (they never close it); its repr hides the password.
     with Database(url) as db, stop_handling(db) as stop:  # SIGTERM/SIGINT: the run ends interrupted, resumable
         prepare_database_task(db)
@@ -120,6 +122,7 @@ def generate_dataset(
                 policy,
                 ranks_per_node=config.gpus_per_node,
                 claim_lease_s=claim_lease_s,
+                force=config.force,
             )
             executor.run(jobs, settings, on_job_done=bar.set_done if bar else None)
         report = finish_run_task(db, run_id, plan, output)

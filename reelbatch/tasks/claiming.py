@@ -61,10 +61,14 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
 class JobClaims:
     """The claims one job of a run holds on its samples under the output root ``output``."""
 
-    def __init__(self, db: Database, output: str, spec: JobSpec, lease_s: float = CLAIM_LEASE_S) -> None:
+    def __init__(
+        self, db: Database, output: str, spec: JobSpec, lease_s: float = CLAIM_LEASE_S, force: bool = False
+    ) -> None:
         if lease_s <= 0:
             raise ValueError(f"the claim lease must be positive, not {lease_s!r} s")
         self.db, self.output, self.spec, self.lease_s = db, output, spec, lease_s
+        # --force remakes what was there before the run; a video a concurrent run makes meanwhile is still reused.
+        self._since = db.run_record(spec.run_id)["created_at"] if force else None
         self.host = claim_host()
         self._samples = {sample.sample_id: sample for sample in spec.samples}
         self._logger = _logger()
@@ -72,13 +76,13 @@ class JobClaims:
     def settle(self, pending: Sequence[str]) -> Settled:
         """Take what is made, claim what is free, and say what another run is making (``pending``: sample ids)."""
         settled = Settled()
-        self._take_made(self.db.done_outputs(self.output, pending), settled)
+        self._take_made(self.db.done_outputs(self.output, pending, since=self._since), settled)
         free = [sample_id for sample_id in pending if sample_id not in settled.finished]
         held = self.db.claim_samples(
             self.output, free, run_id=self.spec.run_id, job_id=self.spec.job_id, host=self.host, lease_s=self.lease_s
         )
         # The holder may have published a video and let its claim go between the first look and the claim.
-        made_meanwhile = self.db.done_outputs(self.output, held)
+        made_meanwhile = self.db.done_outputs(self.output, held, since=self._since)
         if made_meanwhile:
             self._take_made(made_meanwhile, settled)
             self.release(made_meanwhile)

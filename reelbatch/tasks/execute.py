@@ -17,6 +17,7 @@ from typing import Any
 
 from prefect import task
 
+from reelbatch import progress
 from reelbatch.contract import (
     JobSpec,
     attempt_folder,
@@ -169,6 +170,7 @@ def execute_job(
     priority: float = 0.0,
     devices: DeviceGroup | None = None,
     claim_lease_s: float = CLAIM_LEASE_S,
+    force: bool = False,
 ) -> JobResult:
     """``timeout_s``: the wall-clock limit per attempt; None takes the planner's estimate with a margin.
 
@@ -185,10 +187,10 @@ def execute_job(
     ensure_job_files(spec)
     # A task Dask re-runs (its worker was lost) continues the count instead of colliding with recorded attempts.
     attempt = 1 + max((a["attempt"] for a in db.attempts(spec.job_id)), default=0)
-    claims = JobClaims(db, output, spec, claim_lease_s)
+    claims = JobClaims(db, output, spec, claim_lease_s, force=force)
     pending = [sample.sample_id for sample in spec.samples]  # neither made nor reused yet, in job order
     job, launched, replanned = spec, 0, False  # job: every sample, with the plan the next attempt runs
-    generated = reused = 0
+    generated = reused = clean_launches = 0
     outcome: JobOutcome | None = None
     failure: Failure | None = None
     while True:
@@ -229,22 +231,27 @@ def execute_job(
         made = set(collected.done)
         pending = [sample_id for sample_id in pending if sample_id not in made]
         failure = None if not collected.remaining else _failure_of(outcome, collected.problems)
-        decision = policy.decide(failure, attempt) if failure else None
+        # The policy counts failed launches: one that made its videos while others waited on another run is not one.
+        decision = policy.decide(failure, attempt - clean_launches) if failure else None
         db.record_attempt(run, attempt, **_attempt_fields(outcome, group, run, failure, decision))
         attempt += 1  # also after a success: a video another run let go unmade is made by a later attempt
         if failure is None:
+            clean_launches += 1
             continue  # samples another run was making may be left: wait for them
         assert decision is not None  # decided for every failure
         leaner = lower_memory_variant(job) if decision.retry and decision.lower_memory else job
         if not decision.retry or leaner is None:
             break  # given up: what is not made yet fails with this job (a later run reuses what others made)
-        shutdown.stopping.wait(decision.delay_s)  # a stop ends the back-off; the next launch then refuses to start
+        if shutdown.stopping.wait(decision.delay_s):
+            raise LaunchStopped(f"stopping during the back-off before attempt {attempt} of job {spec.job_id}")
         replanned = leaner.plan != job.plan or leaner.bucket != job.bucket
         job, failure = leaner, None
     status = "failed" if failure else "done"
     error = None
     if failure:
         error = f"[{failure.kind}] after {attempt - 1} attempt(s): {failure.message}\n" + "\n".join(failure.tail[-8:])
+    if launched == 0:  # every video was made by another run: no ranks told the progress sink this job is over
+        progress.sink().job_finished(spec.job_id, status)
     db.finish_job(
         spec.job_id,
         status=status,

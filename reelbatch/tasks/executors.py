@@ -37,12 +37,14 @@ class JobSettings:
     policy: RetryPolicy
     ranks_per_node: int  # what the run was planned for
     claim_lease_s: float = CLAIM_LEASE_S  # lease on each video a job is making (``tasks.claiming``)
+    force: bool = False  # --force: videos made before the run started are made again, not reused
 
     def job_parameters(self, spec: JobSpec, priority: int) -> dict[str, Any]:
         """The ``run-job`` task's parameters for one job (``tasks.execute.execute_job``), wherever it runs."""
         return dict(
             spec=spec, db=self.db, output=self.output, timeout_s=self.timeout_s, policy=self.policy,
             ranks_per_node=self.ranks_per_node, priority=priority, claim_lease_s=self.claim_lease_s,
+            force=self.force,
         )  # fmt: skip
 
 

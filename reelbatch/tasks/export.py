@@ -102,7 +102,8 @@ def _arrow_schema(first_chunk: list[dict]):
     for field in pa.Table.from_pylist(first_chunk).schema:
         if pa.types.is_null(field.type):
             python_type = columns[field.name].type.python_type if field.name in columns else str
-            field = field.with_type(by_python_type.get(python_type, pa.timestamp("us")))
+            # Every datetime reelbatch stores is UTC (UTCDateTime): naive would lose that in the file.
+            field = field.with_type(by_python_type.get(python_type, pa.timestamp("us", tz="UTC")))
         fields.append(field)
     return pa.schema(fields)
 

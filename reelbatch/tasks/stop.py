@@ -44,7 +44,8 @@ class RunWatch:
         run_id, plan, output = self._run
         name = shutdown.signal_name(shutdown.stop_signal() or signal.SIGTERM)
         report = interrupt_run(self._db, run_id, plan, output, name)
-        shutdown.note_interrupted_run(run_id)
+        if report.status == "interrupted":  # a run that had finished before the signal keeps its status
+            shutdown.note_interrupted_run(run_id)
         if shutdown.prefect_server_gone():
             return
         try:

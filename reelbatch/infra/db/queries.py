@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from reelbatch.defaults import RUN_HEARTBEAT_S, RUN_STALE_AFTER_BEATS
+from reelbatch.defaults import HEARTBEAT_ENV, RUN_HEARTBEAT_S, RUN_STALE_AFTER_BEATS
 from reelbatch.infra.db.models import (
     JOB_STATUSES,
     SAMPLE_STATUSES,
@@ -58,12 +58,18 @@ def status_counts(session: Session, run_ids: list[str]) -> dict[str, dict[str, i
     return counts
 
 
-HEARTBEAT_ENV = "REELBATCH_HEARTBEAT_S"
-
-
 def heartbeat_interval_s() -> float:
     """How often a running run renews its heartbeat: REELBATCH_HEARTBEAT_S, else the default."""
-    return float(os.environ.get(HEARTBEAT_ENV) or RUN_HEARTBEAT_S)
+    given = os.environ.get(HEARTBEAT_ENV)
+    if not given:
+        return RUN_HEARTBEAT_S
+    try:
+        interval = float(given)
+    except ValueError:
+        interval = -1.0
+    if not 0 < interval < float("inf"):
+        raise ValueError(f"{HEARTBEAT_ENV}={given!r}: give the heartbeat interval as a positive number of seconds")
+    return interval
 
 
 def shown_status(run: RunRecord) -> str:
@@ -141,9 +147,12 @@ def run_record(database: SessionSource, run_id: str) -> dict[str, Any]:
         return dict(session.execute(select(table).where(table.c.id == resolved)).mappings().one())
 
 
-def done_outputs(database: SessionSource, output_root: str, sample_ids: Collection[str]) -> dict[str, DoneOutput]:
+def done_outputs(
+    database: SessionSource, output_root: str, sample_ids: Collection[str], since: datetime | None = None
+) -> dict[str, DoneOutput]:
     """For each of these sample ids (identity hashes) with a ``done`` row that has an output path in any run
-    written to exactly this ``output_root``: where the video is, from the newest such row."""
+    written to exactly this ``output_root``: where the video is, from the newest such row. ``since``: only videos
+    finished then or later (a ``--force`` run reuses what concurrent runs make, never what was there before it)."""
     wanted = sorted(set(sample_ids))
     newest_first = func.coalesce(SampleRecord.finished_at, SampleRecord.created_at).desc()
     found: dict[str, DoneOutput] = {}
@@ -157,6 +166,7 @@ def done_outputs(database: SessionSource, output_root: str, sample_ids: Collecti
                     SampleRecord.sample_id.in_(chunk),
                     SampleRecord.status == "done",
                     SampleRecord.output_path.is_not(None),
+                    *([SampleRecord.finished_at >= since] if since is not None else []),
                 )
                 .order_by(newest_first, SampleRecord.id.desc())
             )

@@ -38,9 +38,12 @@ def _run_statuses(old: str, new: str) -> None:
     bind = op.get_bind()
     version = bind.exec_driver_sql("PRAGMA schema_version").scalar_one()
     bind.exec_driver_sql("PRAGMA writable_schema=ON")
-    bind.exec_driver_sql(
-        "UPDATE sqlite_master SET sql = replace(sql, ?, ?) WHERE type = 'table' AND name = 'runs'", (old, new)
+    edited = bind.exec_driver_sql(
+        "UPDATE sqlite_master SET sql = replace(sql, ?, ?) WHERE type = 'table' AND name = 'runs' AND instr(sql, ?) > 0",
+        (old, new, old),
     )
+    if edited.rowcount != 1:  # a schema not made by these migrations: refuse rather than leave the old check
+        raise RuntimeError(f"runs: the status check is not the one revision 0005 made ({old!r}); not migrated")
     bind.exec_driver_sql(f"PRAGMA schema_version={int(version) + 1}")
     bind.exec_driver_sql("PRAGMA writable_schema=OFF")
 
