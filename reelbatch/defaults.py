@@ -33,3 +33,10 @@ SIMULATE_GPUS_PER_NODE = 8
 # starting the ranks and loading the pipeline.
 JOB_TIMEOUT_MARGIN = 3.0
 JOB_TIMEOUT_FLOOR_S = 900.0
+
+# --- Recording a run (infra/db/jobs.py, tasks/dispatch.py) ---
+# Jobs written per transaction when a run is recorded, longest first; each batch may start once committed. The
+# first batch is small so the first jobs start after a fraction of a second; batches then double up to the most,
+# which keeps every transaction (and SQLite's write lock, which running jobs wait for) well under a second.
+RECORD_FIRST_BATCH_JOBS = 8
+RECORD_BATCH_JOBS = 256

@@ -1,6 +1,7 @@
 """The generate-dataset flow: the pipeline's outline and nothing else.
 
 manifest (path, URL or pasted text) -> read + validate -> find finished samples -> plan jobs -> record the run
+-> record its jobs in batches, longest first, while the recorded ones already run
 -> every job side by side on free devices (this machine, or Dask workers), longest first: launch ranks, collect
 -> finish -> dataset index -> report (Prefect artifacts: progress while running, job table, summary)
 """
@@ -20,10 +21,10 @@ from reelbatch.infra.prefect_config import database_url, deployment_config
 from reelbatch.infra.storage import images_root, normalize_root
 from reelbatch.manifest import ManifestLimits, check_columns
 from reelbatch.models.catalog import ModelCatalog
-from reelbatch.tasks.dispatch import prepare_job_task
-from reelbatch.tasks.execute import longest_first
+from reelbatch.tasks.dispatch import record_jobs_task
 from reelbatch.tasks.executors import JobSettings, executor_for
 from reelbatch.tasks.export import write_dataset_index_task
+from reelbatch.tasks.feed import JobFeed
 from reelbatch.tasks.images import check_images_task
 from reelbatch.tasks.intake import resolve_manifest_task
 from reelbatch.tasks.manifest import read_manifest_task
@@ -106,12 +107,18 @@ def generate_dataset(
         resumable = {**config.resumable(), "image_roots": image_roots}  # what `reelbatch resume` needs
         run_id = start_run_task(db, manifest_read, plan, output, config.gpus_per_node, resumable, resume_run_id)
         record_reused_task(db, run_id, plan, done)
-        specs = [prepare_job_task(job, run_id, output, db, catalog, config.defaults.fps) for job in plan.jobs]
-        jobs = longest_first(plan.jobs, specs)
+        # The jobs are recorded in batches, longest first, on one of the flow's threads; each batch reaches the
+        # executor once committed, so the first jobs start while the rest are still being written.
+        jobs = JobFeed()
+        recording = record_jobs_task.submit(plan.jobs, run_id, output, db, catalog, jobs, config.defaults.fps)
         bar = start_progress(plan.samples)
-        with progress.reporting_to(bar or progress.sink()):
-            settings = JobSettings(db, output, config.job_timeout_s, policy, ranks_per_node=config.gpus_per_node)
-            executor.run(jobs, settings, on_job_done=bar.set_done if bar else None)
+        try:
+            with progress.reporting_to(bar or progress.sink()):
+                settings = JobSettings(db, output, config.job_timeout_s, policy, ranks_per_node=config.gpus_per_node)
+                executor.run(jobs, settings, on_job_done=bar.set_done if bar else None)
+        finally:
+            recording.wait()  # never leave it writing into a database this flow is about to close
+        recording.result()
         report = finish_run_task(db, run_id, plan, output)
         report.warnings = manifest_read.warnings
         report.dataset = write_dataset_index_task(db, run_id, output)
