@@ -87,11 +87,12 @@ def database_url(backend: str, folder: Path, admin_url: str) -> Iterator[str]:
             yield url
 
 
-def steps(path: Path, url: str, output: str, profile: int) -> dict[str, float | int]:
+def steps(path: Path, url: str, output: str, profile: int, pack: bool) -> dict[str, float | int]:
     """read, find + plan, record: what the flow does before its executor, in this process, without Prefect."""
     from reelbatch.infra.db import Database
     from reelbatch.manifest import read_manifest
     from reelbatch.models.catalog import ModelCatalog
+    from reelbatch.planning.packing import Packing
     from reelbatch.planning.planner import plan_run
     from reelbatch.schemas import RunDefaults
     from reelbatch.tasks.dispatch import record_jobs
@@ -103,9 +104,11 @@ def steps(path: Path, url: str, output: str, profile: int) -> dict[str, float | 
     with Database(url) as db:
         db.ensure_schema(auto_upgrade=True)
 
+        packing = Packing(enabled=pack).options(2)  # as the flow plans: packed unless --no-pack
+
         def find_and_plan():
             done = find_done_samples(db, output, read.rows, force=False)
-            return plan_run(read.rows, read.rejections, read.total_rows, catalog, 2, skip=set(done))
+            return plan_run(read.rows, read.rejections, read.total_rows, catalog, 2, skip=set(done), packing=packing)
 
         plan_s, plan = timed(find_and_plan)
 
@@ -131,22 +134,27 @@ def steps(path: Path, url: str, output: str, profile: int) -> dict[str, float | 
 
 def whole_process_seconds(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int]:
     """Wall time of a process; its process group (the Prefect server it started) is killed once it exits."""
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
-    _, stderr = process.communicate(timeout=3600)
-    seconds = time.perf_counter() - started
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    if process.returncode not in (0, -signal.SIGKILL):
-        raise RuntimeError(f"{command[:4]} exited {process.returncode}: {stderr.decode()[-2000:]}")
+    # stderr to a file, not a pipe: the server the process started would hold a pipe open after it exits.
+    with tempfile.TemporaryFile() as stderr:
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
+        )
+        try:
+            process.wait(timeout=3600)
+        finally:
+            seconds = time.perf_counter() - started
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if process.returncode not in (0, -signal.SIGKILL):
+            stderr.seek(0)
+            raise RuntimeError(f"{command[:4]} exited {process.returncode}: {stderr.read().decode()[-2000:]}")
     return seconds, process.returncode
 
 
-def time_to_first_launch(path: Path, url: str, folder: Path) -> float:
+def time_to_first_launch(path: Path, url: str, folder: Path, pack: bool) -> float:
     env = {
         **os.environ,
         "REELBATCH_TEST_CRASH_AT": "before_launch",
@@ -156,7 +164,7 @@ def time_to_first_launch(path: Path, url: str, folder: Path) -> float:
     }
     output = folder / f"out-{uuid.uuid4().hex[:8]}"
     command = [sys.executable, "-m", "reelbatch.cli", "run", str(path), "--gpus", "2", "--out", str(output)]
-    seconds, returncode = whole_process_seconds([*command, "--db", url], env, folder)
+    seconds, returncode = whole_process_seconds([*command, "--db", url, *([] if pack else ["--no-pack"])], env, folder)
     if returncode != -signal.SIGKILL:
         raise RuntimeError("the run ended without launching a job")
     return seconds
@@ -174,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres", default=POSTGRES_ADMIN, help="admin URL; a bench database is made there")
     parser.add_argument("--repeat", type=int, default=1, help="best of N for the time to first launch")
     parser.add_argument("--no-launch", action="store_true", help="skip the whole-process time to first launch")
+    parser.add_argument("--launch-only", action="store_true", help="only the whole-process time to first launch")
+    parser.add_argument("--no-pack", action="store_true", help="plan as `reelbatch run --no-pack` does")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile of recording: N functions")
     args = parser.parse_args(argv)
     sizes = [SIZES[size.strip().lower()] for size in args.sizes.split(",")]
@@ -197,13 +207,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"\n{rows:,} rows ({path.stat().st_size / 1e6:.1f} MB): whole-process pandas.read_csv {pandas_s:.2f} s"
             )
             for backend in backends:
-                with database_url(backend, folder, args.postgres) as url:
-                    figures = steps(path, url, str(folder / "out-steps"), args.profile)
-                samples = figures["samples"]
-                print(f"  {backend}: {figures['jobs']:,} jobs, {samples:,} samples")
-                for step in ("read", "plan", "record"):
-                    seconds = figures[f"{step}_s"]
-                    print(f"    {step:<28}{seconds:8.2f} s {rows / seconds:>12,.0f} rows/s")
+                print(f"  {backend}:")
+                if not args.launch_only:
+                    with database_url(backend, folder, args.postgres) as url:
+                        figures = steps(path, url, str(folder / "out-steps"), args.profile, not args.no_pack)
+                    print(f"    {figures['jobs']:,} jobs, {figures['samples']:,} samples")
+                    for step in ("read", "plan", "record"):
+                        seconds = figures[f"{step}_s"]
+                        print(f"    {step:<28}{seconds:8.2f} s {rows / seconds:>12,.0f} rows/s")
                 if args.no_launch:
                     continue
                 launches = []
@@ -211,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                     best = float("inf")
                     for _ in range(max(1, args.repeat)):
                         with database_url(backend, folder, args.postgres) as url:
-                            best = min(best, time_to_first_launch(size_path, url, folder))
+                            best = min(best, time_to_first_launch(size_path, url, folder, not args.no_pack))
                     launches.append(best)
                 added = launches[1] - launches[0]
                 ratio = added / pandas_s

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from reelbatch import progress
 from reelbatch.config import RunConfig
@@ -86,7 +87,8 @@ def generate_dataset(
         for warning in manifest_read.warnings:
             get_run_logger().warning("manifest: %s", warning)
         manifest_read = check_images_task(manifest_read, catalog, images_root(output), image_roots, manifest_limits)
-        done = find_done_samples_task(db, output, manifest_read.rows, config.force)
+        # quote(): Prefect would otherwise walk every row (and every job below) of a big manifest looking for futures.
+        done = find_done_samples_task(db, output, quote(manifest_read.rows), config.force)
         plan = plan_run_task(
             manifest_read.rows,
             manifest_read.rejections,
@@ -105,12 +107,15 @@ def generate_dataset(
             return report
 
         resumable = {**config.resumable(), "image_roots": image_roots}  # what `reelbatch resume` needs
-        run_id = start_run_task(db, manifest_read, plan, output, config.gpus_per_node, resumable, resume_run_id)
-        record_reused_task(db, run_id, plan, done)
+        # The task gets the quoted values themselves; Prefect's stubs do not say so.
+        run_id = start_run_task(  # type: ignore[call-overload]
+            db, quote(manifest_read), quote(plan), output, config.gpus_per_node, resumable, resume_run_id
+        )
+        record_reused_task(db, run_id, quote(plan), quote(done))  # type: ignore[call-overload]
         # The jobs are recorded in batches, longest first, on one of the flow's threads; each batch reaches the
         # executor once committed, so the first jobs start while the rest are still being written.
         jobs = JobFeed()
-        recording = record_jobs_task.submit(plan.jobs, run_id, output, db, catalog, jobs, config.defaults.fps)
+        recording = record_jobs_task.submit(quote(plan.jobs), run_id, output, db, catalog, jobs, config.defaults.fps)
         bar = start_progress(plan.samples)
         try:
             with progress.reporting_to(bar or progress.sink()):
