@@ -59,3 +59,10 @@ CLAIM_LEASE_ENV = "REELBATCH_CLAIM_LEASE_S"  # overrides the lease of every run 
 RUN_HEARTBEAT_S = 30.0
 RUN_STALE_AFTER_BEATS = 4
 HEARTBEAT_ENV = "REELBATCH_HEARTBEAT_S"
+
+# --- Recording a run (infra/db/jobs.py, tasks/dispatch.py) ---
+# Jobs written per transaction when a run is recorded, longest first; each batch may start once committed. The
+# first batch is small so the first jobs start after a fraction of a second; batches then double up to the most,
+# which keeps every transaction (and SQLite's write lock, which running jobs wait for) well under a second.
+RECORD_FIRST_BATCH_JOBS = 8
+RECORD_BATCH_JOBS = 256

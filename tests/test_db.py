@@ -17,7 +17,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from reelbatch.contract import JobSpec, SampleResult
+from reelbatch.contract import JobSpec, SampleResult, rank_log_path
 from reelbatch.infra import db as db_module
 from reelbatch.infra.db import Base, Database, SchemaOutOfDate, head_revision, library_versions
 from reelbatch.infra.db import runs as db_runs
@@ -661,6 +661,78 @@ def test_add_job_refuses_a_job_id_of_another_run(database: Database) -> None:
         database.add_job(second, make_job("job", second, rows=[2]))
     assert database.jobs(second) == [] and database.samples(second) == []
     assert database.jobs(first)[0]["run_id"] == first
+
+
+def test_add_jobs_records_many_jobs_in_batches_in_the_order_given(database: Database) -> None:
+    run_id = create_run(database)
+    jobs = [make_job(f"job{index}", run_id, rows=[2 + 3 * index, 3 + 3 * index, 4 + 3 * index]) for index in range(7)]
+    jobs[3] = jobs[3].model_copy(update={"backend": "xdit"})
+    database.add_jobs(run_id, jobs[::-1], log_paths={"job0": "/logs/0.log"}, batch_size=3)
+
+    recorded = database.jobs(run_id)
+    assert [job["id"] for job in recorded] == [job.job_id for job in jobs[::-1]]  # 3 transactions, order kept
+    by_id = {job["id"]: job for job in recorded}
+    assert by_id["job0"]["log_path"] == "/logs/0.log"
+    assert by_id["job1"]["log_path"] == str(rank_log_path(jobs[1]))  # the spec's own
+    assert (by_id["job3"]["backend"], by_id["job4"]["backend"]) == ("xdit", "native")
+    assert all((job["status"], job["samples_count"], job["attempts"]) == ("pending", 3, 0) for job in recorded)
+    samples = _sample_rows(database, run_id)
+    assert len(samples) == 21 and {sample["status"] for sample in samples} == {"pending"}
+    assert {sample["sample_id"]: sample["job_id"] for sample in samples} == {
+        sample.sample_id: job.job_id for job in jobs for sample in job.samples
+    }
+    assert samples_by_id(database, run_id)["job5-s17"]["prompt"] == "a cat surfing 17"
+
+
+def test_add_jobs_again_keeps_done_samples_and_moves_the_others(database: Database) -> None:
+    run_id = create_run(database)
+    first = [make_job("a", run_id, rows=[2, 3]), make_job("b", run_id, rows=[4, 5])]
+    database.add_jobs(run_id, first, batch_size=1)
+    database.mark_job_running("a")
+    database.record_sample_results("a", [done("a-s2"), failed("a-s3")], {"a-s2": "/v/2.mp4"})
+    database.finish_job("a", status="failed", returncode=1, seconds=1.0, error="boom")
+    before = samples_by_id(database, run_id)
+
+    # Re-planned in one call: job "a" keeps its done sample and gets a wider plan, job "b" lost "b-s5" to a new job.
+    replanned = [
+        first[0].model_copy(update={"plan": ParallelPlan(dp=4)}),
+        first[1].model_copy(update={"samples": first[1].samples[:1]}),
+        first[1].model_copy(update={"job_id": "c", "samples": first[1].samples[1:]}),
+    ]
+    database.add_jobs(run_id, replanned)
+    database.add_jobs(run_id, replanned)  # idempotent
+
+    jobs = {job["id"]: job for job in database.jobs(run_id)}
+    assert sorted(jobs) == ["a", "b", "c"]
+    assert (jobs["a"]["status"], jobs["a"]["attempts"], jobs["a"]["dp"], jobs["a"]["error"]) == ("pending", 1, 4, None)
+    samples = samples_by_id(database, run_id)
+    assert samples["a-s2"] == before["a-s2"]  # done: untouched
+    assert (samples["a-s3"]["status"], samples["a-s3"]["attempts"], samples["a-s3"]["error"]) == ("pending", 1, None)
+    assert (samples["b-s5"]["job_id"], samples["b-s5"]["id"]) == ("c", before["b-s5"]["id"])
+    assert len(samples) == 4
+
+
+def test_add_jobs_given_a_job_twice_keeps_the_last(database: Database) -> None:
+    run_id = create_run(database)
+    job = make_job("job", run_id, rows=[2, 3])
+    database.add_jobs(run_id, [job.model_copy(update={"plan": ParallelPlan(dp=2, ulysses=2)}), job])
+    [recorded] = database.jobs(run_id)
+    assert (recorded["dp"], recorded["ulysses"]) == (2, 1)  # the last given, as if added one by one
+    assert len(_sample_rows(database, run_id)) == 2
+
+
+def test_add_jobs_refuses_the_batch_with_a_job_of_another_run_and_keeps_the_batches_before(
+    database: Database,
+) -> None:
+    first, second = create_run(database), create_run(database)
+    database.add_job(first, make_job("taken", first, rows=[2]))
+    jobs = [make_job("x", second, rows=[2]), make_job("y", second, rows=[3]), make_job("taken", second, rows=[4])]
+    with pytest.raises(ValueError, match="job id taken is already used by run"):
+        database.add_jobs(second, [*jobs, make_job("z", second, rows=[5])], batch_size=2)
+    assert [job["id"] for job in database.jobs(second)] == ["x", "y"]  # the first batch; none of the second
+    assert sorted(sample["sample_id"] for sample in database.samples(second)) == ["x-s2", "y-s3"]
+    with pytest.raises(ValueError, match="belongs to run"):
+        database.add_jobs(second, [make_job("w", first, rows=[6])])
 
 
 def test_done_outputs_finds_the_newest_done_sample_under_the_same_output_root(

@@ -1,6 +1,7 @@
 """The generate-dataset flow: the pipeline's outline and nothing else.
 
 manifest (path, URL or pasted text) -> read + validate -> find finished samples -> plan jobs -> record the run
+-> record its jobs in batches, longest first, while the recorded ones already run
 -> every job side by side on free devices (this machine, or Dask workers), longest first: launch ranks, collect
 -> finish -> dataset index -> report (Prefect artifacts: progress while running, job table, summary)
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from reelbatch import progress
 from reelbatch.config import RunConfig
@@ -21,10 +23,10 @@ from reelbatch.infra.prefect_config import database_url, deployment_config
 from reelbatch.infra.storage import images_root, normalize_root
 from reelbatch.manifest import ManifestLimits, check_columns
 from reelbatch.models.catalog import ModelCatalog
-from reelbatch.tasks.dispatch import prepare_job_task
-from reelbatch.tasks.execute import longest_first
+from reelbatch.tasks.dispatch import record_jobs_task
 from reelbatch.tasks.executors import JobSettings, executor_for
 from reelbatch.tasks.export import write_dataset_index_task
+from reelbatch.tasks.feed import JobFeed
 from reelbatch.tasks.images import check_images_task
 from reelbatch.tasks.intake import resolve_manifest_task
 from reelbatch.tasks.manifest import read_manifest_task
@@ -89,7 +91,8 @@ def generate_dataset(
         for warning in manifest_read.warnings:
             get_run_logger().warning("manifest: %s", warning)
         manifest_read = check_images_task(manifest_read, catalog, images_root(output), image_roots, manifest_limits)
-        done = find_done_samples_task(db, output, manifest_read.rows, config.force)
+        # quote(): Prefect would otherwise walk every row (and every job below) of a big manifest looking for futures.
+        done = find_done_samples_task(db, output, quote(manifest_read.rows), config.force)
         plan = plan_run_task(
             manifest_read.rows,
             manifest_read.rejections,
@@ -108,23 +111,32 @@ def generate_dataset(
             return report
 
         resumable = {**config.resumable(), "image_roots": image_roots}  # what `reelbatch resume` needs
-        run_id = start_run_task(db, manifest_read, plan, output, config.gpus_per_node, resumable, resume_run_id)
+        # The task gets the quoted values themselves; Prefect's stubs do not say so.
+        run_id = start_run_task(  # type: ignore[call-overload]
+            db, quote(manifest_read), quote(plan), output, config.gpus_per_node, resumable, resume_run_id
+        )
         stop.watch(run_id, plan, output)
-        record_reused_task(db, run_id, plan, done)
-        specs = [prepare_job_task(job, run_id, output, db, catalog, config.defaults.fps) for job in plan.jobs]
-        jobs = longest_first(plan.jobs, specs)
+        record_reused_task(db, run_id, quote(plan), quote(done))  # type: ignore[call-overload]
+        # The jobs are recorded in batches, longest first, on one of the flow's threads; each batch reaches the
+        # executor once committed, so the first jobs start while the rest are still being written.
+        jobs = JobFeed()
+        recording = record_jobs_task.submit(quote(plan.jobs), run_id, output, db, catalog, jobs, config.defaults.fps)
         bar = start_progress(plan.samples)
-        with progress.reporting_to(bar or progress.sink()):
-            settings = JobSettings(
-                db,
-                output,
-                config.job_timeout_s,
-                policy,
-                ranks_per_node=config.gpus_per_node,
-                claim_lease_s=claim_lease_s,
-                force=config.force,
-            )
-            executor.run(jobs, settings, on_job_done=bar.set_done if bar else None)
+        try:
+            with progress.reporting_to(bar or progress.sink()):
+                settings = JobSettings(
+                    db,
+                    output,
+                    config.job_timeout_s,
+                    policy,
+                    ranks_per_node=config.gpus_per_node,
+                    claim_lease_s=claim_lease_s,
+                    force=config.force,
+                )
+                executor.run(jobs, settings, on_job_done=bar.set_done if bar else None)
+        finally:
+            recording.wait()  # never leave it writing into a database this flow is about to close
+        recording.result()
         report = finish_run_task(db, run_id, plan, output)
         report.warnings = manifest_read.warnings
         report.dataset = write_dataset_index_task(db, run_id, output)

@@ -1,4 +1,4 @@
-"""Turn a planned job into a job spec on disk and run it as torchrun ranks.
+"""Turn planned jobs into job specs, record them, and run a job as torchrun ranks.
 
 The spec file is the whole input of the ranks (``reelbatch.engine.rank``; the folder and the events are in
 ``reelbatch.contract``); their stdout carries progress events that become progress bars and log lines here.
@@ -6,11 +6,14 @@ The spec file is the whole input of the ranks (``reelbatch.engine.rank``; the fo
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
 from reelbatch import progress
@@ -20,13 +23,14 @@ from reelbatch.contract import (
     JobSpec,
     crash_point,
     folder_fields,
-    new_attempt_folder,
     parse_event,
     rank_log_path,
     spec_path,
     split_output,
     write_job_spec,
 )
+from reelbatch.defaults import RECORD_BATCH_JOBS, RECORD_FIRST_BATCH_JOBS
+from reelbatch.infra import shutdown
 from reelbatch.infra.db import Database
 from reelbatch.infra.devices import DeviceGroup
 from reelbatch.infra.failures import Failure, classify
@@ -34,6 +38,7 @@ from reelbatch.infra.launcher import launch, new_launch_id
 from reelbatch.infra.storage import images_root, work_root
 from reelbatch.models.catalog import ModelCatalog
 from reelbatch.planning.jobs import PlannedJob
+from reelbatch.tasks.feed import JobFeed
 
 
 @dataclass
@@ -51,17 +56,17 @@ def job_dir(output: str, run_id: str, job_id: str) -> Path:
     return work_root(output) / run_id / job_id
 
 
-def prepare_job(
-    planned: PlannedJob, run_id: str, output: str, db: Database, catalog: ModelCatalog, fps: int | None = None
-) -> JobSpec:
-    """Write the job spec next to where its ranks will stage their files, and record the job as pending.
+def job_spec(planned: PlannedJob, run_id: str, output: str, catalog: ModelCatalog, fps: int | None = None) -> JobSpec:
+    """The job as its ranks will see it, in a fresh attempt folder that is created with ``job.json`` when the job
+    first runs (``tasks.execute.ensure_job_files``): a run of thousands of jobs writes no files before its first.
 
     ``fps`` None: the model's own frame rate. The family's recipe (flow shift, fp32 components) is resolved here.
     """
     job_id = f"{run_id[:8]}-{planned.job_id}"
-    folder = new_attempt_folder(job_dir(output, run_id, job_id))
+    # The name contract.new_attempt_folder gives, without making the folder yet.
+    folder = job_dir(output, run_id, job_id) / uuid.uuid4().hex[:8]
     recipe = planned.family.defaults
-    spec = JobSpec(
+    return JobSpec(
         job_id=job_id,
         run_id=run_id,
         bucket=planned.bucket,
@@ -79,9 +84,61 @@ def prepare_job(
         timeout_s=planned.timeout_s,
         **folder_fields(folder),
     )
+
+
+def prepare_job(
+    planned: PlannedJob, run_id: str, output: str, db: Database, catalog: ModelCatalog, fps: int | None = None
+) -> JobSpec:
+    """One job, outside a flow (scripts, benchmarks): its spec written to disk and the job recorded as pending."""
+    spec = job_spec(planned, run_id, output, catalog, fps)
     write_job_spec(spec)
     db.add_job(run_id, spec, backend=spec.backend, log_path=str(rank_log_path(spec)))
     return spec
+
+
+def longest_first(planned: Sequence[PlannedJob]) -> list[int]:
+    """Positions of the jobs, the longest estimated wall time first (ties: plan order)."""
+
+    def wall(job: PlannedJob) -> float:
+        return job.estimated_seconds or job.estimated_gpu_seconds / job.plan.world_size
+
+    return sorted(range(len(planned)), key=lambda i: (-wall(planned[i]), i))
+
+
+def record_jobs(
+    planned: Sequence[PlannedJob],
+    run_id: str,
+    output: str,
+    db: Database,
+    catalog: ModelCatalog,
+    feed: JobFeed,
+    fps: int | None = None,
+    batch_size: int | None = None,
+    first_batch: int | None = None,
+) -> int:
+    """Record the planned jobs as pending, longest first, one transaction per batch, and hand each batch to ``feed``
+    (priority 0: the longest) once it is committed: the executor starts the first jobs while later ones are still
+    being written, and never one that is not recorded. Batches grow from ``first_batch`` jobs, doubling, up to
+    ``batch_size`` (None: ``defaults.RECORD_FIRST_BATCH_JOBS`` and ``RECORD_BATCH_JOBS``). Closes the feed (with
+    the error, if one stops it); returns how many jobs it recorded."""
+    batch_size = max(1, batch_size or RECORD_BATCH_JOBS)
+    first_batch = max(1, min(first_batch or RECORD_FIRST_BATCH_JOBS, batch_size))
+    try:
+        order = longest_first(planned)
+        start, size = 0, first_batch
+        while start < len(order):
+            if shutdown.stopping.is_set():  # the run ends interrupted; `reelbatch resume` plans and records the rest
+                break
+            positions = order[start : start + size]
+            specs = [job_spec(planned[i], run_id, output, catalog, fps) for i in positions]
+            db.add_jobs(run_id, specs, batch_size=len(specs))
+            feed.put(list(enumerate(specs, start)))
+            start, size = start + len(positions), min(size * 2, batch_size)
+    except BaseException as error:
+        feed.close(error)
+        raise
+    feed.close()
+    return start
 
 
 def run_job(
@@ -142,4 +199,5 @@ def run_job(
     )
 
 
-prepare_job_task = task(name="prepare-job")(prepare_job)
+# Not cached: the feed is this process's hand-over to the executor, and recording is never skipped.
+record_jobs_task = task(name="record-jobs", cache_policy=NO_CACHE)(record_jobs)

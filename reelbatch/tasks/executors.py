@@ -1,8 +1,9 @@
 """Where a run's jobs run: one interface, one implementation per backend (this machine's devices, a Dask cluster).
 
-The flow hands its jobs, longest first, to ``executor.run`` and gets their results back in the same order; it does
-not know which backend runs them. Each job runs as the ``run-job`` task (``tasks.execute.execute_job``) wherever the
-executor places it.
+The flow hands its jobs to ``executor.run`` as a ``JobFeed`` that the recorder fills while the executor runs (a job
+arrives only once it is recorded) and gets their results back in the order they arrived; it does not know which
+backend runs them. Each job runs as the ``run-job`` task (``tasks.execute.execute_job``) wherever the executor
+places it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from reelbatch.infra.db import Database
 from reelbatch.infra.devices import DeviceGroup, DevicePool, local_pool
 from reelbatch.infra.failures import RetryPolicy
 from reelbatch.tasks.execute import JobResult, execute_job_task
+from reelbatch.tasks.feed import Job, JobFeed
 
 if TYPE_CHECKING:
     from prefect_dask import DaskTaskRunner
@@ -49,12 +51,13 @@ class JobSettings:
 
 
 class JobExecutor(ABC):
-    """Runs (priority, spec) jobs, lower priority numbers first; returns their results in the order given."""
+    """Runs (priority, spec) jobs, lower priority numbers first, each once it is in the feed; returns their results
+    in the order they came (a plain sequence: jobs all recorded already)."""
 
     @abstractmethod
     def run(
         self,
-        jobs: Sequence[tuple[int, JobSpec]],
+        jobs: JobFeed | Sequence[Job],
         settings: JobSettings,
         on_job_done: Callable[[int], None] | None = None,
     ) -> list[JobResult]:
@@ -70,7 +73,7 @@ class LocalExecutor(JobExecutor):
 
     def run(
         self,
-        jobs: Sequence[tuple[int, JobSpec]],
+        jobs: JobFeed | Sequence[Job],
         settings: JobSettings,
         on_job_done: Callable[[int], None] | None = None,
     ) -> list[JobResult]:
@@ -90,7 +93,7 @@ class DaskExecutor(JobExecutor):
 
     def run(
         self,
-        jobs: Sequence[tuple[int, JobSpec]],
+        jobs: JobFeed | Sequence[Job],
         settings: JobSettings,
         on_job_done: Callable[[int], None] | None = None,
     ) -> list[JobResult]:
@@ -107,25 +110,35 @@ def executor_for(dask_address: str | None, dask_local_workers: int, gpus_per_nod
 
 
 DEVICE_POLL_S = 2.0
+# While the recorder is still writing jobs, how often a scheduler with free devices looks for newly recorded ones.
+FEED_POLL_S = 0.1
 
 
 def execute_jobs(
-    jobs: Sequence[tuple[int, JobSpec]],
+    jobs: JobFeed | Sequence[Job],
     pool: DevicePool,
     start: Callable[[JobSpec, int, DeviceGroup], PrefectFuture[JobResult]],
 ) -> list[JobResult]:
-    """Run ``jobs`` (priority, spec) side by side on ``pool``'s devices; their results, in the order of ``jobs``.
+    """Run ``jobs`` (priority, spec) side by side on ``pool``'s devices; their results, in the order they came.
 
     Whenever devices are free, the first waiting job (lowest priority number) that fits starts on a group of its
     own through ``start`` (which submits the job's task), so narrow jobs back-fill while a wide one waits for room.
+    A job waits until it is in the feed (recorded); the feed's later jobs join the waiting ones as they arrive.
     A job's devices come back when its task ends. A task that raised (not a failed job: that is a result) re-raises
-    here once every other job has ended.
+    here once every other job has ended; so does an error of the recorder.
     """
-    waiting = sorted(enumerate(jobs), key=lambda item: item[1][0])
+    feed = jobs if isinstance(jobs, JobFeed) else JobFeed.of(jobs)
+    arrived: list[Job] = []
+    waiting: list[tuple[int, Job]] = []  # (arrival position, job), lowest priority first
     running: dict[PrefectFuture[JobResult], DeviceGroup] = {}
-    started: dict[int, PrefectFuture[JobResult]] = {}  # position in ``jobs`` -> its task
+    started: dict[int, PrefectFuture[JobResult]] = {}  # arrival position -> its task
     try:
-        while waiting or running:
+        while True:
+            new = feed.take(timeout=0 if waiting or running else DEVICE_POLL_S)
+            if new:
+                waiting.extend(enumerate(new, len(arrived)))
+                arrived.extend(new)
+                waiting.sort(key=lambda item: item[1][0])
             for item in list(waiting):
                 position, (priority, spec) = item
                 group = pool.try_take(spec.plan.world_size)
@@ -139,13 +152,17 @@ def execute_jobs(
                 waiting.remove(item)
                 started[position] = future
                 running[future] = group
-            if not running:  # every free device is held by another run on this machine: look again soon
-                time.sleep(DEVICE_POLL_S)
-                continue
+            if not running:
+                if not waiting and feed.exhausted:
+                    break
+                if waiting:  # every free device is held by another run on this machine: look again soon
+                    time.sleep(DEVICE_POLL_S)
+                continue  # else the feed's next jobs were awaited in take()
             try:
-                finished = next(as_completed(list(running), timeout=DEVICE_POLL_S))
+                poll = DEVICE_POLL_S if feed.exhausted else FEED_POLL_S
+                finished = next(as_completed(list(running), timeout=poll))
             except TimeoutError:
-                continue  # devices another run held may be free now
+                continue  # devices another run held may be free now, or more jobs recorded
             pool.give_back(running.pop(finished))
     except BaseException:
         # The pool outlives this run (a nightly pass runs several): let the started jobs end, then free their devices.
@@ -154,37 +171,41 @@ def execute_jobs(
             future.wait()
             pool.give_back(group)
         raise
-    return [started[position].result() for position in range(len(jobs))]
+    return [started[position].result() for position in range(len(arrived))]
 
 
 def execute_jobs_on_dask(
-    jobs: Sequence[tuple[int, JobSpec]],
+    jobs: JobFeed | Sequence[Job],
     runner: DaskTaskRunner,
     submit: Callable[[JobSpec, int], PrefectFuture[JobResult]],
     on_job_done: Callable[[int], None] | None = None,
 ) -> list[JobResult]:
-    """Run ``jobs`` on a Dask cluster through ``runner``; their results, in the order of ``jobs``.
+    """Run ``jobs`` on a Dask cluster through ``runner``; their results, in the order they came.
 
-    Each job asks Dask for ``{"GPU": world_size}`` of a worker's resources, so Dask starts it only on a worker with
-    that many GPUs free; on the worker it waits for its own device group (``execute_job`` without devices). Dask
-    runs higher priorities first, hence the sign. ``on_job_done`` gets the number of videos finished so far.
+    Each job is submitted once it is in the feed (recorded). It asks Dask for ``{"GPU": world_size}`` of a worker's
+    resources, so Dask starts it only on a worker with that many GPUs free; on the worker it waits for its own
+    device group (``execute_job`` without devices). Dask runs higher priorities first, hence the sign.
+    ``on_job_done`` gets the number of videos finished so far.
     """
     import dask
 
+    feed = jobs if isinstance(jobs, JobFeed) else JobFeed.of(jobs)
     with runner:
-        widest = max((spec.plan.world_size for _, spec in jobs), default=0)
         workers = runner.client.scheduler_info().get("workers", {}).values()
         most = max((w.get("resources", {}).get("GPU", 0) for w in workers), default=0)
-        if widest > most:
-            raise ValueError(
-                f"the widest job needs {widest} GPUs but no Dask worker offers more than {most} "
-                "(start workers with `--resources GPU=N`, or plan with --gpus-per-node "
-                f"{int(most) if most else 'N'})"
-            )
-        futures = []
-        for priority, spec in jobs:
-            with dask.annotate(resources={"GPU": spec.plan.world_size}, priority=-priority):
-                futures.append(submit(spec, priority))
+        futures: list[PrefectFuture[JobResult]] = []
+        while not feed.exhausted:
+            batch = feed.take(timeout=DEVICE_POLL_S)
+            widest = max((spec.plan.world_size for _, spec in batch), default=0)
+            if widest > most:
+                raise ValueError(
+                    f"a job needs {widest} GPUs but no Dask worker offers more than {most} "
+                    "(start workers with `--resources GPU=N`, or plan with --gpus-per-node "
+                    f"{int(most) if most else 'N'})"
+                )
+            for priority, spec in batch:
+                with dask.annotate(resources={"GPU": spec.plan.world_size}, priority=-priority):
+                    futures.append(submit(spec, priority))
         finished = 0
         for future in as_completed(futures):
             if on_job_done is not None and future.state.is_completed():

@@ -46,8 +46,8 @@ class RunReport(BaseModel):
 
 def find_done_samples(db: Database, output: str, rows: Sequence[ManifestRow], force: bool) -> dict[str, DoneOutput]:
     """Samples of these rows that some run already finished into ``output`` (none with ``force``)."""
-    if force:
-        return {}
+    if force or not db.has_done_outputs(output):
+        return {}  # without hashing every sample (the first run into an output folder)
     ids = [sample.sample_id for row in rows for sample in expand_row(row)]
     return db.done_outputs(output, ids)
 

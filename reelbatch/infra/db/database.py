@@ -151,6 +151,7 @@ class Database:
     add_reused_samples = sample_writes.add_reused_samples
     record_sample_results = sample_writes.record_sample_results
     add_job = job_writes.add_job
+    add_jobs = job_writes.add_jobs
     set_job_launch = job_writes.set_job_launch
     interrupt_running_jobs = job_writes.interrupt_running_jobs
     mark_job_running = job_writes.mark_job_running
@@ -163,6 +164,7 @@ class Database:
     run_summary = queries.run_summary
     run_record = queries.run_record
     done_outputs = queries.done_outputs
+    has_done_outputs = queries.has_done_outputs
     running_launches = queries.running_launches
     samples = queries.samples
     sample_chunks = queries.sample_chunks

@@ -176,6 +176,23 @@ def done_outputs(
     return found
 
 
+def has_done_outputs(database: SessionSource, output_root: str) -> bool:
+    """Whether any run written to exactly this ``output_root`` has a ``done`` sample with an output path: when none
+    has, a new run need not hash its samples to look for videos to reuse (``done_outputs`` would find none)."""
+    with database.read_session() as session:
+        found = session.execute(
+            select(SampleRecord.id)
+            .join(RunRecord, RunRecord.id == SampleRecord.run_id)
+            .where(
+                RunRecord.output_root == output_root,
+                SampleRecord.status == "done",
+                SampleRecord.output_path.is_not(None),
+            )
+            .limit(1)
+        ).first()
+        return found is not None
+
+
 def running_launches(database: SessionSource) -> list[tuple[str, str]]:
     """(job id, launch id) of every job, of any run, recorded as ``running`` under a launch."""
     with database.read_session() as session:

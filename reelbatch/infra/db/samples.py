@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from reelbatch.contract import SampleResult
 from reelbatch.infra.db.models import SampleRecord, utcnow
@@ -32,9 +32,13 @@ def generation_values(bucket: BucketKey) -> dict[str, Any]:
     return bucket.model_dump(exclude={"plan", "backend"})
 
 
+# Every Sample field has a samples column of the same name, except the output key (the path replaces it).
+_SAMPLE_COLUMNS = tuple(name for name in Sample.model_fields if name != "output_key")
+
+
 def sample_identity_values(sample: Sample) -> dict[str, Any]:
-    # Every Sample field has a samples column of the same name, except the output key (the path replaces it).
-    return sample.model_dump(exclude={"output_key"})
+    # Its fields are plain values: reading them is several times faster than model_dump, for a million samples.
+    return {column: getattr(sample, column) for column in _SAMPLE_COLUMNS}
 
 
 def add_rejections(
@@ -46,21 +50,30 @@ def add_rejections(
     """One ``rejected`` sample row per rejection, with the sample columns its manifest row still gave
     (``row_values``: row -> column values, read by the manifest package; empty prompts where none)."""
     row_values = row_values or {}
-    records = [
-        SampleRecord(
-            run_id=run_id,
-            row=rejection.row,
-            status="rejected",
-            error=rejection.message,
-            reject_rule=rejection.rule,
-            reject_column=rejection.column,
-            reject_fix=rejection.fix,
+    now = utcnow()
+    rows = [
+        {
+            "run_id": run_id,
+            "row": rejection.row,
+            "status": "rejected",
+            "error": rejection.message,
+            "reject_rule": rejection.rule,
+            "reject_column": rejection.column,
+            "reject_fix": rejection.fix,
+            "created_at": now,
+            "updated_at": now,
             **{"prompt": "", "negative_prompt": "", **row_values.get(rejection.row, {})},
-        )
+        }
         for rejection in rejections
     ]
+    # One executemany per set of columns (rows the reader refused give fewer cells than rows refused later): an
+    # INSERT of many rows names its columns once, and a column left out must keep its default, not become NULL.
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        by_columns.setdefault(tuple(row), []).append(row)
     with database.write_session() as session:
-        session.add_all(records)
+        for group in by_columns.values():
+            session.execute(insert(SampleRecord.__table__), group)
 
 
 def add_reused_samples(database: SessionSource, run_id: str, reused: list[ReusedSample]) -> None:
@@ -70,12 +83,13 @@ def add_reused_samples(database: SessionSource, run_id: str, reused: list[Reused
     if not reused:
         return
     now = utcnow()
+    generation: dict[BucketKey, dict[str, Any]] = {}  # a few buckets for many samples
     rows = [
         {
             "run_id": run_id,
             "job_id": None,
             **sample_identity_values(item.sample),
-            **generation_values(item.bucket),
+            **(generation.get(item.bucket) or generation.setdefault(item.bucket, generation_values(item.bucket))),
             "status": "done",
             "error": None,
             "output_path": item.output_path,
