@@ -767,6 +767,16 @@ def test_done_outputs_finds_the_newest_done_sample_under_the_same_output_root(
     assert database.done_outputs("/out", []) == {}
 
 
+def test_has_done_outputs_says_whether_any_video_under_the_output_root_can_be_reused(database: Database) -> None:
+    run_id = create_run(database, output_root="/data/videos")
+    database.add_job(run_id, make_job("job", run_id, rows=[2, 3]))
+    database.mark_job_running("job")
+    database.record_sample_results("job", [done("job-s2")], {})  # done, but no file to reuse
+    assert not database.has_done_outputs("/data/videos")
+    database.record_sample_results("job", [done("job-s3")], {"job-s3": "/data/videos/3.mp4"})
+    assert database.has_done_outputs("/data/videos") and not database.has_done_outputs("/data/other")
+
+
 def test_done_outputs_skips_done_rows_without_an_output_path(database: Database) -> None:
     run_id = create_run(database)
     database.add_job(run_id, make_job("job", run_id, rows=[2]))
