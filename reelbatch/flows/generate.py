@@ -90,12 +90,14 @@ def generate_dataset(
         check_columns(manifest_read, config.strict)
         for warning in manifest_read.warnings:
             get_run_logger().warning("manifest: %s", warning)
-        manifest_read = check_images_task(manifest_read, catalog, images_root(output), image_roots, manifest_limits)
         # quote(): Prefect would otherwise walk every row (and every job below) of a big manifest looking for futures.
+        manifest_read = check_images_task(  # type: ignore[call-overload]
+            quote(manifest_read), catalog, images_root(output), image_roots, manifest_limits
+        )
         done = find_done_samples_task(db, output, quote(manifest_read.rows), config.force)
         plan = plan_run_task(
-            manifest_read.rows,
-            manifest_read.rejections,
+            quote(manifest_read.rows),
+            quote(manifest_read.rejections),
             manifest_read.total_rows,
             catalog,
             config.gpus_per_node,

@@ -44,6 +44,9 @@ PADDING_POLICIES: tuple[PaddingPolicy, ...] = ("pad", "fill")
 DEFAULT_TARGET_SECONDS = JOB_MINUTES * 60
 FLEET_SEARCH_JOBS = 100  # work per GPU below this many target-length jobs: search the target on the fleet
 SHORTER_TARGETS = (1.0, 0.75, 0.5, 0.33)  # fractions of target_seconds tried by the search
+# Jobs per GPU at the target length from which the fleet is full anyway (max_samples_per_job cuts many small jobs):
+# shorter jobs would only add model loads, and scoring each candidate would schedule thousands of jobs forty times.
+FLEET_FULL_JOBS_PER_GPU = 4
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,9 @@ def fleet_target_seconds(
     )
     share = gpu_seconds / fleet
     if not options.fit_to_fleet or share >= FLEET_SEARCH_JOBS * target:
+        return target, options.tail_split
+    at_target = sum(len(cuts) for cuts in _cut_all(shapes, counts, target, options, options.tail_split))
+    if at_target >= FLEET_FULL_JOBS_PER_GPU * fleet:
         return target, options.tail_split
     shorter = (share / n for n in range(1, 17) if share / n < target)
     candidates = sorted({*(target * f for f in SHORTER_TARGETS), *shorter}, reverse=True)
