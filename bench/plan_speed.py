@@ -36,7 +36,7 @@ TARGET_PEAK_MB = 300.0
 def validate_and_plan(path: Path, packed: bool, columnar: bool = True):
     from reelbatch.manifest import read_manifest
     from reelbatch.models.catalog import ModelCatalog
-    from reelbatch.planning.packing import PackingOptions
+    from reelbatch.planning.packing_options import PackingOptions
     from reelbatch.planning.planner import plan_run
     from reelbatch.schemas import RunDefaults
 

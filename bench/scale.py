@@ -92,7 +92,7 @@ def steps(path: Path, url: str, output: str, profile: int, pack: bool) -> dict[s
     from reelbatch.infra.db import Database
     from reelbatch.manifest import read_manifest
     from reelbatch.models.catalog import ModelCatalog
-    from reelbatch.planning.packing import Packing
+    from reelbatch.planning.packing_options import Packing
     from reelbatch.planning.planner import plan_run
     from reelbatch.schemas import RunDefaults
     from reelbatch.tasks.dispatch import record_jobs

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from reelbatch import defaults as default
 from reelbatch.defaults import Objective
-from reelbatch.planning.packing import Packing
+from reelbatch.planning.packing_options import Packing
 from reelbatch.schemas import RunDefaults
 
 # What the database keeps for `resume`; where the run writes, and to which database, are kept apart (the run row

@@ -5,7 +5,7 @@ from pydantic import ValidationError
 
 from reelbatch import defaults
 from reelbatch.config import RESUMABLE_FIELDS, RunConfig
-from reelbatch.planning.packing import Packing
+from reelbatch.planning.packing_options import Packing
 from reelbatch.schemas import RunDefaults
 
 

@@ -26,7 +26,7 @@ from reelbatch.manifest import (
     parse_manifest_text,
 )
 from reelbatch.models.catalog import ModelCatalog
-from reelbatch.planning.packing import PackingOptions
+from reelbatch.planning.packing_options import PackingOptions
 from reelbatch.planning.planner import plan_run
 from reelbatch.rows import RowTable, SampleRefs
 from reelbatch.schemas import RunDefaults

@@ -14,12 +14,12 @@ from reelbatch.planning.cost import DEFAULT_COST_MODEL
 from reelbatch.planning.fleet.schedule import FleetJob, makespan_seconds, schedule_jobs
 from reelbatch.planning.packing import (
     Cut,
-    PackingOptions,
     cut_bucket,
     extra_samples,
     pack_plan,
     samples_per_replica,
 )
+from reelbatch.planning.packing_options import PackingOptions
 from reelbatch.planning.planner import plan_run
 from reelbatch.schemas import ManifestRow, ParallelPlan
 from tests.hypothesis_budget import scaled

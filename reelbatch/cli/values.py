@@ -100,7 +100,7 @@ def problems(exc: ValidationError) -> str:
 def packing(no_pack: bool, job_minutes: float, padding: str, job_width: str):
     from pydantic import ValidationError
 
-    from reelbatch.planning.packing import Packing
+    from reelbatch.planning.packing_options import Packing
 
     try:
         return Packing(enabled=not no_pack, job_minutes=job_minutes, padding=padding, width=job_width)

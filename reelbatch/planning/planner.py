@@ -28,7 +28,8 @@ from reelbatch.planning.buckets import (
 from reelbatch.planning.chooser import DEFAULT_GPU_MEMORY_GIB
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel
 from reelbatch.planning.jobs import BucketPlan, RunPlan
-from reelbatch.planning.packing import PackingOptions, cut_buckets
+from reelbatch.planning.packing import cut_buckets
+from reelbatch.planning.packing_options import PackingOptions
 from reelbatch.planning.rules import PlanProblem
 from reelbatch.rows import RowTable
 from reelbatch.schemas import BucketKey, ManifestRow, ParallelPlan, RowRejection, Sample, many_models
@@ -110,7 +111,7 @@ def plan_run(
     ``device`` is where the ranks run (``cuda`` or ``cpu``; default: ``cuda`` when GPUs are visible); some rules
     depend on it (ring attention and xfuser need GPUs). Samples whose id is in ``skip`` (videos an earlier run
     already made) get no job: they are listed in ``RunPlan.skipped`` and their rows still count as accepted.
-    ``packing`` (planning.packing.PackingOptions) cuts the buckets into jobs of a target wall time on a fleet,
+    ``packing`` (planning.packing_options.PackingOptions) cuts the buckets into jobs of a target wall time on a fleet,
     ordered longest first; without it each bucket is cut by ``cut_jobs``. ``cost_model`` (planning.cost) gives
     the estimates (default: the calibrated H100 model).
     """

@@ -34,7 +34,7 @@ from reelbatch.planning.chooser import DEFAULT_GPU_MEMORY_GIB, choose_plan, memo
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel, StorageKind
 from reelbatch.planning.fleet.schedule import FleetJob, Schedule, schedule_jobs
 from reelbatch.planning.jobs import PlannedJob, RunPlan
-from reelbatch.planning.packing import DEFAULT_TARGET_SECONDS, JobWidth, PackingOptions, PaddingPolicy
+from reelbatch.planning.packing_options import DEFAULT_TARGET_SECONDS, JobWidth, PackingOptions, PaddingPolicy
 from reelbatch.planning.planner import plan_run
 from reelbatch.planning.rules import divisors, plan_violations
 from reelbatch.schemas import BucketKey, ManifestRow, ParallelPlan, RowRejection
