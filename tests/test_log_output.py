@@ -211,3 +211,20 @@ def test_log_format_is_checked(tmp_path):
 def test_resume_takes_the_same_output_options():
     shown = reelbatch("resume", "--help").stdout
     assert all(option in shown for option in ("--quiet", "--log-format", "--log-interval"))
+
+
+def test_a_job_that_ran_on_a_dask_worker_moves_the_progress_lines_here():
+    """Rank events stay on the worker: the flow's process reports the job's videos from its result."""
+    from reelbatch.progress import reporting_to
+    from reelbatch.tasks.execute import JobResult
+    from reelbatch.tasks.executors import report_job_over
+    from tests.test_db import make_job
+
+    sink, lines, clock = lines_of("json")
+    sink.run_planned(jobs=2, samples=6)
+    spec = make_job("job-a", "r" * 32, rows=[1, 2, 3])
+    clock.now += 60
+    with reporting_to(sink):
+        report_job_over(spec, JobResult("job-a", "failed", attempts=1, done=1, failed=1, reused=1))
+    last = json.loads(lines[-1])
+    assert (last["finished"], last["done"], last["reused"], last["failed"], last["jobs_over"]) == (3, 1, 1, 1, 1)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefect.futures import PrefectFuture, as_completed
 
+from reelbatch import progress
 from reelbatch.contract import JobSpec
 from reelbatch.defaults import CLAIM_LEASE_S
 from reelbatch.infra.dask_cluster import task_runner_for
@@ -206,10 +207,24 @@ def execute_jobs_on_dask(
             for priority, spec in batch:
                 with dask.annotate(resources={"GPU": spec.plan.world_size}, priority=-priority):
                     futures.append(submit(spec, priority))
+        specs = {id(future): spec for future, (_, spec) in zip(futures, feed.all(), strict=True)}
         finished = 0
         for future in as_completed(futures):
-            if on_job_done is not None and future.state.is_completed():
+            if future.state.is_completed():
                 result = future.result()
+                report_job_over(specs[id(future)], result)
                 finished += result.over  # the bar counts videos that are over, as locally
-                on_job_done(finished)
+                if on_job_done is not None:
+                    on_job_done(finished)
         return [future.result() for future in futures]
+
+
+def report_job_over(spec: JobSpec, result: JobResult) -> None:
+    """Tell this process's progress sink about a job that ran elsewhere (a Dask worker, whose rank events stay
+    there): its videos by outcome, then its end. Which ids failed is not known here, only how many."""
+    sink = progress.sink()
+    outcomes = ["done"] * result.done + ["reused"] * result.reused
+    outcomes += ["failed"] * (len(spec.samples) - len(outcomes))
+    for sample, status in zip(spec.samples, outcomes, strict=True):
+        sink.sample_finished(spec.job_id, sample.sample_id, status)
+    sink.job_finished(spec.job_id, result.status)
