@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both set up .venv first (idempotent).
-.PHONY: setup demo test test-fast test-nightly lint clean
+.PHONY: setup demo test test-slow test-fast test-nightly lint clean
 
 VENV := .venv
 DEMO_OUT := outputs/demo
@@ -16,13 +16,18 @@ demo: setup
 	  code=$$?; [ $$code -le 1 ] || exit $$code
 	$(VENV)/bin/reelbatch runs --db sqlite:///$(DEMO_OUT)/reelbatch.db --limit 3
 
+# Everything but the `slow` tests (whole `reelbatch run` processes racing, killed, resumed: minutes each), which
+# `make test-slow` runs and CI runs after this; --durations shows where the time goes.
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -m "not slow" --durations=15
+
+test-slow: setup
+	$(VENV)/bin/python -m pytest -q -m slow --durations=15
 
 # The fast lane while working: no torchrun ranks, no PostgreSQL and no servers of a test's own (S3, Prefect, Dask):
 # under 3 minutes on two cores; `make test` runs everything.
 test-fast: setup
-	$(VENV)/bin/python -m pytest -q -m "not torchrun and not postgres and not server"
+	$(VENV)/bin/python -m pytest -q -m "not torchrun and not postgres and not server and not slow"
 
 # The property-based tests with the `nightly` Hypothesis profile: twenty times the examples of `make test`.
 test-nightly: setup

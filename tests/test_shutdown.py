@@ -313,6 +313,7 @@ def only_run(db_url: str):
         return run, database.samples(run.id), database.jobs(run.id)
 
 
+@pytest.mark.slow
 @pytest.mark.torchrun
 def test_sigterm_interrupts_the_run_and_resume_finishes_it(tmp_path: Path, database_url: str) -> None:
     mid_run = MidRun(tmp_path, database_url)
@@ -360,6 +361,7 @@ def test_sigint_interrupts_the_run_with_exit_130(tmp_path: Path) -> None:
     assert {s["status"] for s in samples if s not in made} == {"pending"}
 
 
+@pytest.mark.slow
 @pytest.mark.torchrun
 def test_a_second_signal_ends_the_run_at_once(tmp_path: Path) -> None:
     """Ranks that ignore SIGTERM hold the first stop in its grace period: the second signal ends it all now."""
@@ -377,6 +379,7 @@ def test_a_second_signal_ends_the_run_at_once(tmp_path: Path) -> None:
         mid_run.clean_up()
 
 
+@pytest.mark.slow
 @pytest.mark.torchrun
 def test_a_killed_orchestrator_shows_interrupted_once_its_heartbeat_is_stale(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'state.db'}"
