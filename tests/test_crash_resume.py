@@ -70,6 +70,7 @@ def check_consistent(tmp_path: Path, run_id: str) -> list[sqlite3.Row]:
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("crash_at", ["before_launch", "mid_job", "collect"])
 def test_resume_after_kill_finishes_the_run_exactly(tmp_path, crash_at):
     (tmp_path / "m.csv").write_text(MANIFEST)
