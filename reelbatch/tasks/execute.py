@@ -38,7 +38,6 @@ from reelbatch.infra.launcher import LaunchStopped
 from reelbatch.infra.prefect_config import holding_gpus
 from reelbatch.models.catalog import ModelCatalog, UnknownModel, family_from_folder
 from reelbatch.planning import validate_plan
-from reelbatch.planning.jobs import PlannedJob
 from reelbatch.schemas import ParallelPlan
 from reelbatch.tasks.claiming import JobClaims, poll_interval
 from reelbatch.tasks.collect import collect_attempt
@@ -286,16 +285,6 @@ def _attempt_fields(
             retry_delay_s=decision.delay_s if decision and decision.retry else None,
         )
     return fields
-
-
-def longest_first(planned: Sequence[PlannedJob], specs: Sequence[JobSpec]) -> list[tuple[int, JobSpec]]:
-    """The specs with their priority: 0 for the longest estimated job (wall time), then shorter ones."""
-
-    def wall(job: PlannedJob) -> float:
-        return job.estimated_seconds or job.estimated_gpu_seconds / job.plan.world_size
-
-    order = sorted(range(len(specs)), key=lambda i: (-wall(planned[i]), i))
-    return [(rank, specs[i]) for rank, i in enumerate(order)]
 
 
 execute_job_task = task(name="run-job")(execute_job)
