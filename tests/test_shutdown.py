@@ -368,6 +368,9 @@ def test_a_second_signal_ends_the_run_at_once(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'state.db'}"
     mid_run = MidRun(tmp_path, db_url, fault="stubborn:sample=0")
     try:
+        # A rank still loading its pipeline dies on the first SIGTERM and the stop ends before the second signal.
+        stubborn = lambda: any("injecting stubborn" in log.read_text() for log in (tmp_path / "videos").rglob("*.log"))  # noqa: E731
+        wait_until(stubborn, "no rank reached its stubborn point")
         mid_run.signal(signal.SIGTERM)
         wait_until(lambda: "the orchestrator is stopping" in mid_run.command.stderr, "the first signal went unseen")
         mid_run.signal(signal.SIGTERM)

@@ -141,6 +141,8 @@ class FaultInjector:
     def before_batch(self, first: int, count: int) -> None:
         """Before the rank generates its samples ``first .. first+count-1`` (its own 0-based count)."""
         for fault in self._due(("crash", "hang", "stubborn", "oom", "collective"), first, count):
+            if fault.kind == "stubborn":  # ignoring SIGTERM before the announcement, which tests wait for
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self._announce(fault)
             if fault.kind == "crash":
                 raise RuntimeError(f"injected crash on rank {self.rank} at sample {fault.sample} (REELBATCH_FAULT)")
@@ -149,8 +151,6 @@ class FaultInjector:
             if fault.kind == "collective":
                 time.sleep(COLLECTIVE_STALL_S)
                 os._exit(1)  # no traceback, no atexit, no flush: the peers only see the sockets close
-            if fault.kind == "stubborn":
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             while True:  # hang, stubborn
                 time.sleep(3600)
 
