@@ -165,3 +165,31 @@ def s3_bucket(s3_server) -> str:
     name = f"reelbatch-{uuid.uuid4().hex[:12]}"
     s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
     return name
+
+
+@pytest.fixture(scope="session")
+def shared_prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Prefect API server (no background services) for the `reelbatch` commands the tests start as processes.
+
+    Without it each such command starts an ephemeral server of its own: 10-15 s of every test on two cores. The
+    tests that are about the ephemeral server (tests/test_shutdown.py, tests/test_end_to_end.py) do not use it.
+    """
+    from tests import prefect_server
+
+    home = tmp_path_factory.mktemp("shared-prefect-server")
+    env = {**os.environ, "PREFECT_UI_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    try:
+        process, api = prefect_server.start(home, env, "--no-services")
+    except prefect_server.ServerDidNotStart as error:
+        pytest.fail(str(error))
+    try:
+        yield api
+    finally:
+        prefect_server.stop(process)
+
+
+@pytest.fixture
+def prefect_api(shared_prefect_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The commands this test starts as processes use the session's Prefect server (this process keeps its own)."""
+    monkeypatch.setenv("PREFECT_API_URL", shared_prefect_server)
+    return shared_prefect_server

@@ -277,6 +277,7 @@ def check_made_once(tmp_path: Path, rows: list[dict], videos: int) -> None:
     assert len(files) == videos
 
 
+@pytest.mark.usefixtures("prefect_api")
 @pytest.mark.slow
 @pytest.mark.torchrun
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -316,6 +317,7 @@ def test_two_concurrent_runs_make_each_shared_video_once(tmp_path: Path, backend
     assert len(reused) == 1  # the shared video was made by one run and reused by the other
 
 
+@pytest.mark.usefixtures("prefect_api")
 @pytest.mark.slow
 @pytest.mark.torchrun
 def test_a_killed_makers_videos_are_made_by_the_other_run_after_its_lease(tmp_path: Path) -> None:

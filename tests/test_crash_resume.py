@@ -15,7 +15,7 @@ import pytest
 from reelbatch.contract import CRASH_ENV
 from reelbatch.infra.launcher import _tagged_pids
 
-pytestmark = pytest.mark.torchrun
+pytestmark = [pytest.mark.torchrun, pytest.mark.usefixtures("prefect_api")]
 
 # Four videos without CFG on 2 ranks (dp=2), at most 2 per job: two jobs.
 MANIFEST = "prompt,seed,guidance_scale,num_inference_steps\n" + "".join(

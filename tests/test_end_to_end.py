@@ -111,6 +111,7 @@ def test_run_writes_videos_and_matching_rows(tmp_path):
     assert listed["counts"]["done"] == 5 and listed["counts"]["rejected"] == 1
 
 
+@pytest.mark.usefixtures("prefect_api")  # the ephemeral server is what the test above runs with
 def test_strict_refuses_the_whole_run(tmp_path):
     path = manifest(tmp_path)
     db_file = tmp_path / "state.db"

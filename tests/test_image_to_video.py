@@ -19,7 +19,7 @@ from PIL import Image
 
 from reelbatch.engine.video import read_mp4
 
-pytestmark = pytest.mark.torchrun
+pytestmark = [pytest.mark.torchrun, pytest.mark.usefixtures("prefect_api")]
 
 
 def png(color: tuple[int, int, int], size=(40, 24)) -> bytes:

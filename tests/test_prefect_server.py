@@ -4,8 +4,6 @@ worker on the `reelbatch` pool, and generate-dataset triggered through the API w
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -13,49 +11,21 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from reelbatch.manifest import ManifestError
 from reelbatch.tasks.intake import MAX_INLINE_MANIFEST_BYTES, resolve_manifest
+from tests import prefect_server
 
 REPO = Path(__file__).resolve().parent.parent
-PREFECT = str(Path(sys.executable).with_name("prefect"))
+PREFECT = prefect_server.PREFECT
 CSV = (
     "id,prompt,model,height,width,num_frames,num_inference_steps,guidance_scale,seed\n"
     "a,a cat walks on a sunny street,tiny-wan,32,32,5,2,5.0,1\n"
     "b,snow falls over a village,tiny-wan,32,32,5,2,1.0,2\n"
     "bad,a bad size,tiny-wan,30,32,5,2,5.0,3\n"
 )
-# A 2-core machine running other tests beside this one is slow to start Python processes: be patient.
-SERVER_START_S = 240
 RUN_S = 540
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Terminate the process group (server workers, flow run subprocesses, torchrun ranks), then kill it."""
-    if process.poll() is None:
-        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                process.wait(grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-    # Children that outlived the leader are still in its group.
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _prefect(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -73,42 +43,21 @@ def test_pasted_manifest_over_the_parameter_cap_points_to_submit(tmp_path):
 def server(tmp_path_factory) -> Iterator[dict[str, str]]:
     """A fresh Prefect server on a free loopback port; yields the environment its clients need."""
     home = tmp_path_factory.mktemp("prefect-server")
-    port = _free_port()
     env = {
         **os.environ,
-        "PREFECT_HOME": str(home / "home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "INFO",
         # `{{ $PWD }}` in prefect.yaml's pull step is the folder deploy runs in; a child does not update PWD.
         "PWD": str(REPO),
     }
-    env.pop("PREFECT_API_URL", None)
-    log = (home / "server.log").open("w")
-    process = subprocess.Popen(
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=home,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    api = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            try:
-                if httpx.get(f"{api}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"Prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
-            time.sleep(1)
-        yield {**env, "PREFECT_API_URL": api}
+        process, api = prefect_server.start(home, env)
+    except prefect_server.ServerDidNotStart as error:
+        pytest.fail(str(error))
+    try:
+        yield {**env, "PREFECT_HOME": str(home / "home"), "PREFECT_API_URL": api}
     finally:
-        _stop(process)
-        log.close()
+        prefect_server.stop(process)
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +80,7 @@ def api(deployed):
         yield deployed
 
 
+@pytest.mark.slow
 @pytest.mark.server
 def test_nightly_cron_schedule_is_registered(api):
     from prefect.client.orchestration import get_client
@@ -158,6 +108,7 @@ def test_nightly_cron_schedule_is_registered(api):
     assert not generate.schedules
 
 
+@pytest.mark.slow
 @pytest.mark.server
 @pytest.mark.torchrun
 @pytest.mark.timeout(RUN_S + 300)
@@ -218,7 +169,7 @@ def test_generate_dataset_runs_on_a_worker_from_pasted_csv(api, tmp_path, tiny_m
                 timeout=RUN_S,
             )
         finally:
-            _stop(worker)
+            prefect_server.stop(worker)
     logs = worker_log.read_text()[-4000:]
     assert final.state.is_completed(), f"{final.state}\n{logs}"
 

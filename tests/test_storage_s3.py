@@ -13,7 +13,7 @@ import s3fs
 
 from reelbatch.engine.video import read_mp4
 
-pytestmark = pytest.mark.torchrun
+pytestmark = [pytest.mark.torchrun, pytest.mark.usefixtures("prefect_api")]
 
 
 def test_s3_manifest_to_s3_outputs(tmp_path, s3_bucket):
