@@ -16,8 +16,9 @@ demo: setup
 	  code=$$?; [ $$code -le 1 ] || exit $$code
 	$(VENV)/bin/reelbatch runs --db sqlite:///$(DEMO_OUT)/reelbatch.db --limit 3
 
-# Everything but the `slow` tests (whole `reelbatch run` processes racing, killed, resumed: minutes each), which
-# `make test-slow` runs and CI runs after this; --durations shows where the time goes.
+# Everything but the `slow` tests (whole `reelbatch run` processes racing, killed, resumed, signalled; the heaviest
+# multi-rank and server runs), which `make test-slow` runs and CI runs after this. Under 15 minutes on two cores;
+# --durations shows where the time goes.
 test: setup
 	$(VENV)/bin/python -m pytest -q -m "not slow" --durations=15
 

@@ -182,6 +182,7 @@ def test_local_workers_report_to_the_flows_prefect_api(tmp_path):
 # --- a real run --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.server
 @pytest.mark.torchrun
 def test_a_run_on_a_local_dask_cluster_never_oversubscribes_a_worker(tmp_path: Path):

@@ -60,6 +60,7 @@ def _accepted_plan(row: ManifestRow, data) -> tuple[ParallelPlan, object]:
     return data.draw(st.sampled_from(multi_rank or accepted)), family  # the launches go to multi-rank plans
 
 
+@pytest.mark.slow
 def test_accepted_plans_run_and_refused_plans_say_why(tiny_models, tmp_path_factory):
     """Six drawn rows, each with an accepted plan; every one of them really runs. The two-rank ones run in one
     launch (the rank entry takes several jobs of one world size), the single-rank ones in this process."""

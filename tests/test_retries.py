@@ -13,7 +13,7 @@ import pytest
 
 from reelbatch.infra.launcher import _tagged_pids
 
-pytestmark = pytest.mark.torchrun
+pytestmark = [pytest.mark.torchrun, pytest.mark.usefixtures("prefect_api")]
 
 MANIFEST = "prompt,seed,guidance_scale,num_inference_steps,plan\na cat walks,1,5,2,{plan}\na dog runs,2,5,2,{plan}\n"
 
@@ -69,6 +69,7 @@ def test_rank_crash_is_classified_retried_and_succeeds(tmp_path):
     assert second["failure_kind"] is None and all_done(tmp_path)
 
 
+@pytest.mark.slow
 def test_hang_times_out_and_leaves_no_process(tmp_path):
     # The retry must start, load and finish within the limit too, also on a busy 2-core machine.
     done, _ = run(tmp_path, "hang:rank=0:sample=0:attempt=1", "--job-timeout", "45")
@@ -80,6 +81,7 @@ def test_hang_times_out_and_leaves_no_process(tmp_path):
     assert all_done(tmp_path)
 
 
+@pytest.mark.slow
 def test_oom_retries_with_sequence_batch_and_no_cfg_parallel(tmp_path):
     # Latency puts the CFG bucket on a CFG pair: the memory-hungry plan the retry must leave.
     done, _ = run(tmp_path, "oom:rank=1:sample=0:attempt=1", "--objective", "latency", plan="")

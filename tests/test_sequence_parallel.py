@@ -156,6 +156,7 @@ def test_ulysses_2_hunyuan_gives_the_single_rank_videos(tmp_path, tiny_models, s
     assert_sequence_split(spec, local_tokens=8 // 2)
 
 
+@pytest.mark.slow
 @pytest.mark.torchrun
 def test_cfg_2_times_ulysses_2_on_4_ranks_gives_the_single_rank_videos(tmp_path, tiny_models, single_rank):
     spec = make_spec(tmp_path / "cfg2u2", rows("tiny-wan"), ParallelPlan(cfg=2, ulysses=2), tiny_models["tiny-wan"])

@@ -338,6 +338,7 @@ def test_sigterm_interrupts_the_run_and_resume_finishes_it(tmp_path: Path, datab
     assert [s["status"] for s in samples] == ["done"] * 4
 
 
+@pytest.mark.slow
 @pytest.mark.torchrun
 def test_sigint_interrupts_the_run_with_exit_130(tmp_path: Path) -> None:
     """One job of four videos on two ranks; rank 0 hangs on its second video, so its first one is made before the

@@ -226,6 +226,7 @@ def test_execute_jobs_never_oversubscribes_and_starts_longest_first():
 # --- a real run -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.torchrun
 def test_a_run_puts_jobs_side_by_side_on_cpu_rank_slots(tmp_path: Path):
     """Five buckets of 1-rank jobs and one pinned 2-rank job on 2 CPU rank slots: pairs run together, never three."""
