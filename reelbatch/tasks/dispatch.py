@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
 from reelbatch import progress
@@ -39,6 +38,7 @@ from reelbatch.infra.storage import images_root, work_root
 from reelbatch.models.catalog import ModelCatalog
 from reelbatch.planning.jobs import PlannedJob
 from reelbatch.tasks.feed import JobFeed
+from reelbatch.tasks.step import step
 
 
 @dataclass
@@ -199,5 +199,4 @@ def run_job(
     )
 
 
-# Not cached: the feed is this process's hand-over to the executor, and recording is never skipped.
-record_jobs_task = task(name="record-jobs", cache_policy=NO_CACHE)(record_jobs)
+record_jobs_task = step("record-jobs", record_jobs)

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-
 from reelbatch import progress
 from reelbatch.contract import (
     JobSpec,
@@ -42,6 +40,7 @@ from reelbatch.schemas import ParallelPlan
 from reelbatch.tasks.claiming import JobClaims, poll_interval
 from reelbatch.tasks.collect import collect_attempt
 from reelbatch.tasks.dispatch import JobOutcome, run_job
+from reelbatch.tasks.step import step
 
 
 @dataclass
@@ -287,4 +286,4 @@ def _attempt_fields(
     return fields
 
 
-execute_job_task = task(name="run-job")(execute_job)
+execute_job_task = step("run-job", execute_job)

@@ -261,6 +261,6 @@ def write_dataset_index(
 
 
 # Prefect is imported last so that everything above reads, and is tested, as plain Python.
-from prefect import task  # noqa: E402
+from reelbatch.tasks.step import step  # noqa: E402
 
-write_dataset_index_task = task(name="write-dataset-index")(write_dataset_index)
+write_dataset_index_task = step("write-dataset-index", write_dataset_index)

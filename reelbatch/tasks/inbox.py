@@ -173,9 +173,9 @@ def summary_markdown(inbox: str, results: list[dict[str, Any]], skipped: int) ->
 
 
 # Prefect is imported last so that everything above reads, and is tested, as plain Python.
-from prefect import task  # noqa: E402
+from reelbatch.tasks.step import step  # noqa: E402
 
-list_manifests_task = task(name="list-inbox")(list_manifests)
-release_stale_claims_task = task(name="release-stale-inbox-claims")(release_stale_claims)
-claim_manifests_task = task(name="claim-inbox-manifests")(claim_manifests)
-finish_manifest_task = task(name="finish-inbox-manifest")(finish_manifest)
+list_manifests_task = step("list-inbox", list_manifests)
+release_stale_claims_task = step("release-stale-inbox-claims", release_stale_claims)
+claim_manifests_task = step("claim-inbox-manifests", claim_manifests)
+finish_manifest_task = step("finish-inbox-manifest", finish_manifest)

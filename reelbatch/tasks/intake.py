@@ -11,10 +11,10 @@ import hashlib
 import uuid
 
 import fsspec
-from prefect import task
 
 from reelbatch.infra.storage import is_local
 from reelbatch.manifest import ManifestError
+from reelbatch.tasks.step import step
 
 # The Prefect API refuses larger parameter payloads (PREFECT_SERVER_API_MAX_PARAMETER_SIZE, 512 KB by default).
 MAX_INLINE_MANIFEST_BYTES = 512 * 1024
@@ -57,4 +57,4 @@ def resolve_manifest(manifest: str | None, manifest_text: str | None, output: st
     return location
 
 
-resolve_manifest_task = task(name="store-pasted-manifest")(resolve_manifest)
+resolve_manifest_task = step("store-pasted-manifest", resolve_manifest)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import task
-
 from reelbatch.manifest import read_manifest
+from reelbatch.tasks.step import step
 
-read_manifest_task = task(name="read-and-validate-manifest")(read_manifest)
+read_manifest_task = step("read-and-validate-manifest", read_manifest)

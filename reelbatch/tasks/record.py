@@ -7,7 +7,6 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-from prefect import task
 from pydantic import BaseModel
 
 from reelbatch import progress
@@ -18,6 +17,7 @@ from reelbatch.manifest import ManifestError, ManifestReadResult, rejected_row_v
 from reelbatch.planning.jobs import RunPlan
 from reelbatch.rows import RowTable
 from reelbatch.schemas import ManifestRow, RowRejection
+from reelbatch.tasks.step import step
 
 INTERRUPTED = "the orchestrator stopped before this job finished (crash or kill); resumed"
 
@@ -193,8 +193,8 @@ def refuse_run(plan: RunPlan, output: str) -> RunReport:
     )
 
 
-prepare_database_task = task(name="check-database")(prepare_database)
-find_done_samples_task = task(name="find-finished-samples")(find_done_samples)
-start_run_task = task(name="record-run")(start_run)
-record_reused_task = task(name="record-reused-samples")(record_reused)
-finish_run_task = task(name="finish-run")(finish_run)
+prepare_database_task = step("check-database", prepare_database)
+find_done_samples_task = step("find-finished-samples", find_done_samples)
+start_run_task = step("record-run", start_run)
+record_reused_task = step("record-reused-samples", record_reused)
+finish_run_task = step("finish-run", finish_run)

@@ -10,7 +10,6 @@ import threading
 import time
 from typing import Any
 
-from prefect import task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -23,6 +22,7 @@ from reelbatch import progress
 from reelbatch.infra.db import Database
 from reelbatch.markdown import cell, link
 from reelbatch.schemas import RowRejection
+from reelbatch.tasks.step import step
 
 PROGRESS_UPDATE_S = 1.0  # at most one API call per second, however fast samples finish
 
@@ -144,4 +144,4 @@ def publish_run_report(db: Database, report: Any) -> None:
     )
 
 
-publish_run_report_task = task(name="publish-run-report")(publish_run_report)
+publish_run_report_task = step("publish-run-report", publish_run_report)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import task
-
 from reelbatch.planning.planner import plan_run
+from reelbatch.tasks.step import step
 
-plan_run_task = task(name="plan-jobs")(plan_run)
+plan_run_task = step("plan-jobs", plan_run)
