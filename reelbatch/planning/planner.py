@@ -218,11 +218,12 @@ def plan_run(
 
 
 def choose_compile(jobs: Sequence[PlannedJob], cost: CostModel, mode: CompileMode) -> None:
-    """Set each job's ``compile`` (``on``: all, ``off``: none, ``auto``: where it pays back, ``CostModel.compile_pays``);
-    a compiled job's wall-time estimate then includes the compile and the faster steps."""
+    """Set each job's ``compile`` (``on``: all, ``off``: none, ``auto``: where it pays back, ``CostModel.compile_pays``).
+
+    The jobs' estimates stay those of the uncompiled job, which the packer cut them by: a compiled job's wall time
+    is then an upper bound (``CostModel.compiled_seconds`` says by how much it should come in under).
+    """
     for job in jobs:
         rounds = math.ceil((len(job.samples) + job.padded_slots) / job.plan.dp)
         compute = rounds * cost.sample_seconds(job.bucket, job.family, job.plan)
         job.compile = mode == "on" or (mode == "auto" and cost.compile_pays(compute))
-        if job.compile and job.estimated_seconds:
-            job.estimated_seconds += cost.compiled_seconds(compute) - compute
