@@ -1091,3 +1091,22 @@ def test_revision_0006_allows_interrupted_runs_and_still_checks_statuses(databas
         with pytest.raises(IntegrityError), database.write_session() as session:
             session.execute(text("UPDATE runs SET status = 'interrupted' WHERE id = :id"), {"id": run_id})
         assert [len(_rows(database, table)) for table in ("runs", "jobs", "samples")] == [1, 1, 3]
+
+
+def test_a_cached_compiled_job_and_its_counts_are_recorded(database: Database) -> None:
+    run_id = create_run(database)
+    spec = make_job("cached", run_id, rows=[2, 3])
+    spec = spec.model_copy(update={"bucket": spec.bucket.model_copy(update={"cache": "fbc:0.1"}), "compile": True})
+    database.add_job(run_id, spec)
+    database.mark_job_running("cached")
+    counted = done("cached-s2").model_copy(update={"transformer_forwards": 8, "cached_forwards": 3})
+    database.record_sample_results("cached", [counted, done("cached-s3")], {"cached-s2": "/v/2.mp4", "cached-s3": "/v/3.mp4"})
+    samples = samples_by_id(database, run_id)
+    assert {sample_id: samples[sample_id]["cache"] for sample_id in ("cached-s2", "cached-s3")} == dict.fromkeys(
+        ("cached-s2", "cached-s3"), "fbc:0.1"
+    )
+    assert (samples["cached-s2"]["transformer_forwards"], samples["cached-s2"]["cached_forwards"]) == (8, 3)
+    assert (samples["cached-s3"]["transformer_forwards"], samples["cached-s3"]["cached_forwards"]) == (None, None)
+    with database.read_session() as session:
+        job = session.get(db_module.JobRecord, "cached")
+        assert job is not None and (job.cache, job.compiled) == ("fbc:0.1", True)
