@@ -20,7 +20,10 @@ from reelbatch.defaults import FBC_THRESHOLD
 
 # name -> (diffusers config class, what it is)
 CACHE_KINDS: dict[str, tuple[str, str]] = {
-    "fbc": ("FirstBlockCacheConfig", "First Block Cache: reuse the later blocks' residual while the first block's barely moves"),
+    "fbc": (
+        "FirstBlockCacheConfig",
+        "First Block Cache: reuse the later blocks' residual while the first block's barely moves",
+    ),
 }
 OFF = "none"
 SYNTAX = "none, fbc or fbc:THRESHOLD (a number >= 0, e.g. fbc:0.05)"

@@ -1100,7 +1100,9 @@ def test_a_cached_compiled_job_and_its_counts_are_recorded(database: Database) -
     database.add_job(run_id, spec)
     database.mark_job_running("cached")
     counted = done("cached-s2").model_copy(update={"transformer_forwards": 8, "cached_forwards": 3})
-    database.record_sample_results("cached", [counted, done("cached-s3")], {"cached-s2": "/v/2.mp4", "cached-s3": "/v/3.mp4"})
+    database.record_sample_results(
+        "cached", [counted, done("cached-s3")], {"cached-s2": "/v/2.mp4", "cached-s3": "/v/3.mp4"}
+    )
     samples = samples_by_id(database, run_id)
     assert {sample_id: samples[sample_id]["cache"] for sample_id in ("cached-s2", "cached-s3")} == dict.fromkeys(
         ("cached-s2", "cached-s3"), "fbc:0.1"

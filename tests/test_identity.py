@@ -222,6 +222,8 @@ def test_the_step_cache_is_part_of_the_identity_and_no_cache_keeps_the_old_one()
     assert len(set(ids)) == 3
     # Without a cache the payload has no "cache" member: ids made before caches existed stay valid.
     assert ids[0] == reference_id(base, 0, 7) and "cache" not in reference_content(base)
-    assert ids[1] == reference_digest({**reference_content(base), "cache": "fbc:0.05", "seed": 7, "video_index": 0})[:32]
+    assert (
+        ids[1] == reference_digest({**reference_content(base), "cache": "fbc:0.05", "seed": 7, "video_index": 0})[:32]
+    )
     # The seed follows the row's seed, not the cache: the same noise, so the cache's effect alone differs.
     assert {s.seed for r in (base, cached, other) for s in expand_row(r)} == {7}

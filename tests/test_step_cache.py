@@ -100,8 +100,9 @@ def test_every_pipeline_class_takes_the_caches_its_spec_says(tiny_models):
 
 
 def job(tmp: Path, model_path: Path, cache: str | None, **fields) -> JobSpec:
-    row = ManifestRow(row=2, prompt="waves at dusk", negative_prompt="blurry", model="tiny-wan", height=32, width=32,
-                      num_frames=5, num_inference_steps=STEPS, guidance_scale=5.0, seed=5, num_videos=2, cache=cache)  # fmt: skip
+    row = ManifestRow(row=2, prompt="waves at dusk", negative_prompt="blurry", model="tiny-wan", height=32,
+                      width=32, num_frames=5, num_inference_steps=STEPS, guidance_scale=5.0, seed=5, num_videos=2,
+                      cache=cache)  # fmt: skip
     samples = expand_row(row)
     return JobSpec(
         job_id="job",
@@ -187,7 +188,9 @@ def test_a_cache_under_sequence_parallel_is_refused_with_a_plan_that_passes(plan
     assert validate_plan(b, family, problem.suggested_plan, world_size=plan.world_size, device="cuda").ok
     assert "cache none" in problem.fix
     # Without the cache the same plan passes (the rule is the cache's alone).
-    assert validate_plan(b.model_copy(update={"cache": None}), family, plan, world_size=plan.world_size, device="cuda").ok
+    assert validate_plan(
+        b.model_copy(update={"cache": None}), family, plan, world_size=plan.world_size, device="cuda"
+    ).ok
 
 
 def test_cfg_parallel_and_data_parallel_are_fine_with_a_cache():

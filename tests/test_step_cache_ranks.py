@@ -35,7 +35,8 @@ def counts_of(spec) -> dict[str, tuple[int | None, int | None]]:
 
 
 @pytest.mark.parametrize(
-    "model,plan", [("tiny-wan", ParallelPlan(dp=2)), ("tiny-hunyuan", ParallelPlan(cfg=2)), ("tiny-wan", ParallelPlan(cfg=2))]
+    "model,plan",
+    [("tiny-wan", ParallelPlan(dp=2)), ("tiny-hunyuan", ParallelPlan(cfg=2)), ("tiny-wan", ParallelPlan(cfg=2))],
 )
 def test_data_and_cfg_parallel_give_the_single_rank_cached_videos(tmp_path, tiny_models, model, plan):
     rows = cached_rows(model, "fbc:0.3")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -48,8 +49,9 @@ class ForwardCounter:
         return self.passes - self.computed
 
 
-def denoisers(pipe) -> list[torch.nn.Module]:
-    """The pipeline's transformer(s): ``transformer`` and, for two-expert models, ``transformer_2``."""
+def denoisers(pipe) -> list[Any]:
+    """The pipeline's transformer(s): ``transformer`` and, for two-expert models, ``transformer_2`` (diffusers
+    models: ``Any``, since their cache and compile methods are not in torch's stubs)."""
     return [m for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if m is not None]
 
 
@@ -105,7 +107,7 @@ def start_sample(pipe) -> None:
 
 
 @contextlib.contextmanager
-def pass_context(model: torch.nn.Module, name: str, cached: bool) -> Iterator[None]:
+def pass_context(model: Any, name: str, cached: bool) -> Iterator[None]:
     """Run one pass (``cond`` / ``uncond``) of ``model`` in its own cache context when a step cache is on."""
     if not cached:
         yield

@@ -218,7 +218,7 @@ def plan_run(
 
 
 def choose_compile(jobs: Sequence[PlannedJob], cost: CostModel, mode: CompileMode) -> None:
-    """Set each job's ``compile`` (``on``: all, ``off``: none, ``auto``: where it pays back, ``CostModel.compile_pays``).
+    """Set each job's ``compile``: ``on`` all, ``off`` none, ``auto`` where it pays back (``CostModel.compile_pays``).
 
     The jobs' estimates stay those of the uncompiled job, which the packer cut them by: a compiled job's wall time
     is then an upper bound (``CostModel.compiled_seconds`` says by how much it should come in under).

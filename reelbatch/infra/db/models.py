@@ -140,7 +140,7 @@ class JobRecord(Base):
     conditioning: Mapped[str] = mapped_column(String(32), default="text", server_default="text")
     fps: Mapped[int | None]
     flow_shift: Mapped[float | None]
-    # Revision 0007_step_cache: the step cache of the job's bucket (NULL: none) and whether its transformer was compiled.
+    # Revision 0007_step_cache: the step cache of the job's bucket (NULL: none), whether its transformer was compiled.
     cache: Mapped[str | None] = mapped_column(String(64))
     compiled: Mapped[bool] = mapped_column(default=False, server_default=false())
 
