@@ -94,7 +94,7 @@ def print_plan(run_plan, gpus: int) -> None:
             f"{b.height}x{b.width}x{b.num_frames}",
             str(b.num_inference_steps),
             f"{b.guidance_scale:g}",
-            job.plan.short(),
+            job.plan.short() + (f" {b.cache}" if b.cache else ""),  # a step cache runs with the plan
             f"{bucket.jobs:,}",
             f"{bucket.samples:,}",
             f"{bucket.padded_slots:,}",
