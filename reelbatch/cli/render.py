@@ -258,6 +258,7 @@ def print_status(summary, report) -> None:
         for bucket in report.buckets:
             b, jobs, samples = bucket.bucket, bucket.jobs, bucket.samples
             plan = ParallelPlan(dp=b["dp"], cfg=b["cfg"], ulysses=b["ulysses"], ring=b["ring"]).short()
+            plan += f" {b['cache']}" if b.get("cache") else ""  # a step cache runs with the plan
             table.add_row(
                 escape(b["model"]),
                 f"{b['height']}x{b['width']}x{b['num_frames']}",
