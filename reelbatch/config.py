@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from reelbatch import defaults as default
-from reelbatch.defaults import Objective
+from reelbatch.defaults import CompileMode, Objective
 from reelbatch.planning.packing_options import Packing
 from reelbatch.schemas import RunDefaults
 
@@ -23,7 +23,7 @@ from reelbatch.schemas import RunDefaults
 # has its output root, and the database is the one `resume` reads).
 RESUMABLE_FIELDS = (
     "defaults", "strict", "model_paths", "max_samples_per_job", "job_timeout_s", "gpu_memory_gib", "objective",
-    "retry_policy", "limits", "packing", "claim_lease_s",
+    "retry_policy", "limits", "packing", "claim_lease_s", "compile",
 )  # fmt: skip
 
 
@@ -88,6 +88,11 @@ class RunConfig(BaseModel):
     )
     dask_local_workers: int = Field(
         0, ge=0, description="Run the jobs on a local Dask cluster of this many workers (0: no Dask)."
+    )
+    compile: CompileMode = Field(
+        default.COMPILE,
+        description="torch.compile each job's transformer once: auto (where the cost model says the compile time "
+        "pays back), on or off.",
     )
     claim_lease_s: float | None = Field(
         None,

@@ -57,6 +57,7 @@ class JobSpec(BaseModel):
     images_dir: str = Field("", description="Local folder of the staged input images, <sha[:2]>/<sha256>.")
     flow_shift: float | None = Field(None, description="Scheduler shift of the family's recipe; None: the folder's.")
     fp32_components: list[str] = Field(default_factory=list, description="Components loaded in fp32 on GPUs.")
+    compile: bool = Field(False, description="torch.compile the transformer(s) once for the job (planning/cost.py).")
 
 
 class SampleResult(BaseModel):
@@ -69,6 +70,10 @@ class SampleResult(BaseModel):
     file: str | None = Field(None, description="Output key of the mp4, relative to the job's output_dir.")
     error: str | None = None
     rank: int = 0
+    # With a step cache (bucket.cache): the transformer passes of this video (all ranks of its CFG pair together)
+    # and how many of them the cache served; None without a cache.
+    transformer_forwards: int | None = None
+    cached_forwards: int | None = None
 
 
 # --- the job folder ------------------------------------------------------------------------------------------

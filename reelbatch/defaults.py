@@ -66,3 +66,11 @@ HEARTBEAT_ENV = "REELBATCH_HEARTBEAT_S"
 # which keeps every transaction (and SQLite's write lock, which running jobs wait for) well under a second.
 RECORD_FIRST_BATCH_JOBS = 8
 RECORD_BATCH_JOBS = 256
+
+# --- Speed-ups (reelbatch/stepcache.py, engine/caching.py, planning/cost.py) ---
+# A step cache named without its threshold (`fbc`) takes diffusers' own FirstBlockCacheConfig default.
+FBC_THRESHOLD = 0.05
+CompileMode = Literal["auto", "on", "off"]
+COMPILE_MODES: Final[tuple[CompileMode, ...]] = ("auto", "on", "off")
+# auto: a job's transformer is compiled only where the cost model says the compile time pays back (planning/cost.py).
+COMPILE: Final[CompileMode] = "auto"

@@ -1,9 +1,10 @@
 """A sample's identity: what it is, not where or when it runs.
 
-The identity hash covers model, prompt, negative prompt, the generation parameters, the content hashes of the
-input images (not their URLs: the same image under another name is the same video), the seed and the video
-index. Execution details (plan, world size, sequence_batch, the batch a sample lands in) are not part of it: they
-do not change the video, so a sample keeps its id, seed and output key whatever the fleet looks like.
+The identity hash covers model, prompt, negative prompt, the generation parameters, the step cache (it changes
+the frames), the content hashes of the input images (not their URLs: the same image under another name is the same
+video), the seed and the video index. Execution details (plan, world size, sequence_batch, the batch a sample lands
+in, a compiled transformer) are not part of it: they do not change the video, so a sample keeps its id, seed and
+output key whatever the fleet looks like.
 
 The hash is the SHA-256 of ``json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))``.
 Existing databases and output folders are keyed by it, so that text must never change by a byte. It is written
@@ -55,8 +56,10 @@ def _content_json(row: ManifestRow) -> tuple[str, str]:
         for name, value in (("image_sha256", row.image_sha256), ("last_image_sha256", row.last_image_sha256))
         if value is not None
     )
+    # "cache" sorts first; a row without a step cache keeps the identity it had before caches existed.
+    cache = "" if row.cache is None else f'"cache":{j(row.cache)},'
     before = (
-        f'{{"embedded_guidance_scale":{j(row.embedded_guidance_scale)},{shift}"guidance_scale":{j(row.guidance_scale)},'
+        f'{{{cache}"embedded_guidance_scale":{j(row.embedded_guidance_scale)},{shift}"guidance_scale":{j(row.guidance_scale)},'
         f'{optional_guidance}"height":{j(row.height)},{images}"model":{j(row.model)},'
         f'"negative_prompt":{j(row.negative_prompt)},'
         f'"num_frames":{j(row.num_frames)},"num_inference_steps":{j(row.num_inference_steps)},'

@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from reelbatch.stepcache import parse_cache
 
 # What a video is conditioned on besides its prompt (models/pipelines.py says which models take which).
 Conditioning = Literal["text", "first_frame", "first_last_frame"]
@@ -54,6 +56,16 @@ class RunDefaults(BaseModel):
     fps: int | None = Field(None, description="Frame rate written into the mp4 files; empty: the model's default.")
     plan: ParallelPlan | None = Field(None, description="Pin this parallel plan instead of choosing one.")
     backend: Backend = Field("native", description="Parallel backend: native (diffusers + ours) or xdit (xfuser).")
+    cache: str | None = Field(
+        None,
+        description="Step cache for rows without a cache cell: none, fbc or fbc:THRESHOLD (diffusers' "
+        "FirstBlockCache); part of each video's identity. Empty: none.",
+    )
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _canonical_cache(cls, value: object) -> str | None:
+        return parse_cache(value)
 
 
 class ManifestRow(BaseModel):
@@ -80,6 +92,7 @@ class ManifestRow(BaseModel):
     guidance_scale_2: float | None = None  # two-expert models: the low-noise expert's guidance (None: guidance_scale)
     image: str | None = None  # first frame: path or URL as written in the manifest
     last_image: str | None = None  # last frame (first-and-last-frame models)
+    cache: str | None = None  # step cache, canonical (``fbc:0.05``; reelbatch/stepcache.py); None: no cache
     # Not manifest columns: the content hashes of the images, set once intake has read and checked them, and the
     # scheduler shift of the model's recipe for this size (None: the folder's own scheduler).
     image_sha256: str | None = None
@@ -182,6 +195,7 @@ class BucketKey(BaseModel):
     backend: Backend = "native"
     guidance_scale_2: float | None = None
     conditioning: Conditioning = "text"
+    cache: str | None = None  # step cache (reelbatch/stepcache.py): rows with different caches never share a job
 
     @property
     def uses_cfg(self) -> bool:

@@ -535,7 +535,7 @@ def test_upgrade_from_0001_keeps_every_row(database_url: str) -> None:
         assert [len(rows) for rows in before.values()] == [1, 1, 3]
 
         database.upgrade()
-        assert database.current_revision() == head_revision() == "0006"
+        assert database.current_revision() == head_revision() == "0007_step_cache"
         database.ensure_schema()
         after = {table: _rows(database, table) for table in ("runs", "jobs", "samples")}
         assert [row.pop("heartbeat_at") for row in after["runs"]] == [None]  # revision 0006
@@ -546,6 +546,10 @@ def test_upgrade_from_0001_keeps_every_row(database_url: str) -> None:
             {name: row.pop(name) for name in ("guidance_scale_2", "conditioning", "fps", "flow_shift")}
             for row in after["jobs"]
         ] == [{"guidance_scale_2": None, "conditioning": "text", "fps": None, "flow_shift": None}]
+        # Revision 0007_step_cache: an old job ran uncached and uncompiled.
+        assert [{name: row.pop(name) for name in ("cache", "compiled")} for row in after["jobs"]] == [
+            {"cache": None, "compiled": False}
+        ]
         new_sample_columns = (
             "guidance_scale_2",
             "conditioning",
@@ -553,8 +557,11 @@ def test_upgrade_from_0001_keeps_every_row(database_url: str) -> None:
             "image_sha256",
             "last_image",
             "last_image_sha256",
+            "cache",
+            "transformer_forwards",
+            "cached_forwards",
         )
-        assert [[row.pop(name) for name in new_sample_columns] for row in after["samples"]] == [[None] * 6] * 3
+        assert [[row.pop(name) for name in new_sample_columns] for row in after["samples"]] == [[None] * 9] * 3
         assert after == before
 
         # The upgraded rows are usable through the models.
@@ -1084,3 +1091,24 @@ def test_revision_0006_allows_interrupted_runs_and_still_checks_statuses(databas
         with pytest.raises(IntegrityError), database.write_session() as session:
             session.execute(text("UPDATE runs SET status = 'interrupted' WHERE id = :id"), {"id": run_id})
         assert [len(_rows(database, table)) for table in ("runs", "jobs", "samples")] == [1, 1, 3]
+
+
+def test_a_cached_compiled_job_and_its_counts_are_recorded(database: Database) -> None:
+    run_id = create_run(database)
+    spec = make_job("cached", run_id, rows=[2, 3])
+    spec = spec.model_copy(update={"bucket": spec.bucket.model_copy(update={"cache": "fbc:0.1"}), "compile": True})
+    database.add_job(run_id, spec)
+    database.mark_job_running("cached")
+    counted = done("cached-s2").model_copy(update={"transformer_forwards": 8, "cached_forwards": 3})
+    database.record_sample_results(
+        "cached", [counted, done("cached-s3")], {"cached-s2": "/v/2.mp4", "cached-s3": "/v/3.mp4"}
+    )
+    samples = samples_by_id(database, run_id)
+    assert {sample_id: samples[sample_id]["cache"] for sample_id in ("cached-s2", "cached-s3")} == dict.fromkeys(
+        ("cached-s2", "cached-s3"), "fbc:0.1"
+    )
+    assert (samples["cached-s2"]["transformer_forwards"], samples["cached-s2"]["cached_forwards"]) == (8, 3)
+    assert (samples["cached-s3"]["transformer_forwards"], samples["cached-s3"]["cached_forwards"]) == (None, None)
+    with database.read_session() as session:
+        job = session.get(db_module.JobRecord, "cached")
+        assert job is not None and (job.cache, job.compiled) == ("fbc:0.1", True)

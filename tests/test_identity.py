@@ -38,7 +38,7 @@ def reference_content(row: ManifestRow) -> dict:
         "embedded_guidance_scale",
     )
     # Members added with image-to-video and two-expert models are part of the payload only when set.
-    optional = ("guidance_scale_2", "image_sha256", "last_image_sha256", "flow_shift")
+    optional = ("guidance_scale_2", "image_sha256", "last_image_sha256", "flow_shift", "cache")
     return {name: getattr(row, name) for name in names} | {
         name: getattr(row, name) for name in optional if getattr(row, name, None) is not None
     }
@@ -101,6 +101,7 @@ rows = st.builds(
     last_image=st.none() | texts,
     last_image_sha256=st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),
     flow_shift=st.none() | floats,
+    cache=st.none() | st.sampled_from(["fbc:0.05", "fbc:0.0", "fbc:0.1"]) | texts,
 )
 
 
@@ -210,3 +211,19 @@ def test_trusted_models_are_indistinguishable_from_validated_ones():
     )
     copied = fast.model_copy(update={"seed": 10})
     assert copied.seed == 10 and fast.seed == 9 and shared == set(Sample.model_fields)
+
+
+def test_the_step_cache_is_part_of_the_identity_and_no_cache_keeps_the_old_one():
+    base = ManifestRow(row=2, prompt="a fox", model="tiny-wan", height=32, width=32, num_frames=5,
+                       num_inference_steps=4, guidance_scale=5.0, seed=7)  # fmt: skip
+    cached = base.model_copy(update={"cache": "fbc:0.05"})
+    other = base.model_copy(update={"cache": "fbc:0.1"})
+    ids = [expand_row(r)[0].sample_id for r in (base, cached, other)]
+    assert len(set(ids)) == 3
+    # Without a cache the payload has no "cache" member: ids made before caches existed stay valid.
+    assert ids[0] == reference_id(base, 0, 7) and "cache" not in reference_content(base)
+    assert (
+        ids[1] == reference_digest({**reference_content(base), "cache": "fbc:0.05", "seed": 7, "video_index": 0})[:32]
+    )
+    # The seed follows the row's seed, not the cache: the same noise, so the cache's effect alone differs.
+    assert {s.seed for r in (base, cached, other) for s in expand_row(r)} == {7}

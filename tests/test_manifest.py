@@ -126,6 +126,7 @@ def test_every_column_is_parsed():
                 "guidance_scale_2",
                 "image",
                 "last_image",
+                "cache",
             ],
             [
                 "r1",
@@ -146,6 +147,7 @@ def test_every_column_is_parsed():
                 "3",
                 " frames/first.png ",
                 "s3://bucket/last.png",
+                " FBC:0.10 ",
             ],
         )  # fmt: skip
     )
@@ -154,7 +156,7 @@ def test_every_column_is_parsed():
         "height": 480, "width": 848, "num_frames": 129, "num_inference_steps": 50, "guidance_scale": 7.5,
         "embedded_guidance_scale": 5.0, "seed": MAX_SEED, "num_videos": 64, "sequence_batch": False,
         "plan": {"dp": 1, "cfg": 2, "ulysses": 2, "ring": 1}, "backend": "xdit", "guidance_scale_2": 3.0,
-        "image": "frames/first.png", "last_image": "s3://bucket/last.png",
+        "image": "frames/first.png", "last_image": "s3://bucket/last.png", "cache": "fbc:0.1",
         "image_sha256": None, "last_image_sha256": None,  # set by intake, once it has read the images
         "flow_shift": None,  # tiny-hunyuan keeps its folder's scheduler
     }  # fmt: skip
@@ -679,6 +681,7 @@ def test_rejected_row_values_keep_what_parses_and_drop_what_does_not():
             "sequence_batch": "y",
             "guidance_scale": "5",
             "model": "tiny-wan",
+            "cache": "fbc:oops",
             "extra": "x",
         }
     )
@@ -698,6 +701,7 @@ def test_rejected_row_values_keep_what_parses_and_drop_what_does_not():
         "row_id": "r6",
         "image": None,
         "last_image": None,
+        "cache": "fbc:oops",  # as written: the database shows what the rejected row asked for
     }
     empty = rejected_row_values({})
     assert (empty["prompt"], empty["row_id"], empty["model"], empty["sequence_batch"]) == ("", None, None, None)

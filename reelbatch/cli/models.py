@@ -70,6 +70,8 @@ def model_source(catalog, name: str) -> str:
 
 def model_facts(family, source: str) -> dict:
     """What `models show` prints (and --json returns) about one model family."""
+    from reelbatch.models.pipelines import step_caches
+
     defaults = family.defaults.to_json()
     defaults["flow_shift"] = {f"<= {area} px": shift for area, shift in family.defaults.flow_shift} or None
     if not family.guidance_embedding:
@@ -91,6 +93,7 @@ def model_facts(family, source: str) -> dict:
             "ulysses": "yes" if native.ulysses else "no",
             "ring": "CUDA only" if native.ring else "no",
         },
+        "step caches": ", ".join(step_caches(family.pipeline_class)) or "none (cache column must stay empty)",
         "heads": family.heads,
         "pixels per token": family.pixels_per_token,
         "sizes": ", ".join(f"{h}x{w}" for h, w in sorted(family.allowed_sizes))

@@ -190,6 +190,20 @@ ROW_DEFAULTS = (
         ],
     ),
     option(
+        "cache",
+        Annotated[
+            str | None,
+            typer.Option(
+                "--cache",
+                help=(
+                    "Default step cache for rows without a cache cell: none, fbc or fbc:THRESHOLD (diffusers' "
+                    "FirstBlockCache; a higher threshold reuses more steps). Part of each video's identity."
+                ),
+                rich_help_panel="Speed",
+            ),
+        ],
+    ),
+    option(
         "backend",
         Annotated[
             str | None,
@@ -215,6 +229,21 @@ PLANNER = (
         defaults.GPU_MEMORY_GIB,
     ),
     option("objective", ObjectiveOpt, defaults.OBJECTIVE),
+    option(
+        "compile",
+        Annotated[
+            str,
+            typer.Option(
+                "--compile",
+                help=(
+                    "torch.compile each job's transformer once for all its videos: auto (only jobs long enough to "
+                    "pay back the compile time, by the cost model), on or off."
+                ),
+                rich_help_panel="Speed",
+            ),
+        ],
+        defaults.COMPILE,
+    ),
     option(
         "limit",
         Annotated[

@@ -112,6 +112,7 @@ def plan(
             gpu_memory_gib=planner["gpu_memory_gib"],
             objective=objective,
             packing=packing_choice.options(ranks, max_samples_per_job, nodes=fleet_nodes, storage=storage_kind),
+            compile=values.compile_mode(planner["compile"]),
         )
         del read  # the plan holds what it needs of the rows
         fleet = (

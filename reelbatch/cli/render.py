@@ -94,7 +94,7 @@ def print_plan(run_plan, gpus: int) -> None:
             f"{b.height}x{b.width}x{b.num_frames}",
             str(b.num_inference_steps),
             f"{b.guidance_scale:g}",
-            job.plan.short(),
+            job.plan.short() + (f" {b.cache}" if b.cache else ""),  # a step cache runs with the plan
             f"{bucket.jobs:,}",
             f"{bucket.samples:,}",
             f"{bucket.padded_slots:,}",
@@ -258,6 +258,7 @@ def print_status(summary, report) -> None:
         for bucket in report.buckets:
             b, jobs, samples = bucket.bucket, bucket.jobs, bucket.samples
             plan = ParallelPlan(dp=b["dp"], cfg=b["cfg"], ulysses=b["ulysses"], ring=b["ring"]).short()
+            plan += f" {b['cache']}" if b.get("cache") else ""  # a step cache runs with the plan
             table.add_row(
                 escape(b["model"]),
                 f"{b['height']}x{b['width']}x{b['num_frames']}",

@@ -138,6 +138,7 @@ def run(
         job_timeout_s=job_timeout,
         gpu_memory_gib=planner["gpu_memory_gib"],
         objective=objective,
+        compile=values.compile_mode(planner["compile"]),
         limits=values.limits(planner["limit"]),
         retry_policy=values.retry_policy(retry_policy),
         packing=values.packing(**packing),

@@ -12,7 +12,7 @@ import typer
 
 from reelbatch.cli.app import EXIT_USAGE
 from reelbatch.cli.render import print_error
-from reelbatch.defaults import OBJECTIVES, Objective
+from reelbatch.defaults import COMPILE_MODES, OBJECTIVES, CompileMode, Objective
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -82,6 +82,12 @@ def objective(name: str) -> Objective:
     if name not in OBJECTIVES:
         fail(f"--objective {name!r}: use one of {', '.join(OBJECTIVES)}")
     return name  # an Objective: checked above
+
+
+def compile_mode(name: str) -> CompileMode:
+    if name not in COMPILE_MODES:
+        fail(f"--compile {name!r}: use one of {', '.join(COMPILE_MODES)}")
+    return name  # a CompileMode: checked above
 
 
 def storage(name: str) -> StorageKind:

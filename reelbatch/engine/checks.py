@@ -60,6 +60,11 @@ def check_runnable(spec: JobSpec, device_type: str) -> None:
     sp = plan.ulysses * plan.ring
     if sp == 1:
         return
+    if spec.bucket.cache is not None:
+        raise PlanNotRunnable(
+            f"{where}: cache {spec.bucket.cache} decides per pass on the whole sequence, and ulysses*ring={sp} would "
+            "give each rank a slice and its own decision; use dp/cfg (ulysses=1, ring=1) or cache none"
+        )
     if plan.ring > 1 and device_type != "cuda":
         raise PlanNotRunnable(
             f"{where}: ring attention (ring={plan.ring}) needs CUDA: diffusers' ring attention needs an attention "

@@ -33,6 +33,7 @@ import torch.distributed as dist
 
 from reelbatch.contract import JobSpec, ResultsFile, SampleResult, emit, read_job_spec
 from reelbatch.engine.adapters import adapter_for
+from reelbatch.engine.caching import ForwardCounter, compile_denoisers, enable_step_cache
 from reelbatch.engine.checks import PlanNotRunnable, check_runnable
 from reelbatch.engine.context_parallel import enable_sequence_parallel
 from reelbatch.engine.faults import FaultInjector
@@ -55,10 +56,11 @@ def slots_for_rank(spec: JobSpec, dp_rank: int) -> list[list[Sample | None]]:
     """This rank's micro-batches; ``None`` marks a padding slot (never generated, never written)."""
     slots: list[Sample | None] = list(spec.samples) + [None] * spec.padded_slots
     mine = slots[dp_rank :: spec.plan.dp]
-    return [mine[i : i + spec.micro_batch] for i in range(0, len(mine), spec.micro_batch)]
+    size = 1 if spec.bucket.cache is not None else spec.micro_batch  # a step cache decides per sample
+    return [mine[i : i + size] for i in range(0, len(mine), size)]
 
 
-def sidecar(spec: JobSpec, sample: Sample, seconds: float, frames: int) -> dict:
+def sidecar(spec: JobSpec, sample: Sample, seconds: float, frames: int, counts: tuple[int, int] | None) -> dict:
     return {
         **sample.model_dump(exclude={"output_key"}),
         **spec.bucket.model_dump(),
@@ -70,16 +72,22 @@ def sidecar(spec: JobSpec, sample: Sample, seconds: float, frames: int) -> dict:
         "job_id": spec.job_id,
         "run_id": spec.run_id,
         "seconds": round(seconds, 4),
+        "compiled": spec.compile,
+        "transformer_forwards": counts[0] if counts else None,
+        "cached_forwards": counts[1] if counts else None,
     }
 
 
-def write_sample(spec: JobSpec, sample: Sample, frames, seconds: float, rank: int) -> SampleResult:
+def write_sample(
+    spec: JobSpec, sample: Sample, frames, seconds: float, rank: int, counts: tuple[int, int] | None = None
+) -> SampleResult:
+    """``counts``: (transformer passes, passes the step cache served) of this video, with a cache."""
     out = Path(spec.output_dir)
     video = out / sample.output_key
     try:
         if spec.keep_frames:
             write_npy(video.with_suffix(".frames.npy"), frames)
-        write_json(video.with_suffix(".json"), sidecar(spec, sample, seconds, frames.shape[0]))
+        write_json(video.with_suffix(".json"), sidecar(spec, sample, seconds, frames.shape[0], counts))
         write_mp4(video, frames, spec.fps)  # last: an mp4 under its final name means the sample is complete
     except Exception as exc:  # a full disk fails this sample, not the job
         return SampleResult(sample_id=sample.sample_id, status="failed", error=f"writing output: {exc}", rank=rank)
@@ -92,6 +100,8 @@ def write_sample(spec: JobSpec, sample: Sample, frames, seconds: float, rank: in
         width=int(frames.shape[2]),
         file=sample.output_key,
         rank=rank,
+        transformer_forwards=counts[0] if counts else None,
+        cached_forwards=counts[1] if counts else None,
     )
 
 
@@ -104,7 +114,23 @@ def sample_inputs(spec: JobSpec, sample: Sample) -> SampleInputs:
     return SampleInputs(sample.prompt, sample.negative_prompt, sample.seed, *images)
 
 
-def run_batch(spec: JobSpec, ctx: ParallelContext, sampler: VideoSampler, batch: list[Sample]) -> list[SampleResult]:
+def cache_counts(counter: ForwardCounter | None, ctx: ParallelContext) -> tuple[int, int] | None:
+    """This sample's (passes, cached passes), summed over its CFG pair (each rank of the pair runs one pass)."""
+    if counter is None:
+        return None
+    counts = torch.tensor([counter.passes, counter.cached], dtype=torch.int64, device=ctx.device)
+    if ctx.cfg_group is not None:
+        dist.all_reduce(counts, group=ctx.cfg_group)  # gloo and NCCL; a CPU tensor is fine for gloo
+    return int(counts[0]), int(counts[1])
+
+
+def run_batch(
+    spec: JobSpec,
+    ctx: ParallelContext,
+    sampler: VideoSampler,
+    batch: list[Sample],
+    counter: ForwardCounter | None = None,
+) -> list[SampleResult]:
     started = time.perf_counter()
     inputs, failed = [], []
     for sample in batch:
@@ -117,7 +143,10 @@ def run_batch(spec: JobSpec, ctx: ParallelContext, sampler: VideoSampler, batch:
     batch = [s for s in batch if s.sample_id not in {f.sample_id for f in failed}]
     if not batch:
         return failed if ctx.writes_outputs else []
+    if counter is not None:
+        counter.reset()
     latents = sampler.generate(inputs, decode=False)
+    counts = cache_counts(counter, ctx)  # every rank of the CFG pair takes part, before the non-writers leave
     if not ctx.writes_outputs:
         return []
     try:
@@ -127,7 +156,7 @@ def run_batch(spec: JobSpec, ctx: ParallelContext, sampler: VideoSampler, batch:
             SampleResult(sample_id=s.sample_id, status="failed", error=f"decode: {exc}", rank=ctx.rank) for s in batch
         ]
     seconds = (time.perf_counter() - started) / len(batch)
-    return failed + [write_sample(spec, s, videos[i], seconds, ctx.rank) for i, s in enumerate(batch)]
+    return failed + [write_sample(spec, s, videos[i], seconds, ctx.rank, counts) for i, s in enumerate(batch)]
 
 
 def gather_to_rank0(results: list[SampleResult], ctx: ParallelContext) -> list[SampleResult]:
@@ -157,14 +186,17 @@ def run_job(spec: JobSpec, ctx: ParallelContext | None = None) -> int:
         if spec.vae_tiling:  # decodes in tiles: the peak of VAE decode, where most video OOMs happen, drops
             pipe.vae.enable_tiling()
         enable_sequence_parallel(pipe, spec.family, ctx)
-        sampler = VideoSampler(adapter_for(pipe, spec.bucket, ctx.device), ctx)
+        counter = enable_step_cache(pipe, spec.bucket.cache)
+        if spec.compile:  # after the cache hooks, so the compiled blocks include them
+            compile_denoisers(pipe)
+        sampler = VideoSampler(adapter_for(pipe, spec.bucket, ctx.device), ctx, cached=counter is not None)
         emit("loaded", rank=ctx.rank)
         torch.manual_seed(0)  # nothing should draw from the global RNG; if something does, keep it repeatable
         processed = 0  # this rank's own count of real samples, as REELBATCH_FAULT's sample=S counts them
         for micro_batch in slots_for_rank(spec, ctx.dp_rank):
             real = [s for s in micro_batch if s is not None]
             faults.before_batch(processed, len(real))
-            results = run_batch(spec, ctx, sampler, real) if real else []
+            results = run_batch(spec, ctx, sampler, real, counter) if real else []
             if faults and results:
                 written = {r.sample_id: r.file for r in results if r.status == "done" and r.file}
                 videos = [written.get(s.sample_id) for s in real]

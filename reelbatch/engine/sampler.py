@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from reelbatch.engine.caching import pass_context, start_sample
 from reelbatch.engine.parallel import ParallelContext
 from reelbatch.schemas import BucketKey
 
@@ -110,6 +111,8 @@ class PipelineAdapter:
 class VideoSampler:
     adapter: PipelineAdapter
     ctx: ParallelContext | None = None
+    # A step cache is on (engine/caching.py): one sample per call, each pass in its own forward and cache context.
+    cached: bool = False
 
     @property
     def cfg_parallel(self) -> bool:
@@ -134,6 +137,10 @@ class VideoSampler:
     @torch.no_grad()
     def generate(self, batch: list[SampleInputs], decode: bool = True):
         adapter = self.adapter
+        if self.cached:
+            if len(batch) != 1:
+                raise ValueError("a step cache decides per sample: generate one sample per call")
+            start_sample(adapter.pipe)
         cond, uncond = adapter.encode(batch)
         guided = adapter.guided(batch)
         # Samples the guidance does not apply to keep their conditional prediction, as their pipeline call would.
@@ -143,7 +150,7 @@ class VideoSampler:
             model, scale = adapter.expert(t)
             hidden, timestep = adapter.model_input(state, t)
             if uncond is None:
-                noise = adapter.predict(model, hidden, timestep, cond)
+                noise = self._predict(model, hidden, timestep, cond, "cond")
             else:
                 noise_cond, noise_uncond = self._guided_pair(model, hidden, timestep, cond, uncond)
                 noise = noise_uncond + scale * (noise_cond - noise_uncond)
@@ -153,18 +160,28 @@ class VideoSampler:
         latents = adapter.final_latents(state)
         return adapter.decode(latents) if decode else latents
 
+    def _predict(self, model, hidden, timestep, cond: Conditioning, name: str) -> torch.Tensor:
+        """One pass (``cond`` or ``uncond``); under a step cache, in that pass's own cache context."""
+        with pass_context(model, name, self.cached):
+            return self.adapter.predict(model, hidden, timestep, cond)
+
     def _guided_pair(self, model, hidden, timestep, cond, uncond):
         adapter = self.adapter
         if self.cfg_parallel:
             ctx = self.ctx
             assert ctx is not None  # cfg_parallel needs a parallel context
             # Each rank of the pair runs one branch; all_gather hands both to both, so their latents stay equal.
-            mine = adapter.predict(model, hidden, timestep, cond if ctx.cfg_rank == 0 else uncond).contiguous()
+            name, branch = ("cond", cond) if ctx.cfg_rank == 0 else ("uncond", uncond)
+            mine = self._predict(model, hidden, timestep, branch, name).contiguous()
             gathered = [torch.empty_like(mine) for _ in range(2)]
             dist.all_gather(gathered, mine, group=ctx.cfg_group)
             return gathered[0], gathered[1]
-        both = None if adapter.bucket.sequence_batch else concat_conditioning(cond, uncond)
+        # A step cache decides per pass: the two passes never share a forward then.
+        both = None if adapter.bucket.sequence_batch or self.cached else concat_conditioning(cond, uncond)
         if both is None:
-            return adapter.predict(model, hidden, timestep, cond), adapter.predict(model, hidden, timestep, uncond)
+            return (
+                self._predict(model, hidden, timestep, cond, "cond"),
+                self._predict(model, hidden, timestep, uncond, "uncond"),
+            )
         doubled = adapter.predict(model, torch.cat([hidden, hidden]), torch.cat([timestep, timestep]), both)
         return doubled.chunk(2)

@@ -106,6 +106,7 @@ def generate_dataset(
             objective=config.objective,
             skip=set(done),
             packing=config.packing.options(config.gpus_per_node, config.max_samples_per_job),
+            compile=config.compile,
         )
         if config.strict and plan.rejected:
             report = refuse_run(plan, output)

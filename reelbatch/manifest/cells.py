@@ -18,6 +18,7 @@ from reelbatch.models.pipelines import GenerationDefaults
 from reelbatch.models.registry import FAMILIES, ModelFamily
 from reelbatch.redact import redact_secrets
 from reelbatch.schemas import Backend, ParallelPlan, RunDefaults
+from reelbatch.stepcache import SYNTAX, parse_cache
 
 _QUOTED_VALUE_CHARS = 40
 
@@ -321,6 +322,17 @@ def _parse_backend(value: object, column: str, context: RowContext) -> str:
     return backend
 
 
+def _parse_cache(value: object, column: str, context: RowContext) -> str | None:
+    try:
+        return parse_cache(value)
+    except ValueError as error:
+        raise CellProblem(
+            "bad_cache",
+            f"{column} {quote(value)}: {error}",
+            f"write {SYNTAX}, or leave the cell empty for the run's setting",
+        ) from None
+
+
 ColumnParser = Callable[[object, str, RowContext], object]
 
 # One parser per column of ``types.COLUMNS``, in that order. A parser receives the stripped cell, or the run
@@ -346,6 +358,7 @@ COLUMN_PARSERS: dict[str, ColumnParser] = {
     "guidance_scale_2": _parse_guidance,
     "image": _parse_image,
     "last_image": _parse_image,
+    "cache": _parse_cache,
 }
 if tuple(COLUMN_PARSERS) != COLUMNS:
     raise ImportError("manifest: COLUMN_PARSERS must have one parser per column of COLUMNS, in the same order")

@@ -76,4 +76,5 @@ def rejected_row_values(raw: Mapping[str, Any]) -> dict[str, Any]:
     values["row_id"] = text("id") or None
     values["image"] = text("image") or None
     values["last_image"] = text("last_image") or None
+    values["cache"] = text("cache") or None
     return values

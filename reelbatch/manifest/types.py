@@ -34,6 +34,7 @@ COLUMNS = (
     "guidance_scale_2",
     "image",
     "last_image",
+    "cache",
 )
 # ManifestRow's fields that are not columns: the images' hashes (set by intake, tasks/images.py) and the recipe's
 # flow shift (resolved with the model's defaults).

@@ -92,11 +92,16 @@ class PipelineSpec:
     xdit: SequenceParallelSupport
     defaults: GenerationDefaults
     description: str
+    # Step caches (reelbatch/stepcache.py) diffusers' hooks apply to this class's transformer: FirstBlockCache
+    # needs its block class in diffusers' TransformerBlockRegistry (WanTransformerBlock, HunyuanVideo's four
+    # block classes have it; SkyReelsV2TransformerBlock has not). tests/test_step_cache.py checks this against
+    # diffusers itself on the tiny models.
+    caches: tuple[str, ...] = ("fbc",)
 
 
-def _spec(class_name, kind, image, last_image, native, defaults, description) -> PipelineSpec:
+def _spec(class_name, kind, image, last_image, native, defaults, description, caches=("fbc",)) -> PipelineSpec:
     xdit = HUNYUAN_XDIT if kind == "hunyuan" else WAN_XDIT
-    return PipelineSpec(class_name, kind, image, last_image, native, xdit, defaults, description)
+    return PipelineSpec(class_name, kind, image, last_image, native, xdit, defaults, description, caches)
 
 
 # Defaults below are each class's ``__call__`` signature defaults in diffusers 0.42 (fps: the frame rate the
@@ -130,6 +135,7 @@ PIPELINES: dict[str, PipelineSpec] = {
             NO_SEQUENCE_PARALLEL,
             GenerationDefaults(6.0, 50, 24),
             "SkyReels-V2 text-to-video",
+            caches=(),
         ),
         _spec(
             "SkyReelsV2ImageToVideoPipeline",
@@ -139,6 +145,7 @@ PIPELINES: dict[str, PipelineSpec] = {
             NO_SEQUENCE_PARALLEL,
             GenerationDefaults(5.0, 50, 24),
             "SkyReels-V2 image-to-video",
+            caches=(),
         ),
         _spec(
             "HunyuanVideoPipeline",
@@ -175,6 +182,17 @@ NOT_SUPPORTED = {
     "HunyuanVideo15Pipeline": "classifier-free guidance runs through the folder's `guider` component, whose split "
     "over a CFG rank pair reelbatch does not implement, and its transformer has no context-parallel plan",
 }
+
+
+def step_caches(pipeline_class: str) -> tuple[str, ...]:
+    """The step caches the engine can turn on for this pipeline class's transformer (none for an unknown class)."""
+    spec = PIPELINES.get(pipeline_class)
+    return spec.caches if spec is not None else ()
+
+
+def cache_classes(kind: str) -> list[str]:
+    """The pipeline classes whose transformer takes the step cache ``kind``."""
+    return sorted(name for name, spec in PIPELINES.items() if kind in spec.caches)
 
 
 def supported_classes() -> str:

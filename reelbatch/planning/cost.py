@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from reelbatch.models.registry import ModelFamily
 from reelbatch.schemas import BucketKey, ParallelPlan
+from reelbatch.stepcache import cache_spec
 
 StorageKind = Literal["local", "s3"]
 STORAGE_KINDS: tuple[StorageKind, ...] = ("local", "s3")
@@ -84,6 +85,19 @@ FAMILY_CLASSES: dict[str, str] = {
 # Estimates (no published numbers): override them per family in the config. 36.9 GiB Wan2.1 14B -> 38 s local,
 # 122 s from S3. Shared network file systems can be far worse (SkyReels-V2: 15-20 min, parallel-facts rule 12).
 LOAD_FIXED_SECONDS: dict[str, float] = {"local": 20.0, "s3": 30.0}
+
+# --- Speed-ups: step caches and torch.compile (docs/COST_MODEL.md, /work/shared/design/speedups.md) ---------------
+# First Block Cache, HunyuanVideo on an L20 (ParaAttention's README): 3676 s -> 2271 s at threshold 0.06, a time
+# factor of 0.618. The only published point for this cache: the factor is taken linear in the threshold from 1.0 at
+# threshold 0 (nothing reused) to 0.618 at 0.06, and flat above (an estimate; a measured factor replaces it).
+FBC_TIME_FACTOR = 2271 / 3676
+FBC_REFERENCE_THRESHOLD = 0.06
+# torch.compile, Wan 2.1 1.3B on an A100: 259.7 s -> 198.1 s, a factor of 0.763 on the denoising time.
+COMPILE_TIME_FACTOR = 198.1 / 259.7
+# What compiling a job's transformer costs once, at its first forward (estimate: diffusers' regional compilation
+# compiles one block class; no published figure for these models): paid per job, so compiling pays back only on
+# jobs whose denoising saves more than this.
+COMPILE_SECONDS = 90.0
 LOAD_GIB_PER_SECOND: dict[str, float] = {"local": 2.0, "s3": 0.4}
 
 
@@ -118,6 +132,10 @@ OVERRIDE_KEYS = {
     "efficiency": "{cfg|ulysses|ring: {degree: efficiency factor}}, replacing the law for that degree "
     "(ulysses: plans without ring; ring: plans without ulysses)",
     "load": "{local|s3: {fixed_seconds, gib_per_second, families: {family: seconds}}}",
+    "fbc_time_factor": "time factor of First Block Cache at fbc_reference_threshold and above",
+    "fbc_reference_threshold": "the threshold fbc_time_factor was measured at",
+    "compile_time_factor": "time factor of torch.compile on the denoising steps",
+    "compile_seconds": "seconds compiling a job's transformer costs (once per job)",
 }
 
 
@@ -140,6 +158,10 @@ class CostModel:
     load_family_seconds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # storage -> family -> s
     gpu: str = REFERENCE_GPU
     family_classes: Mapping[str, str] = field(default_factory=lambda: dict(FAMILY_CLASSES))
+    fbc_time_factor: float = FBC_TIME_FACTOR
+    fbc_reference_threshold: float = FBC_REFERENCE_THRESHOLD
+    compile_time_factor: float = COMPILE_TIME_FACTOR
+    compile_seconds: float = COMPILE_SECONDS
 
     # --- construction ---------------------------------------------------------------------------------------------
 
@@ -180,6 +202,16 @@ class CostModel:
                 changes[key] = float(value)
         if "ring_penalty" in data:
             changes["ring_penalty"] = min(1.0, _positive(data["ring_penalty"], "ring_penalty"))
+        for key in ("fbc_time_factor", "compile_time_factor"):
+            if key in data:
+                changes[key] = min(1.0, _positive(data[key], key))
+        if "fbc_reference_threshold" in data:
+            changes["fbc_reference_threshold"] = _positive(data["fbc_reference_threshold"], "fbc_reference_threshold")
+        if "compile_seconds" in data:
+            value = data["compile_seconds"]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"cost overrides: compile_seconds must be a number >= 0, not {value!r}")
+            changes["compile_seconds"] = float(value)
         for key, attr, normalise in (
             ("base_seconds", "base_seconds", str),
             ("gpu_factors", "gpu_factors", gpu_name),
@@ -260,6 +292,10 @@ class CostModel:
             "sp_loss": self.sp_loss,
             "ring_penalty": self.ring_penalty,
             "efficiency": {k: {str(d): v for d, v in t.items()} for k, t in self.degree_efficiency.items()},
+            "fbc_time_factor": self.fbc_time_factor,
+            "fbc_reference_threshold": self.fbc_reference_threshold,
+            "compile_time_factor": self.compile_time_factor,
+            "compile_seconds": self.compile_seconds,
             "load": {
                 s: {
                     "fixed_seconds": self.load_fixed_seconds[s],
@@ -286,7 +322,25 @@ class CostModel:
         tokens = family.tokens(bucket.height, bucket.width, bucket.num_frames)
         passes = 2 if bucket.uses_cfg else 1
         per_step = self.base(family) * (tokens / REFERENCE_TOKENS) ** self.tokens_exponent
-        return per_step * bucket.num_inference_steps * passes * self.gpu_factors[self._gpu(gpu)]
+        speed = self.gpu_factors[self._gpu(gpu)] * self.cache_time_factor(bucket.cache)
+        return per_step * bucket.num_inference_steps * passes * speed
+
+    def cache_time_factor(self, cache: str | None) -> float:
+        """Time multiplier of a step cache (1.0 without one): linear in the threshold up to the published point."""
+        spec = cache_spec(cache)
+        if spec is None:
+            return 1.0
+        reach = min(1.0, spec.threshold / self.fbc_reference_threshold)
+        return 1.0 - (1.0 - self.fbc_time_factor) * reach
+
+    def compile_pays(self, compute_seconds: float) -> bool:
+        """Whether compiling a job's transformer pays back: the denoising time it saves (``compute_seconds`` is
+        the job's wall time past its model load, uncompiled) exceeds the compile time."""
+        return compute_seconds * (1.0 - self.compile_time_factor) > self.compile_seconds
+
+    def compiled_seconds(self, compute_seconds: float) -> float:
+        """The job's wall time past its model load when compiled: the compile, then faster steps."""
+        return self.compile_seconds + compute_seconds * self.compile_time_factor
 
     def efficiency(self, plan: ParallelPlan, gpu: str | None = None) -> float:
         """Speed-up of one sample's GPU group over one GPU, divided by the group's size (dp costs nothing)."""

@@ -88,6 +88,14 @@ def _fix_for(
         if rule == "sequence_batch_with_cfg_parallel":
             extra = ", or set sequence_batch=false to keep CFG parallel"
         return PlanProblem(rule, violation.message, f"use {suggestion}{extra}", suggested_plan=suggestion)
+    if rule == "cache_needs_whole_sequence":
+        suggestion = _nearest(plan, passing, lambda p: p.ulysses == 1 and p.ring == 1)
+        return PlanProblem(
+            rule,
+            violation.message,
+            f"use {suggestion} (each rank caches whole passes), or set cache none to keep the sequence split",
+            suggested_plan=suggestion,
+        )
     if rule == "sequence_parallel_unsupported":
         support = family.sequence_parallel(backend)
         suggestion = _nearest(

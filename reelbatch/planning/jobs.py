@@ -15,7 +15,8 @@ from reelbatch.schemas import Backend, BucketKey, ParallelPlan, RowRejection, Sa
 
 def job_id(index: int, bucket: BucketKey, samples: Iterable[Sample]) -> str:
     """Position, then a hash of the bucket and the sample ids: the same work gets the same id on a rerun."""
-    digest = hashlib.sha256(bucket.model_dump_json().encode())
+    # A bucket without a step cache hashes as it did before caches existed (resume finds its jobs again).
+    digest = hashlib.sha256(bucket.model_dump_json(exclude={"cache"} if bucket.cache is None else None).encode())
     for sample in samples:
         digest.update(sample.sample_id.encode())
     return f"job-{index:04d}-{digest.hexdigest()[:8]}"
@@ -38,6 +39,7 @@ class PlannedJob:
     warnings: list[str] = field(default_factory=list)
     estimated_seconds: float = 0.0  # wall time incl. one model load from local disk (planning.cost)
     filled_slots: int = 0  # padded slots turned into extra videos (padding="fill"); they are in ``samples``
+    compile: bool = False  # torch.compile the transformer once for the job (the cost model's choice, or forced)
     # Not an init field: dataclasses.replace() makes a job with new samples or a new index compute its own id.
     _job_id: str | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -79,6 +81,8 @@ class PlannedJob:
             "warnings": self.warnings,
             "estimated_seconds": self.estimated_seconds,
             "filled_slots": self.filled_slots,
+            "cache": self.bucket.cache,
+            "compile": self.compile,
         }
 
 
@@ -253,4 +257,5 @@ BUCKET_FIELDS = (
     "refused_plans",
     "memory_gib_per_gpu",
     "warnings",
+    "cache",
 )

@@ -8,11 +8,12 @@ need padding. Nothing here needs torch, weights or Prefect (``tasks.shard`` wrap
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from reelbatch.defaults import MAX_SAMPLES_PER_JOB, OBJECTIVE, Objective
+from reelbatch.defaults import COMPILE, MAX_SAMPLES_PER_JOB, OBJECTIVE, CompileMode, Objective
 from reelbatch.gpus import visible_gpus
 from reelbatch.identity import expand_row
 from reelbatch.models.catalog import ModelCatalog, UnknownModel
@@ -27,7 +28,7 @@ from reelbatch.planning.buckets import (
 )
 from reelbatch.planning.chooser import DEFAULT_GPU_MEMORY_GIB
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel
-from reelbatch.planning.jobs import BucketPlan, RunPlan
+from reelbatch.planning.jobs import BucketPlan, PlannedJob, RunPlan
 from reelbatch.planning.packing import cut_buckets
 from reelbatch.planning.packing_options import PackingOptions
 from reelbatch.planning.rules import PlanProblem
@@ -105,6 +106,7 @@ def plan_run(
     skip: Collection[str] = frozenset(),
     packing: PackingOptions | None = None,
     cost_model: CostModel | None = None,
+    compile: CompileMode = COMPILE,
 ) -> RunPlan:
     """Bucket the rows, give each bucket a plan (or reject its rows with a fix) and cut the buckets into jobs.
 
@@ -113,7 +115,8 @@ def plan_run(
     already made) get no job: they are listed in ``RunPlan.skipped`` and their rows still count as accepted.
     ``packing`` (planning.packing_options.PackingOptions) cuts the buckets into jobs of a target wall time on a fleet,
     ordered longest first; without it each bucket is cut by ``cut_jobs``. ``cost_model`` (planning.cost) gives
-    the estimates (default: the calibrated H100 model).
+    the estimates (default: the calibrated H100 model). ``compile``: ``on`` / ``off`` compile every job's
+    transformer or none; ``auto`` the jobs whose denoising time, by the cost model, pays back the compile time.
     """
     if gpus < 1:
         raise ValueError("--gpus must be at least 1")
@@ -210,4 +213,17 @@ def plan_run(
         rows=rows,
         skipped=skipped,
     )
+    choose_compile(jobs, cost, compile)
     return RunPlan(rows=total_rows, accepted=accepted, rejected=rejections, jobs=jobs, skipped=skipped)
+
+
+def choose_compile(jobs: Sequence[PlannedJob], cost: CostModel, mode: CompileMode) -> None:
+    """Set each job's ``compile``: ``on`` all, ``off`` none, ``auto`` where it pays back (``CostModel.compile_pays``).
+
+    The jobs' estimates stay those of the uncompiled job, which the packer cut them by: a compiled job's wall time
+    is then an upper bound (``CostModel.compiled_seconds`` says by how much it should come in under).
+    """
+    for job in jobs:
+        rounds = math.ceil((len(job.samples) + job.padded_slots) / job.plan.dp)
+        compute = rounds * cost.sample_seconds(job.bucket, job.family, job.plan)
+        job.compile = mode == "on" or (mode == "auto" and cost.compile_pays(compute))

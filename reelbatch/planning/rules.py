@@ -18,8 +18,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from reelbatch.models.pipelines import cache_classes, step_caches
 from reelbatch.models.registry import ModelFamily
 from reelbatch.schemas import Backend, BucketKey, ParallelPlan
+from reelbatch.stepcache import cache_spec
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,18 @@ def plan_violations(
                 "sequence_batch_with_cfg_parallel",
                 "sequence_batch runs each CFG pass with batch 1, which cannot be split over a CFG rank pair "
                 "(tensor.shape[0]=1 is not divisible by world_size=2)",
+            )
+        )
+    # A step cache decides per pass, from the first block's output, whether to run the remaining blocks. Under
+    # Ulysses or ring each rank holds a slice of the sequence and would decide on its slice: ranks would disagree
+    # (one skipping the blocks whose all-to-alls the other waits in). CFG parallel is fine: each rank runs a whole
+    # pass and decides exactly as one rank running both passes does (engine/caching.py).
+    if bucket.cache is not None and sp > 1:
+        found.append(
+            Violation(
+                "cache_needs_whole_sequence",
+                f"cache {bucket.cache} decides on the whole sequence of a pass; ulysses*ring = {sp} would give each "
+                "rank a slice and its own decision",
             )
         )
     support = family.sequence_parallel(backend)
@@ -235,6 +249,17 @@ def input_problems(bucket: BucketKey, family: ModelFamily) -> list[PlanProblem]:
                 "so there is no low-noise stage to guide",
                 "leave guidance_scale_2 empty (it is for two-expert models such as Wan 2.2 A14B)",
                 column="guidance_scale_2",
+            )
+        )
+    cache = cache_spec(bucket.cache)
+    if cache is not None and cache.kind not in step_caches(family.pipeline_class):
+        takers = ", ".join(cache_classes(cache.kind)) or "none"
+        problems.append(
+            PlanProblem(
+                "cache_not_supported",
+                f"cache {bucket.cache}: diffusers' {cache.kind} hooks do not support the transformer of {name}",
+                f"set cache none (or leave it empty), or use a model whose pipeline class takes it ({takers})",
+                column="cache",
             )
         )
     if bucket.embedded_guidance_scale is not None and not family.guidance_embedding:

@@ -82,6 +82,7 @@ def job_spec(planned: PlannedJob, run_id: str, output: str, catalog: ModelCatalo
         fp32_components=list(recipe.fp32_components),
         images_dir=str(images_root(output)),
         timeout_s=planned.timeout_s,
+        compile=planned.compile,
         **folder_fields(folder),
     )
 

@@ -100,6 +100,7 @@ def _job_row(run_id: str, job: JobSpec, backend: str, log_path: str, created_at:
         "tokens": job.tokens,
         "fps": job.fps,
         "flow_shift": job.flow_shift,
+        "compiled": job.compile,
         "log_path": log_path,
         "status": "pending",
         "returncode": None,

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -139,6 +140,9 @@ class JobRecord(Base):
     conditioning: Mapped[str] = mapped_column(String(32), default="text", server_default="text")
     fps: Mapped[int | None]
     flow_shift: Mapped[float | None]
+    # Revision 0007_step_cache: the step cache of the job's bucket (NULL: none), whether its transformer was compiled.
+    cache: Mapped[str | None] = mapped_column(String(64))
+    compiled: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class SampleRecord(Base):
@@ -193,6 +197,11 @@ class SampleRecord(Base):
     image_sha256: Mapped[str | None] = mapped_column(String(64))
     last_image: Mapped[str | None] = mapped_column(Text)
     last_image_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Revision 0007_step_cache: the step cache (part of the identity; NULL: none), the transformer passes that made
+    # the video and how many of them the cache served (NULL without a cache).
+    cache: Mapped[str | None] = mapped_column(String(64))
+    transformer_forwards: Mapped[int | None]
+    cached_forwards: Mapped[int | None]
 
 
 class JobAttemptRecord(Base):

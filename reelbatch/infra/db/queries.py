@@ -264,6 +264,7 @@ BUCKET_COLUMNS = (
     "cfg",
     "ulysses",
     "ring",
+    "cache",
 )
 
 

@@ -146,6 +146,8 @@ def record_sample_results(
                 "status": result.status,
                 "seconds": result.seconds,
                 "frames": result.frames,
+                "transformer_forwards": result.transformer_forwards,
+                "cached_forwards": result.cached_forwards,
                 "error": result.error,
                 "output_path": output_paths.get(result.sample_id),
             }
