@@ -126,6 +126,8 @@ def test_every_column_is_parsed():
                 "guidance_scale_2",
                 "image",
                 "last_image",
+                "lora",
+                "lora_scale",
             ],
             [
                 "r1",
@@ -146,6 +148,8 @@ def test_every_column_is_parsed():
                 "3",
                 " frames/first.png ",
                 "s3://bucket/last.png",
+                " loras/style.safetensors ",
+                "0.75",
             ],
         )  # fmt: skip
     )
@@ -155,8 +159,10 @@ def test_every_column_is_parsed():
         "embedded_guidance_scale": 5.0, "seed": MAX_SEED, "num_videos": 64, "sequence_batch": False,
         "plan": {"dp": 1, "cfg": 2, "ulysses": 2, "ring": 1}, "backend": "xdit", "guidance_scale_2": 3.0,
         "image": "frames/first.png", "last_image": "s3://bucket/last.png",
+        "lora": "loras/style.safetensors", "lora_scale": 0.75,
         "image_sha256": None, "last_image_sha256": None,  # set by intake, once it has read the images
         "flow_shift": None,  # tiny-hunyuan keeps its folder's scheduler
+        "lora_sha256": None,  # set by intake, once it has read the adapter
     }  # fmt: skip
 
 
@@ -698,6 +704,8 @@ def test_rejected_row_values_keep_what_parses_and_drop_what_does_not():
         "row_id": "r6",
         "image": None,
         "last_image": None,
+        "lora": None,
+        "lora_scale": None,
     }
     empty = rejected_row_values({})
     assert (empty["prompt"], empty["row_id"], empty["model"], empty["sequence_batch"]) == ("", None, None, None)

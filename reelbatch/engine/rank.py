@@ -38,6 +38,7 @@ from reelbatch.engine.context_parallel import enable_sequence_parallel
 from reelbatch.engine.faults import FaultInjector
 from reelbatch.engine.inputs import StagedImageError, open_staged
 from reelbatch.engine.loading import load_pipeline
+from reelbatch.engine.lora import LoraLoadError, agree_on_failure, apply_lora
 from reelbatch.engine.parallel import (
     ParallelContext,
     context_for,
@@ -156,6 +157,23 @@ def run_job(spec: JobSpec, ctx: ParallelContext | None = None) -> int:
         pipe = load_pipeline(spec.model_path, ctx.device, spec.flow_shift, spec.fp32_components)
         if spec.vae_tiling:  # decodes in tiles: the peak of VAE decode, where most video OOMs happen, drops
             pipe.vae.enable_tiling()
+        lora_error = None
+        try:
+            apply_lora(pipe, spec)  # fused before anything wraps the transformer
+        except LoraLoadError as error:
+            lora_error = error
+        lora_error = agree_on_failure(lora_error, ctx)
+        if lora_error is not None:  # a sample error, not a crash: every sample of the job fails with the reason
+            if results_file is not None:
+                for sample in spec.samples:
+                    results_file.append(
+                        SampleResult(
+                            sample_id=sample.sample_id, status="failed", error=f"lora: {lora_error}", rank=ctx.rank
+                        )
+                    )
+                    emit("sample", sample_id=sample.sample_id, status="failed", seconds=0.0)
+            emit("finished", rank=ctx.rank)
+            return 0
         enable_sequence_parallel(pipe, spec.family, ctx)
         sampler = VideoSampler(adapter_for(pipe, spec.bucket, ctx.device), ctx)
         emit("loaded", rank=ctx.rank)

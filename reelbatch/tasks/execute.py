@@ -120,17 +120,15 @@ def ensure_job_files(spec: JobSpec) -> None:
     """
     if not spec_path(spec).exists():
         write_job_spec(spec)
+    staged = {digest for s in spec.samples for digest in (s.image_sha256, s.last_image_sha256)}
     missing = sorted(
-        {
-            digest
-            for s in spec.samples
-            for digest in (s.image_sha256, s.last_image_sha256)
-            if digest and not staged_path(spec.images_dir, digest).exists()
-        }
+        digest
+        for digest in {*staged, spec.bucket.lora_sha256}  # the LoRA adapter is staged next to the images
+        if digest and not staged_path(spec.images_dir, digest).exists()
     )
     if missing:
         raise FileNotFoundError(
-            f"{len(missing)} input image(s) of job {spec.job_id} are not staged on {socket.gethostname()} "
+            f"{len(missing)} input file(s) of job {spec.job_id} are not staged on {socket.gethostname()} "
             f"(e.g. {staged_path(spec.images_dir, missing[0])}): give every worker the orchestrator's work folder "
             "on shared storage (REELBATCH_WORK_DIR)"
         )

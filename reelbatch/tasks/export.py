@@ -35,6 +35,7 @@ METADATA_COLUMNS = (
     "file_name", "prompt", "negative_prompt", "model", "height", "width", "num_frames", "num_inference_steps",
     "guidance_scale", "embedded_guidance_scale", "seed", "sample_id", "row", "row_id", "video_index",
     "guidance_scale_2", "conditioning", "image", "image_sha256", "last_image", "last_image_sha256",
+    "lora", "lora_sha256", "lora_scale",
 )  # fmt: skip
 
 # A spreadsheet runs a cell starting with one of these as a formula (CSV injection).

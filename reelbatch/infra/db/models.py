@@ -139,6 +139,9 @@ class JobRecord(Base):
     conditioning: Mapped[str] = mapped_column(String(32), default="text", server_default="text")
     fps: Mapped[int | None]
     flow_shift: Mapped[float | None]
+    # Revision 0007_lora: the LoRA adapter fused for the whole job (content hash) and its scale.
+    lora_sha256: Mapped[str | None] = mapped_column(String(64))
+    lora_scale: Mapped[float | None]
 
 
 class SampleRecord(Base):
@@ -193,6 +196,10 @@ class SampleRecord(Base):
     image_sha256: Mapped[str | None] = mapped_column(String(64))
     last_image: Mapped[str | None] = mapped_column(Text)
     last_image_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Revision 0007_lora: the LoRA adapter as the manifest named it, its content hash and scale (part of the identity).
+    lora: Mapped[str | None] = mapped_column(Text)
+    lora_sha256: Mapped[str | None] = mapped_column(String(64))
+    lora_scale: Mapped[float | None]
 
 
 class JobAttemptRecord(Base):
