@@ -1,9 +1,10 @@
 """A sample's identity: what it is, not where or when it runs.
 
 The identity hash covers model, prompt, negative prompt, the generation parameters, the content hashes of the
-input images and of the LoRA adapter with its scale (not their URLs: the same image under another name is the same video), the seed and the video
-index. Execution details (plan, world size, sequence_batch, the batch a sample lands in) are not part of it: they
-do not change the video, so a sample keeps its id, seed and output key whatever the fleet looks like.
+input images and of the LoRA adapter with its scale (not their URLs: the same image under another name is the
+same video), the seed and the video index. Execution details (plan, world size, sequence_batch, the batch a
+sample lands in) are not part of it: they do not change the video, so a sample keeps its id, seed and output key
+whatever the fleet looks like.
 
 The hash is the SHA-256 of ``json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))``.
 Existing databases and output folders are keyed by it, so that text must never change by a byte. It is written

@@ -218,8 +218,8 @@ def test_a_lora_is_its_content_and_scale_not_its_name():
     assert first.sample_id == renamed.sample_id == unscaled.sample_id
     assert len({first.sample_id, weaker.sample_id, other.sample_id, plain.sample_id}) == 4
     # A row without a LoRA keeps the identity rows had before the lora column existed.
-    assert plain.sample_id == reference_digest({**reference_content(row.model_copy(update={"lora_sha256": None})),
-                                                "seed": 7, "video_index": 0})[:32]
+    without = reference_content(row.model_copy(update={"lora_sha256": None}))
+    assert plain.sample_id == reference_digest({**without, "seed": 7, "video_index": 0})[:32]
     assert (first.lora, renamed.lora) == ("style.safetensors", "s3://bucket/other-name.safetensors")
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reelbatch.engine.inputs import staged_path
-from reelbatch.infra.images import ImagePolicy, ImageProblem, _redact, _Reader
+from reelbatch.infra.images import ImagePolicy, ImageProblem, _Reader, _redact
 
 # The markers of LoRA weights in a key: peft / diffusers (lora_A, lora_B), kohya and original Wan (lora_down,
 # lora_up), and their dotted variants.
