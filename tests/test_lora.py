@@ -213,6 +213,7 @@ def test_intake_stages_usable_adapters_and_rejects_the_others_by_row(tmp_path, l
     assert "transformer_blocks.0.attn.to_q" in messages["hunyuan"][0] and "tiny-wan" in messages["hunyuan"][0]
     assert "32x32" in messages["wide"][0] and "5120" in messages["wide"][0]
     assert all(fix for _, fix in messages.values())
+    assert "LoRA files may only come from the manifest's folder" in messages["outside"][0]
     assert "/etc" not in messages["outside"][0].split("may only come from")[-1]  # the allowed places, not others
 
     rows = {row.id: row for row in checked.rows}
@@ -253,7 +254,10 @@ def test_plan_checks_adapters_as_run_does(loras):
     report = json.loads(done.stdout)
     rules = {r["rule"] for r in report["rejected"]}
     assert rules == {rule for _, rule in INTAKE_REJECTIONS.values()}
-    assert report["accepted"] == 5 and len(report["buckets"]) == 4
+    assert report["accepted"] == 5
+    style, other = sha256(loras / "loras" / "style.safetensors"), sha256(loras / "loras" / "other.safetensors")
+    adapters = sorted(((b["lora_sha256"] or ""), b["lora_scale"] or 0) for b in report["buckets"])
+    assert adapters == sorted([("", 0), (style, 1.0), (style, 0.5), (other, 1.0)])
 
 
 def test_an_adapter_that_fails_in_the_rank_fails_its_samples_not_the_rank(tmp_path, tiny_wan):

@@ -44,6 +44,7 @@ class _LoraReader(_Reader):
     """The image reader's checks (allowed places, no credentials, size limit), worded for a LoRA file."""
 
     def problem(self, rule: str, what: str, fix: str) -> ImageProblem:
+        what = what.replace("images may only", "LoRA files may only")
         return LoraProblem(
             rule.replace("image_", "lora_", 1), f"LoRA {self.shown!r} {what}.", fix.replace("the image", "the LoRA")
         )
