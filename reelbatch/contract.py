@@ -71,6 +71,11 @@ class SampleResult(BaseModel):
     rank: int = 0
 
 
+# A sample the ranks failed because the job's LoRA adapter could not be applied: its error starts with this. Every
+# sample of the job fails the same way, so the orchestrator records it as bad input and does not retry the job.
+LORA_ERROR_PREFIX: Final = "lora: "
+
+
 # --- the job folder ------------------------------------------------------------------------------------------
 
 RANK_ENTRY = "reelbatch.engine.rank"  # torchrun runs ``python -m RANK_ENTRY JOB.json ...``

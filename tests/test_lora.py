@@ -284,6 +284,19 @@ def test_an_adapter_that_fails_in_the_rank_fails_its_samples_not_the_rank(tmp_pa
     assert all(r.error and r.error.startswith("lora: ") and "size mismatch" in r.error.lower() for r in results)
 
 
+def test_samples_failed_by_their_adapter_fail_the_job_as_bad_input_never_retried():
+    from types import SimpleNamespace
+
+    from reelbatch.infra.failures import RetryPolicy
+    from reelbatch.tasks.execute import _failure_of
+
+    clean_exit = SimpleNamespace(failure=None)
+    by_adapter = _failure_of(clean_exit, {"a": "lora: RuntimeError: size mismatch", "b": "lora: RuntimeError: x"})
+    assert by_adapter.kind == "bad_input" and "LoRA adapter could not be applied" in by_adapter.message
+    assert not RetryPolicy.from_dict(None).decide(by_adapter, 1).retry
+    assert _failure_of(clean_exit, {"a": "lora: x", "b": "decode: boom"}).kind == "unknown"
+
+
 def test_a_few_step_variant_plans_without_cfg_parallel_and_costs_its_steps():
     catalog = ModelCatalog.from_config()
     manifest = "model,prompt,height,width,num_frames\n" + "".join(
@@ -313,11 +326,18 @@ def test_a_lora_row_runs_end_to_end_through_the_cli(tmp_path, tiny_wan):
     folder = tmp_path / "manifests"
     (folder / "loras").mkdir(parents=True)
     lora = make_lora(tiny_wan, folder / "loras" / "style.safetensors", seed=0)
+    # Original Wan keys (not diffusers' layout, so intake cannot check them) with factors of another width.
+    save_tensors(
+        folder / "loras" / "broken.safetensors",
+        {"diffusion_model.blocks.0.self_attn.q.lora_down.weight": (4, 7),
+         "diffusion_model.blocks.0.self_attn.q.lora_up.weight": (32, 4)},
+    )  # fmt: skip
     manifest = folder / "prompts.csv"
     manifest.write_text(
         "id,prompt,lora,lora_scale,seed\n"
         "plain,a cat walks on a sunny street,,,5\n"
         "styled,a cat walks on a sunny street,loras/style.safetensors,0.8,5\n"
+        "broken,a cat walks on a sunny street,loras/broken.safetensors,,5\n"
     )
     db_file = tmp_path / "state.db"
     done = subprocess.run(
@@ -326,10 +346,16 @@ def test_a_lora_row_runs_end_to_end_through_the_cli(tmp_path, tiny_wan):
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
     )  # fmt: skip
     output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-3000:]
+    assert done.returncode == 1, output[-3000:]  # the broken adapter's video failed, the others were made
+    assert "Traceback" not in output
     db = sqlite3.connect(db_file)
     db.row_factory = sqlite3.Row
     samples = {s["row_id"]: s for s in db.execute("select * from samples")}
+    assert {k: s["status"] for k, s in samples.items()} == {"plain": "done", "styled": "done", "broken": "failed"}
+    broken = samples["broken"]
+    assert "[bad_input]" in broken["error"] and "lora: " in broken["error"] and "size mismatch" in broken["error"]
+    [attempts] = db.execute("select count(*) from job_attempts where job_id = ?", (broken["job_id"],)).fetchone()
+    assert attempts == 1  # the same adapter would fail again: not retried
     digest = sha256(lora)
     assert (samples["styled"]["lora"], samples["styled"]["lora_sha256"], samples["styled"]["lora_scale"]) == (
         "loras/style.safetensors",
@@ -338,7 +364,7 @@ def test_a_lora_row_runs_end_to_end_through_the_cli(tmp_path, tiny_wan):
     )
     assert (samples["plain"]["lora"], samples["plain"]["lora_sha256"], samples["plain"]["lora_scale"]) == (None,) * 3
     jobs = {j["lora_sha256"]: j for j in db.execute("select * from jobs")}
-    assert set(jobs) == {None, digest} and jobs[digest]["lora_scale"] == 0.8
+    assert set(jobs) == {None, digest, broken["lora_sha256"]} and jobs[digest]["lora_scale"] == 0.8
     sidecar = json.loads(Path(samples["styled"]["output_path"]).with_suffix(".json").read_text())
     assert (sidecar["lora"], sidecar["lora_sha256"], sidecar["lora_scale"]) == ("loras/style.safetensors", digest, 0.8)
     metadata = {m["row_id"]: m for m in csv.DictReader((tmp_path / "dataset" / "metadata.csv").open())}

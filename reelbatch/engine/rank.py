@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from reelbatch.contract import JobSpec, ResultsFile, SampleResult, emit, read_job_spec
+from reelbatch.contract import LORA_ERROR_PREFIX, JobSpec, ResultsFile, SampleResult, emit, read_job_spec
 from reelbatch.engine.adapters import adapter_for
 from reelbatch.engine.checks import PlanNotRunnable, check_runnable
 from reelbatch.engine.context_parallel import enable_sequence_parallel
@@ -168,7 +168,10 @@ def run_job(spec: JobSpec, ctx: ParallelContext | None = None) -> int:
                 for sample in spec.samples:
                     results_file.append(
                         SampleResult(
-                            sample_id=sample.sample_id, status="failed", error=f"lora: {lora_error}", rank=ctx.rank
+                            sample_id=sample.sample_id,
+                            status="failed",
+                            error=f"{LORA_ERROR_PREFIX}{lora_error}",
+                            rank=ctx.rank,
                         )
                     )
                     emit("sample", sample_id=sample.sample_id, status="failed", seconds=0.0)

@@ -19,6 +19,7 @@ from prefect import task
 
 from reelbatch import progress
 from reelbatch.contract import (
+    LORA_ERROR_PREFIX,
     JobSpec,
     attempt_folder,
     folder_fields,
@@ -109,6 +110,9 @@ def _failure_of(outcome: JobOutcome, problems: dict[str, str]) -> Failure:
         return outcome.failure
     # The ranks exited cleanly but some output is unusable (a corrupt or missing mp4).
     detail = "; ".join(sorted(set(problems.values()))) or "some samples were not reported"
+    if problems and all(problem.startswith(LORA_ERROR_PREFIX) for problem in problems.values()):
+        # The job's LoRA adapter could not be applied: another attempt would fail the same way.
+        return Failure(kind="bad_input", rank=None, message=f"the LoRA adapter could not be applied: {detail}", tail=[])
     return Failure(kind="unknown", rank=None, message=f"the job ended without usable output: {detail}", tail=[])
 
 
