@@ -369,5 +369,8 @@ def test_a_lora_row_runs_end_to_end_through_the_cli(tmp_path, tiny_wan):
     assert (sidecar["lora"], sidecar["lora_sha256"], sidecar["lora_scale"]) == ("loras/style.safetensors", digest, 0.8)
     metadata = {m["row_id"]: m for m in csv.DictReader((tmp_path / "dataset" / "metadata.csv").open())}
     assert metadata["styled"]["lora_sha256"] == digest and metadata["plain"]["lora"] == ""
+    [run_id] = [r["id"] for r in db.execute("select id from runs")]
+    status = reelbatch("status", run_id, "--db", f"sqlite:///{db_file}")
+    assert f"tiny-wan + LoRA {digest[:8]} x0.8" in status.stdout, status.stdout  # a bucket per adapter and scale
     plain, styled = (read_mp4(samples[k]["output_path"]).astype(int) for k in ("plain", "styled"))
     assert np.abs(plain - styled).max() > 10  # same prompt and seed: the adapter made the difference
