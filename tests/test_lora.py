@@ -247,6 +247,25 @@ def test_intake_stages_usable_adapters_and_rejects_the_others_by_row(tmp_path, l
     assert len({ids_of["style"], ids_of["half"], ids_of["other"], ids_of["plain"]}) == 4  # same prompt and seed
 
 
+def test_a_lora_on_s3_is_fetched_into_the_local_store(tmp_path, loras, s3_bucket):
+    import s3fs
+
+    local = loras / "loras" / "style.safetensors"
+    s3fs.S3FileSystem(skip_instance_cache=True).put(str(local), f"{s3_bucket}/loras/style.safetensors")
+    text = (
+        "id,prompt,lora\n"
+        f"s3,a red fox,s3://{s3_bucket}/loras/style.safetensors\n"
+        f"elsewhere,a red fox,s3://{s3_bucket}/private/style.safetensors\n"
+    )
+    catalog = ModelCatalog.from_config()
+    read = parse_manifest_text(text, RunDefaults(), catalog, ManifestLimits())
+    checked = check_loras(read, catalog, tmp_path / "store", roots=[f"s3://{s3_bucket}/loras/"])
+    [row] = checked.rows
+    assert (row.id, row.lora_sha256, row.lora_scale) == ("s3", sha256(local), 1.0)
+    assert staged_path(tmp_path / "store", sha256(local)).read_bytes() == local.read_bytes()
+    assert [(r.column, r.rule) for r in checked.rejections] == [("lora", "lora_not_allowed")]
+
+
 def test_plan_checks_adapters_as_run_does(loras):
     manifest = write_manifest(loras, INTAKE_ROWS)
     done = reelbatch("plan", str(manifest), "--gpus", "1", "--json")
