@@ -158,11 +158,12 @@ def run_job(spec: JobSpec, ctx: ParallelContext | None = None) -> int:
         if spec.vae_tiling:  # decodes in tiles: the peak of VAE decode, where most video OOMs happen, drops
             pipe.vae.enable_tiling()
         lora_error = None
-        try:
-            apply_lora(pipe, spec)  # fused before anything wraps the transformer
-        except LoraLoadError as error:
-            lora_error = error
-        lora_error = agree_on_failure(lora_error, ctx)
+        if spec.bucket.lora_sha256 is not None:  # (every rank of the job has the same bucket)
+            try:
+                apply_lora(pipe, spec)  # fused before anything wraps the transformer
+            except LoraLoadError as error:
+                lora_error = error
+            lora_error = agree_on_failure(lora_error, ctx)
         if lora_error is not None:  # a sample error, not a crash: every sample of the job fails with the reason
             if results_file is not None:
                 for sample in spec.samples:
