@@ -360,8 +360,9 @@ def test_a_lora_row_runs_end_to_end_through_the_cli(tmp_path, tiny_wan):
     )
     db_file = tmp_path / "state.db"
     done = subprocess.run(
-        [sys.executable, "-m", "reelbatch.cli", "run", str(manifest), "--gpus", "1", "--out", "dataset",
-         "--db", f"sqlite:///{db_file}"],
+        # A CFG rank pair per job: the adapter is fused on both ranks, and both skip the broken one's job together.
+        [sys.executable, "-m", "reelbatch.cli", "run", str(manifest), "--gpus", "2", "--plan", "dp=1,cfg=2",
+         "--out", "dataset", "--db", f"sqlite:///{db_file}"],
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
     )  # fmt: skip
     output = done.stdout + done.stderr
@@ -384,6 +385,7 @@ def test_a_lora_row_runs_end_to_end_through_the_cli(tmp_path, tiny_wan):
     assert (samples["plain"]["lora"], samples["plain"]["lora_sha256"], samples["plain"]["lora_scale"]) == (None,) * 3
     jobs = {j["lora_sha256"]: j for j in db.execute("select * from jobs")}
     assert set(jobs) == {None, digest, broken["lora_sha256"]} and jobs[digest]["lora_scale"] == 0.8
+    assert {j["cfg"] for j in jobs.values()} == {2}
     sidecar = json.loads(Path(samples["styled"]["output_path"]).with_suffix(".json").read_text())
     assert (sidecar["lora"], sidecar["lora_sha256"], sidecar["lora_scale"]) == ("loras/style.safetensors", digest, 0.8)
     metadata = {m["row_id"]: m for m in csv.DictReader((tmp_path / "dataset" / "metadata.csv").open())}
