@@ -76,6 +76,11 @@ class SampleResult(BaseModel):
     cached_forwards: int | None = None
 
 
+# A sample the ranks failed because the job's LoRA adapter could not be applied: its error starts with this. Every
+# sample of the job fails the same way, so the orchestrator records it as bad input and does not retry the job.
+LORA_ERROR_PREFIX: Final = "lora: "
+
+
 # --- the job folder ------------------------------------------------------------------------------------------
 
 RANK_ENTRY = "reelbatch.engine.rank"  # torchrun runs ``python -m RANK_ENTRY JOB.json ...``

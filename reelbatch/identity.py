@@ -1,10 +1,10 @@
 """A sample's identity: what it is, not where or when it runs.
 
 The identity hash covers model, prompt, negative prompt, the generation parameters, the step cache (it changes
-the frames), the content hashes of the input images (not their URLs: the same image under another name is the same
-video), the seed and the video index. Execution details (plan, world size, sequence_batch, the batch a sample lands
-in, a compiled transformer) are not part of it: they do not change the video, so a sample keeps its id, seed and
-output key whatever the fleet looks like.
+the frames), the content hashes of the input images and of the LoRA adapter with its scale (not their URLs: the
+same image under another name is the same video), the seed and the video index. Execution details (plan, world
+size, sequence_batch, the batch a sample lands in, a compiled transformer) are not part of it: they do not change
+the video, so a sample keeps its id, seed and output key whatever the fleet looks like.
 
 The hash is the SHA-256 of ``json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))``.
 Existing databases and output folders are keyed by it, so that text must never change by a byte. It is written
@@ -45,8 +45,8 @@ def _content_json(row: ManifestRow) -> tuple[str, str]:
     """The row's part of both payloads, in json.dumps' sorted key order: the members before and after the keys
     a video adds ("purpose", "seed", "video_index").
 
-    Members that came with image-to-video and two-expert models are written only when set, so every row without
-    them keeps the identity it always had.
+    Members that came with image-to-video and two-expert models and with LoRA adapters are written only when set,
+    so every row without them keeps the identity it always had. A LoRA is its file's content hash and its scale.
     """
     j = _json
     shift = "" if row.flow_shift is None else f'"flow_shift":{j(row.flow_shift)},'
@@ -58,9 +58,14 @@ def _content_json(row: ManifestRow) -> tuple[str, str]:
     )
     # "cache" sorts first; a row without a step cache keeps the identity it had before caches existed.
     cache = "" if row.cache is None else f'"cache":{j(row.cache)},'
+    lora = (
+        ""
+        if row.lora_sha256 is None
+        else f'"lora_scale":{j(1.0 if row.lora_scale is None else row.lora_scale)},"lora_sha256":{j(row.lora_sha256)},'
+    )
     before = (
         f'{{{cache}"embedded_guidance_scale":{j(row.embedded_guidance_scale)},{shift}"guidance_scale":{j(row.guidance_scale)},'
-        f'{optional_guidance}"height":{j(row.height)},{images}"model":{j(row.model)},'
+        f'{optional_guidance}"height":{j(row.height)},{images}{lora}"model":{j(row.model)},'
         f'"negative_prompt":{j(row.negative_prompt)},'
         f'"num_frames":{j(row.num_frames)},"num_inference_steps":{j(row.num_inference_steps)},'
         f'"prompt":{j(row.prompt)},'
@@ -122,6 +127,7 @@ def expand_row(row: ManifestRow) -> list[Sample]:
                     "image_sha256": row.image_sha256,
                     "last_image": row.last_image,
                     "last_image_sha256": row.last_image_sha256,
+                    "lora": row.lora,
                 },
                 _SAMPLE_FIELDS,
             )

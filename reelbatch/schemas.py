@@ -93,11 +93,14 @@ class ManifestRow(BaseModel):
     image: str | None = None  # first frame: path or URL as written in the manifest
     last_image: str | None = None  # last frame (first-and-last-frame models)
     cache: str | None = None  # step cache, canonical (``fbc:0.05``; reelbatch/stepcache.py); None: no cache
+    lora: str | None = None  # a LoRA adapter (.safetensors): path or URL as written in the manifest
+    lora_scale: float | None = None  # its strength; None with a LoRA means 1.0 (intake resolves it)
     # Not manifest columns: the content hashes of the images, set once intake has read and checked them, and the
-    # scheduler shift of the model's recipe for this size (None: the folder's own scheduler).
+    # scheduler shift of the model's recipe for this size (None: the folder's own scheduler); the LoRA file's hash.
     image_sha256: str | None = None
     last_image_sha256: str | None = None
     flow_shift: float | None = None
+    lora_sha256: str | None = None
 
     @property
     def conditioning(self) -> Conditioning:
@@ -176,6 +179,7 @@ class Sample(BaseModel):
     image_sha256: str | None = None  # the image's identity; the ranks read it from JobSpec.images_dir
     last_image: str | None = None
     last_image_sha256: str | None = None
+    lora: str | None = None  # the LoRA as written (its hash and scale are the bucket's: BucketKey.lora_sha256)
 
 
 class BucketKey(BaseModel):
@@ -196,6 +200,9 @@ class BucketKey(BaseModel):
     guidance_scale_2: float | None = None
     conditioning: Conditioning = "text"
     cache: str | None = None  # step cache (reelbatch/stepcache.py): rows with different caches never share a job
+    # A LoRA fused into the transformer for the whole job (its file's sha256) and its scale; None: no LoRA.
+    lora_sha256: str | None = None
+    lora_scale: float | None = None
 
     @property
     def uses_cfg(self) -> bool:

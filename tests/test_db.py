@@ -535,7 +535,7 @@ def test_upgrade_from_0001_keeps_every_row(database_url: str) -> None:
         assert [len(rows) for rows in before.values()] == [1, 1, 3]
 
         database.upgrade()
-        assert database.current_revision() == head_revision() == "0007_step_cache"
+        assert database.current_revision() == head_revision() == "0008_lora"
         database.ensure_schema()
         after = {table: _rows(database, table) for table in ("runs", "jobs", "samples")}
         assert [row.pop("heartbeat_at") for row in after["runs"]] == [None]  # revision 0006
@@ -546,10 +546,11 @@ def test_upgrade_from_0001_keeps_every_row(database_url: str) -> None:
             {name: row.pop(name) for name in ("guidance_scale_2", "conditioning", "fps", "flow_shift")}
             for row in after["jobs"]
         ] == [{"guidance_scale_2": None, "conditioning": "text", "fps": None, "flow_shift": None}]
-        # Revision 0007_step_cache: an old job ran uncached and uncompiled.
+        # Revision 0007_step_cache: an old job ran uncached and uncompiled; 0008_lora: it had no LoRA.
         assert [{name: row.pop(name) for name in ("cache", "compiled")} for row in after["jobs"]] == [
             {"cache": None, "compiled": False}
         ]
+        assert [[row.pop(name) for name in ("lora_sha256", "lora_scale")] for row in after["jobs"]] == [[None] * 2]
         new_sample_columns = (
             "guidance_scale_2",
             "conditioning",
@@ -560,8 +561,13 @@ def test_upgrade_from_0001_keeps_every_row(database_url: str) -> None:
             "cache",
             "transformer_forwards",
             "cached_forwards",
+            "lora",
+            "lora_sha256",
+            "lora_scale",
         )
-        assert [[row.pop(name) for name in new_sample_columns] for row in after["samples"]] == [[None] * 9] * 3
+        assert [[row.pop(name) for name in new_sample_columns] for row in after["samples"]] == [
+            [None] * len(new_sample_columns)
+        ] * 3
         assert after == before
 
         # The upgraded rows are usable through the models.

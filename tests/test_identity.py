@@ -39,9 +39,15 @@ def reference_content(row: ManifestRow) -> dict:
     )
     # Members added with image-to-video and two-expert models are part of the payload only when set.
     optional = ("guidance_scale_2", "image_sha256", "last_image_sha256", "flow_shift", "cache")
-    return {name: getattr(row, name) for name in names} | {
-        name: getattr(row, name) for name in optional if getattr(row, name, None) is not None
-    }
+    # A LoRA is its file's hash and its scale (1.0 when none is given), both only when the row has one.
+    lora = getattr(row, "lora_sha256", None)
+    scale = getattr(row, "lora_scale", None)
+    adapter = {} if lora is None else {"lora_sha256": lora, "lora_scale": 1.0 if scale is None else scale}
+    return (
+        {name: getattr(row, name) for name in names}
+        | {name: getattr(row, name) for name in optional if getattr(row, name, None) is not None}
+        | adapter
+    )
 
 
 def reference_seed(row: ManifestRow, video_index: int) -> int:
@@ -73,6 +79,7 @@ def reference_samples(row: ManifestRow) -> list[Sample]:
                 image_sha256=row.image_sha256,
                 last_image=row.last_image,
                 last_image_sha256=row.last_image_sha256,
+                lora=row.lora,
             )
         )
     return samples
@@ -102,6 +109,9 @@ rows = st.builds(
     last_image_sha256=st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),
     flow_shift=st.none() | floats,
     cache=st.none() | st.sampled_from(["fbc:0.05", "fbc:0.0", "fbc:0.1"]) | texts,
+    lora=st.none() | texts,
+    lora_scale=st.none() | floats,
+    lora_sha256=st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),
 )
 
 
@@ -185,6 +195,35 @@ def test_an_image_is_its_content_not_its_name():
     assert (first.image, first.image_sha256, renamed.image) == ("a.png", "ab" * 32, "s3://bucket/b.png")
 
 
+def test_a_lora_is_its_content_and_scale_not_its_name():
+    row = ManifestRow(
+        row=2,
+        prompt="a red fox",
+        model="tiny-wan",
+        height=32,
+        width=32,
+        num_frames=5,
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        seed=7,
+        lora="style.safetensors",
+        lora_scale=1.0,
+        lora_sha256="ab" * 32,
+    )
+    [first] = expand_row(row)
+    [renamed] = expand_row(row.model_copy(update={"lora": "s3://bucket/other-name.safetensors"}))
+    [unscaled] = expand_row(row.model_copy(update={"lora_scale": None}))  # empty scale: 1.0
+    [weaker] = expand_row(row.model_copy(update={"lora_scale": 0.5}))
+    [other] = expand_row(row.model_copy(update={"lora_sha256": "cd" * 32}))
+    [plain] = expand_row(row.model_copy(update={"lora": None, "lora_scale": None, "lora_sha256": None}))
+    assert first.sample_id == renamed.sample_id == unscaled.sample_id
+    assert len({first.sample_id, weaker.sample_id, other.sample_id, plain.sample_id}) == 4
+    # A row without a LoRA keeps the identity rows had before the lora column existed.
+    without = reference_content(row.model_copy(update={"lora_sha256": None}))
+    assert plain.sample_id == reference_digest({**without, "seed": 7, "video_index": 0})[:32]
+    assert (first.lora, renamed.lora) == ("style.safetensors", "s3://bucket/other-name.safetensors")
+
+
 def test_trusted_models_are_indistinguishable_from_validated_ones():
     values = {
         "sample_id": "ab" * 16,
@@ -199,6 +238,7 @@ def test_trusted_models_are_indistinguishable_from_validated_ones():
         "image_sha256": "cd" * 32,
         "last_image": None,
         "last_image_sha256": None,
+        "lora": "s3://bucket/style.safetensors",
     }
     shared = set(Sample.model_fields)
     fast, validated = trusted(Sample, dict(values), shared), Sample(**values)

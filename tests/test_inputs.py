@@ -163,10 +163,10 @@ def test_inputs_a_model_does_not_take_or_needs_are_row_errors_with_a_fix():
 
 
 def test_an_unknown_column_is_a_warning_naming_the_closest_and_strict_refuses():
-    text = "prompt,guidence_scale,colour\na cat,3,red\n"
+    text = "prompt,guidence_scale,weather\na cat,3,rain\n"
     for columnar in (True, False):
         read = parse_manifest_text(text, RunDefaults(), CATALOG, columnar=columnar)
-        assert read.unknown_columns == ["guidence_scale", "colour"]
+        assert read.unknown_columns == ["guidence_scale", "weather"]
         assert "did you mean 'guidance_scale'?" in read.warnings[0]
         assert "manifest columns:" in read.warnings[1]
         check_columns(read, strict=False)

@@ -127,6 +127,8 @@ def test_every_column_is_parsed():
                 "image",
                 "last_image",
                 "cache",
+                "lora",
+                "lora_scale",
             ],
             [
                 "r1",
@@ -148,6 +150,8 @@ def test_every_column_is_parsed():
                 " frames/first.png ",
                 "s3://bucket/last.png",
                 " FBC:0.10 ",
+                " loras/style.safetensors ",
+                "0.75",
             ],
         )  # fmt: skip
     )
@@ -157,8 +161,10 @@ def test_every_column_is_parsed():
         "embedded_guidance_scale": 5.0, "seed": MAX_SEED, "num_videos": 64, "sequence_batch": False,
         "plan": {"dp": 1, "cfg": 2, "ulysses": 2, "ring": 1}, "backend": "xdit", "guidance_scale_2": 3.0,
         "image": "frames/first.png", "last_image": "s3://bucket/last.png", "cache": "fbc:0.1",
+        "lora": "loras/style.safetensors", "lora_scale": 0.75,
         "image_sha256": None, "last_image_sha256": None,  # set by intake, once it has read the images
         "flow_shift": None,  # tiny-hunyuan keeps its folder's scheduler
+        "lora_sha256": None,  # set by intake, once it has read the adapter
     }  # fmt: skip
 
 
@@ -702,6 +708,8 @@ def test_rejected_row_values_keep_what_parses_and_drop_what_does_not():
         "image": None,
         "last_image": None,
         "cache": "fbc:oops",  # as written: the database shows what the rejected row asked for
+        "lora": None,
+        "lora_scale": None,
     }
     empty = rejected_row_values({})
     assert (empty["prompt"], empty["row_id"], empty["model"], empty["sequence_batch"]) == ("", None, None, None)

@@ -252,7 +252,7 @@ PLANNER = (
                 "--limit",
                 help=(
                     "NAME=N manifest limit (max_prompt_chars, max_rows, max_num_videos, max_frames, max_side, "
-                    "max_steps, max_image_bytes, max_image_side). Repeatable."
+                    "max_steps, max_image_bytes, max_image_side, max_lora_bytes). Repeatable."
                 ),
             ),
         ],

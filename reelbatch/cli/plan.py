@@ -194,11 +194,13 @@ def simulate(
 
 
 def read_for_planning(manifest: str, run_defaults, catalog, limits: dict, image_roots: list[str], strict: bool):
-    """The manifest read and its images checked as `run` checks them (into a throwaway store: nothing runs)."""
+    """The manifest read and its images and LoRAs checked as `run` checks them (into a throwaway store: nothing
+    runs)."""
     import tempfile
 
     from reelbatch.manifest import ManifestError, ManifestLimits, check_columns, read_manifest
     from reelbatch.manifest.images import check_images, names_images
+    from reelbatch.manifest.loras import check_loras, names_loras
 
     manifest_limits = ManifestLimits(**limits)
     try:
@@ -207,14 +209,15 @@ def read_for_planning(manifest: str, run_defaults, catalog, limits: dict, image_
     except ManifestError as exc:
         values.fail(str(exc))
     print_warnings(read.warnings)
-    if not names_images(read):
+    if not names_images(read) and not names_loras(read):
         return read
     from reelbatch.infra.images import configured_roots
 
     with tempfile.TemporaryDirectory(prefix="reelbatch-plan-images-") as store:
         try:
             roots = [*configured_roots(), *(values.absolute(root) for root in image_roots)]
-            return check_images(read, catalog, store, roots, manifest_limits)
+            read = check_images(read, catalog, store, roots, manifest_limits)
+            return check_loras(read, catalog, store, roots, manifest_limits)
         except ValueError as exc:  # an --image-root that cannot be a root
             values.fail(f"--image-root: {exc}")
 

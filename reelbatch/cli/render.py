@@ -79,6 +79,13 @@ def duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+def model_cell(model: str, lora_sha256: str | None = None, lora_scale: float | None = None) -> str:
+    """A bucket's model, and its LoRA adapter (hash prefix and scale) when it has one."""
+    if lora_sha256 is None:
+        return model
+    return f"{model} + LoRA {lora_sha256[:8]} x{1.0 if lora_scale is None else lora_scale:g}"
+
+
 def print_plan(run_plan, gpus: int) -> None:
     """One line per bucket (and plan), footnotes, rejected rows, totals."""
     table = Table(title=f"Plan for {gpus} ranks per node, by bucket", title_justify="left")
@@ -90,7 +97,7 @@ def print_plan(run_plan, gpus: int) -> None:
         job = bucket.first
         b = job.bucket
         table.add_row(
-            escape(b.model),
+            escape(model_cell(b.model, b.lora_sha256, b.lora_scale)),
             f"{b.height}x{b.width}x{b.num_frames}",
             str(b.num_inference_steps),
             f"{b.guidance_scale:g}",
@@ -125,7 +132,7 @@ def print_plan_jobs(run_plan) -> None:
         (
             (
                 job.job_id,
-                job.bucket.model,
+                model_cell(job.bucket.model, job.bucket.lora_sha256, job.bucket.lora_scale),
                 f"{job.bucket.height}x{job.bucket.width}x{job.bucket.num_frames}",
                 str(job.bucket.num_inference_steps),
                 f"{job.bucket.guidance_scale:g}",
@@ -260,7 +267,7 @@ def print_status(summary, report) -> None:
             plan = ParallelPlan(dp=b["dp"], cfg=b["cfg"], ulysses=b["ulysses"], ring=b["ring"]).short()
             plan += f" {b['cache']}" if b.get("cache") else ""  # a step cache runs with the plan
             table.add_row(
-                escape(b["model"]),
+                escape(model_cell(b["model"], b.get("lora_sha256"), b.get("lora_scale"))),
                 f"{b['height']}x{b['width']}x{b['num_frames']}",
                 str(b["num_inference_steps"]),
                 f"{b['guidance_scale']:g}",

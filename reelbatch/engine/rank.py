@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from reelbatch.contract import JobSpec, ResultsFile, SampleResult, emit, read_job_spec
+from reelbatch.contract import LORA_ERROR_PREFIX, JobSpec, ResultsFile, SampleResult, emit, read_job_spec
 from reelbatch.engine.adapters import adapter_for
 from reelbatch.engine.caching import ForwardCounter, compile_denoisers, enable_step_cache
 from reelbatch.engine.checks import PlanNotRunnable, check_runnable
@@ -39,6 +39,7 @@ from reelbatch.engine.context_parallel import enable_sequence_parallel
 from reelbatch.engine.faults import FaultInjector
 from reelbatch.engine.inputs import StagedImageError, open_staged
 from reelbatch.engine.loading import load_pipeline
+from reelbatch.engine.lora import LoraLoadError, agree_on_failure, apply_lora
 from reelbatch.engine.parallel import (
     ParallelContext,
     context_for,
@@ -185,6 +186,27 @@ def run_job(spec: JobSpec, ctx: ParallelContext | None = None) -> int:
         pipe = load_pipeline(spec.model_path, ctx.device, spec.flow_shift, spec.fp32_components)
         if spec.vae_tiling:  # decodes in tiles: the peak of VAE decode, where most video OOMs happen, drops
             pipe.vae.enable_tiling()
+        lora_error = None
+        if spec.bucket.lora_sha256 is not None:  # (every rank of the job has the same bucket)
+            try:
+                apply_lora(pipe, spec)  # fused before anything wraps the transformer
+            except LoraLoadError as error:
+                lora_error = error
+            lora_error = agree_on_failure(lora_error, ctx)
+        if lora_error is not None:  # a sample error, not a crash: every sample of the job fails with the reason
+            if results_file is not None:
+                for sample in spec.samples:
+                    results_file.append(
+                        SampleResult(
+                            sample_id=sample.sample_id,
+                            status="failed",
+                            error=f"{LORA_ERROR_PREFIX}{lora_error}",
+                            rank=ctx.rank,
+                        )
+                    )
+                    emit("sample", sample_id=sample.sample_id, status="failed", seconds=0.0)
+            emit("finished", rank=ctx.rank)
+            return 0
         enable_sequence_parallel(pipe, spec.family, ctx)
         counter = enable_step_cache(pipe, spec.bucket.cache)
         if spec.compile:  # after the cache hooks, so the compiled blocks include them

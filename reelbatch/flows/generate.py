@@ -27,7 +27,7 @@ from reelbatch.tasks.dispatch import record_jobs_task
 from reelbatch.tasks.executors import JobSettings, executor_for
 from reelbatch.tasks.export import write_dataset_index_task
 from reelbatch.tasks.feed import JobFeed
-from reelbatch.tasks.images import check_images_task
+from reelbatch.tasks.images import check_images_task, check_loras_task
 from reelbatch.tasks.intake import resolve_manifest_task
 from reelbatch.tasks.manifest import read_manifest_task
 from reelbatch.tasks.record import (
@@ -66,8 +66,8 @@ def generate_dataset(
         config: How the run runs: output, database, GPUs per machine, row defaults, packing, retries, limits.
         resume_run_id: Continue this run instead of starting a new one.
 
-    Image cells are read only from the manifest's own folder and the places the operator configured in the
-    worker's environment (REELBATCH_IMAGE_ROOTS): never from a run parameter, which whoever starts a run sets.
+    Image and LoRA cells are read only from the manifest's own folder and the places the operator configured in
+    the worker's environment (REELBATCH_IMAGE_ROOTS): never from a run parameter, which whoever starts a run sets.
     """
     config = config.over(deployment_config())  # what the run leaves out: its deployment's
     output = normalize_root(config.output)
@@ -92,6 +92,9 @@ def generate_dataset(
             get_run_logger().warning("manifest: %s", warning)
         # quote(): Prefect would otherwise walk every row (and every job below) of a big manifest looking for futures.
         manifest_read = check_images_task(  # type: ignore[call-overload]
+            quote(manifest_read), catalog, images_root(output), image_roots, manifest_limits
+        )
+        manifest_read = check_loras_task(  # type: ignore[call-overload]
             quote(manifest_read), catalog, images_root(output), image_roots, manifest_limits
         )
         done = find_done_samples_task(db, output, quote(manifest_read.rows), config.force)

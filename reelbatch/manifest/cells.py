@@ -298,6 +298,24 @@ def _parse_image(value: object, column: str, context: RowContext) -> str | None:
     return _checked_text(text, column, context)
 
 
+def _parse_lora(value: object, column: str, context: RowContext) -> str | None:
+    """A LoRA adapter's path or URL as written: refused here if it carries a secret (as an image URL is); intake
+    (``manifest/loras.py``) reads, checks and stages it before any GPU time."""
+    if value is None:
+        return None
+    try:
+        return _parse_image(value, column, context)
+    except CellProblem as problem:
+        raise CellProblem(problem.rule.replace("image_", "lora_", 1), problem.message, problem.fix) from None
+
+
+def _parse_lora_scale(value: object, column: str, context: RowContext) -> float | None:
+    """The LoRA's strength (diffusers' ``fuse_lora(lora_scale=...)``); empty: 1.0 where the row names a LoRA."""
+    if value is None:
+        return None
+    return _finite_number(value, column, context)
+
+
 def _parse_plan(value: object, column: str, context: RowContext) -> ParallelPlan | None:
     if value is None or isinstance(value, ParallelPlan):
         return value
@@ -359,6 +377,8 @@ COLUMN_PARSERS: dict[str, ColumnParser] = {
     "image": _parse_image,
     "last_image": _parse_image,
     "cache": _parse_cache,
+    "lora": _parse_lora,
+    "lora_scale": _parse_lora_scale,
 }
 if tuple(COLUMN_PARSERS) != COLUMNS:
     raise ImportError("manifest: COLUMN_PARSERS must have one parser per column of COLUMNS, in the same order")

@@ -50,6 +50,7 @@ _TYPED_CELLS: dict[str, Callable[[str], Any]] = {
     "guidance_scale_2": float,
     "seed": int,
     "sequence_batch": _parse_bool,
+    "lora_scale": float,
 }
 
 
@@ -77,4 +78,5 @@ def rejected_row_values(raw: Mapping[str, Any]) -> dict[str, Any]:
     values["image"] = text("image") or None
     values["last_image"] = text("last_image") or None
     values["cache"] = text("cache") or None
+    values["lora"] = text("lora") or None
     return values

@@ -35,10 +35,12 @@ COLUMNS = (
     "image",
     "last_image",
     "cache",
+    "lora",
+    "lora_scale",
 )
-# ManifestRow's fields that are not columns: the images' hashes (set by intake, tasks/images.py) and the recipe's
-# flow shift (resolved with the model's defaults).
-RESOLVED_FIELDS = ("image_sha256", "last_image_sha256", "flow_shift")
+# ManifestRow's fields that are not columns: the images' hashes (set by intake, tasks/images.py), the recipe's
+# flow shift (resolved with the model's defaults) and the LoRA file's hash (set by intake, manifest/loras.py).
+RESOLVED_FIELDS = ("image_sha256", "last_image_sha256", "flow_shift", "lora_sha256")
 if list(ManifestRow.model_fields) != ["row", *COLUMNS, *RESOLVED_FIELDS]:
     raise ImportError("manifest: COLUMNS must list ManifestRow's fields after 'row', in the same order")
 # Columns whose empty cells, with no run default, take the row's model's default: see checks.fill_model_defaults.
@@ -73,6 +75,7 @@ class ManifestLimits:
     max_steps: int = 1000
     max_image_bytes: int = 32 * 1024 * 1024  # an image / last_image file
     max_image_side: int = 4096  # pixels, width and height of an input image
+    max_lora_bytes: int = 2 * 1024**3  # a LoRA file (read once at intake, then staged)
 
 
 @dataclass(frozen=True)

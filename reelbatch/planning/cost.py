@@ -73,6 +73,8 @@ FAMILY_CLASSES: dict[str, str] = {
     "skyreels-v1-i2v": "hunyuan-13b",
     "wan2.1-t2v-14b": "wan2.1-14b",
     "wan2.1-i2v-14b": "wan2.1-14b",
+    "wan2.1-t2v-14b-4step": "wan2.1-14b",  # step-distilled checkpoints: the same transformer, fewer steps
+    "wan2.1-i2v-14b-4step": "wan2.1-14b",
     "skyreels-v2-t2v-14b": "wan2.1-14b",  # Wan2.1 14B architecture
     "wan2.1-t2v-1.3b": "wan2.1-1.3b",
     "wan2.2-t2v-a14b": "wan2.2-a14b",

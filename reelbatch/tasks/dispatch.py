@@ -66,6 +66,10 @@ def job_spec(planned: PlannedJob, run_id: str, output: str, catalog: ModelCatalo
     # The name contract.new_attempt_folder gives, without making the folder yet.
     folder = job_dir(output, run_id, job_id) / uuid.uuid4().hex[:8]
     recipe = planned.family.defaults
+    samples = list(planned.samples)
+    if planned.bucket.lora_sha256 is None and any(s.lora is not None for s in samples):
+        # Intake (manifest/loras.py) gives every row with a LoRA its hash: without it the LoRA would be left out.
+        raise ValueError(f"job {job_id}: rows name a LoRA that was not checked and staged (run check_loras first)")
     return JobSpec(
         job_id=job_id,
         run_id=run_id,
@@ -74,7 +78,7 @@ def job_spec(planned: PlannedJob, run_id: str, output: str, catalog: ModelCatalo
         family=planned.family.kind,
         plan=planned.plan,
         backend=planned.backend,
-        samples=list(planned.samples),
+        samples=samples,
         padded_slots=planned.padded_slots,
         tokens=planned.tokens,
         fps=fps or recipe.fps,

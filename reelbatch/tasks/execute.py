@@ -17,6 +17,7 @@ from typing import Any
 
 from reelbatch import progress
 from reelbatch.contract import (
+    LORA_ERROR_PREFIX,
     JobSpec,
     attempt_folder,
     folder_fields,
@@ -108,6 +109,9 @@ def _failure_of(outcome: JobOutcome, problems: dict[str, str]) -> Failure:
         return outcome.failure
     # The ranks exited cleanly but some output is unusable (a corrupt or missing mp4).
     detail = "; ".join(sorted(set(problems.values()))) or "some samples were not reported"
+    if problems and all(problem.startswith(LORA_ERROR_PREFIX) for problem in problems.values()):
+        # The job's LoRA adapter could not be applied: another attempt would fail the same way.
+        return Failure(kind="bad_input", rank=None, message=f"the LoRA adapter could not be applied: {detail}", tail=[])
     return Failure(kind="unknown", rank=None, message=f"the job ended without usable output: {detail}", tail=[])
 
 
@@ -119,17 +123,15 @@ def ensure_job_files(spec: JobSpec) -> None:
     """
     if not spec_path(spec).exists():
         write_job_spec(spec)
+    staged = {digest for s in spec.samples for digest in (s.image_sha256, s.last_image_sha256)}
     missing = sorted(
-        {
-            digest
-            for s in spec.samples
-            for digest in (s.image_sha256, s.last_image_sha256)
-            if digest and not staged_path(spec.images_dir, digest).exists()
-        }
+        digest
+        for digest in {*staged, spec.bucket.lora_sha256}  # the LoRA adapter is staged next to the images
+        if digest and not staged_path(spec.images_dir, digest).exists()
     )
     if missing:
         raise FileNotFoundError(
-            f"{len(missing)} input image(s) of job {spec.job_id} are not staged on {socket.gethostname()} "
+            f"{len(missing)} input file(s) of job {spec.job_id} are not staged on {socket.gethostname()} "
             f"(e.g. {staged_path(spec.images_dir, missing[0])}): give every worker the orchestrator's work folder "
             "on shared storage (REELBATCH_WORK_DIR)"
         )

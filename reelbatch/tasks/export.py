@@ -36,6 +36,7 @@ METADATA_COLUMNS = (
     "guidance_scale", "embedded_guidance_scale", "seed", "sample_id", "row", "row_id", "video_index",
     "guidance_scale_2", "conditioning", "image", "image_sha256", "last_image", "last_image_sha256",
     "cache", "transformer_forwards", "cached_forwards",
+    "lora", "lora_sha256", "lora_scale",
 )  # fmt: skip
 
 # A spreadsheet runs a cell starting with one of these as a formula (CSV injection).

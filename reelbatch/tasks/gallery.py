@@ -82,6 +82,8 @@ def card(s: dict, images_dir: Path | None) -> str:
     for column in ("image", "last_image"):
         if s.get(column):
             params += f", {column} {s[column]} (sha256 {(s.get(column + '_sha256') or '?')[:12]})"
+    if s.get("lora"):
+        params += f", LoRA {s['lora']} x{s.get('lora_scale') or 1:g} (sha256 {(s.get('lora_sha256') or '?')[:12]})"
     problem = s["error"] or ""
     if s.get("reject_fix"):
         problem += f" (fix: {s['reject_fix']})"

@@ -73,7 +73,11 @@ def start_run(
         # The images are part of the videos' identities: changed ones would be other videos, not the rest of
         # this run's.
         if record["manifest_sha256"] != manifest.sha256 or record["params"].get("images_sha256") != images:
-            what = "changed" if record["manifest_sha256"] != manifest.sha256 else "has images that changed"
+            what = (
+                "changed"
+                if record["manifest_sha256"] != manifest.sha256
+                else "has images or LoRA adapters that changed"
+            )
             raise ManifestError(
                 f"{manifest.source} {what} since run {resume_run_id} started: run it as a new run instead"
                 " (videos already made are reused)"
@@ -105,10 +109,15 @@ def start_run(
 
 
 def images_digest(rows: Sequence[ManifestRow]) -> str | None:
-    """One hash of every row's images (None without images): a resume checks they are still the same."""
+    """One hash of every row's images and LoRA adapters (None without either): a resume checks they are still the
+    same. A row without a LoRA adds what it always added, so runs recorded before LoRAs existed still resume."""
     if isinstance(rows, RowTable) and not rows.has_images():
-        return None
-    named = [f"{row.row}:{row.image_sha256}:{row.last_image_sha256}" for row in rows if row.image_sha256]
+        return None  # (intake makes a table with adapters into a list of rows)
+    named = [
+        f"{row.row}:{row.image_sha256}:{row.last_image_sha256}" + (f":{row.lora_sha256}" if row.lora_sha256 else "")
+        for row in rows
+        if row.image_sha256 or row.lora_sha256
+    ]
     return hashlib.sha256("\n".join(named).encode()).hexdigest() if named else None
 
 

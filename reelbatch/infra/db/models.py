@@ -143,6 +143,9 @@ class JobRecord(Base):
     # Revision 0007_step_cache: the step cache of the job's bucket (NULL: none), whether its transformer was compiled.
     cache: Mapped[str | None] = mapped_column(String(64))
     compiled: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Revision 0008_lora: the LoRA adapter fused for the whole job (content hash) and its scale.
+    lora_sha256: Mapped[str | None] = mapped_column(String(64))
+    lora_scale: Mapped[float | None]
 
 
 class SampleRecord(Base):
@@ -202,6 +205,10 @@ class SampleRecord(Base):
     cache: Mapped[str | None] = mapped_column(String(64))
     transformer_forwards: Mapped[int | None]
     cached_forwards: Mapped[int | None]
+    # Revision 0008_lora: the LoRA adapter as the manifest named it, its content hash and scale (part of the identity).
+    lora: Mapped[str | None] = mapped_column(Text)
+    lora_sha256: Mapped[str | None] = mapped_column(String(64))
+    lora_scale: Mapped[float | None]
 
 
 class JobAttemptRecord(Base):

@@ -260,6 +260,8 @@ BUCKET_COLUMNS = (
     "num_frames",
     "num_inference_steps",
     "guidance_scale",
+    "lora_sha256",
+    "lora_scale",
     "dp",
     "cfg",
     "ulysses",
