@@ -340,7 +340,9 @@ def test_a_few_step_variant_plans_without_cfg_parallel_and_costs_its_steps():
     assert ratio == pytest.approx((4 * 1) / (50 * 2))  # 4 steps of one pass against 50 steps of two
 
 
+@pytest.mark.slow
 @pytest.mark.torchrun
+@pytest.mark.usefixtures("prefect_api")
 def test_a_lora_row_runs_end_to_end_through_the_cli(tmp_path, tiny_wan):
     folder = tmp_path / "manifests"
     (folder / "loras").mkdir(parents=True)

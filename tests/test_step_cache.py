@@ -140,6 +140,7 @@ def test_an_uncached_job_reports_no_counts(tmp_path, tiny_models):
     assert {(r.transformer_forwards, r.cached_forwards) for r in read_results(spec.results_path)} == {(None, None)}
 
 
+@pytest.mark.slow  # inductor compiles for about 90 s on two cores
 def test_compiled_transformer_gives_the_eager_video(tiny_models):
     """torch.compile (inductor on CPU) once, then every pass reuses it: the same video within float tolerance, with
     a step cache on (the compiled blocks include the cache's hooks, which decide the same way)."""

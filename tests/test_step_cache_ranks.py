@@ -36,7 +36,11 @@ def counts_of(spec) -> dict[str, tuple[int | None, int | None]]:
 
 @pytest.mark.parametrize(
     "model,plan",
-    [("tiny-wan", ParallelPlan(dp=2)), ("tiny-hunyuan", ParallelPlan(cfg=2)), ("tiny-wan", ParallelPlan(cfg=2))],
+    [
+        ("tiny-wan", ParallelPlan(dp=2)),
+        ("tiny-hunyuan", ParallelPlan(cfg=2)),
+        pytest.param("tiny-wan", ParallelPlan(cfg=2), marks=pytest.mark.slow),  # one CFG pair is make test's share
+    ],
 )
 def test_data_and_cfg_parallel_give_the_single_rank_cached_videos(tmp_path, tiny_models, model, plan):
     rows = cached_rows(model, "fbc:0.3")
@@ -50,6 +54,8 @@ def test_data_and_cfg_parallel_give_the_single_rank_cached_videos(tmp_path, tiny
     assert all(passes == 12 and 0 < (cached or 0) < 12 for passes, cached in counts_of(single).values())
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
 def test_run_with_a_cache_records_it_on_every_video(tmp_path):
     manifest = tmp_path / "prompts.csv"
     with manifest.open("w", newline="", encoding="utf-8") as fh:
