@@ -1,0 +1,242 @@
+"""Jobs sized for the fleet they run on: how wide each bucket's jobs are, and how long.
+
+The chooser (``planning.chooser``) gives each bucket the plan with the fewest GPU-seconds per sample: one GPU when a
+video fits, a CFG pair when it must, and so on. That is the right width while there is more work than GPUs. When
+there is not (a few prompts on 32 GPUs), narrow jobs leave most of the fleet idle while a few GPUs run the whole
+manifest, and a single-prompt script (one prompt, ``ulysses = G`` on a whole node) ends sooner. So, for packed
+``group``-width jobs of unpinned buckets:
+
+* ``group_plans``: every job width a bucket may take on this fleet: for each group size that divides the node's
+  GPUs, the most efficient dp=1 plan that passes every rule of the family on the target device and fits the
+  target GPU's memory (CFG pair, Ulysses, ring: ``planning.rules``). The chooser's plan is the narrowest.
+* ``fit_fleet``: the width per bucket and the job length that end the run first on the fleet, by the fleet
+  schedule itself (``fleet.schedule``, the same event simulation ``reelbatch simulate`` plays). Widths are searched
+  only while the fleet is not full (below); the search tries one width cap for every bucket at a time (1, 2, 4, 8
+  GPUs...), then moves one bucket at a time to another width while that ends the run sooner, at most
+  ``MAX_WIDTH_TRIALS`` schedules of widths. A width is kept only when it shortens the makespan by more than
+  ``WIDTH_GAIN``: a wider plan costs GPU-seconds (its parallel efficiency), so it must buy wall time.
+
+Job length (``fleet_target_seconds``): when the fleet's work per GPU is less than ``FLEET_SEARCH_JOBS``
+target-length jobs, the target is the one of a few candidates (``target_seconds`` times 1, 3/4, 1/2, 1/3, and the
+work per GPU divided by 1..16 where that is shorter) whose schedule on the fleet ends first, so a small manifest
+is spread over the fleet instead of queueing behind a few 30-minute jobs, and is not cut into more model loads than
+it needs. Above that, or when the target already cuts ``FLEET_FULL_JOBS_PER_GPU`` jobs per GPU, the fleet is full:
+the tail is a small fraction of the makespan, the target stands and every bucket keeps the chooser's width.
+
+Pure Python; nothing here reads a sample, only counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from reelbatch.models.registry import ModelFamily
+from reelbatch.planning.chooser import memory_gib_per_gpu
+from reelbatch.planning.cost import CostModel
+from reelbatch.planning.cuts import Cut, cut_bucket, samples_per_replica
+from reelbatch.planning.fleet.schedule import FleetJob, schedule_jobs
+from reelbatch.planning.packing_options import PackingOptions
+from reelbatch.planning.rules import candidate_plans, plan_violations, preference_key
+from reelbatch.schemas import Backend, BucketKey, ParallelPlan
+
+FLEET_SEARCH_JOBS = 100  # work per GPU below this many target-length jobs: search the target on the fleet
+SHORTER_TARGETS = (1.0, 0.75, 0.5, 0.33)  # fractions of target_seconds tried by the search
+# Jobs per GPU at the target length from which the fleet is full anyway (max_samples_per_job cuts many small jobs):
+# shorter jobs would only add model loads, and scoring each candidate would schedule thousands of jobs forty times.
+FLEET_FULL_JOBS_PER_GPU = 4
+WIDTH_GAIN = 0.005  # a wider plan must shorten the makespan by more than this fraction to be kept
+MAX_WIDTH_TRIALS = 20  # width assignments scored per plan (each one a coarse target search)
+# Widths are searched only while the work per GPU is less than this many times the longest one-sample job at the
+# chooser's widths: with more work, narrow jobs balance the fleet within a few percent (bench/fleet_sizes.py).
+WIDEN_BELOW_LONGEST = 2.0
+COARSE_SPLITS = (1, 2, 4, 8, 16)  # work per GPU divided by these: the job lengths a width assignment is scored at
+
+
+class Shape(NamedTuple):
+    """One bucket's jobs under one plan: the plan, seconds per sample on its group, the model load."""
+
+    bucket: BucketKey | None
+    plan: ParallelPlan
+    seconds: float
+    load: float
+
+
+def group(plan: ParallelPlan) -> int:
+    """GPUs of one sample's group (the job width of a dp=1 plan)."""
+    return plan.cfg * plan.ulysses * plan.ring
+
+
+# --- Widths a bucket may take -----------------------------------------------------------------------------------------
+
+
+def group_plans(
+    bucket: BucketKey,
+    family: ModelFamily,
+    gpus: int,
+    *,
+    backend: Backend,
+    device: str,
+    gpu_memory_gib: float,
+    cost: CostModel,
+) -> list[tuple[ParallelPlan, float]]:
+    """Per group size dividing ``gpus``, the most efficient dp=1 plan that passes every rule and fits; narrowest
+    first, each with its memory per GPU."""
+    best: dict[int, tuple[ParallelPlan, float]] = {}
+    for candidate in candidate_plans(gpus):
+        plan = ParallelPlan(dp=1, cfg=candidate.cfg, ulysses=candidate.ulysses, ring=candidate.ring)
+        width = group(plan)
+        kept = best.get(width)
+        if kept is not None and (cost.efficiency(kept[0]), preference_key(kept[0])) >= (
+            cost.efficiency(plan),
+            preference_key(plan),
+        ):
+            continue
+        memory = memory_gib_per_gpu(bucket, family, plan)
+        if memory > gpu_memory_gib or plan_violations(
+            bucket, family, plan, world_size=width, backend=backend, device=device
+        ):
+            continue
+        best[width] = (plan, memory)
+    return [best[width] for width in sorted(best)]
+
+
+# --- Job length -------------------------------------------------------------------------------------------------------
+
+
+def cut_all(
+    shapes: Sequence[Shape], counts: Sequence[int], target: float, options: PackingOptions, tail: bool
+) -> list[list[Cut]]:
+    return [
+        cut_bucket(count, plan.dp, samples_per_replica(seconds, load, target), options.max_samples_per_job, tail=tail)
+        for (_, plan, seconds, load), count in zip(shapes, counts, strict=True)
+    ]
+
+
+def makespan(shapes: Sequence[Shape], cuts: list[list[Cut]], nodes: int, gpus_per_node: int) -> float:
+    jobs = [
+        FleetJob("", plan.world_size, load + cut.rounds * seconds)
+        for (_, plan, seconds, load), bucket_cuts in zip(shapes, cuts, strict=True)
+        for cut in bucket_cuts
+    ]
+    return schedule_jobs(jobs, nodes, gpus_per_node).makespan
+
+
+def _target_search(
+    shapes: Sequence[Shape],
+    counts: Sequence[int],
+    options: PackingOptions,
+    gpus_per_node: int,
+    coarse: bool = False,
+) -> tuple[float, bool, float | None]:
+    """(target, tail split, makespan): the makespan is None when the fleet is full and nothing was searched.
+
+    ``coarse`` (scoring widths) tries fewer lengths: the target, the work per GPU over 1, 2, 4, 8 and 16, whole tails.
+    """
+    target = options.target_seconds
+    fleet = options.nodes * gpus_per_node
+    gpu_seconds = sum(count * seconds * group(plan) for (_, plan, seconds, _), count in zip(shapes, counts, strict=True))
+    share = gpu_seconds / fleet
+    if not options.fit_to_fleet or share >= FLEET_SEARCH_JOBS * target:
+        return target, options.tail_split, None
+    at_target = sum(len(cuts) for cuts in cut_all(shapes, counts, target, options, options.tail_split))
+    if at_target >= FLEET_FULL_JOBS_PER_GPU * fleet:
+        return target, options.tail_split, None
+    shorter = (share / n for n in COARSE_SPLITS if share / n < target) if coarse else (
+        share / n for n in range(1, 17) if share / n < target
+    )
+    fractions = (1.0,) if coarse else SHORTER_TARGETS
+    candidates = sorted({*(target * f for f in fractions), *shorter}, reverse=True)
+    tails = (True, False) if options.tail_split and not coarse else (options.tail_split and not coarse,)
+    scored = [
+        (makespan(shapes, cut_all(shapes, counts, t, options, tail), options.nodes, gpus_per_node), -t, not tail)
+        for t in candidates
+        for tail in tails
+    ]
+    best, longest, whole = min(scored)
+    return -longest, not whole, best
+
+
+def fleet_target_seconds(
+    shapes: Sequence[Shape], counts: Sequence[int], options: PackingOptions, gpus_per_node: int
+) -> tuple[float, bool]:
+    """The job length to aim for and whether to split the tail: ``target_seconds`` and ``tail_split``, or a
+    shorter target (and the tail kept whole) when that ends the run sooner on the fleet.
+
+    ``shapes`` are (bucket, job plan, seconds per sample, load seconds), ``counts`` the samples per bucket.
+    """
+    target, tail, _ = _target_search(shapes, counts, options, gpus_per_node)
+    return target, tail
+
+
+# --- Widths and length together ---------------------------------------------------------------------------------------
+
+
+def fit_fleet(
+    choices: Sequence[Sequence[Shape]], counts: Sequence[int], options: PackingOptions, gpus_per_node: int
+) -> tuple[list[int], list[list[Cut]]]:
+    """Per bucket, which of its shapes its jobs take (``choices[b][0]``: the chooser's width; the others wider),
+    and its cuts: the widths and job length whose schedule on the fleet ends first (module docstring)."""
+    narrow = [bucket_shapes[0] for bucket_shapes in choices]
+    target, tail, narrow_makespan = _target_search(narrow, counts, options, gpus_per_node)
+    picks = [0] * len(choices)
+    if narrow_makespan is not None and _may_idle(narrow, counts, options.nodes * gpus_per_node):
+        wide = _widths(choices, counts, options, gpus_per_node)
+        if any(wide):
+            shapes = [bucket_shapes[pick] for bucket_shapes, pick in zip(choices, wide, strict=True)]
+            wide_target, wide_tail, wide_makespan = _target_search(shapes, counts, options, gpus_per_node)
+            if wide_makespan is not None and wide_makespan < narrow_makespan * (1 - WIDTH_GAIN):
+                return wide, cut_all(shapes, counts, wide_target, options, wide_tail)
+    return picks, cut_all(narrow, counts, target, options, tail)
+
+
+def _may_idle(shapes: Sequence[Shape], counts: Sequence[int], fleet: int) -> bool:
+    """Whether GPUs may idle at the chooser's widths: the work per GPU is short next to the longest one-sample job."""
+    share = sum(count * seconds * group(plan) for (_, plan, seconds, _), count in zip(shapes, counts, strict=True))
+    longest = max((load + seconds for _, _, seconds, load in shapes), default=0.0)
+    return share / fleet < WIDEN_BELOW_LONGEST * longest
+
+
+def _widths(
+    choices: Sequence[Sequence[Shape]], counts: Sequence[int], options: PackingOptions, gpus_per_node: int
+) -> list[int]:
+    """The widths the coarse search finds best (all zeros: the chooser's)."""
+    trials = 0
+    scores: dict[tuple[int, ...], float] = {}
+
+    def score(picks: tuple[int, ...]) -> float:
+        nonlocal trials
+        if picks not in scores:
+            trials += 1
+            shapes = [bucket_shapes[pick] for bucket_shapes, pick in zip(choices, picks, strict=True)]
+            found = _target_search(shapes, counts, options, gpus_per_node, coarse=True)[2]
+            scores[picks] = float("inf") if found is None else found
+        return scores[picks]
+
+    best = tuple(0 for _ in choices)
+    best_makespan = score(best)
+
+    def better(picks: tuple[int, ...]) -> bool:
+        return score(picks) < best_makespan * (1 - WIDTH_GAIN)
+
+    # One width cap for every bucket (each takes its widest plan within the cap), narrowest cap first.
+    for cap in sorted({group(shape.plan) for shapes in choices for shape in shapes})[1:]:
+        picks = tuple(
+            max((i for i, shape in enumerate(shapes) if group(shape.plan) <= cap), default=0) for shapes in choices
+        )
+        if better(picks):
+            best, best_makespan = picks, score(picks)
+    # Then one bucket at a time, the best move first, while a move ends the run sooner.
+    while trials < MAX_WIDTH_TRIALS:
+        moves = [
+            best[:b] + (i,) + best[b + 1 :]
+            for b, shapes in enumerate(choices)
+            for i in range(len(shapes))
+            if i != best[b]
+        ]
+        fresh = [m for m in moves if m not in scores][: MAX_WIDTH_TRIALS - trials]
+        winner = min([m for m in moves if m in scores] + fresh, key=score, default=None)
+        if winner is None or not better(winner):
+            break
+        best, best_makespan = winner, score(winner)
+    return list(best)
