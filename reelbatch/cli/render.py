@@ -79,9 +79,11 @@ def duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def print_plan(run_plan, gpus: int) -> None:
-    """One line per bucket (and plan), footnotes, rejected rows, totals."""
-    table = Table(title=f"Plan for {gpus} ranks per node, by bucket", title_justify="left")
+def print_plan(run_plan, gpus: int, gpu: str | None = None) -> None:
+    """One line per bucket (and plan), footnotes, rejected rows, totals; ``gpu``: the fleet's GPU type, when the
+    plan is for a fleet (else this machine's ranks, estimated on H100)."""
+    where = f"nodes of {gpus} {gpu.upper()}" if gpu else f"{gpus} ranks per node"
+    table = Table(title=f"Plan for {where}, by bucket", title_justify="left")
     numbers = ("jobs", "samples", "padded", "GPU-h", "longest job")
     for column in ("model", "HxWxF", "steps", "guidance", "plan", *numbers, "notes"):
         table.add_column(column, no_wrap=column != "notes", justify="right" if column in numbers else "left")
@@ -110,7 +112,7 @@ def print_plan(run_plan, gpus: int) -> None:
     out.print(
         f"{run_plan.rows:,} rows, {run_plan.accepted:,} accepted, {len(run_plan.rejected):,} rejected; "
         f"{s['jobs']:,} jobs, {s['samples']:,} samples, {s['padded_slots']:,} padded slots "
-        f"({s['padding_ratio']:.1%}); about {s['estimated_gpu_seconds'] / 3600:,.2f} H100 GPU-hours of compute "
+        f"({s['padding_ratio']:.1%}); about {s['estimated_gpu_seconds'] / 3600:,.2f} {(gpu or 'h100').upper()} GPU-hours of compute "
         "(model loads not included).",
         highlight=False,
         soft_wrap=True,

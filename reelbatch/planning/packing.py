@@ -205,7 +205,7 @@ def _widened_note(chosen: ParallelPlan, plan: ParallelPlan, samples: int, fleet:
         return None
     return (
         f"widened for the fleet: {plan.short()} on {group(plan)} GPUs instead of {chosen.short()} on {group(chosen)}: "
-        f"{samples} samples on {fleet} GPUs end sooner with wider jobs than with idle GPUs"
+        f"{samples:,} sample{'s' if samples != 1 else ''} on {fleet} GPUs end sooner on wider jobs than with GPUs idle"
     )
 
 
