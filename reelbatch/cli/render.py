@@ -112,8 +112,8 @@ def print_plan(run_plan, gpus: int, gpu: str | None = None) -> None:
     out.print(
         f"{run_plan.rows:,} rows, {run_plan.accepted:,} accepted, {len(run_plan.rejected):,} rejected; "
         f"{s['jobs']:,} jobs, {s['samples']:,} samples, {s['padded_slots']:,} padded slots "
-        f"({s['padding_ratio']:.1%}); about {s['estimated_gpu_seconds'] / 3600:,.2f} {(gpu or 'h100').upper()} GPU-hours of compute "
-        "(model loads not included).",
+        f"({s['padding_ratio']:.1%}); about {s['estimated_gpu_seconds'] / 3600:,.2f} {(gpu or 'h100').upper()} "
+        "GPU-hours of compute (model loads not included).",
         highlight=False,
         soft_wrap=True,
     )

@@ -88,4 +88,3 @@ def cut_bucket(
         cuts.append(Cut(take, job_rows * dp - take, dp))
         left -= take
     return cuts
-

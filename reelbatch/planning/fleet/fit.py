@@ -82,15 +82,16 @@ def group_plans(
 ) -> list[tuple[ParallelPlan, float]]:
     """Per group size dividing ``gpus``, the most efficient dp=1 plan that passes every rule and fits; narrowest
     first, each with its memory per GPU."""
+
+    def rank(plan: ParallelPlan) -> tuple:  # lower is better: efficiency, then the field's order (Ulysses before ring)
+        return (-round(cost.efficiency(plan), 9), preference_key(plan))
+
     best: dict[int, tuple[ParallelPlan, float]] = {}
     for candidate in candidate_plans(gpus):
         plan = ParallelPlan(dp=1, cfg=candidate.cfg, ulysses=candidate.ulysses, ring=candidate.ring)
         width = group(plan)
         kept = best.get(width)
-        if kept is not None and (cost.efficiency(kept[0]), preference_key(kept[0])) >= (
-            cost.efficiency(plan),
-            preference_key(plan),
-        ):
+        if kept is not None and rank(kept[0]) <= rank(plan):
             continue
         memory = memory_gib_per_gpu(bucket, family, plan)
         if memory > gpu_memory_gib or plan_violations(
@@ -135,16 +136,16 @@ def _target_search(
     """
     target = options.target_seconds
     fleet = options.nodes * gpus_per_node
-    gpu_seconds = sum(count * seconds * group(plan) for (_, plan, seconds, _), count in zip(shapes, counts, strict=True))
+    gpu_seconds = sum(
+        count * seconds * group(plan) for (_, plan, seconds, _), count in zip(shapes, counts, strict=True)
+    )
     share = gpu_seconds / fleet
     if not options.fit_to_fleet or share >= FLEET_SEARCH_JOBS * target:
         return target, options.tail_split, None
     at_target = sum(len(cuts) for cuts in cut_all(shapes, counts, target, options, options.tail_split))
     if at_target >= FLEET_FULL_JOBS_PER_GPU * fleet:
         return target, options.tail_split, None
-    shorter = (share / n for n in COARSE_SPLITS if share / n < target) if coarse else (
-        share / n for n in range(1, 17) if share / n < target
-    )
+    shorter = (share / n for n in (COARSE_SPLITS if coarse else range(1, 17)) if share / n < target)
     fractions = (1.0,) if coarse else SHORTER_TARGETS
     candidates = sorted({*(target * f for f in fractions), *shorter}, reverse=True)
     tails = (True, False) if options.tail_split and not coarse else (options.tail_split and not coarse,)
