@@ -11,10 +11,13 @@ manifest, and a single-prompt script (one prompt, ``ulysses = G`` on a whole nod
   target GPU's memory (CFG pair, Ulysses, ring: ``planning.rules``). The chooser's plan is the narrowest.
 * ``fit_fleet``: the width per bucket and the job length that end the run first on the fleet, by the fleet
   schedule itself (``fleet.schedule``, the same event simulation ``reelbatch simulate`` plays). Widths are searched
-  only while the fleet is not full (below); the search tries one width cap for every bucket at a time (1, 2, 4, 8
-  GPUs...), then moves one bucket at a time to another width while that ends the run sooner, at most
-  ``MAX_WIDTH_TRIALS`` schedules of widths. A width is kept only when it shortens the makespan by more than
-  ``WIDTH_GAIN``: a wider plan costs GPU-seconds (its parallel efficiency), so it must buy wall time.
+  only while the fleet is not full (below) and its work per GPU is under ``WIDEN_BELOW_LONGEST`` times the longest
+  one-sample job at the chooser's widths (with more, narrow jobs balance within a few percent). The search tries
+  one width cap for every bucket at a time (2, 4, 8 GPUs...), then moves one bucket at a time to another width
+  while that ends the run sooner: at most ``MAX_WIDTH_TRIALS`` assignments, each scored by a coarse job-length
+  search; the best one is then cut with the full search and kept only when it ends the run more than
+  ``WIDTH_GAIN`` sooner than the chooser's widths do. A wider plan costs GPU-seconds (its parallel efficiency), so
+  it must buy wall time; on a large manifest none does.
 
 Job length (``fleet_target_seconds``): when the fleet's work per GPU is less than ``FLEET_SEARCH_JOBS``
 target-length jobs, the target is the one of a few candidates (``target_seconds`` times 1, 3/4, 1/2, 1/3, and the
