@@ -187,8 +187,10 @@ def _pinned(
         )
     notes = [f"plan {plan.short()} is pinned (manifest plan column or --plan): validated, not chosen"]
     if width < gpus:
-        side = f"{gpus // width} of them side by side" if gpus % width == 0 else "side by side where they fit"
-        notes.append(f"pinned plan {plan.short()} is {_gpu_count(width)} wide: its jobs run {side} on {gpus} GPUs")
+        notes.append(
+            f"pinned plan {plan.short()} is {_gpu_count(width)} wide: up to {gpus // width} of its jobs run side by "
+            f"side on {gpus} GPUs"
+        )
     return _choice(bucket, family, plan, cost_model, notes=notes, warnings=warnings)
 
 
