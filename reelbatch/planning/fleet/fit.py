@@ -21,7 +21,8 @@ manifest, and a single-prompt script (one prompt, ``ulysses = G`` on a whole nod
 
 Job length (``fleet_target_seconds``): when the fleet's work per GPU is less than ``FLEET_SEARCH_JOBS``
 target-length jobs, the target is the one of a few candidates (``target_seconds`` times 1, 3/4, 1/2, 1/3, and the
-work per GPU divided by 1..16 where that is shorter) whose schedule on the fleet ends first, so a small manifest
+work per GPU divided by 1..16, with and without one model load on top, where that is shorter) whose schedule on
+the fleet ends first, so a small manifest
 is spread over the fleet instead of queueing behind a few 30-minute jobs, and is not cut into more model loads than
 it needs. Above that, or when the target already cuts ``FLEET_FULL_JOBS_PER_GPU`` jobs per GPU, the fleet is full:
 the tail is a small fraction of the makespan, the target stands and every bucket keeps the chooser's width.
@@ -148,9 +149,11 @@ def _target_search(
     at_target = sum(len(cuts) for cuts in cut_all(shapes, counts, target, options, options.tail_split))
     if at_target >= FLEET_FULL_JOBS_PER_GPU * fleet:
         return target, options.tail_split, None
-    shorter = (share / n for n in (COARSE_SPLITS if coarse else range(1, 17)) if share / n < target)
+    # The work per GPU in n parts, each part also as compute after one model load (a job's length counts its load).
+    load = max((load for _, _, _, load in shapes), default=0.0)
+    parts = (share / n + extra for n in (COARSE_SPLITS if coarse else range(1, 17)) for extra in (0.0, load))
     fractions = (1.0,) if coarse else SHORTER_TARGETS
-    candidates = sorted({*(target * f for f in fractions), *shorter}, reverse=True)
+    candidates = sorted({*(target * f for f in fractions), *(t for t in parts if t < target)}, reverse=True)
     tails = (True, False) if options.tail_split and not coarse else (options.tail_split and not coarse,)
     scored = [
         (makespan(shapes, cut_all(shapes, counts, t, options, tail), options.nodes, gpus_per_node), -t, not tail)
