@@ -316,6 +316,6 @@ def test_a_run_places_narrower_pinned_jobs_side_by_side(tmp_path):
         begin = datetime.fromisoformat(a["started_at"])
         spans.append((begin, begin + timedelta(seconds=a["seconds"])))
     assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]  # they ran at the same time
-    plans = {json.loads(row["plan"])["ulysses"] for row in db.execute("select plan from jobs")}
-    assert plans == {2}
+    jobs = db.execute("select dp, cfg, ulysses, ring, world_size from jobs").fetchall()
+    assert [tuple(job) for job in jobs] == [(1, 1, 2, 1, 2)] * 2
     assert db.execute("select count(*) from samples where status = 'done'").fetchone()[0] == 2

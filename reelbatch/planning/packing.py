@@ -22,8 +22,11 @@ gives the end of the run short jobs to fill idle GPUs with.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import replace
+
+import numpy as np
 
 from reelbatch.identity import output_key, sample_id, sample_seed
 from reelbatch.planning.cost import CostModel
@@ -31,7 +34,7 @@ from reelbatch.planning.cuts import Cut, _cuts, cut_bucket, cut_jobs, samples_pe
 from reelbatch.planning.fleet.fit import Shape, fit_fleet, fleet_target_seconds, group
 from reelbatch.planning.jobs import BucketPlan, PlannedJob, RunPlan
 from reelbatch.planning.packing_options import PackingOptions
-from reelbatch.rows import concat_samples
+from reelbatch.rows import SampleRefs, concat_samples
 from reelbatch.schemas import BucketKey, ManifestRow, ParallelPlan, Sample
 
 __all__ = [  # the cutting arithmetic lives in planning.cuts, the fleet fit in planning.fleet.fit
@@ -153,7 +156,7 @@ def pack_buckets(
         )
         memories.append([m for _, m in options_of])
     counts = [len(work.samples) for work in buckets]
-    picks, all_cuts = fit_fleet(choices, counts, options, node_gpus)
+    picks, all_cuts = fit_fleet(choices, counts, options, node_gpus, lambda index: prompt_sizes(buckets[index].samples))
     shapes = [bucket_choices[pick] for bucket_choices, pick in zip(choices, picks, strict=True)]
 
     fills = options.padding == "fill" and any(cut.padded for cuts in all_cuts for cut in cuts)
@@ -198,6 +201,17 @@ def pack_buckets(
     for index, job in enumerate(jobs):
         job.index = index  # made above, so no id was computed yet (an id hashes the index): no copy needed
     return jobs
+
+
+def prompt_sizes(samples: Sequence[Sample]) -> list[int]:
+    """How many consecutive samples each row has (a bucket's samples come row by row)."""
+    if isinstance(samples, SampleRefs):
+        rows = samples.rows
+        if not len(rows):
+            return []
+        starts = np.flatnonzero(np.diff(rows)) + 1
+        return np.diff(np.concatenate(([0], starts, [len(rows)]))).tolist()
+    return [len(list(group)) for _, group in itertools.groupby(sample.row for sample in samples)]
 
 
 def _widened_note(chosen: ParallelPlan, plan: ParallelPlan, samples: int, fleet: int) -> str | None:

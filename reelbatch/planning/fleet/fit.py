@@ -11,28 +11,32 @@ manifest, and a single-prompt script (one prompt, ``ulysses = G`` on a whole nod
   target GPU's memory (CFG pair, Ulysses, ring: ``planning.rules``). The chooser's plan is the narrowest.
 * ``fit_fleet``: the width per bucket and the job length that end the run first on the fleet, by the fleet
   schedule itself (``fleet.schedule``, the same event simulation ``reelbatch simulate`` plays). Widths are searched
-  only while the fleet is not full (below) and its work per GPU is under ``WIDEN_BELOW_LONGEST`` times the longest
-  one-sample job at the chooser's widths (with more, narrow jobs balance within a few percent). The search tries
+  only while the fleet is not full (below) and the chooser's widths leave more than ``IDLE_TO_WIDEN`` of its GPU
+  time idle (a large manifest balances within a fraction of a percent). The search tries
   one width cap for every bucket at a time (2, 4, 8 GPUs...), then moves one bucket at a time to another width
   while that ends the run sooner: at most ``MAX_WIDTH_TRIALS`` assignments, each scored by a coarse job-length
   search; the best one is then cut with the full search and kept only when it ends the run more than
   ``WIDTH_GAIN`` sooner than the chooser's widths do. A wider plan costs GPU-seconds (its parallel efficiency), so
-  it must buy wall time; on a large manifest none does.
+  it must buy wall time; on a large manifest none does. Whenever the job length was searched, one more layout is
+  scored: one job per prompt (its videos after one load) at each bucket's widest plan, what single-prompt scripts
+  do on a whole node but with the most efficient plan of that width. The chooser's widths are kept only when they
+  end no later than it (within ``TIE_S``), so a plan never ends later than the naive policy the simulator
+  compares it with (``reelbatch simulate``; bench/fleet_sizes.py).
 
 Job length (``fleet_target_seconds``): when the fleet's work per GPU is less than ``FLEET_SEARCH_JOBS``
 target-length jobs, the target is the one of a few candidates (``target_seconds`` times 1, 3/4, 1/2, 1/3, and the
 work per GPU divided by 1..16, with and without one model load on top, where that is shorter) whose schedule on
-the fleet ends first, so a small manifest
-is spread over the fleet instead of queueing behind a few 30-minute jobs, and is not cut into more model loads than
-it needs. Above that, or when the target already cuts ``FLEET_FULL_JOBS_PER_GPU`` jobs per GPU, the fleet is full:
-the tail is a small fraction of the makespan, the target stands and every bucket keeps the chooser's width.
+the fleet ends first, so a small manifest is spread over the fleet instead of queueing behind a few 30-minute jobs,
+and is not cut into more model loads than it needs. Above that, or when the target already cuts
+``FLEET_FULL_JOBS_PER_GPU`` jobs per GPU and ``FEW_JOBS`` in all, the fleet is full: the tail is a small fraction
+of the makespan, the target stands and every bucket keeps the chooser's width.
 
 Pure Python; nothing here reads a sample, only counts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from reelbatch.models.registry import ModelFamily
@@ -49,11 +53,12 @@ SHORTER_TARGETS = (1.0, 0.75, 0.5, 0.33)  # fractions of target_seconds tried by
 # Jobs per GPU at the target length from which the fleet is full anyway (max_samples_per_job cuts many small jobs):
 # shorter jobs would only add model loads, and scoring each candidate would schedule thousands of jobs forty times.
 FLEET_FULL_JOBS_PER_GPU = 4
+FEW_JOBS = 256  # ... unless they are this few: then searching costs little, and a small fleet may still idle
 WIDTH_GAIN = 0.005  # a wider plan must shorten the makespan by more than this fraction to be kept
+TIE_S = 1.0  # seconds of makespan within which the chooser's widths count as no slower than another layout
 MAX_WIDTH_TRIALS = 20  # width assignments scored per plan (each one a coarse target search)
-# Widths are searched only while the work per GPU is less than this many times the longest one-sample job at the
-# chooser's widths: with more work, narrow jobs balance the fleet within a few percent (bench/fleet_sizes.py).
-WIDEN_BELOW_LONGEST = 2.0
+# Widths are searched only when the chooser's widths leave more than this fraction of the fleet's GPU time idle.
+IDLE_TO_WIDEN = 0.02
 COARSE_SPLITS = (1, 2, 4, 8, 16)  # work per GPU divided by these: the job lengths a width assignment is scored at
 
 
@@ -147,7 +152,7 @@ def _target_search(
     if not options.fit_to_fleet or share >= FLEET_SEARCH_JOBS * target:
         return target, options.tail_split, None
     at_target = sum(len(cuts) for cuts in cut_all(shapes, counts, target, options, options.tail_split))
-    if at_target >= FLEET_FULL_JOBS_PER_GPU * fleet:
+    if at_target >= max(FLEET_FULL_JOBS_PER_GPU * fleet, FEW_JOBS):
         return target, options.tail_split, None
     # The work per GPU in n parts, each part also as compute after one model load (a job's length counts its load).
     load = max((load for _, _, _, load in shapes), default=0.0)
@@ -180,28 +185,68 @@ def fleet_target_seconds(
 
 
 def fit_fleet(
-    choices: Sequence[Sequence[Shape]], counts: Sequence[int], options: PackingOptions, gpus_per_node: int
+    choices: Sequence[Sequence[Shape]],
+    counts: Sequence[int],
+    options: PackingOptions,
+    gpus_per_node: int,
+    prompts: Callable[[int], Sequence[int]] | None = None,
 ) -> tuple[list[int], list[list[Cut]]]:
     """Per bucket, which of its shapes its jobs take (``choices[b][0]``: the chooser's width; the others wider),
-    and its cuts: the widths and job length whose schedule on the fleet ends first (module docstring)."""
+    and its cuts: the widths and job length whose schedule on the fleet ends first (module docstring).
+
+    ``prompts(b)``: the samples of bucket b's rows, in order (each row's samples are consecutive); with it the
+    one-job-per-prompt layout at each bucket's widest plan is a candidate too.
+    """
     narrow = [bucket_shapes[0] for bucket_shapes in choices]
     target, tail, narrow_makespan = _target_search(narrow, counts, options, gpus_per_node)
-    picks = [0] * len(choices)
-    if narrow_makespan is not None and _may_idle(narrow, counts, options.nodes * gpus_per_node):
-        wide = _widths(choices, counts, options, gpus_per_node)
-        if any(wide):
-            shapes = [bucket_shapes[pick] for bucket_shapes, pick in zip(choices, wide, strict=True)]
-            wide_target, wide_tail, wide_makespan = _target_search(shapes, counts, options, gpus_per_node)
-            if wide_makespan is not None and wide_makespan < narrow_makespan * (1 - WIDTH_GAIN):
-                return wide, cut_all(shapes, counts, wide_target, options, wide_tail)
-    return picks, cut_all(narrow, counts, target, options, tail)
+    narrow_cuts = cut_all(narrow, counts, target, options, tail)
+    fleet = options.nodes * gpus_per_node
+    if narrow_makespan is None:  # the fleet is full: nothing idles
+        return [0] * len(choices), narrow_cuts
+    found: list[tuple[float, list[int], list[list[Cut]]]] = []  # other candidates: (makespan, picks, cuts)
+    search = any(len(c) > 1 for c in choices) and _idles(narrow, narrow_cuts, narrow_makespan, fleet)
+    wide = _widths(choices, counts, options, gpus_per_node) if search else []
+    if any(wide):
+        shapes = [bucket_shapes[pick] for bucket_shapes, pick in zip(choices, wide, strict=True)]
+        wide_target, wide_tail, wide_makespan = _target_search(shapes, counts, options, gpus_per_node)
+        if wide_makespan is not None:
+            found.append((wide_makespan, wide, cut_all(shapes, counts, wide_target, options, wide_tail)))
+    per_prompt = None
+    if prompts is not None:
+        picks = [len(bucket_shapes) - 1 for bucket_shapes in choices]
+        shapes = [bucket_shapes[-1] for bucket_shapes in choices]
+        # Buckets whose jobs keep a dp > 1 (pinned, --job-width node) keep their cut: per prompt, each would pad.
+        cuts = [
+            _prompt_cuts(prompts(b), options.max_samples_per_job) if shape.plan.dp == 1 else narrow_cuts[b]
+            for b, shape in enumerate(shapes)
+        ]
+        per_prompt = makespan(shapes, cuts, options.nodes, gpus_per_node)
+        found.append((per_prompt, picks, cuts))
+    if not found:
+        return [0] * len(choices), narrow_cuts
+    best, picks, cuts = min(found, key=lambda item: item[0])
+    # A wider layout must buy more than WIDTH_GAIN of wall time; but never end later than one job per prompt does.
+    if best < narrow_makespan * (1 - WIDTH_GAIN) or (per_prompt is not None and narrow_makespan > per_prompt + TIE_S):
+        return picks, cuts
+    return [0] * len(choices), narrow_cuts
 
 
-def _may_idle(shapes: Sequence[Shape], counts: Sequence[int], fleet: int) -> bool:
-    """Whether GPUs may idle at the chooser's widths: the work per GPU is short next to the longest one-sample job."""
-    share = sum(count * seconds * group(plan) for (_, plan, seconds, _), count in zip(shapes, counts, strict=True))
-    longest = max((load + seconds for _, _, seconds, load in shapes), default=0.0)
-    return share / fleet < WIDEN_BELOW_LONGEST * longest
+def _prompt_cuts(prompts: Sequence[int], max_samples_per_job: int | None) -> list[Cut]:
+    """One dp=1 job per prompt (its videos one after another), cut at ``max_samples_per_job``."""
+    cuts = []
+    for count in prompts:
+        cuts += cut_bucket(count, 1, count, max_samples_per_job)
+    return cuts
+
+
+def _idles(shapes: Sequence[Shape], cuts: list[list[Cut]], makespan: float, fleet: int) -> bool:
+    """Whether the fleet idles more than ``IDLE_TO_WIDEN`` of the makespan with the chooser's widths."""
+    busy = sum(
+        (load + cut.rounds * seconds) * plan.world_size
+        for (_, plan, seconds, load), bucket_cuts in zip(shapes, cuts, strict=True)
+        for cut in bucket_cuts
+    )
+    return busy < (1 - IDLE_TO_WIDEN) * makespan * fleet
 
 
 def _widths(
