@@ -23,11 +23,11 @@ JOB_MINUTES = 30.0  # target wall time of one job, model load included
 PADDING: Final = "pad"
 JOB_WIDTH: Final = "group"
 
-# Fleet estimates of `plan` and `simulate`
+# Fleet estimates of `plan` and `simulate` (`plan` then plans for that fleet's GPUs, whatever machine plans)
 FLEET_NODES = 1
 FLEET_GPU = "h100"
 WEIGHTS_STORAGE: Final = "local"
-SIMULATE_GPUS_PER_NODE = 8
+FLEET_GPUS_PER_NODE = 8
 
 # Wall clock per job when not given: the cost model's estimate times a margin, never below a floor that covers
 # starting the ranks and loading the pipeline.

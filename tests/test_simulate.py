@@ -191,7 +191,7 @@ def test_simulate_reports_both_policies_with_the_promised_keys():
     assert report.naive.jobs == 120  # one job per prompt
     # Wider jobs than a group exist (Wan 14B 720p runs CFG parallel on 2 GPUs) and share nodes with 1-GPU jobs.
     widths = {p.job_id: len(p.gpus) for p in report.schedule.placements}
-    assert set(widths.values()) == {1, 2}
+    assert {1, 2} <= set(widths.values())
     assert any("wan2.1-t2v-1.3b" in note and "ulysses4 ring2" in note for note in report.naive_notes)
     assert any("hunyuanvideo-i2v" in note and "dp1" in note for note in report.naive_notes)
     assert all(line for line in report.summary_lines())

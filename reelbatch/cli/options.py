@@ -221,12 +221,17 @@ PLANNER = (
     option(
         "gpu_memory_gib",
         Annotated[
-            float,
+            float | None,
             typer.Option(
-                "--gpu-memory-gib", min=1, help="Memory per GPU the planner may use.", rich_help_panel="Parallelism"
+                "--gpu-memory-gib",
+                min=1,
+                help=(
+                    f"Memory per GPU the planner may use (default {defaults.GPU_MEMORY_GIB:g}; `plan` for a fleet: "
+                    "its --gpu type's memory)."
+                ),
+                rich_help_panel="Parallelism",
             ),
         ],
-        defaults.GPU_MEMORY_GIB,
     ),
     option("objective", ObjectiveOpt, defaults.OBJECTIVE),
     option(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from reelbatch.planning.cost import StorageKind
+    from reelbatch.planning.cost import CostModel, StorageKind
 
 import reelbatch.cli.values as values  # noqa: PLR0402 - `from reelbatch.cli import` would import the package: a cycle
 from reelbatch import defaults as default
@@ -58,14 +58,17 @@ def plan(
         int | None,
         typer.Option(
             min=1,
-            help=f"Nodes of the fleet to estimate (default {default.FLEET_NODES}); jobs are sized for it too.",
+            help=f"Nodes of the fleet to plan for and estimate (default {default.FLEET_NODES}); jobs are sized for it.",
             rich_help_panel=FLEET_PANEL,
         ),
     ] = None,
     gpu: Annotated[
         str | None,
         typer.Option(
-            help=f"GPU type for the estimate: h100, a800 or rtx4090 (default {default.FLEET_GPU}).",
+            help=(
+                f"GPU type of the fleet: h100, a800 or rtx4090 (default {default.FLEET_GPU}). Plans follow its rules "
+                "and memory, whatever machine plans."
+            ),
             rich_help_panel=FLEET_PANEL,
         ),
     ] = None,
@@ -78,10 +81,12 @@ def plan(
 
     Prints one line per bucket (model, shape, steps, guidance: the rows that share a model load and a plan) with
     its plan, jobs, samples, padding and GPU-hours, then the rejected rows and the totals; --jobs lists every job
-    too. Jobs are planned as `run` plans them on this machine (--gpus-per-node ranks).
+    too. Jobs are planned as `run` plans them on this machine (--gpus-per-node ranks, this machine's devices).
 
-    Given --nodes, --gpu or --storage, it also plays the jobs on a fleet of --nodes such machines with --gpu GPUs:
-    wall time (makespan), GPU-hours, utilisation.
+    Given --nodes, --gpu or --storage, it plans for that fleet instead, whatever machine plans: --nodes nodes of
+    --gpus-per-node (default 8) --gpu GPUs, with that GPU's parallel rules (ring attention needs CUDA) and memory
+    (--gpu-memory-gib overrides it), job widths and lengths fitted to the fleet; then it plays the jobs on the
+    fleet: wall time (makespan), GPU-hours, utilisation.
 
     --json prints one JSON document on one line: `rows`, `accepted`, `rejected` (every rejected row),
     `buckets` (the table's lines), `summary`, `fleet` (only when estimated) and, with --jobs, `jobs`.
@@ -96,11 +101,16 @@ def plan(
     read = read_for_planning(
         manifest, run_defaults, catalog, values.limits(planner["limit"]), planner["image_root"] or [], strict
     )
-    ranks = values.gpus(gpus)
     estimate = nodes is not None or gpu is not None or storage is not None
     storage_kind = values.storage(storage or default.WEIGHTS_STORAGE)
     fleet_nodes = nodes or default.FLEET_NODES
     packing_choice = values.packing(**packing)
+    target = fleet_target((gpu or default.FLEET_GPU).lower(), planner["gpu_memory_gib"]) if estimate else None
+    if target is None:  # this machine: its devices and ranks
+        ranks, device, cost_model = values.gpus(gpus), None, None
+        memory = planner["gpu_memory_gib"] or default.GPU_MEMORY_GIB
+    else:
+        ranks, (device, cost_model, memory) = gpus or default.FLEET_GPUS_PER_NODE, target
     try:
         run_plan = plan_run(
             read.rows,
@@ -109,15 +119,17 @@ def plan(
             catalog,
             ranks,
             max_samples_per_job,
-            gpu_memory_gib=planner["gpu_memory_gib"],
+            gpu_memory_gib=memory,
             objective=objective,
+            device=device,
             packing=packing_choice.options(ranks, max_samples_per_job, nodes=fleet_nodes, storage=storage_kind),
             compile=values.compile_mode(planner["compile"]),
+            cost_model=cost_model,
         )
         del read  # the plan holds what it needs of the rows
         fleet = (
-            fleet_estimate(run_plan, fleet_nodes, ranks, (gpu or default.FLEET_GPU).lower(), storage_kind)
-            if estimate
+            fleet_estimate(run_plan, fleet_nodes, ranks, cost_model.gpu, storage_kind, memory)
+            if cost_model is not None
             else None
         )
     except (KeyError, ValueError) as exc:
@@ -127,7 +139,7 @@ def plan(
     else:
         if list_jobs:
             print_plan_jobs(run_plan)
-        print_plan(run_plan, ranks)
+        print_plan(run_plan, ranks, cost_model.gpu if cost_model is not None else None)
         if fleet is not None:
             print_fleet(fleet)
     raise typer.Exit(EXIT_PARTIAL if run_plan.rejected else EXIT_OK)
@@ -154,7 +166,7 @@ def simulate(
     nodes: Annotated[int, typer.Option(min=1, help="Nodes in the fleet.")] = default.FLEET_NODES,
     gpus: Annotated[
         int, typer.Option("--gpus-per-node", "--gpus", min=1, help="GPUs per node.")
-    ] = default.SIMULATE_GPUS_PER_NODE,
+    ] = default.FLEET_GPUS_PER_NODE,
     gpu: Annotated[str, typer.Option(help="GPU type for the cost model: h100, a800 or rtx4090.")] = default.FLEET_GPU,
     as_json: Annotated[bool, typer.Option("--json", help="Print the simulation as JSON.")] = False,
     objective: ObjectiveOpt = default.OBJECTIVE,
@@ -222,12 +234,29 @@ def read_for_planning(manifest: str, run_defaults, catalog, limits: dict, image_
             values.fail(f"--image-root: {exc}")
 
 
-def fleet_estimate(run_plan, nodes: int, gpus_per_node: int, gpu: str, storage: StorageKind) -> dict:
+def fleet_target(gpu: str, gpu_memory_gib: float | None) -> tuple[str, CostModel, float]:
+    """What a plan for a fleet of ``gpu`` GPUs plans with: its device (CUDA: ring attention and xfuser are allowed,
+    whatever machine plans), its cost model and the memory of one GPU (``--gpu-memory-gib`` wins)."""
+    from reelbatch.planning.cost import DEFAULT_COST_MODEL
+    from reelbatch.planning.fleet.simulation import SIMULATION_DEVICE
+
+    try:
+        cost = DEFAULT_COST_MODEL.on(gpu)
+    except ValueError as exc:
+        values.fail(f"--gpu: {exc}")
+    return SIMULATION_DEVICE, cost, gpu_memory_gib or cost.memory_gib() or default.GPU_MEMORY_GIB
+
+
+def fleet_estimate(
+    run_plan, nodes: int, gpus_per_node: int, gpu: str, storage: StorageKind, gpu_memory_gib: float
+) -> dict:
     """The plan's jobs played on the fleet by the simulator: wall time, GPU-hours, utilisation."""
     from reelbatch.planning.cost import gpu_name
     from reelbatch.planning.fleet.simulation import estimate_fleet
 
-    figures = estimate_fleet(run_plan, nodes=nodes, gpus_per_node=gpus_per_node, gpu=gpu, storage=storage)
+    figures = estimate_fleet(
+        run_plan, nodes=nodes, gpus_per_node=gpus_per_node, gpu=gpu, storage=storage, gpu_memory_gib=gpu_memory_gib
+    )
     return {
         "nodes": nodes,
         "gpus_per_node": gpus_per_node,

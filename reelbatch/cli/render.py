@@ -86,9 +86,11 @@ def model_cell(model: str, lora_sha256: str | None = None, lora_scale: float | N
     return f"{model} + LoRA {lora_sha256[:8]} x{1.0 if lora_scale is None else lora_scale:g}"
 
 
-def print_plan(run_plan, gpus: int) -> None:
-    """One line per bucket (and plan), footnotes, rejected rows, totals."""
-    table = Table(title=f"Plan for {gpus} ranks per node, by bucket", title_justify="left")
+def print_plan(run_plan, gpus: int, gpu: str | None = None) -> None:
+    """One line per bucket (and plan), footnotes, rejected rows, totals; ``gpu``: the fleet's GPU type, when the
+    plan is for a fleet (else this machine's ranks, estimated on H100)."""
+    where = f"nodes of {gpus} {gpu.upper()}" if gpu else f"{gpus} ranks per node"
+    table = Table(title=f"Plan for {where}, by bucket", title_justify="left")
     numbers = ("jobs", "samples", "padded", "GPU-h", "longest job")
     for column in ("model", "HxWxF", "steps", "guidance", "plan", *numbers, "notes"):
         table.add_column(column, no_wrap=column != "notes", justify="right" if column in numbers else "left")
@@ -117,8 +119,8 @@ def print_plan(run_plan, gpus: int) -> None:
     out.print(
         f"{run_plan.rows:,} rows, {run_plan.accepted:,} accepted, {len(run_plan.rejected):,} rejected; "
         f"{s['jobs']:,} jobs, {s['samples']:,} samples, {s['padded_slots']:,} padded slots "
-        f"({s['padding_ratio']:.1%}); about {s['estimated_gpu_seconds'] / 3600:,.2f} H100 GPU-hours of compute "
-        "(model loads not included).",
+        f"({s['padding_ratio']:.1%}); about {s['estimated_gpu_seconds'] / 3600:,.2f} {(gpu or 'h100').upper()} "
+        "GPU-hours of compute (model loads not included).",
         highlight=False,
         soft_wrap=True,
     )

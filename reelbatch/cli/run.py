@@ -136,7 +136,7 @@ def run(
         model_paths=model_path or [],
         max_samples_per_job=max_samples_per_job,
         job_timeout_s=job_timeout,
-        gpu_memory_gib=planner["gpu_memory_gib"],
+        gpu_memory_gib=planner["gpu_memory_gib"] or default.GPU_MEMORY_GIB,
         objective=objective,
         compile=values.compile_mode(planner["compile"]),
         limits=values.limits(planner["limit"]),

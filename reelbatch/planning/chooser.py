@@ -119,7 +119,8 @@ def choose_plan(
     """The best plan for ``bucket`` on ``gpus`` ranks, or none with the problem to fix.
 
     A plan pinned on the bucket is validated and never changed (exceeding the memory estimate is then a warning:
-    the estimate is rough and the operator chose). ``backend`` defaults to the bucket's. ``cost_model`` (default:
+    the estimate is rough and the operator chose); one narrower than ``gpus`` is a job width, refused only when
+    wider. ``backend`` defaults to the bucket's. ``cost_model`` (default:
     the calibrated H100 model) gives the estimates in the choice.
     """
     if gpus < 1:
@@ -172,7 +173,10 @@ def _pinned(
     gpu_memory_gib: float,
     cost_model: CostModel | None = None,
 ) -> PlanChoice:
-    check = validate_plan(bucket, family, plan, world_size=gpus, backend=backend, device=device)
+    # A plan narrower than the node is a job width: its jobs run side by side on the node's GPUs (the launcher and
+    # the fleet schedule lend disjoint groups of any width). Only a plan wider than the node has no room.
+    width = plan.world_size if plan.world_size < gpus else gpus
+    check = validate_plan(bucket, family, plan, world_size=width, backend=backend, device=device)
     if not check.ok:
         return PlanChoice(None, problems=check.problems, warnings=check.warnings)
     warnings = list(check.warnings)
@@ -182,6 +186,11 @@ def _pinned(
             f"pinned plan {plan.short()}: {_memory_message(memory, gpu_memory_gib)}; it may run out of memory"
         )
     notes = [f"plan {plan.short()} is pinned (manifest plan column or --plan): validated, not chosen"]
+    if width < gpus:
+        notes.append(
+            f"pinned plan {plan.short()} is {_gpu_count(width)} wide: up to {gpus // width} of its jobs run side by "
+            f"side on {gpus} GPUs"
+        )
     return _choice(bucket, family, plan, cost_model, notes=notes, warnings=warnings)
 
 

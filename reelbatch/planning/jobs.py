@@ -103,6 +103,8 @@ class BucketPlan:
     warnings: list[str] = field(default_factory=list)
     gpu_seconds_per_sample: float = 0.0  # under ``plan`` (the chooser's estimate)
     backend: Backend = "native"
+    # Wider dp=1 plans the bucket's jobs may take on the fleet, each with its memory per GPU (planning.fleet.fit).
+    group_plans: list[tuple[ParallelPlan, float]] = field(default_factory=list)
 
     def job(
         self,
@@ -114,8 +116,13 @@ class BucketPlan:
         estimated_gpu_seconds: float,
         estimated_seconds: float,
         filled_slots: int = 0,
+        memory_gib_per_gpu: float | None = None,
+        extra_note: str | None = None,
     ) -> PlannedJob:
-        """A job of this bucket; every job gets its own copy of the notes and warnings, and shares ``refused``."""
+        """A job of this bucket; every job gets its own copy of the notes and warnings, and shares ``refused``.
+
+        ``memory_gib_per_gpu`` is the job's plan's when it differs from the bucket's; ``extra_note`` says why.
+        """
         return PlannedJob(
             index,
             self.bucket,
@@ -124,11 +131,11 @@ class BucketPlan:
             samples,
             padded_slots,
             self.tokens,
-            list(self.notes),
+            [*self.notes, extra_note] if extra_note else list(self.notes),
             backend=self.backend,
             refused=self.refused,
             estimated_gpu_seconds=estimated_gpu_seconds,
-            memory_gib_per_gpu=self.memory_gib_per_gpu,
+            memory_gib_per_gpu=self.memory_gib_per_gpu if memory_gib_per_gpu is None else memory_gib_per_gpu,
             warnings=list(self.warnings),
             estimated_seconds=estimated_seconds,
             filled_slots=filled_slots,

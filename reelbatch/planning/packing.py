@@ -13,111 +13,41 @@ plan's dp on every job. With them (packing, the flow's default):
   that fits, 2 for CFG parallel, ...), so several jobs share a node (8 GPUs -> 4 jobs of 2) and no job pads;
   ``width="node"`` keeps the plan's dp (one job spans the node, as ``cut_jobs`` does). A pinned plan keeps its dp.
 
-Job sizing is fleet-aware (``fit_to_fleet``): when the fleet's work per GPU is less than ``FLEET_SEARCH_JOBS``
-target-length jobs, the target is the one of a few candidates (``target_seconds`` times 1, 3/4, 1/2, 1/3, and the
-work per GPU divided by 1..16 where that is shorter) whose schedule on the fleet (``fleet.schedule``) ends first,
-so a small manifest is spread over the fleet instead of queueing behind a few 30-minute jobs, and is not cut into
-more model loads than it needs. Above that, the tail is a small fraction of the makespan and the target stands.
-The last job of every bucket is split in halves (``tail_split``), which gives the end of the run short jobs to
-fill idle GPUs with.
+Jobs are sized for the fleet they run on (``planning.fleet.fit``): while the fleet is not full (a small manifest),
+``group``-width jobs of unpinned buckets may take a wider plan (CFG pair, Ulysses, ring: the bucket's
+``group_plans``) and a shorter job length, whichever ends the run first on the fleet; a big manifest keeps the
+chooser's widths and the target length. The last job of every bucket is split in halves (``tail_split``), which
+gives the end of the run short jobs to fill idle GPUs with.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
+
+import numpy as np
 
 from reelbatch.identity import output_key, sample_id, sample_seed
 from reelbatch.planning.cost import CostModel
-from reelbatch.planning.fleet.schedule import FleetJob, schedule_jobs
+from reelbatch.planning.cuts import Cut, _cuts, cut_bucket, cut_jobs, samples_per_replica
+from reelbatch.planning.fleet.fit import Shape, fit_fleet, fleet_target_seconds, group
 from reelbatch.planning.jobs import BucketPlan, PlannedJob, RunPlan
 from reelbatch.planning.packing_options import PackingOptions
 from reelbatch.rows import SampleRefs, concat_samples
 from reelbatch.schemas import BucketKey, ManifestRow, ParallelPlan, Sample
 
-FLEET_SEARCH_JOBS = 100  # work per GPU below this many target-length jobs: search the target on the fleet
-SHORTER_TARGETS = (1.0, 0.75, 0.5, 0.33)  # fractions of target_seconds tried by the search
-# Jobs per GPU at the target length from which the fleet is full anyway (max_samples_per_job cuts many small jobs):
-# shorter jobs would only add model loads, and scoring each candidate would schedule thousands of jobs forty times.
-FLEET_FULL_JOBS_PER_GPU = 4
-
-
-# --- Cutting one bucket -----------------------------------------------------------------------------------------------
-
-
-def cut_jobs(samples: Sequence[Sample], dp: int, max_samples_per_job: int) -> list[tuple[Sequence[Sample], int]]:
-    """Cut a bucket into chunks that are multiples of dp; only the last chunk may need padding."""
-    return [(part, padded) for part, _, padded in _cuts(samples, dp, max_samples_per_job)]
-
-
-def _cuts(samples: Sequence[Sample], dp: int, max_samples_per_job: int) -> list[tuple[Sequence[Sample], int, int]]:
-    """``cut_jobs`` with each part's size: (part, samples, padded slots)."""
-    chunk = max(dp, (max_samples_per_job // dp) * dp)
-    count = len(samples)
-    sizes = [(start, min(chunk, count - start)) for start in range(0, count, chunk)]
-    if isinstance(samples, SampleRefs):  # thousands of parts of a big manifest: no per-part checks
-        table, rows, videos = samples.table, samples.rows, samples.videos
-        return [(SampleRefs(table, rows, videos, start, start + size), size, -size % dp) for start, size in sizes]
-    return [(samples[start : start + size], size, -size % dp) for start, size in sizes]
-
-
-@dataclass(frozen=True)
-class Cut:
-    """One job of a bucket: ``samples`` real samples and ``padded`` slots (samples + padded divide by dp)."""
-
-    samples: int
-    padded: int
-    dp: int
-
-    @property
-    def slots(self) -> int:
-        return self.samples + self.padded
-
-    @property
-    def rounds(self) -> int:
-        return self.slots // self.dp
-
-
-def samples_per_replica(sample_seconds: float, load_seconds: float, target_seconds: float) -> int:
-    """Samples one replica runs so that load + samples * sample_seconds is nearest ``target_seconds`` (>= 1)."""
-    if sample_seconds <= 0:
-        return 1 << 30
-    return max(1, round((target_seconds - load_seconds) / sample_seconds))
-
-
-def cut_bucket(
-    count: int, dp: int, per_replica: int, max_samples_per_job: int | None = None, tail: bool = False
-) -> list[Cut]:
-    """Cut ``count`` samples into jobs of whole replica rows of ``dp`` samples, balanced, padding only the last.
-
-    A bucket needs ceil(count / dp) rows; each job takes about ``per_replica`` rows (fewer when
-    ``max_samples_per_job`` caps it, never fewer than one); rows are spread evenly over the jobs, the short row
-    (count % dp samples plus padding) goes to the last job. With ``tail`` the last job is split in halves
-    (16 rows -> 8, 4, 2, 1, 1): a few more model loads per bucket buy short jobs that fill the fleet's last hour.
-    """
-    if count <= 0:
-        return []
-    if dp < 1 or per_replica < 1:
-        raise ValueError("dp and per_replica must be at least 1")
-    rows = -(-count // dp)
-    per_job = per_replica
-    if max_samples_per_job is not None:
-        per_job = min(per_job, max(1, max_samples_per_job // dp))
-    jobs = -(-rows // per_job)
-    base, extra = divmod(rows, jobs)
-    sizes = [base + (1 if index < extra else 0) for index in range(jobs)]
-    if tail and sizes[-1] > 1:
-        last = sizes.pop()
-        while last:
-            sizes.append((last + 1) // 2)
-            last -= sizes[-1]
-    cuts = []
-    left = count
-    for job_rows in sizes:
-        take = min(left, job_rows * dp)
-        cuts.append(Cut(take, job_rows * dp - take, dp))
-        left -= take
-    return cuts
+__all__ = [  # the cutting arithmetic lives in planning.cuts, the fleet fit in planning.fleet.fit
+    "Cut",
+    "cut_bucket",
+    "cut_buckets",
+    "cut_jobs",
+    "extra_samples",
+    "fleet_target_seconds",
+    "pack_buckets",
+    "pack_plan",
+    "samples_per_replica",
+]
 
 
 # --- Fill: padded slots become extra videos of the bucket's prompts ---------------------------------------------------
@@ -156,62 +86,6 @@ def extra_samples(rows: Sequence[ManifestRow], count: int, taken: set[str], next
             )
         )
     return made
-
-
-# --- Job length for the fleet -----------------------------------------------------------------------------------------
-
-
-def _group(plan: ParallelPlan) -> int:
-    return plan.cfg * plan.ulysses * plan.ring
-
-
-def _cut_all(
-    shapes: Sequence[tuple], counts: Sequence[int], target: float, options: PackingOptions, tail: bool
-) -> list[list[Cut]]:
-    return [
-        cut_bucket(count, plan.dp, samples_per_replica(seconds, load, target), options.max_samples_per_job, tail=tail)
-        for (_, plan, seconds, load), count in zip(shapes, counts, strict=True)
-    ]
-
-
-def _makespan(shapes: Sequence[tuple], cuts: list[list[Cut]], nodes: int, gpus_per_node: int) -> float:
-    jobs = [
-        FleetJob("", plan.world_size, load + cut.rounds * seconds)
-        for (_, plan, seconds, load), bucket_cuts in zip(shapes, cuts, strict=True)
-        for cut in bucket_cuts
-    ]
-    return schedule_jobs(jobs, nodes, gpus_per_node).makespan
-
-
-def fleet_target_seconds(
-    shapes: Sequence[tuple], counts: Sequence[int], options: PackingOptions, gpus_per_node: int
-) -> tuple[float, bool]:
-    """The job length to aim for and whether to split the tail: ``target_seconds`` and ``tail_split``, or a
-    shorter target (and the tail kept whole) when that ends the run sooner on the fleet.
-
-    ``shapes`` are (bucket, job plan, seconds per sample, load seconds), ``counts`` the samples per bucket.
-    """
-    target = options.target_seconds
-    fleet = options.nodes * gpus_per_node
-    gpu_seconds = sum(
-        count * seconds * _group(plan) for (_, plan, seconds, _), count in zip(shapes, counts, strict=True)
-    )
-    share = gpu_seconds / fleet
-    if not options.fit_to_fleet or share >= FLEET_SEARCH_JOBS * target:
-        return target, options.tail_split
-    at_target = sum(len(cuts) for cuts in _cut_all(shapes, counts, target, options, options.tail_split))
-    if at_target >= FLEET_FULL_JOBS_PER_GPU * fleet:
-        return target, options.tail_split
-    shorter = (share / n for n in range(1, 17) if share / n < target)
-    candidates = sorted({*(target * f for f in SHORTER_TARGETS), *shorter}, reverse=True)
-    tails = (True, False) if options.tail_split else (False,)
-    scored = [
-        (_makespan(shapes, _cut_all(shapes, counts, t, options, tail), options.nodes, gpus_per_node), -t, not tail)
-        for t in candidates
-        for tail in tails
-    ]
-    _, best, whole = min(scored)
-    return -best, not whole
 
 
 # --- The one cutting pass ---------------------------------------------------------------------------------------------
@@ -266,17 +140,24 @@ def pack_buckets(
     """
     cost = options.cost
     node_gpus = options.gpus_per_node or gpus_per_node or max((work.plan.world_size for work in buckets), default=1)
-    shapes = []  # (bucket, plan of its jobs, seconds per sample, load seconds)
+    choices: list[list[Shape]] = []  # per bucket: the chooser's width first, then the wider ones it may take
+    memories: list[list[float]] = []
     for work in buckets:
         plan = work.plan
+        load = cost.load_seconds(work.family, options.storage)
         if options.width == "group" and work.bucket.plan is None:
             plan = ParallelPlan(dp=1, cfg=plan.cfg, ulysses=plan.ulysses, ring=plan.ring)
-        seconds = cost.sample_seconds(work.bucket, work.family, plan)
-        load = cost.load_seconds(work.family, options.storage)
-        shapes.append((work.bucket, plan, seconds, load))
+            wider = [(p, m) for p, m in work.group_plans if group(p) > group(plan)]
+        else:
+            wider = []
+        options_of = [(plan, work.memory_gib_per_gpu), *wider]
+        choices.append(
+            [Shape(work.bucket, p, cost.sample_seconds(work.bucket, work.family, p), load) for p, _ in options_of]
+        )
+        memories.append([m for _, m in options_of])
     counts = [len(work.samples) for work in buckets]
-    target, tail = fleet_target_seconds(shapes, counts, options, node_gpus)
-    all_cuts = _cut_all(shapes, counts, target, options, tail)
+    picks, all_cuts = fit_fleet(choices, counts, options, node_gpus, lambda index: prompt_sizes(buckets[index].samples))
+    shapes = [bucket_choices[pick] for bucket_choices, pick in zip(choices, picks, strict=True)]
 
     fills = options.padding == "fill" and any(cut.padded for cuts in all_cuts for cut in cuts)
     row_of = {row.row: row for row in rows or ()} if fills else {}
@@ -285,8 +166,11 @@ def pack_buckets(
     taken.update(sample.sample_id for sample, _ in skipped)
     next_index: dict[int, int] = {}
     packed: list[PlannedJob] = []
-    for (bucket, plan, seconds, load), work, cuts in zip(shapes, buckets, all_cuts, strict=True):
+    for index, ((bucket, plan, seconds, load), work, cuts) in enumerate(zip(shapes, buckets, all_cuts, strict=True)):
+        assert bucket is not None
         gpu_seconds_per_sample = cost.sample_gpu_seconds(bucket, work.family, plan)
+        widened = _widened_note(choices[index][0].plan, plan, sum(counts), options.nodes * node_gpus)
+        memory = memories[index][picks[index]]
         start = 0
         for cut in cuts:
             part = work.samples[start : start + cut.samples]
@@ -308,6 +192,8 @@ def pack_buckets(
                     estimated_gpu_seconds=round(gpu_seconds_per_sample * cut.slots, 6),
                     estimated_seconds=round(load + cut.rounds * seconds, 3),
                     filled_slots=filled,
+                    memory_gib_per_gpu=round(memory, 2),
+                    extra_note=widened,
                 )
             )
     order = sorted(range(len(packed)), key=lambda i: (-packed[i].estimated_seconds, i))
@@ -315,6 +201,26 @@ def pack_buckets(
     for index, job in enumerate(jobs):
         job.index = index  # made above, so no id was computed yet (an id hashes the index): no copy needed
     return jobs
+
+
+def prompt_sizes(samples: Sequence[Sample]) -> list[int]:
+    """How many consecutive samples each row has (a bucket's samples come row by row)."""
+    if isinstance(samples, SampleRefs):
+        rows = samples.rows
+        if not len(rows):
+            return []
+        starts = np.flatnonzero(np.diff(rows)) + 1
+        return np.diff(np.concatenate(([0], starts, [len(rows)]))).tolist()
+    return [len(list(group)) for _, group in itertools.groupby(sample.row for sample in samples)]
+
+
+def _widened_note(chosen: ParallelPlan, plan: ParallelPlan, samples: int, fleet: int) -> str | None:
+    if plan == chosen:
+        return None
+    return (
+        f"widened for the fleet: {plan.short()} on {group(plan)} GPUs instead of {chosen.short()} on {group(chosen)}: "
+        f"{samples:,} sample{'s' if samples != 1 else ''} on {fleet} GPUs end sooner on wider jobs than with GPUs idle"
+    )
 
 
 def pack_plan(

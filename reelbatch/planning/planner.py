@@ -28,6 +28,7 @@ from reelbatch.planning.buckets import (
 )
 from reelbatch.planning.chooser import DEFAULT_GPU_MEMORY_GIB
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel
+from reelbatch.planning.fleet.fit import group_plans
 from reelbatch.planning.jobs import BucketPlan, PlannedJob, RunPlan
 from reelbatch.planning.packing import cut_buckets
 from reelbatch.planning.packing_options import PackingOptions
@@ -114,14 +115,19 @@ def plan_run(
     depend on it (ring attention and xfuser need GPUs). Samples whose id is in ``skip`` (videos an earlier run
     already made) get no job: they are listed in ``RunPlan.skipped`` and their rows still count as accepted.
     ``packing`` (planning.packing_options.PackingOptions) cuts the buckets into jobs of a target wall time on a fleet,
-    ordered longest first; without it each bucket is cut by ``cut_jobs``. ``cost_model`` (planning.cost) gives
-    the estimates (default: the calibrated H100 model). ``compile``: ``on`` / ``off`` compile every job's
-    transformer or none; ``auto`` the jobs whose denoising time, by the cost model, pays back the compile time.
+    ordered longest first, each unpinned bucket's job width fitted to the fleet (``planning.fleet.fit``: wider
+    plans while GPUs would otherwise idle, with ``objective="throughput"``); without it each bucket is cut by
+    ``cut_jobs``. ``cost_model`` (planning.cost) gives the estimates (default: the calibrated H100 model).
+    ``compile``: ``on`` / ``off`` compile every job's transformer or none; ``auto`` the jobs whose denoising time,
+    by the cost model, pays back the compile time.
     """
     if gpus < 1:
         raise ValueError("--gpus must be at least 1")
     device = device or default_device()
     cost = cost_model or DEFAULT_COST_MODEL
+    if packing is not None and packing.cost_model is None and cost_model is not None:
+        packing = replace(packing, cost_model=cost_model)
+    fit_widths = packing is not None and packing.width == "group" and objective == "throughput"
     if isinstance(rows, RowTable) and (skip or rows.has_images()):
         # Resuming compares every sample id with the finished ones, and a row's images decide its bucket: make them.
         rows = list(rows)
@@ -186,6 +192,19 @@ def plan_run(
             samples = listed
         if not samples:
             continue
+        widths = (
+            group_plans(
+                bucket,
+                family,
+                gpus,
+                backend=bucket.backend,
+                device=device,
+                gpu_memory_gib=gpu_memory_gib,
+                cost=packing.cost,
+            )
+            if packing is not None and fit_widths and bucket.plan is None
+            else []
+        )
         planned.append(
             BucketPlan(
                 bucket,
@@ -199,10 +218,9 @@ def plan_run(
                 list(choice.warnings),
                 choice.estimated_gpu_seconds_per_sample,
                 backend=bucket.backend,
+                group_plans=widths,
             )
         )
-    if packing is not None and packing.cost_model is None and cost_model is not None:
-        packing = replace(packing, cost_model=cost_model)
     # One cutting pass: the plain cut, or packed for the fleet (then longest first).
     jobs = cut_buckets(
         planned,
