@@ -276,7 +276,9 @@ def test_plan_command_accepts_a_narrower_pinned_plan(tmp_path, no_local_gpu):
     assert jobs and all(job["plan"]["world_size"] == 2 for job in jobs)
 
 
+@pytest.mark.slow
 @pytest.mark.torchrun
+@pytest.mark.usefixtures("prefect_api")
 def test_a_run_places_narrower_pinned_jobs_side_by_side(tmp_path):
     """Two buckets pinned to ulysses=2 on 4 CPU rank slots: two 2-rank jobs at once, each its own pair."""
     import subprocess

@@ -126,6 +126,7 @@ def test_abandoned_claims_are_released(tmp_path, database):
     assert claim_manifests(database, str(tmp_path), entries) == entries
 
 
+@pytest.mark.slow
 @pytest.mark.torchrun
 def test_nightly_pass_runs_new_manifests_and_marks_them(tmp_path, tiny_models):
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings

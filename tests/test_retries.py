@@ -60,6 +60,7 @@ def all_done(tmp_path: Path) -> bool:
     return statuses == ["done", "done"]
 
 
+@pytest.mark.slow  # test_failures.py classifies and retries a crash in make test
 def test_rank_crash_is_classified_retried_and_succeeds(tmp_path):
     done, _ = run(tmp_path, "crash:rank=1:sample=0:attempt=1")
     assert done.returncode == 0, done.stderr[-3000:]
