@@ -3,6 +3,7 @@ its own, waited for on /health, stopped with its whole process group."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import httpx
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 # A 2-core machine running other tests beside this one is slow to start Python processes: be patient.
 SERVER_START_S = 240
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class ServerDidNotStart(RuntimeError):
@@ -26,6 +28,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _end_with_parent() -> None:
+    """In the server's process: SIGTERM when the test process dies, also without its teardown (SIGKILL, a cancelled
+    CI job); the server then ends its own workers."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def start(home: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen, str]:
@@ -45,6 +54,7 @@ def start(home: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_end_with_parent,
         )
     api = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + SERVER_START_S

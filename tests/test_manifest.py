@@ -727,3 +727,16 @@ def test_rejected_row_values_read_the_cells_a_reading_kept():
         7,
         "frame.png",
     )
+
+
+@pytest.mark.parametrize(
+    ("cell", "recorded"),
+    [
+        ("none", None),
+        (" FBC:0.05 ", "fbc:0.05"),
+        ("fbc:oops", "fbc:oops"),
+        ("magcache-" + "x" * 100, ("magcache-" + "x" * 100)[:64]),
+    ],
+)
+def test_a_rejected_rows_cache_is_recorded_canonical_or_as_written_within_its_column(cell, recorded):
+    assert rejected_row_values({"prompt": "a cat", "cache": cell})["cache"] == recorded

@@ -235,3 +235,32 @@ def test_job_timeout_follows_the_cost_estimate_with_a_floor():
     big = plan_run(long_rows, [], 8, CATALOG, gpus=8, device="cuda").jobs[0]
     wall = big.estimated_gpu_seconds / big.plan.world_size
     assert big.timeout_s == pytest.approx(JOB_TIMEOUT_MARGIN * wall) and big.timeout_s > JOB_TIMEOUT_FLOOR_S
+
+
+def test_job_ids_hash_the_cache_and_lora_fields_only_when_set():
+    """Jobs recorded before step caches and LoRAs existed keep their ids, so `reelbatch resume` finds them again."""
+    import hashlib
+    import json
+
+    from reelbatch.planning.jobs import job_id
+
+    one = row(seed=3)
+    samples = expand_row(one)
+    plain = bucket_key(one)
+    # The bucket as it was serialised before those fields: every other field, in order, pydantic's compact JSON.
+    before = {name: value for name, value in plain.model_dump(mode="json").items()
+              if name not in ("cache", "lora_sha256", "lora_scale")}  # fmt: skip
+    digest = hashlib.sha256(json.dumps(before, separators=(",", ":")).encode())
+    for sample in samples:
+        digest.update(sample.sample_id.encode())
+    assert job_id(0, plain, samples) == f"job-0000-{digest.hexdigest()[:8]}"
+    ids = {
+        job_id(0, plain.model_copy(update=change), samples)
+        for change in (
+            {},
+            {"cache": "fbc:0.05"},
+            {"lora_sha256": "ab" * 32},
+            {"lora_sha256": "ab" * 32, "lora_scale": 0.5},
+        )
+    }
+    assert len(ids) == 4  # each setting is its own job

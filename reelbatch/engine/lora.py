@@ -51,6 +51,8 @@ def apply_lora(pipe, spec: JobSpec) -> None:
         pipe.load_lora_weights(str(path), adapter_name=ADAPTER_NAME, use_safetensors=True, local_files_only=True)
         pipe.fuse_lora(lora_scale=scale, adapter_names=[ADAPTER_NAME])
         pipe.unload_lora_weights()
+    except torch.OutOfMemoryError:
+        raise  # the device's memory, not the adapter: classified as OOM and retried with less memory
     except Exception as error:  # noqa: BLE001 - peft and diffusers raise many types for an adapter that does not fit
         raise LoraLoadError(f"{type(error).__name__}: {str(error)[:400]}") from None
 

@@ -13,6 +13,7 @@ from typing import Any
 from reelbatch.manifest.types import COLUMNS, RAW_CELL_CHARS, Header
 from reelbatch.redact import redact_secrets
 from reelbatch.schemas import ManifestRow
+from reelbatch.stepcache import parse_cache
 
 
 def raw_cells(header: Header, record: list[str]) -> dict[str, str]:
@@ -63,6 +64,15 @@ def _parse_or_none(parse: Callable[[str], Any], text: Any) -> Any:
         return None
 
 
+def _cache_as_recorded(cell: str) -> str | None:
+    """A rejected row's cache: canonical when it parses (``none`` is no cache), else as written, cut to the
+    column's 64 characters (PostgreSQL refuses a longer value)."""
+    try:
+        return parse_cache(cell)
+    except ValueError:
+        return cell[:64] or None
+
+
 def rejected_row_values(raw: Mapping[str, Any]) -> dict[str, Any]:
     """A rejected row's cells (``raw_cells`` / ``row_cells``) as the values of its ``samples`` columns: typed
     where a cell parses (None where it is empty or does not), prompts as written, ``id`` as ``row_id``."""
@@ -77,6 +87,6 @@ def rejected_row_values(raw: Mapping[str, Any]) -> dict[str, Any]:
     values["row_id"] = text("id") or None
     values["image"] = text("image") or None
     values["last_image"] = text("last_image") or None
-    values["cache"] = text("cache") or None
+    values["cache"] = _cache_as_recorded(text("cache"))
     values["lora"] = text("lora") or None
     return values

@@ -12,11 +12,15 @@ from reelbatch.defaults import JOB_TIMEOUT_FLOOR_S, JOB_TIMEOUT_MARGIN
 from reelbatch.models.registry import ModelFamily
 from reelbatch.schemas import Backend, BucketKey, ParallelPlan, RowRejection, Sample
 
+# BucketKey fields a job id hashes only when set, so that the ids of jobs recorded before them stay the same.
+BUCKET_FIELDS_ADDED_LATER = ("cache", "lora_sha256", "lora_scale")
+
 
 def job_id(index: int, bucket: BucketKey, samples: Iterable[Sample]) -> str:
     """Position, then a hash of the bucket and the sample ids: the same work gets the same id on a rerun."""
-    # A bucket without a step cache hashes as it did before caches existed (resume finds its jobs again).
-    digest = hashlib.sha256(bucket.model_dump_json(exclude={"cache"} if bucket.cache is None else None).encode())
+    # A bucket without a step cache or a LoRA hashes as it did before they existed (resume finds its jobs again).
+    unset = {name for name in BUCKET_FIELDS_ADDED_LATER if getattr(bucket, name) is None}
+    digest = hashlib.sha256(bucket.model_dump_json(exclude=unset or None).encode())
     for sample in samples:
         digest.update(sample.sample_id.encode())
     return f"job-{index:04d}-{digest.hexdigest()[:8]}"

@@ -145,6 +145,8 @@ def _upsert_pending_samples(session: Session, rows: list[dict[str, Any]]) -> Non
                 "output_path": None,
                 "seconds": None,
                 "frames": None,
+                "transformer_forwards": None,
+                "cached_forwards": None,
                 "finished_at": None,
                 "reused_from_run": None,
             },
