@@ -324,15 +324,38 @@ def _terminate(proc: subprocess.Popen, launch_id: str, grace_s: float, ranks_onl
 
 def _kill(torchrun_pid: int, launch_id: str) -> None:
     """SIGKILL torchrun's process group and every process tagged with ``launch_id``."""
+    killed = set(_tagged_pids(launch_id))
     _signal_job(torchrun_pid, launch_id, signal.SIGKILL)
     # A process can fork while we scan; a few rounds catch such late children too.
     for _ in range(5):
         survivors = _tagged_pids(launch_id)
         if not survivors:
+            _wait_until_dead(killed)
             return
+        killed.update(survivors)
         _signal_pids(survivors, signal.SIGKILL)
         time.sleep(_POLL_S)
     logger.error("job %s: processes %s survived SIGKILL", launch_id, _tagged_pids(launch_id))
+
+
+def _wait_until_dead(pids: Iterable[int], timeout_s: float = 5.0) -> None:
+    """Wait (briefly) until the SIGKILLed ``pids`` are gone or zombies: a process whose memory is already released
+    no longer shows its tag, yet runs its exit for a moment, and the caller is promised none of it is left."""
+    deadline = time.monotonic() + timeout_s
+    pending = set(pids)
+    while pending and time.monotonic() < deadline:
+        pending = {pid for pid in pending if _is_alive(pid)}
+        if pending:
+            time.sleep(_POLL_S)
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            state = stat_file.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
 
 
 def _signal_job(torchrun_pid: int, launch_id: str, sig: signal.Signals) -> None:

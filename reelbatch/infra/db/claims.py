@@ -64,7 +64,9 @@ def claim_samples(
     """
     if lease_s <= 0:
         raise ValueError(f"a claim's lease must be positive, not {lease_s!r} s")
-    wanted = list(dict.fromkeys(sample_ids))
+    # Sorted: two runs claiming overlapping samples lock the rows in one order (PostgreSQL found a deadlock when one
+    # run's job listed them in the other's reverse order).
+    wanted = sorted(set(sample_ids))
     if not wanted:
         return set()
     table = SampleClaimRecord.__table__
