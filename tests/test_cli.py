@@ -47,8 +47,11 @@ def test_plan_json_follows_the_documented_schema(tmp_path):
         assert plan["dp"] * plan["cfg"] * plan["ulysses"] * plan["ring"] == plan["world_size"] == 2
         assert isinstance(job["tokens"], int) and job["tokens"] > 0
     summary = doc["summary"]
-    assert summary.pop("estimated_gpu_seconds") > 0
-    assert summary == {"jobs": 3, "samples": 4, "padded_slots": 2, "padding_ratio": round(2 / 6, 6)}
+    estimated = summary.pop("estimated_gpu_seconds")
+    assert estimated > 0 and summary.pop("gpu_seconds_without_speedups") == estimated
+    assert summary == {
+        "jobs": 3, "samples": 4, "padded_slots": 2, "padding_ratio": round(2 / 6, 6), "saved_gpu_seconds": {}
+    }  # fmt: skip
     fleet = doc["fleet"]
     assert (fleet["nodes"], fleet["gpus_per_node"], fleet["gpu"]) == (1, 2, "h100")
     assert (

@@ -104,9 +104,16 @@ def manifests(draw):
     return rows, gpus
 
 
-def _plan(rows, gpus, **options):
+def _plan(rows, gpus, compile="auto", **options):
     return plan_run(
-        rows, [], len(rows), CATALOG, gpus, device="cuda", packing=PackingOptions(gpus_per_node=gpus, **options)
+        rows,
+        [],
+        len(rows),
+        CATALOG,
+        gpus,
+        device="cuda",
+        packing=PackingOptions(gpus_per_node=gpus, **options),
+        compile=compile,
     )
 
 
@@ -183,18 +190,27 @@ def test_group_width_runs_one_sample_group_per_job_and_node_width_keeps_dp():
 
 def test_jobs_aim_at_the_target_wall_time_with_the_load_amortised():
     rows = [row(line, num_videos=4) for line in range(2, 402)]  # 1,600 samples of ~113 s on 8 GPUs
-    packed = _plan(rows, 8, target_seconds=1800.0, fit_to_fleet=False, tail_split=False)
+    packed = _plan(rows, 8, "off", target_seconds=1800.0, fit_to_fleet=False, tail_split=False)
     family = CATALOG.family("wan2.1-t2v-1.3b")
     per_sample = DEFAULT_COST_MODEL.sample_seconds(packed.jobs[0].bucket, family, ParallelPlan())
     load = DEFAULT_COST_MODEL.load_seconds(family)
     for job in packed.jobs:
         assert abs(job.estimated_seconds - 1800.0) <= per_sample  # within one sample of the target
         assert job.estimated_seconds == pytest.approx(load + len(job.samples) * per_sample, abs=1e-2)
-    s3 = _plan(rows, 8, target_seconds=1800.0, storage="s3", fit_to_fleet=False, tail_split=False)
+    s3 = _plan(rows, 8, "off", target_seconds=1800.0, storage="s3", fit_to_fleet=False, tail_split=False)
     assert max(len(j.samples) for j in s3.jobs) < max(len(j.samples) for j in packed.jobs)  # slower load
     # Fitted to the fleet (6.3 h of work per GPU is under 20 targets), the run ends no later.
-    fitted = _plan(rows, 8, target_seconds=1800.0)
+    fitted = _plan(rows, 8, "off", target_seconds=1800.0)
     assert makespan_seconds(fitted, 1, 8) <= makespan_seconds(packed, 1, 8)
+    # Jobs of this length pay back a compile (--compile auto): they are cut as compiled jobs, the compile paid with
+    # the load and every sample faster, so more samples fit the same target.
+    compiled = _plan(rows, 8, target_seconds=1800.0, fit_to_fleet=False, tail_split=False)
+    fast, compile_s = per_sample * DEFAULT_COST_MODEL.compile_time_factor, DEFAULT_COST_MODEL.compile_seconds
+    for job in compiled.jobs:
+        assert job.compile and abs(job.estimated_seconds - 1800.0) <= fast
+        assert job.estimated_seconds == pytest.approx(load + compile_s + len(job.samples) * fast, abs=1e-2)
+    assert min(len(j.samples) for j in compiled.jobs) > max(len(j.samples) for j in packed.jobs)
+    assert makespan_seconds(compiled, 1, 8) < makespan_seconds(packed, 1, 8)
 
 
 def test_a_small_manifest_is_spread_over_a_big_fleet():

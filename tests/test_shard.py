@@ -119,8 +119,12 @@ def test_plan_run_buckets_by_shape_and_pads_only_the_last_job():
     # Throughput prefers data parallel over CFG parallel when the video fits: 7 samples on dp2 pad one slot.
     assert shapes == [(32, 4, 0, "dp2"), (32, 3, 1, "dp2"), (48, 3, 1, "dp2")]
     summary = result.summary()
-    assert summary.pop("estimated_gpu_seconds") == pytest.approx(sum(j.estimated_gpu_seconds for j in result.jobs))
-    assert summary == {"jobs": 3, "samples": 10, "padded_slots": 2, "padding_ratio": round(2 / 12, 6)}
+    estimated = summary.pop("estimated_gpu_seconds")
+    assert estimated == pytest.approx(sum(j.estimated_gpu_seconds for j in result.jobs))
+    assert summary.pop("gpu_seconds_without_speedups") == estimated  # no cache, few-step weights or compile
+    assert summary == {
+        "jobs": 3, "samples": 10, "padded_slots": 2, "padding_ratio": round(2 / 12, 6), "saved_gpu_seconds": {}
+    }  # fmt: skip
     doc = result.to_json(jobs=True)
     assert doc["rows"] == 8 and doc["accepted"] == 8 and doc["rejected"] == []
     assert set(doc["jobs"][0]) >= {
@@ -233,7 +237,9 @@ def test_job_timeout_follows_the_cost_estimate_with_a_floor():
         for i in range(8)
     ]
     big = plan_run(long_rows, [], 8, CATALOG, gpus=8, device="cuda").jobs[0]
-    wall = big.estimated_gpu_seconds / big.plan.world_size
+    # A compiled job's timeout is its uncompiled estimate's: a slow compile is no reason to kill it.
+    assert big.compile
+    wall = (big.estimated_gpu_seconds + big.saved_gpu_seconds["compile"]) / big.plan.world_size
     assert big.timeout_s == pytest.approx(JOB_TIMEOUT_MARGIN * wall) and big.timeout_s > JOB_TIMEOUT_FLOOR_S
 
 

@@ -25,7 +25,8 @@ from reelbatch.models.registry import FAMILIES
 from reelbatch.planning.buckets import bucket_key
 from reelbatch.planning.cost import DEFAULT_COST_MODEL
 from reelbatch.planning.fixes import validate_plan
-from reelbatch.planning.planner import choose_compile, plan_run
+from reelbatch.planning.planner import plan_run
+from reelbatch.planning.speedups import choose_compile
 from reelbatch.schemas import BucketKey, ManifestRow, ParallelPlan, RunDefaults
 from reelbatch.stepcache import parse_cache
 
@@ -267,8 +268,10 @@ def test_compile_auto_compiles_only_jobs_long_enough_to_pay_it_back():
     tiny = [ManifestRow(row=2, prompt="a", model="tiny-wan", height=32, width=32, num_frames=5,
                         num_inference_steps=4, guidance_scale=5.0, seed=1)]  # fmt: skip
     assert not plan_run(tiny, [], 1, _catalog(), gpus=1, device="cpu").jobs[0].compile
-    # The estimates stay the uncompiled ones the packer cut the jobs by; choose_compile alone decides the same.
+    # Only the compiled job's estimate changes; choose_compile alone decides the same and estimates the same.
     uncompiled = plan_run(rows, [], 2, _catalog(), gpus=1, device="cuda", compile="off")
-    assert [job.estimated_seconds for job in uncompiled.jobs] == [job.estimated_seconds for job in plan.jobs]
+    eager = {job.bucket.num_inference_steps: job.estimated_seconds for job in uncompiled.jobs}
+    assert by_steps[1].estimated_seconds == eager[1] and by_steps[50].estimated_seconds < eager[50]
     choose_compile(uncompiled.jobs, DEFAULT_COST_MODEL, "auto")
     assert [job.compile for job in uncompiled.jobs] == [job.compile for job in plan.jobs]
+    assert [job.estimated_seconds for job in uncompiled.jobs] == [job.estimated_seconds for job in plan.jobs]

@@ -47,6 +47,17 @@ ObjectiveOpt = Annotated[
         rich_help_panel="Parallelism",
     ),
 ]
+CompileOpt = Annotated[
+    str,
+    typer.Option(
+        "--compile",
+        help=(
+            "torch.compile each job's transformer once for all its videos: auto (only jobs long enough to pay back "
+            "the compile time, by the cost model), on or off."
+        ),
+        rich_help_panel="Speed",
+    ),
+]
 FpsOpt = Annotated[
     int | None,
     typer.Option(
@@ -234,21 +245,7 @@ PLANNER = (
         ],
     ),
     option("objective", ObjectiveOpt, defaults.OBJECTIVE),
-    option(
-        "compile",
-        Annotated[
-            str,
-            typer.Option(
-                "--compile",
-                help=(
-                    "torch.compile each job's transformer once for all its videos: auto (only jobs long enough to "
-                    "pay back the compile time, by the cost model), on or off."
-                ),
-                rich_help_panel="Speed",
-            ),
-        ],
-        defaults.COMPILE,
-    ),
+    option("compile", CompileOpt, defaults.COMPILE),
     option(
         "limit",
         Annotated[

@@ -19,6 +19,7 @@ from reelbatch.cli.options import (
     PLANNER,
     ROW_DEFAULTS,
     STORAGE_HELP,
+    CompileOpt,
     GpusOpt,
     ManifestArg,
     MaxSamplesOpt,
@@ -170,13 +171,14 @@ def simulate(
     gpu: Annotated[str, typer.Option(help="GPU type for the cost model: h100, a800 or rtx4090.")] = default.FLEET_GPU,
     as_json: Annotated[bool, typer.Option("--json", help="Print the simulation as JSON.")] = False,
     objective: ObjectiveOpt = default.OBJECTIVE,
+    compile: CompileOpt = default.COMPILE,
     model_path: ModelPathOpt = None,
     models_file: ModelsFileOpt = None,
 ) -> None:
     """What a manifest will cost on a fleet, before it runs: the real planner and packer, then an event simulation.
 
     Prints makespan, its lower bound, GPU utilisation, padding and GPU-hours, and the same for the naive policy
-    (one job per prompt, ulysses = GPUs per node), as single-prompt scripts do. No GPU is needed.
+    (one job per prompt, ulysses = GPUs per node, nothing compiled), as single-prompt scripts do. No GPU is needed.
     """
     from reelbatch.manifest import ManifestError, read_manifest
     from reelbatch.planning.fleet.simulation import simulate as run_simulation
@@ -191,6 +193,7 @@ def simulate(
             gpu=gpu.lower(),
             catalog=catalog,
             objective=values.objective(objective),
+            compile=values.compile_mode(compile),
         )
     except ManifestError as exc:
         values.fail(str(exc))

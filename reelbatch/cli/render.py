@@ -124,6 +124,30 @@ def print_plan(run_plan, gpus: int, gpu: str | None = None) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    line = speedups_line(s)
+    if line:
+        out.print(line, highlight=False, soft_wrap=True)
+
+
+# planning.speedups.SPEEDUPS, in its order
+SPEEDUP_NAMES = {"compile": "compile", "step_cache": "step cache", "few_step": "few-step weights"}
+
+
+def speedups_line(summary: dict) -> str | None:
+    """``Without compile and step cache: about N GPU-hours (2.10x); saved by compile A, by step cache B.``; None
+    when the plan uses no speed-up. A forced compile that does not pay back "adds" its cost."""
+    found = summary.get("saved_gpu_seconds") or {}
+    saved = {name: found[name] for name in SPEEDUP_NAMES if name in found}  # in the order they are taken off
+    if not saved:
+        return None
+    names = [SPEEDUP_NAMES[name] for name in saved]
+    what = ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1]
+    gains = [f"by {SPEEDUP_NAMES[name]} {seconds / 3600:,.2f}" for name, seconds in saved.items() if seconds >= 0]
+    losses = [f"{SPEEDUP_NAMES[name]} adds {-seconds / 3600:,.2f}" for name, seconds in saved.items() if seconds < 0]
+    before, after = summary["gpu_seconds_without_speedups"], summary["estimated_gpu_seconds"]
+    ratio = f" ({before / after:.2f}x)" if after > 0 else ""
+    parts = ([f"saved {', '.join(gains)}"] if gains else []) + losses
+    return f"Without {what}: about {before / 3600:,.2f} GPU-hours{ratio}; {'; '.join(parts)}."
 
 
 def print_plan_jobs(run_plan) -> None:

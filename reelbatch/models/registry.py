@@ -78,6 +78,9 @@ class ModelFamily:
     activation_gib_per_ktoken: float = 0.0
     step_seconds_100k: float = 0.0
     builtin_tiny: bool = False
+    # A step-distilled checkpoint: the defaults of the checkpoint it was distilled from (what the same rows would
+    # cost without it: the plan's GPU-hours "without few-step weights").
+    undistilled: GenerationDefaults | None = None
 
     @property
     def pixels_per_token(self) -> int:
@@ -340,7 +343,7 @@ def few_step_variant(family: ModelFamily, name: str, steps: int) -> ModelFamily:
     its own steps or guidance. A distilled *LoRA* on the base checkpoint is a row instead: ``lora=...``,
     ``num_inference_steps=4``, ``guidance_scale=1``."""
     defaults = family.defaults.with_(guidance_scale=1.0, num_inference_steps=steps, guidance_scale_2=None)
-    return replace(family, name=name, defaults=defaults)
+    return replace(family, name=name, defaults=defaults, undistilled=family.defaults)
 
 
 # LightX2V's StepDistill-CfgDistill Wan 2.1 14B checkpoints: 4 steps without CFG (/work/shared/design/speedups.md:

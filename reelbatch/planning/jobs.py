@@ -44,6 +44,8 @@ class PlannedJob:
     estimated_seconds: float = 0.0  # wall time incl. one model load from local disk (planning.cost)
     filled_slots: int = 0  # padded slots turned into extra videos (padding="fill"); they are in ``samples``
     compile: bool = False  # torch.compile the transformer once for the job (the cost model's choice, or forced)
+    # GPU-seconds the job would cost more without each speed-up it uses (planning.speedups.SPEEDUPS); empty: none
+    saved_gpu_seconds: dict[str, float] = field(default_factory=dict)
     # Not an init field: dataclasses.replace() makes a job with new samples or a new index compute its own id.
     _job_id: str | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -57,7 +59,9 @@ class PlannedJob:
     @property
     def timeout_s(self) -> float:
         """Wall-clock limit for the job: the estimate with a margin, at least the floor."""
-        wall = self.estimated_gpu_seconds / self.plan.world_size
+        # Never shorter than the uncompiled job's: a compile that saves less than the cost model says is no hang.
+        uncompiled = self.estimated_gpu_seconds + max(0.0, self.saved_gpu_seconds.get("compile", 0.0))
+        wall = uncompiled / self.plan.world_size
         return max(JOB_TIMEOUT_FLOOR_S, JOB_TIMEOUT_MARGIN * wall)
 
     def to_json(self, with_id: bool = True) -> dict:
@@ -89,6 +93,7 @@ class PlannedJob:
             "filled_slots": self.filled_slots,
             "cache": self.bucket.cache,
             "compile": self.compile,
+            "saved_gpu_seconds": self.saved_gpu_seconds,
         }
 
 
@@ -122,10 +127,12 @@ class BucketPlan:
         filled_slots: int = 0,
         memory_gib_per_gpu: float | None = None,
         extra_note: str | None = None,
+        compile: bool = False,
     ) -> PlannedJob:
         """A job of this bucket; every job gets its own copy of the notes and warnings, and shares ``refused``.
 
         ``memory_gib_per_gpu`` is the job's plan's when it differs from the bucket's; ``extra_note`` says why.
+        ``compile``: the estimates are those of the compiled job.
         """
         return PlannedJob(
             index,
@@ -143,6 +150,7 @@ class BucketPlan:
             warnings=list(self.warnings),
             estimated_seconds=estimated_seconds,
             filled_slots=filled_slots,
+            compile=compile,
         )
 
 
@@ -164,12 +172,17 @@ class RunPlan:
 
     def summary(self) -> dict:
         slots = self.samples + self.padded_slots
+        estimated = sum(job.estimated_gpu_seconds for job in self.jobs)
+        saved = _savings(job.saved_gpu_seconds for job in self.jobs)
         return {
             "jobs": len(self.jobs),
             "samples": self.samples,
             "padded_slots": self.padded_slots,
             "padding_ratio": round(self.padded_slots / slots, 6) if slots else 0.0,
-            "estimated_gpu_seconds": round(sum(job.estimated_gpu_seconds for job in self.jobs), 6),
+            "estimated_gpu_seconds": round(estimated, 6),
+            # The same jobs without compile, step caches and few-step weights (planning.speedups), and per speed-up
+            "gpu_seconds_without_speedups": round(estimated + sum(saved.values()), 6),
+            "saved_gpu_seconds": saved,
         }
 
     def buckets(self) -> list[BucketSummary]:
@@ -204,6 +217,15 @@ class RunPlan:
         return doc
 
 
+def _savings(per_job: Iterable[dict[str, float]]) -> dict[str, float]:
+    """The jobs' ``saved_gpu_seconds`` summed per speed-up (only those some job uses)."""
+    total: dict[str, float] = {}
+    for saved in per_job:
+        for name, seconds in saved.items():
+            total[name] = total.get(name, 0.0) + seconds
+    return {name: round(seconds, 6) for name, seconds in total.items()}
+
+
 @dataclass
 class BucketSummary:
     """The jobs of one bucket under one plan, summed: a line of `reelbatch plan`'s table."""
@@ -215,8 +237,11 @@ class BucketSummary:
     filled_slots: int = 0
     estimated_gpu_seconds: float = 0.0
     longest_job_seconds: float = 0.0
+    saved_gpu_seconds: dict[str, float] = field(default_factory=dict)
 
     def add(self, job: PlannedJob) -> None:
+        for name, seconds in job.saved_gpu_seconds.items():
+            self.saved_gpu_seconds[name] = self.saved_gpu_seconds.get(name, 0.0) + seconds
         self.jobs += 1
         self.samples += len(job.samples)
         self.padded_slots += job.padded_slots
@@ -225,6 +250,8 @@ class BucketSummary:
         self.longest_job_seconds = max(self.longest_job_seconds, job.estimated_seconds)
 
     def merge(self, other: BucketSummary) -> None:
+        for name, seconds in other.saved_gpu_seconds.items():
+            self.saved_gpu_seconds[name] = self.saved_gpu_seconds.get(name, 0.0) + seconds
         self.jobs += other.jobs
         self.samples += other.samples
         self.padded_slots += other.padded_slots
@@ -248,6 +275,7 @@ class BucketSummary:
             "padding_ratio": round(self.padding_ratio, 6),
             "estimated_gpu_seconds": round(self.estimated_gpu_seconds, 6),
             "longest_job_seconds": self.longest_job_seconds,
+            "saved_gpu_seconds": {name: round(seconds, 6) for name, seconds in self.saved_gpu_seconds.items()},
         }
 
 

@@ -123,6 +123,18 @@ def cut_buckets(
     return jobs
 
 
+def priced_shape(work: BucketPlan, plan: ParallelPlan, cost: CostModel, options: PackingOptions, load: float) -> Shape:
+    """A bucket's jobs under ``plan`` as the fit prices them: compiled (``--compile on``), compiled where that pays
+    back (``auto``: ``Shape.duration``), or not (``off``). ``planning.speedups.choose_compile`` decides the same per
+    job once they are cut."""
+    seconds = cost.sample_seconds(work.bucket, work.family, plan)
+    if options.compile == "on":
+        return Shape(work.bucket, plan, seconds * cost.compile_time_factor, load + cost.compile_seconds)
+    if options.compile == "auto":
+        return Shape(work.bucket, plan, seconds, load, cost.compile_seconds, cost.compile_time_factor)
+    return Shape(work.bucket, plan, seconds, load)
+
+
 def pack_buckets(
     buckets: Sequence[BucketPlan],
     options: PackingOptions,
@@ -151,9 +163,7 @@ def pack_buckets(
         else:
             wider = []
         options_of = [(plan, work.memory_gib_per_gpu), *wider]
-        choices.append(
-            [Shape(work.bucket, p, cost.sample_seconds(work.bucket, work.family, p), load) for p, _ in options_of]
-        )
+        choices.append([priced_shape(work, p, cost, options, load) for p, _ in options_of])
         memories.append([m for _, m in options_of])
     counts = [len(work.samples) for work in buckets]
     picks, all_cuts = fit_fleet(choices, counts, options, node_gpus, lambda index: prompt_sizes(buckets[index].samples))
@@ -166,9 +176,10 @@ def pack_buckets(
     taken.update(sample.sample_id for sample, _ in skipped)
     next_index: dict[int, int] = {}
     packed: list[PlannedJob] = []
-    for index, ((bucket, plan, seconds, load), work, cuts) in enumerate(zip(shapes, buckets, all_cuts, strict=True)):
+    for index, (shape, work, cuts) in enumerate(zip(shapes, buckets, all_cuts, strict=True)):
+        bucket, plan = shape.bucket, shape.plan
         assert bucket is not None
-        gpu_seconds_per_sample = cost.sample_gpu_seconds(bucket, work.family, plan)
+        gpu_seconds_per_sample = cost.sample_gpu_seconds(bucket, work.family, plan)  # uncompiled: choose_compile
         widened = _widened_note(choices[index][0].plan, plan, sum(counts), options.nodes * node_gpus)
         memory = memories[index][picks[index]]
         start = 0
@@ -190,7 +201,8 @@ def pack_buckets(
                     part,
                     padded,
                     estimated_gpu_seconds=round(gpu_seconds_per_sample * cut.slots, 6),
-                    estimated_seconds=round(load + cut.rounds * seconds, 3),
+                    estimated_seconds=round(shape.duration(cut.rounds), 3),
+                    compile=options.compile == "on" or shape.compiles(cut.rounds),
                     filled_slots=filled,
                     memory_gib_per_gpu=round(memory, 2),
                     extra_note=widened,
@@ -214,11 +226,14 @@ def prompt_sizes(samples: Sequence[Sample]) -> list[int]:
     return [len(list(group)) for _, group in itertools.groupby(sample.row for sample in samples)]
 
 
+WIDENED = "widened for the fleet:"
+
+
 def _widened_note(chosen: ParallelPlan, plan: ParallelPlan, samples: int, fleet: int) -> str | None:
     if plan == chosen:
         return None
     return (
-        f"widened for the fleet: {plan.short()} on {group(plan)} GPUs instead of {chosen.short()} on {group(chosen)}: "
+        f"{WIDENED} {plan.short()} on {group(plan)} GPUs instead of {chosen.short()} on {group(chosen)}: "
         f"{samples:,} sample{'s' if samples != 1 else ''} on {fleet} GPUs end sooner on wider jobs than with GPUs idle"
     )
 
@@ -232,8 +247,11 @@ def pack_plan(
 ) -> RunPlan:
     """An existing plan's buckets re-cut by ``options`` (``pack_buckets``); ``plan_run(packing=...)`` cuts once.
 
-    Job ids are reassigned in the new order (``job-0000`` is the longest).
+    Job ids are reassigned in the new order (``job-0000`` is the longest); which jobs compile is decided again
+    (``options.compile``) and a job's width note is the new cut's.
     """
+    from reelbatch.planning.speedups import choose_compile, count_savings  # speedups prices the jobs packing cuts
+
     parts: dict[BucketKey, tuple[PlannedJob, list[Sequence[Sample]]]] = {}
     for job in run_plan.jobs:
         parts.setdefault(job.bucket, (job, []))[1].append(job.samples)
@@ -244,7 +262,7 @@ def pack_plan(
             first.plan,
             concat_samples(samples),
             first.tokens,
-            first.notes,
+            [note for note in first.notes if not note.startswith(WIDENED)],
             first.refused,
             first.memory_gib_per_gpu,
             first.warnings,
@@ -253,4 +271,6 @@ def pack_plan(
         for bucket, (first, samples) in parts.items()
     ]
     jobs = pack_buckets(buckets, options, gpus_per_node=gpus_per_node, rows=rows, skipped=run_plan.skipped)
+    choose_compile(jobs, options.cost, options.compile)
+    count_savings(jobs, options.cost)
     return replace(run_plan, jobs=jobs)

@@ -8,7 +8,6 @@ need padding. Nothing here needs torch, weights or Prefect (``tasks.shard`` wrap
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -29,10 +28,11 @@ from reelbatch.planning.buckets import (
 from reelbatch.planning.chooser import DEFAULT_GPU_MEMORY_GIB
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel
 from reelbatch.planning.fleet.fit import group_plans
-from reelbatch.planning.jobs import BucketPlan, PlannedJob, RunPlan
+from reelbatch.planning.jobs import BucketPlan, RunPlan
 from reelbatch.planning.packing import cut_buckets
 from reelbatch.planning.packing_options import PackingOptions
 from reelbatch.planning.rules import PlanProblem
+from reelbatch.planning.speedups import choose_compile, count_savings
 from reelbatch.rows import RowTable
 from reelbatch.schemas import BucketKey, ManifestRow, ParallelPlan, RowRejection, Sample, many_models
 
@@ -125,8 +125,8 @@ def plan_run(
         raise ValueError("--gpus must be at least 1")
     device = device or default_device()
     cost = cost_model or DEFAULT_COST_MODEL
-    if packing is not None and packing.cost_model is None and cost_model is not None:
-        packing = replace(packing, cost_model=cost_model)
+    if packing is not None:
+        packing = replace(packing, compile=compile, cost_model=packing.cost_model or cost_model)
     fit_widths = packing is not None and packing.width == "group" and objective == "throughput"
     if isinstance(rows, RowTable) and (skip or rows.has_images()):
         # Resuming compares every sample id with the finished ones, and a row's images decide its bucket: make them.
@@ -231,17 +231,8 @@ def plan_run(
         rows=rows,
         skipped=skipped,
     )
-    choose_compile(jobs, cost, compile)
+    # The packer's cost model prices the jobs (its GPU type, when it has one): decisions and savings follow it.
+    job_cost = packing.cost if packing is not None else cost
+    choose_compile(jobs, job_cost, compile)
+    count_savings(jobs, job_cost)
     return RunPlan(rows=total_rows, accepted=accepted, rejected=rejections, jobs=jobs, skipped=skipped)
-
-
-def choose_compile(jobs: Sequence[PlannedJob], cost: CostModel, mode: CompileMode) -> None:
-    """Set each job's ``compile``: ``on`` all, ``off`` none, ``auto`` where it pays back (``CostModel.compile_pays``).
-
-    The jobs' estimates stay those of the uncompiled job, which the packer cut them by: a compiled job's wall time
-    is then an upper bound (``CostModel.compiled_seconds`` says by how much it should come in under).
-    """
-    for job in jobs:
-        rounds = math.ceil((len(job.samples) + job.padded_slots) / job.plan.dp)
-        compute = rounds * cost.sample_seconds(job.bucket, job.family, job.plan)
-        job.compile = mode == "on" or (mode == "auto" and cost.compile_pays(compute))

@@ -63,12 +63,35 @@ COARSE_SPLITS = (1, 2, 4, 8, 16)  # work per GPU divided by these: the job lengt
 
 
 class Shape(NamedTuple):
-    """One bucket's jobs under one plan: the plan, seconds per sample on its group, the model load."""
+    """One bucket's jobs under one plan: the plan, seconds per sample on its group, the model load; and, when its
+    jobs compile where that pays back (``--compile auto``), what compiling costs once and its time factor."""
 
     bucket: BucketKey | None
     plan: ParallelPlan
     seconds: float
     load: float
+    compile_seconds: float = 0.0
+    compile_factor: float = 1.0  # 1.0: the jobs never compile (or always do: folded into seconds and load)
+
+    def compiles(self, rounds: int) -> bool:
+        """Whether a job of ``rounds`` samples per replica compiles (``CostModel.compile_pays``)."""
+        compute = rounds * self.seconds
+        return compute * (1.0 - self.compile_factor) > self.compile_seconds
+
+    def duration(self, rounds: int) -> float:
+        """Wall time of a job of ``rounds`` samples per replica: load, then compute, compiled where it pays."""
+        compute = rounds * self.seconds
+        if self.compiles(rounds):
+            return self.load + self.compile_seconds + compute * self.compile_factor
+        return self.load + compute
+
+    def rows_for(self, target: float) -> int:
+        """Samples per replica whose job lasts about ``target`` (the inverse of ``duration``; at least 1)."""
+        rows = samples_per_replica(self.seconds, self.load, target)
+        if self.compile_factor < 1.0 and self.compiles(rows):
+            compiled = samples_per_replica(self.seconds * self.compile_factor, self.load + self.compile_seconds, target)
+            return compiled if self.compiles(compiled) else rows
+        return rows
 
 
 def group(plan: ParallelPlan) -> int:
@@ -118,15 +141,15 @@ def cut_all(
     shapes: Sequence[Shape], counts: Sequence[int], target: float, options: PackingOptions, tail: bool
 ) -> list[list[Cut]]:
     return [
-        cut_bucket(count, plan.dp, samples_per_replica(seconds, load, target), options.max_samples_per_job, tail=tail)
-        for (_, plan, seconds, load), count in zip(shapes, counts, strict=True)
+        cut_bucket(count, shape.plan.dp, shape.rows_for(target), options.max_samples_per_job, tail=tail)
+        for shape, count in zip(shapes, counts, strict=True)
     ]
 
 
 def makespan(shapes: Sequence[Shape], cuts: list[list[Cut]], nodes: int, gpus_per_node: int) -> float:
     jobs = [
-        FleetJob("", plan.world_size, load + cut.rounds * seconds)
-        for (_, plan, seconds, load), bucket_cuts in zip(shapes, cuts, strict=True)
+        FleetJob("", shape.plan.world_size, shape.duration(cut.rounds))
+        for shape, bucket_cuts in zip(shapes, cuts, strict=True)
         for cut in bucket_cuts
     ]
     return schedule_jobs(jobs, nodes, gpus_per_node).makespan
@@ -145,9 +168,7 @@ def _target_search(
     """
     target = options.target_seconds
     fleet = options.nodes * gpus_per_node
-    gpu_seconds = sum(
-        count * seconds * group(plan) for (_, plan, seconds, _), count in zip(shapes, counts, strict=True)
-    )
+    gpu_seconds = sum(count * shape.seconds * group(shape.plan) for shape, count in zip(shapes, counts, strict=True))
     share = gpu_seconds / fleet
     if not options.fit_to_fleet or share >= FLEET_SEARCH_JOBS * target:
         return target, options.tail_split, None
@@ -155,7 +176,7 @@ def _target_search(
     if at_target >= max(FLEET_FULL_JOBS_PER_GPU * fleet, FEW_JOBS):
         return target, options.tail_split, None
     # The work per GPU in n parts, each part also as compute after one model load (a job's length counts its load).
-    load = max((load for _, _, _, load in shapes), default=0.0)
+    load = max((shape.load for shape in shapes), default=0.0)
     parts = (share / n + extra for n in (COARSE_SPLITS if coarse else range(1, 17)) for extra in (0.0, load))
     fractions = (1.0,) if coarse else SHORTER_TARGETS
     candidates = sorted({*(target * f for f in fractions), *(t for t in parts if t < target)}, reverse=True)
@@ -242,8 +263,8 @@ def _prompt_cuts(prompts: Sequence[int], max_samples_per_job: int | None) -> lis
 def _idles(shapes: Sequence[Shape], cuts: list[list[Cut]], makespan: float, fleet: int) -> bool:
     """Whether the fleet idles more than ``IDLE_TO_WIDEN`` of the makespan with the chooser's widths."""
     busy = sum(
-        (load + cut.rounds * seconds) * plan.world_size
-        for (_, plan, seconds, load), bucket_cuts in zip(shapes, cuts, strict=True)
+        shape.duration(cut.rounds) * shape.plan.world_size
+        for shape, bucket_cuts in zip(shapes, cuts, strict=True)
         for cut in bucket_cuts
     )
     return busy < (1 - IDLE_TO_WIDEN) * makespan * fleet

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reelbatch.defaults import OBJECTIVE, Objective
+from reelbatch.defaults import COMPILE, OBJECTIVE, CompileMode, Objective
 from reelbatch.models.catalog import ModelCatalog
 from reelbatch.models.registry import ModelFamily
 from reelbatch.planning.chooser import DEFAULT_GPU_MEMORY_GIB, choose_plan, memory_gib_per_gpu
@@ -37,6 +37,7 @@ from reelbatch.planning.jobs import PlannedJob, RunPlan
 from reelbatch.planning.packing_options import DEFAULT_TARGET_SECONDS, JobWidth, PackingOptions, PaddingPolicy
 from reelbatch.planning.planner import plan_run
 from reelbatch.planning.rules import divisors, plan_violations
+from reelbatch.planning.speedups import job_seconds
 from reelbatch.schemas import BucketKey, ManifestRow, ParallelPlan, RowRejection
 
 SIMULATION_DEVICE = "cuda"  # the fleet has GPUs, whatever machine plans it
@@ -150,10 +151,11 @@ def _packed_figures(
 ) -> tuple[PolicyFigures, Schedule]:
     """The plan's own jobs played on the fleet: figures and schedule. ``name(job)`` names each placement.
 
-    Durations are the cost model's, computed once per (bucket, plan, slots): the jobs of a big manifest are
-    thousands of copies of a few shapes. Nothing here reads a job's samples, only their number.
+    Durations are the cost model's (compiled where the job compiles), computed once per (bucket, plan, slots,
+    compile): the jobs of a big manifest are thousands of copies of a few shapes. Nothing here reads a job's
+    samples, only their number.
     """
-    seconds_of: dict[tuple[int, int, int], float] = {}
+    seconds_of: dict[tuple[int, int, int, bool], float] = {}
     load_of: dict[int, float] = {}
     best: dict[int, float] = {}  # per bucket: the best GPU-seconds per sample a plan on one node reaches
     jobs: list[FleetJob] = []
@@ -162,10 +164,11 @@ def _packed_figures(
     for job in run_plan.jobs:
         size = len(job.samples)
         slots = size + job.padded_slots
-        key = (id(job.bucket), id(job.plan), slots)  # the run plan holds these objects for as long as this runs
+        # The run plan holds these objects for as long as this runs.
+        key = (id(job.bucket), id(job.plan), slots, job.compile)
         seconds = seconds_of.get(key)
         if seconds is None:
-            seconds = seconds_of[key] = cost.job_seconds(job.bucket, job.family, job.plan, slots, storage)
+            seconds = seconds_of[key] = job_seconds(job, cost, storage)
         jobs.append(FleetJob(name(job), job.plan.world_size, seconds))
         load = load_of.get(id(job.family))
         if load is None:
@@ -177,7 +180,8 @@ def _packed_figures(
         real_samples += count
         all_samples += size
         padded += job.padded_slots
-        bound_gpu_seconds += best[id(job.bucket)] * count
+        # A compiled job's samples run faster: the bound counts them at that speed (the compile itself is overhead).
+        bound_gpu_seconds += best[id(job.bucket)] * count * (cost.compile_time_factor if job.compile else 1.0)
     schedule = schedule_jobs(jobs, nodes, gpus_per_node)
     figures = PolicyFigures(
         makespan_s=schedule.makespan,
@@ -313,12 +317,14 @@ def simulate(
     objective: Objective = OBJECTIVE,
     rejected: Sequence[RowRejection] = (),
     total_rows: int | None = None,
+    compile: CompileMode = COMPILE,
 ) -> SimulationReport:
     """Plan ``rows`` (``ManifestRow``s, or a ``ManifestReadResult``) for the fleet, pack, and simulate both policies.
 
     The plan is ``planner.plan_run`` on ``gpus_per_node`` ranks for CUDA devices with ``gpu_memory_gib``
     (default: the GPU type's memory), packed by ``PackingOptions(target_seconds, padding, width, storage, nodes)``.
-    The report's ``run_plan`` is that plan (its jobs ordered longest first).
+    The report's ``run_plan`` is that plan (its jobs ordered longest first); ``compile`` is the run's ``--compile``
+    (the naive policy never compiles).
     """
     if hasattr(rows, "rows") and hasattr(rows, "rejections"):  # a ManifestReadResult
         read: Any = rows
@@ -347,6 +353,7 @@ def simulate(
         device=SIMULATION_DEVICE,
         packing=options,
         cost_model=cost,
+        compile=compile,
     )
     return simulate_plan(
         run_plan,
