@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/fleet_sizes.py                         # 4 x 8 H100, 1 .. 100,000 prompts (about a minute)
     .venv/bin/python bench/fleet_sizes.py --nodes 8 --sizes 1,3,50,12000 --seeds 3
+    .venv/bin/python bench/fleet_sizes.py --compile auto            # jobs that pay back a compile compile
 
 Each size is bench/fleet.py's generated mixed manifest (9 shapes, 6 families, 1-4 videos a prompt), read and
 validated, planned for the fleet (job widths and lengths fitted to it, ``planning.fleet.fit``), packed and
@@ -9,6 +10,10 @@ simulated with the naive policy next to it (one job per prompt, ulysses = G on a
 makespan packed / naive / lower bound, packed / bound, naive / packed, how many jobs run wider than the chooser's
 plan and the seconds planning and simulating took. The targets: packed never slower than naive at any size, and
 within 1.05x of the bound from 10,000 prompts up. Figures are the cost model's estimates, not GPU measurements.
+
+``--compile`` is the run's (default ``off`` here: the bound has no compile to pay once per job, so the 1.05 target is
+about widths and lengths). With ``auto`` the bound counts compiled jobs' samples at the compiled speed and the
+90 s compile per job is overhead like the load: the ratio target is not checked, the naive one still is.
 """
 
 from __future__ import annotations
@@ -39,7 +44,14 @@ def measure(prompts: int, seed: int, args: argparse.Namespace) -> dict:
         write_mixed_manifest(path, prompts, seed)
         read = read_manifest(path, RunDefaults(), catalog.names())
         started = time.perf_counter()
-        report = simulate(read, nodes=args.nodes, gpus_per_node=args.gpus_per_node, gpu=args.gpu, catalog=catalog)
+        report = simulate(
+            read,
+            nodes=args.nodes,
+            gpus_per_node=args.gpus_per_node,
+            gpu=args.gpu,
+            catalog=catalog,
+            compile=args.compile,
+        )
         seconds = time.perf_counter() - started
     packed, naive = report.packed, report.naive
     return {
@@ -62,9 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--gpus-per-node", type=int, default=8)
     parser.add_argument("--gpu", default="h100")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="off", help="the run's --compile")
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",") if size]
-    print(f"fleet {args.nodes} x {args.gpus_per_node} {args.gpu}; makespans in hours (cost model estimates)")
+    print(
+        f"fleet {args.nodes} x {args.gpus_per_node} {args.gpu}, --compile {args.compile}; makespans in hours "
+        "(cost model estimates)"
+    )
     header = ("prompts", "seed", "videos", "packed h", "naive h", "bound h", "packed/bound", "naive/packed")
     print("".join(f"{h:>14}" for h in header) + f"{'widened jobs':>14}{'jobs':>9}{'s':>8}")
     missed = 0
@@ -74,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             ratio = m["packed_s"] / m["bound_s"] if m["bound_s"] else 0.0
             speedup = m["naive_s"] / m["packed_s"] if m["packed_s"] else 0.0
             slower = m["packed_s"] > m["naive_s"] * (1 + 1e-9)
-            loose = prompts >= BOUND_FROM and ratio > BOUND_TARGET
+            loose = args.compile == "off" and prompts >= BOUND_FROM and ratio > BOUND_TARGET
             missed += slower or loose
             print(
                 f"{prompts:>14,}{seed:>14}{m['videos']:>14,}{m['packed_s'] / 3600:>14.3f}{m['naive_s'] / 3600:>14.3f}"
