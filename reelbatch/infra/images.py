@@ -12,7 +12,6 @@ import hashlib
 import io
 import os
 import stat
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +22,8 @@ from urllib.parse import unquote
 import fsspec
 from fsspec.utils import get_protocol
 
-from reelbatch.engine.inputs import IMAGE_FORMATS, staged_path
+from reelbatch.engine.inputs import IMAGE_FORMATS
+from reelbatch.infra.staging import Outcomes, StagingProblem, store_once
 from reelbatch.infra.storage import is_local
 from reelbatch.redact import INLINE_SOURCE, redact_text, redact_url
 
@@ -43,18 +43,9 @@ def configured_roots() -> list[str]:
     return [root.strip() for root in os.environ.get(IMAGE_ROOTS_ENV, "").split(",") if root.strip()]
 
 
-class ImageProblem(Exception):
-    """A cell that cannot be used: ``rule`` (short id), ``message`` (one sentence naming the cell, credentials
-    redacted) and ``fix`` (what to do)."""
-
-    def __init__(self, rule: str, message: str, fix: str):
-        super().__init__(message)
-        self.rule = rule
-        self.message = message
-        self.fix = fix
-
-    def __reduce__(self):  # keep all three fields across pickling (Prefect / Dask move exceptions between processes)
-        return type(self), (self.rule, self.message, self.fix)
+class ImageProblem(StagingProblem):
+    """An image cell that cannot be used: ``rule`` (short id), ``message`` (one sentence naming the cell,
+    credentials redacted) and ``fix`` (what to do)."""
 
 
 def _strip_userinfo(url: str) -> str:
@@ -161,51 +152,20 @@ class ImageStager:
     def __init__(self, policy: ImagePolicy, store_dir: str | Path):
         self.policy = policy
         self.store_dir = Path(store_dir)
-        # Problems are cached too: a manifest repeating a missing remote image should not ask the store each row.
-        self._cache: dict[str, StagedImage | ImageProblem] = {}
+        self._outcomes = Outcomes(self._stage)
 
     def stage(self, cell: str) -> StagedImage:
         """Check ``cell`` against the policy, read at most max_bytes+1 bytes, check it decodes as an image within
-        the limits, hash it and copy it atomically into the store. Raises ImageProblem."""
-        cached = self._cache.get(cell)
-        if cached is None:
-            try:
-                cached = self._stage(cell)
-            except ImageProblem as problem:
-                cached = problem
-            self._cache[cell] = cached
-        if isinstance(cached, ImageProblem):
-            raise ImageProblem(cached.rule, cached.message, cached.fix)
-        return cached
+        the limits, hash it and copy it atomically into the store; once per distinct cell. Raises ImageProblem."""
+        return self._outcomes(cell)
 
     def _stage(self, cell: str) -> StagedImage:
         shown = _redact(cell.strip())
         data = _Reader(self.policy, cell.strip(), shown).read()
         width, height, fmt = _check_image(data, shown, self.policy.max_side)
         digest = hashlib.sha256(data).hexdigest()
-        path = self._store(data, digest)
+        path = store_once(self.store_dir, data, digest)
         return StagedImage(url=shown, sha256=digest, path=str(path), width=width, height=height, format=fmt)
-
-    def _store(self, data: bytes, digest: str) -> Path:
-        target = staged_path(self.store_dir, digest)
-        try:
-            if hashlib.sha256(target.read_bytes()).hexdigest() == digest:
-                return target
-        except FileNotFoundError:
-            pass
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Temp name + rename: a reader (another rank, a crash) never sees half a file under the final name.
-        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{digest}.")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, target)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-        return target
 
 
 class _Reader:

@@ -16,12 +16,11 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from reelbatch.engine.inputs import staged_path
 from reelbatch.infra.images import ImagePolicy, ImageProblem, _Reader, _redact
+from reelbatch.infra.staging import Outcomes, store_once
 
 # The markers of LoRA weights in a key: peft / diffusers (lora_A, lora_B), kohya and original Wan (lora_down,
 # lora_up), and their dotted variants.
@@ -119,44 +118,25 @@ class LoraStager:
     def __init__(self, policy: ImagePolicy, store_dir: str | Path):
         self.policy = policy
         self.store_dir = Path(store_dir)
-        self._staged: dict[str, StagedLora | LoraProblem] = {}
+        self._outcomes = Outcomes(self._stage)
         self._fits: dict[tuple[str, str], LoraProblem | None] = {}
         self._modules: dict[str, dict[str, dict[str, list[int]]]] = {}
 
     def stage(self, cell: str) -> StagedLora:
         """Read ``cell`` (policy and size checked), check it is a safetensors file of LoRA weights, hash it and
-        copy it into the store. Raises LoraProblem."""
-        cached = self._staged.get(cell)
-        if cached is None:
-            try:
-                cached = self._stage(cell)
-            except LoraProblem as problem:
-                cached = problem
-            self._staged[cell] = cached
-        if isinstance(cached, LoraProblem):
-            raise LoraProblem(cached.rule, cached.message, cached.fix)
-        return cached
+        copy it into the store; once per distinct cell. Raises LoraProblem."""
+        return self._outcomes(cell)
 
     def _stage(self, cell: str) -> StagedLora:
         shown = _redact(cell.strip())
         data = _LoraReader(self.policy, cell.strip(), shown).read()
         digest = hashlib.sha256(data).hexdigest()
-        target = staged_path(self.store_dir, digest)
-        if not target.exists() or hashlib.sha256(target.read_bytes()).hexdigest() != digest:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # Checked under a temporary name, then renamed: the store never holds a file that is not an adapter.
-            fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{digest}.", suffix=".safetensors")
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(data)
-                    out.flush()
-                    os.fsync(out.fileno())
-                self._modules[digest] = self._adapter_modules(temp, shown)
-                os.replace(temp, target)
-            finally:
-                Path(temp).unlink(missing_ok=True)
-        elif digest not in self._modules:
-            self._modules[digest] = self._adapter_modules(target, shown)
+
+        def adapter_modules(path: Path) -> None:  # the store never holds a file that is not an adapter
+            if digest not in self._modules:
+                self._modules[digest] = self._adapter_modules(path, shown)
+
+        target = store_once(self.store_dir, data, digest, check=adapter_modules, suffix=".safetensors")
         return StagedLora(url=shown, sha256=digest, path=str(target))
 
     def _adapter_modules(self, path: str | Path, shown: str) -> dict[str, dict[str, list[int]]]:
