@@ -83,147 +83,66 @@ def option(name: str, annotation, default=None) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
 
 
+def row_default(name: str, kind: type, flag: str, help: str, panel: str = "Row defaults") -> inspect.Parameter:
+    """One option of ROW_DEFAULTS: empty (None) unless given, then the value for rows without that cell."""
+    return option(name, Annotated[kind | None, typer.Option(flag, help=help, rich_help_panel=panel)])
+
+
 # Values for the manifest's optional columns; the keys are RunDefaults' fields (`values.run_defaults(**row)`).
 ROW_DEFAULTS = (
-    option(
-        "model",
-        Annotated[
-            str | None,
-            typer.Option("--model", help="Default model for rows without one.", rich_help_panel="Row defaults"),
-        ],
-    ),
-    option(
-        "height",
-        Annotated[
-            int | None,
-            typer.Option("--height", help="Default height (multiple of 16).", rich_help_panel="Row defaults"),
-        ],
-    ),
-    option(
-        "width",
-        Annotated[
-            int | None, typer.Option("--width", help="Default width (multiple of 16).", rich_help_panel="Row defaults")
-        ],
-    ),
-    option(
-        "num_frames",
-        Annotated[
-            int | None,
-            typer.Option("--frames", help="Default frames per video (4k+1).", rich_help_panel="Row defaults"),
-        ],
-    ),
-    option(
-        "num_inference_steps",
-        Annotated[
-            int | None,
-            typer.Option(
-                "--steps",
-                help="Default denoising steps. Empty: each model's own default.",
-                rich_help_panel="Row defaults",
-            ),
-        ],
-    ),
-    option(
+    row_default("model", str, "--model", "Default model for rows without one."),
+    row_default("height", int, "--height", "Default height (multiple of 16)."),
+    row_default("width", int, "--width", "Default width (multiple of 16)."),
+    row_default("num_frames", int, "--frames", "Default frames per video (4k+1)."),
+    row_default("num_inference_steps", int, "--steps", "Default denoising steps. Empty: each model's own default."),
+    row_default(
         "guidance_scale",
-        Annotated[
-            float | None,
-            typer.Option(
-                "--guidance",
-                help=(
-                    "Default CFG scale; <= 1 turns CFG off. Empty: each model's own default (`reelbatch models show "
-                    "NAME`)."
-                ),
-                rich_help_panel="Row defaults",
-            ),
-        ],
+        float,
+        "--guidance",
+        "Default CFG scale; <= 1 turns CFG off. Empty: each model's own default (`reelbatch models show NAME`).",
     ),
-    option(
+    row_default(
         "guidance_scale_2",
-        Annotated[
-            float | None,
-            typer.Option(
-                "--guidance-2",
-                help=(
-                    "Default low-noise expert guidance of two-expert models (Wan 2.2 A14B); empty: the same as the "
-                    "guidance."
-                ),
-                rich_help_panel="Row defaults",
-            ),
-        ],
+        float,
+        "--guidance-2",
+        "Default low-noise expert guidance of two-expert models (Wan 2.2 A14B); empty: the same as the guidance.",
     ),
-    option(
+    row_default(
         "embedded_guidance_scale",
-        Annotated[
-            float | None,
-            typer.Option(
-                "--embedded-guidance",
-                help="Default distilled guidance of HunyuanVideo-family models with a guidance embedding.",
-                rich_help_panel="Row defaults",
-            ),
-        ],
+        float,
+        "--embedded-guidance",
+        "Default distilled guidance of HunyuanVideo-family models with a guidance embedding.",
     ),
-    option(
-        "negative_prompt",
-        Annotated[
-            str | None,
-            typer.Option("--negative-prompt", help="Default negative prompt.", rich_help_panel="Row defaults"),
-        ],
-    ),
-    option(
-        "num_videos",
-        Annotated[
-            int | None, typer.Option("--num-videos", help="Default videos per row.", rich_help_panel="Row defaults")
-        ],
-    ),
-    option(
+    row_default("negative_prompt", str, "--negative-prompt", "Default negative prompt."),
+    row_default("num_videos", int, "--num-videos", "Default videos per row."),
+    row_default(
         "sequence_batch",
-        Annotated[
-            bool | None,
-            typer.Option(
-                "--sequence-batch/--no-sequence-batch",
-                help="Default: run CFG passes one after another (less memory, no CFG parallel).",
-                rich_help_panel="Row defaults",
-            ),
-        ],
+        bool,
+        "--sequence-batch/--no-sequence-batch",
+        "Default: run CFG passes one after another (less memory, no CFG parallel).",
     ),
-    option(
+    row_default(
         "plan",
-        Annotated[
-            str | None,
-            typer.Option(
-                "--plan",
-                help=(
-                    "Pin a parallel plan for every row without a `plan` cell, e.g. dp=2,cfg=2,ulysses=1,ring=1. "
-                    "Validated, never changed."
-                ),
-                rich_help_panel="Parallelism",
-            ),
-        ],
+        str,
+        "--plan",
+        "Pin a parallel plan for every row without a `plan` cell, e.g. dp=2,cfg=2,ulysses=1,ring=1. "
+        "Validated, never changed.",
+        panel="Parallelism",
     ),
-    option(
+    row_default(
         "cache",
-        Annotated[
-            str | None,
-            typer.Option(
-                "--cache",
-                help=(
-                    "Default step cache for rows without a cache cell: none, fbc or fbc:THRESHOLD (diffusers' "
-                    "FirstBlockCache; a higher threshold reuses more steps). Part of each video's identity."
-                ),
-                rich_help_panel="Speed",
-            ),
-        ],
+        str,
+        "--cache",
+        "Default step cache for rows without a cache cell: none, fbc or fbc:THRESHOLD (diffusers' FirstBlockCache; "
+        "a higher threshold reuses more steps). Part of each video's identity.",
+        panel="Speed",
     ),
-    option(
+    row_default(
         "backend",
-        Annotated[
-            str | None,
-            typer.Option(
-                "--backend",
-                help="native (diffusers context parallel + reelbatch CFG/dp) or xdit (xfuser, CUDA only).",
-                rich_help_panel="Parallelism",
-            ),
-        ],
+        str,
+        "--backend",
+        "native (diffusers context parallel + reelbatch CFG/dp) or xdit (xfuser, CUDA only).",
+        panel="Parallelism",
     ),
 )
 
