@@ -189,9 +189,11 @@ def test_simulate_reports_both_policies_with_the_promised_keys():
     assert report.packed.samples == report.naive.samples == samples and report.packed.padding_ratio == 0.0
     assert report.speedup > 1.0 and doc["speedup_vs_naive"] == pytest.approx(report.speedup, rel=1e-3)
     assert report.naive.jobs == 120  # one job per prompt
-    # Wider jobs than a group exist (Wan 14B 720p runs CFG parallel on 2 GPUs) and share nodes with 1-GPU jobs.
+    # Wider jobs than a group exist (Wan 14B 720p needs a CFG pair at least; compiled, the fit widens it to a CFG
+    # pair x Ulysses 2) and share nodes with 1-GPU jobs.
     widths = {p.job_id: len(p.gpus) for p in report.schedule.placements}
     assert 1 in widths.values() and max(widths.values()) > 1
+    assert all(job.plan.world_size >= 2 for job in report.run_plan.jobs if job.bucket.height == 720)
     assert any("wan2.1-t2v-1.3b" in note and "ulysses4 ring2" in note for note in report.naive_notes)
     assert any("hunyuanvideo-i2v" in note and "dp1" in note for note in report.naive_notes)
     assert all(line for line in report.summary_lines())

@@ -113,7 +113,7 @@ def test_plan_prints_gpu_hours_with_and_without_the_speedups(tmp_path):
     after = summary["estimated_gpu_seconds"] / 3600
     line = next(line for line in text.stdout.splitlines() if line.startswith("Without"))
     assert line.startswith("Without step cache and few-step weights: ")
-    assert f"about {before:,.2f} GPU-hours ({before / after:.2f}x); saved by step cache " in line
+    assert f"about {before:,.2f} H100 GPU-hours ({before / after:.2f}x); saved by step cache " in line
     assert f"by step cache {summary['saved_gpu_seconds']['step_cache'] / 3600:,.2f}, by few-step weights " in line
     # A forced compile of jobs too short to pay it back costs GPU-hours: shown as such.
     forced = reelbatch("plan", str(manifest), "--gpus", "1", "--compile", "on").stdout
@@ -132,3 +132,23 @@ def test_the_fleet_simulator_plays_compiled_jobs_compiled():
     assert fast.makespan_s < slow.makespan_s
     assert fast.lower_bound_s == pytest.approx(slow.lower_bound_s * DEFAULT_COST_MODEL.compile_time_factor)
     assert fast.ratio >= 1.0  # the bound stays a bound: compiled samples at their compiled speed
+
+
+def test_a_distilled_family_asked_for_its_base_steps_saves_no_steps():
+    as_many = row(2, model=WAN_4STEP).model_copy(update={"num_inference_steps": 50})
+    fewer = row(3, model=WAN_4STEP).model_copy(update={"num_inference_steps": 8})
+    saved = {job.bucket.num_inference_steps: job.saved_gpu_seconds for job in plan([as_many, fewer]).jobs}
+    assert "few_step" not in saved[50] and saved[8]["few_step"] > 0
+
+
+def test_pack_buckets_and_pack_plan_price_their_jobs():
+    from reelbatch.planning.packing import pack_plan
+    from reelbatch.planning.packing_options import PackingOptions
+
+    rows = [row(n, videos=8) for n in range(2, 6)]
+    unpacked = plan_run(rows, [], len(rows), CATALOG, 8, device="cuda", compile="off")
+    repacked = pack_plan(unpacked, PackingOptions(gpus_per_node=8))  # the project's default: --compile auto
+    assert {job.compile for job in repacked.jobs} == {True}
+    for job in repacked.jobs:
+        assert job.saved_gpu_seconds["compile"] > 0
+        assert sum(1 for note in job.notes if note.startswith("widened for the fleet")) <= 1

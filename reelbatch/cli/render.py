@@ -120,11 +120,11 @@ def print_plan(run_plan, gpus: int, gpu: str | None = None) -> None:
         f"{run_plan.rows:,} rows, {run_plan.accepted:,} accepted, {len(run_plan.rejected):,} rejected; "
         f"{s['jobs']:,} jobs, {s['samples']:,} samples, {s['padded_slots']:,} padded slots "
         f"({s['padding_ratio']:.1%}); about {s['estimated_gpu_seconds'] / 3600:,.2f} {(gpu or 'h100').upper()} "
-        "GPU-hours of compute (model loads not included).",
+        "GPU-hours of compute (model loads not included; compiles included).",
         highlight=False,
         soft_wrap=True,
     )
-    line = speedups_line(s)
+    line = speedups_line(s, (gpu or "h100").upper())
     if line:
         out.print(line, highlight=False, soft_wrap=True)
 
@@ -133,7 +133,7 @@ def print_plan(run_plan, gpus: int, gpu: str | None = None) -> None:
 SPEEDUP_NAMES = {"compile": "compile", "step_cache": "step cache", "few_step": "few-step weights"}
 
 
-def speedups_line(summary: dict) -> str | None:
+def speedups_line(summary: dict, gpu: str = "H100") -> str | None:
     """``Without compile and step cache: about N GPU-hours (2.10x); saved by compile A, by step cache B.``; None
     when the plan uses no speed-up. A forced compile that does not pay back "adds" its cost."""
     found = summary.get("saved_gpu_seconds") or {}
@@ -147,7 +147,7 @@ def speedups_line(summary: dict) -> str | None:
     before, after = summary["gpu_seconds_without_speedups"], summary["estimated_gpu_seconds"]
     ratio = f" ({before / after:.2f}x)" if after > 0 else ""
     parts = ([f"saved {', '.join(gains)}"] if gains else []) + losses
-    return f"Without {what}: about {before / 3600:,.2f} GPU-hours{ratio}; {'; '.join(parts)}."
+    return f"Without {what}: about {before / 3600:,.2f} {gpu} GPU-hours{ratio}; {'; '.join(parts)}."
 
 
 def print_plan_jobs(run_plan) -> None:

@@ -93,7 +93,7 @@ class PlannedJob:
             "filled_slots": self.filled_slots,
             "cache": self.bucket.cache,
             "compile": self.compile,
-            "saved_gpu_seconds": self.saved_gpu_seconds,
+            "saved_gpu_seconds": dict(self.saved_gpu_seconds),
         }
 
 

@@ -28,12 +28,14 @@ from dataclasses import replace
 
 import numpy as np
 
+from reelbatch.defaults import COMPILE, CompileMode
 from reelbatch.identity import output_key, sample_id, sample_seed
 from reelbatch.planning.cost import CostModel
 from reelbatch.planning.cuts import Cut, _cuts, cut_bucket, cut_jobs, samples_per_replica
 from reelbatch.planning.fleet.fit import Shape, fit_fleet, fleet_target_seconds, group
 from reelbatch.planning.jobs import BucketPlan, PlannedJob, RunPlan
 from reelbatch.planning.packing_options import PackingOptions
+from reelbatch.planning.speedups import price_jobs
 from reelbatch.rows import SampleRefs, concat_samples
 from reelbatch.schemas import BucketKey, ManifestRow, ParallelPlan, Sample
 
@@ -100,8 +102,10 @@ def cut_buckets(
     gpus_per_node: int | None = None,
     rows: Sequence[ManifestRow] | None = None,
     skipped: Sequence[tuple[Sample, BucketKey]] = (),
+    compile: CompileMode = COMPILE,
 ) -> list[PlannedJob]:
-    """Every bucket cut into jobs: by ``cut_jobs`` in bucket order, or packed by ``packing`` (see ``pack_buckets``)."""
+    """Every bucket cut into jobs: by ``cut_jobs`` in bucket order, or packed by ``packing`` (see ``pack_buckets``,
+    which compiles by ``packing.compile``); either way priced (``speedups.price_jobs``: ``compile`` decides)."""
     if packing is not None:
         return pack_buckets(buckets, packing, gpus_per_node=gpus_per_node, rows=rows, skipped=skipped)
     jobs: list[PlannedJob] = []
@@ -120,6 +124,7 @@ def cut_buckets(
                     len(jobs), work.plan, part, padded, estimated_gpu_seconds=estimate[0], estimated_seconds=estimate[1]
                 )
             )
+    price_jobs(jobs, cost, compile)
     return jobs
 
 
@@ -212,6 +217,7 @@ def pack_buckets(
     jobs = [packed[i] for i in order]
     for index, job in enumerate(jobs):
         job.index = index  # made above, so no id was computed yet (an id hashes the index): no copy needed
+    price_jobs(jobs, cost, options.compile)
     return jobs
 
 
@@ -250,8 +256,6 @@ def pack_plan(
     Job ids are reassigned in the new order (``job-0000`` is the longest); which jobs compile is decided again
     (``options.compile``) and a job's width note is the new cut's.
     """
-    from reelbatch.planning.speedups import choose_compile, count_savings  # speedups prices the jobs packing cuts
-
     parts: dict[BucketKey, tuple[PlannedJob, list[Sequence[Sample]]]] = {}
     for job in run_plan.jobs:
         parts.setdefault(job.bucket, (job, []))[1].append(job.samples)
@@ -271,6 +275,4 @@ def pack_plan(
         for bucket, (first, samples) in parts.items()
     ]
     jobs = pack_buckets(buckets, options, gpus_per_node=gpus_per_node, rows=rows, skipped=run_plan.skipped)
-    choose_compile(jobs, options.cost, options.compile)
-    count_savings(jobs, options.cost)
     return replace(run_plan, jobs=jobs)

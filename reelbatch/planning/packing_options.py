@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from reelbatch.defaults import JOB_MINUTES, JOB_WIDTH, PADDING, WEIGHTS_STORAGE, CompileMode
+from reelbatch.defaults import COMPILE, JOB_MINUTES, JOB_WIDTH, PADDING, WEIGHTS_STORAGE, CompileMode
 from reelbatch.planning.cost import DEFAULT_COST_MODEL, CostModel, StorageKind
 
 PaddingPolicy = Literal["pad", "fill"]
@@ -31,7 +31,7 @@ class PackingOptions:
     tail_split: bool = True  # split each bucket's last job in halves: short jobs to fill the end of the run
     cost_model: CostModel | None = None
     # Jobs are cut by their compiled length where they will compile (plan_run sets the run's --compile here).
-    compile: CompileMode = "off"
+    compile: CompileMode = COMPILE
 
     def __post_init__(self) -> None:
         if self.padding not in PADDING_POLICIES:

@@ -32,7 +32,6 @@ from reelbatch.planning.jobs import BucketPlan, RunPlan
 from reelbatch.planning.packing import cut_buckets
 from reelbatch.planning.packing_options import PackingOptions
 from reelbatch.planning.rules import PlanProblem
-from reelbatch.planning.speedups import choose_compile, count_savings
 from reelbatch.rows import RowTable
 from reelbatch.schemas import BucketKey, ManifestRow, ParallelPlan, RowRejection, Sample, many_models
 
@@ -230,9 +229,6 @@ def plan_run(
         gpus_per_node=gpus,
         rows=rows,
         skipped=skipped,
+        compile=compile,
     )
-    # The packer's cost model prices the jobs (its GPU type, when it has one): decisions and savings follow it.
-    job_cost = packing.cost if packing is not None else cost
-    choose_compile(jobs, job_cost, compile)
-    count_savings(jobs, job_cost)
     return RunPlan(rows=total_rows, accepted=accepted, rejected=rejections, jobs=jobs, skipped=skipped)

@@ -10,7 +10,7 @@ more without it, taking them off in a fixed order so that the three add up to th
 2. ``step_cache``: the same job without its cache (the cache's time factor divided out);
 3. ``few_step``: a step-distilled family's rows at the steps and guidance of the checkpoint it was distilled from
    (``ModelFamily.undistilled``), under the same plan (its GPU-seconds: CFG as sequential passes where the plan
-   has no CFG parallel).
+   has no CFG parallel); a row of such a family asking for as many steps as that checkpoint saves nothing.
 
 `reelbatch plan` prints the plan's GPU-hours with and without them (``RunPlan.summary``). Pure Python.
 """
@@ -70,11 +70,11 @@ def count_savings(jobs: Sequence[PlannedJob], cost: CostModel) -> None:
         if factor is None:
             factor = factors[key] = _factors(job, cost)
         cache_factor, distilled_ratio = factor
-        if cache_factor == 1.0 and distilled_ratio == 1.0:
+        if cache_factor in (0.0, 1.0) and distilled_ratio == 1.0:  # 0.0: a cost model that makes caching free
             continue
         uncompiled = job.estimated_gpu_seconds + job.saved_gpu_seconds.get("compile", 0.0)
-        uncached = uncompiled / cache_factor
-        if cache_factor != 1.0:
+        uncached = uncompiled / cache_factor if cache_factor > 0 else uncompiled
+        if 0.0 < cache_factor != 1.0:
             job.saved_gpu_seconds["step_cache"] = round(uncached - uncompiled, 6)
         if distilled_ratio != 1.0:
             job.saved_gpu_seconds["few_step"] = round(uncached * distilled_ratio - uncached, 6)
@@ -84,14 +84,21 @@ def _factors(job: PlannedJob, cost: CostModel) -> tuple[float, float]:
     bucket, family = job.bucket, job.family
     cache_factor = cost.cache_time_factor(bucket.cache)
     full = family.undistilled
-    if full is None:
-        return cache_factor, 1.0
+    if full is None or bucket.num_inference_steps >= full.num_inference_steps:
+        return cache_factor, 1.0  # not a step-distilled family, or a row that asks for as many steps anyway
     uncached = bucket.model_copy(update={"cache": None})
     undistilled = uncached.model_copy(
         update={"num_inference_steps": full.num_inference_steps, "guidance_scale": full.guidance_scale}
     )
     ratio = cost.single_gpu_seconds(undistilled, family) / cost.single_gpu_seconds(uncached, family)
     return cache_factor, ratio
+
+
+def price_jobs(jobs: Sequence[PlannedJob], cost: CostModel, mode: CompileMode) -> None:
+    """Each job's compile decided and its estimates and savings set (``choose_compile``, then ``count_savings``):
+    the last step of cutting (``packing.cut_buckets``, ``pack_buckets``)."""
+    choose_compile(jobs, cost, mode)
+    count_savings(jobs, cost)
 
 
 def job_seconds(job: PlannedJob, cost: CostModel, storage: str = "local") -> float:

@@ -112,11 +112,12 @@ class SimulationReport:
         """Plain sentences for a terminal."""
         p, n = self.packed, self.naive
         fleet = f"{self.nodes} x {self.gpus_per_node} {self.gpu.upper()}"
+        compiled = sum(1 for job in self.run_plan.jobs if job.compile)
         return [
             f"fleet {fleet}: makespan {p.makespan_s / 3600:,.2f} h (lower bound {p.lower_bound_s / 3600:,.2f} h, "
             f"ratio {p.ratio:.3f}), GPU utilisation {p.gpu_utilization:.1%}, {p.gpu_hours:,.1f} GPU-hours, "
-            f"{p.jobs} jobs, padding {p.padding_ratio:.2%}",
-            f"naive (one job per prompt, ulysses={self.gpus_per_node} on a whole node): makespan "
+            f"{p.jobs} jobs ({compiled} compiled), padding {p.padding_ratio:.2%}",
+            f"naive (one job per prompt, ulysses={self.gpus_per_node} on a whole node, nothing compiled): makespan "
             f"{n.makespan_s / 3600:,.2f} h (ratio {n.ratio:.3f}), {n.gpu_hours:,.1f} GPU-hours; "
             f"packed is {self.speedup:.2f}x faster",
         ]
