@@ -33,32 +33,46 @@ def compute_seconds(job: PlannedJob, cost: CostModel) -> float:
     return rounds * cost.sample_seconds(job.bucket, job.family, job.plan)
 
 
+# A job's compile decision and estimates: (compile, estimated GPU-seconds, estimated seconds, compile saving or None)
+Priced = tuple[bool, float, float, float | None]
+
+
 def choose_compile(jobs: Sequence[PlannedJob], cost: CostModel, mode: CompileMode) -> None:
     """Set each job's ``compile``: ``on`` all, ``off`` none, ``auto`` where it pays back (``CostModel.compile_pays``),
     and its estimates to match.
 
     A job comes priced uncompiled, or compiled (``job.compile``: the packer cut it as a job that compiles). A
     compiled job's wall time is its load, the compile, then faster steps (``CostModel.compiled_seconds``); every
-    GPU of its group pays the compile; ``saved_gpu_seconds["compile"]`` is what that saves against the same job
-    uncompiled (negative where ``on`` forces a compile that does not pay back).
+    GPU of the job pays the compile; ``saved_gpu_seconds["compile"]`` is what that saves against the same job
+    uncompiled (negative where ``on`` forces a compile that does not pay back). The jobs of a big manifest are
+    copies of a few shapes: each distinct one is priced once.
     """
+    priced: dict[tuple[int, int, int, bool, float], Priced] = {}
     for job in jobs:
-        compute = compute_seconds(job, cost)
-        priced = cost.compiled_seconds(compute) if job.compile else compute
-        load = max(0.0, job.estimated_seconds - priced)
-        uncompiled_gpu = cost.sample_gpu_seconds(job.bucket, job.family, job.plan) * (
-            len(job.samples) + job.padded_slots
-        )
-        job.compile = mode == "on" or (mode == "auto" and cost.compile_pays(compute))
+        slots = len(job.samples) + job.padded_slots
+        key = (id(job.bucket), id(job.plan), slots, job.compile, job.estimated_seconds)  # the jobs hold these
+        outcome = priced.get(key)
+        if outcome is None:
+            outcome = priced[key] = _price(job, slots, cost, mode)
+        job.compile, job.estimated_gpu_seconds, job.estimated_seconds, saved = outcome
         job.saved_gpu_seconds.pop("compile", None)
-        if job.compile:
-            compiled_gpu = uncompiled_gpu * cost.compile_time_factor + cost.compile_seconds * job.plan.world_size
-            job.estimated_gpu_seconds = round(compiled_gpu, 6)
-            job.estimated_seconds = round(load + cost.compiled_seconds(compute), 3)
-            job.saved_gpu_seconds["compile"] = round(uncompiled_gpu - compiled_gpu, 6)
-        else:
-            job.estimated_gpu_seconds = round(uncompiled_gpu, 6)
-            job.estimated_seconds = round(load + compute, 3)
+        if saved is not None:
+            job.saved_gpu_seconds["compile"] = saved
+
+
+def _price(job: PlannedJob, slots: int, cost: CostModel, mode: CompileMode) -> Priced:
+    compute = math.ceil(slots / job.plan.dp) * cost.sample_seconds(job.bucket, job.family, job.plan)
+    load = max(0.0, job.estimated_seconds - (cost.compiled_seconds(compute) if job.compile else compute))
+    uncompiled_gpu = cost.sample_gpu_seconds(job.bucket, job.family, job.plan) * slots
+    if not (mode == "on" or (mode == "auto" and cost.compile_pays(compute))):
+        return False, round(uncompiled_gpu, 6), round(load + compute, 3), None
+    compiled_gpu = uncompiled_gpu * cost.compile_time_factor + cost.compile_seconds * job.plan.world_size
+    return (
+        True,
+        round(compiled_gpu, 6),
+        round(load + cost.compiled_seconds(compute), 3),
+        round(uncompiled_gpu - compiled_gpu, 6),
+    )
 
 
 def count_savings(jobs: Sequence[PlannedJob], cost: CostModel) -> None:
