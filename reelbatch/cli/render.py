@@ -129,15 +129,16 @@ def print_plan(run_plan, gpus: int, gpu: str | None = None) -> None:
         out.print(line, highlight=False, soft_wrap=True)
 
 
-# planning.speedups.SPEEDUPS, in its order
-SPEEDUP_NAMES = {"compile": "compile", "step_cache": "step cache", "few_step": "few-step weights"}
+SPEEDUP_NAMES = {"compile": "compile", "step_cache": "step cache", "few_step": "few-step weights"}  # in words
 
 
 def speedups_line(summary: dict, gpu: str = "H100") -> str | None:
     """``Without compile and step cache: about N GPU-hours (2.10x); saved by compile A, by step cache B.``; None
     when the plan uses no speed-up. A forced compile that does not pay back "adds" its cost."""
+    from reelbatch.planning.speedups import SPEEDUPS
+
     found = summary.get("saved_gpu_seconds") or {}
-    saved = {name: found[name] for name in SPEEDUP_NAMES if name in found}  # in the order they are taken off
+    saved = {name: found[name] for name in SPEEDUPS if name in found}  # in the order they are taken off
     if not saved:
         return None
     names = [SPEEDUP_NAMES[name] for name in saved]

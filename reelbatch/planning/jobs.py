@@ -5,7 +5,7 @@ the whole run (``RunPlan``, the ``plan --json`` document). Plain data: no planni
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from reelbatch.defaults import JOB_TIMEOUT_FLOOR_S, JOB_TIMEOUT_MARGIN
@@ -217,12 +217,17 @@ class RunPlan:
         return doc
 
 
-def _savings(per_job: Iterable[dict[str, float]]) -> dict[str, float]:
+def _add_savings(total: dict[str, float], saved: Mapping[str, float]) -> None:
+    """Add one ``saved_gpu_seconds`` into ``total``, per speed-up."""
+    for name, seconds in saved.items():
+        total[name] = total.get(name, 0.0) + seconds
+
+
+def _savings(per_job: Iterable[Mapping[str, float]]) -> dict[str, float]:
     """The jobs' ``saved_gpu_seconds`` summed per speed-up (only those some job uses)."""
     total: dict[str, float] = {}
     for saved in per_job:
-        for name, seconds in saved.items():
-            total[name] = total.get(name, 0.0) + seconds
+        _add_savings(total, saved)
     return {name: round(seconds, 6) for name, seconds in total.items()}
 
 
@@ -240,8 +245,7 @@ class BucketSummary:
     saved_gpu_seconds: dict[str, float] = field(default_factory=dict)
 
     def add(self, job: PlannedJob) -> None:
-        for name, seconds in job.saved_gpu_seconds.items():
-            self.saved_gpu_seconds[name] = self.saved_gpu_seconds.get(name, 0.0) + seconds
+        _add_savings(self.saved_gpu_seconds, job.saved_gpu_seconds)
         self.jobs += 1
         self.samples += len(job.samples)
         self.padded_slots += job.padded_slots
@@ -250,8 +254,7 @@ class BucketSummary:
         self.longest_job_seconds = max(self.longest_job_seconds, job.estimated_seconds)
 
     def merge(self, other: BucketSummary) -> None:
-        for name, seconds in other.saved_gpu_seconds.items():
-            self.saved_gpu_seconds[name] = self.saved_gpu_seconds.get(name, 0.0) + seconds
+        _add_savings(self.saved_gpu_seconds, other.saved_gpu_seconds)
         self.jobs += other.jobs
         self.samples += other.samples
         self.padded_slots += other.padded_slots

@@ -136,7 +136,7 @@ def priced_shape(work: BucketPlan, plan: ParallelPlan, cost: CostModel, options:
     if options.compile == "on":
         return Shape(work.bucket, plan, seconds * cost.compile_time_factor, load + cost.compile_seconds)
     if options.compile == "auto":
-        return Shape(work.bucket, plan, seconds, load, cost.compile_seconds, cost.compile_time_factor)
+        return Shape(work.bucket, plan, seconds, load, compiler=cost)
     return Shape(work.bucket, plan, seconds, load)
 
 

@@ -61,7 +61,7 @@ def choose_compile(jobs: Sequence[PlannedJob], cost: CostModel, mode: CompileMod
 
 
 def _price(job: PlannedJob, slots: int, cost: CostModel, mode: CompileMode) -> Priced:
-    compute = math.ceil(slots / job.plan.dp) * cost.sample_seconds(job.bucket, job.family, job.plan)
+    compute = compute_seconds(job, cost)
     load = max(0.0, job.estimated_seconds - (cost.compiled_seconds(compute) if job.compile else compute))
     uncompiled_gpu = cost.sample_gpu_seconds(job.bucket, job.family, job.plan) * slots
     if not (mode == "on" or (mode == "auto" and cost.compile_pays(compute))):

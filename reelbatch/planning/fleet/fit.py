@@ -64,32 +64,31 @@ COARSE_SPLITS = (1, 2, 4, 8, 16)  # work per GPU divided by these: the job lengt
 
 class Shape(NamedTuple):
     """One bucket's jobs under one plan: the plan, seconds per sample on its group, the model load; and, when its
-    jobs compile where that pays back (``--compile auto``), what compiling costs once and its time factor."""
+    jobs compile where that pays back (``--compile auto``), the cost model that decides and prices it."""
 
     bucket: BucketKey | None
     plan: ParallelPlan
     seconds: float
     load: float
-    compile_seconds: float = 0.0
-    compile_factor: float = 1.0  # 1.0: the jobs never compile (or always do: folded into seconds and load)
+    compiler: CostModel | None = None  # None: the jobs never compile (or always do: folded into seconds and load)
 
     def compiles(self, rounds: int) -> bool:
         """Whether a job of ``rounds`` samples per replica compiles (``CostModel.compile_pays``)."""
-        compute = rounds * self.seconds
-        return compute * (1.0 - self.compile_factor) > self.compile_seconds
+        return self.compiler is not None and self.compiler.compile_pays(rounds * self.seconds)
 
     def duration(self, rounds: int) -> float:
         """Wall time of a job of ``rounds`` samples per replica: load, then compute, compiled where it pays."""
         compute = rounds * self.seconds
-        if self.compiles(rounds):
-            return self.load + self.compile_seconds + compute * self.compile_factor
+        if self.compiler is not None and self.compiler.compile_pays(compute):
+            return self.load + self.compiler.compiled_seconds(compute)
         return self.load + compute
 
     def rows_for(self, target: float) -> int:
         """Samples per replica whose job lasts about ``target`` (the inverse of ``duration``; at least 1)."""
         rows = samples_per_replica(self.seconds, self.load, target)
-        if self.compile_factor < 1.0 and self.compiles(rows):
-            compiled = samples_per_replica(self.seconds * self.compile_factor, self.load + self.compile_seconds, target)
+        if self.compiler is not None and self.compiles(rows):
+            faster = self.seconds * self.compiler.compile_time_factor
+            compiled = samples_per_replica(faster, self.load + self.compiler.compile_seconds, target)
             return compiled if self.compiles(compiled) else rows
         return rows
 
